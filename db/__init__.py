@@ -1,0 +1,1 @@
+"""The task store: schema, engines, migrations and every queue operation."""

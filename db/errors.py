@@ -1,0 +1,56 @@
+"""Domain errors of the task store.  ``server/`` maps each to one HTTP status."""
+
+from __future__ import annotations
+
+
+class QueueError(Exception):
+    """Base of every error the queue raises on purpose."""
+
+    code = "queue_error"
+
+
+class TaskNotFound(QueueError):
+    code = "not_found"
+
+    def __init__(self, task_id: str) -> None:
+        self.task_id = task_id
+        super().__init__(f"task {task_id} does not exist")
+
+
+class InvalidTransition(QueueError):
+    """The task is in a status from which the asked-for change is not allowed."""
+
+    code = "conflict"
+
+    def __init__(self, task_id: str, status: str, action: str) -> None:
+        self.task_id, self.status, self.action = task_id, status, action
+        super().__init__(f"cannot {action} task {task_id}: it is {status}")
+
+
+class LeaseLost(QueueError):
+    """A worker wrote to a task it no longer holds (lease expired, requeued or cancelled).
+
+    Never silently overwrite: the worker must drop the task."""
+
+    code = "lease_lost"
+
+    def __init__(self, task_id: str, worker_id: str) -> None:
+        self.task_id, self.worker_id = task_id, worker_id
+        super().__init__(f"task {task_id} is no longer held by worker {worker_id}")
+
+
+class QueueFull(QueueError):
+    code = "queue_full"
+
+    def __init__(self, pending: int, capacity: int, retry_after: int) -> None:
+        self.pending, self.capacity, self.retry_after = pending, capacity, retry_after
+        super().__init__(f"the queue is full ({pending} pending, capacity {capacity}); "
+                         f"retry in {retry_after} s")
+
+
+class IdempotencyConflict(QueueError):
+    code = "conflict"
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        super().__init__(f"another live task already uses idempotency key {key!r}")

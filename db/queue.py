@@ -1,0 +1,560 @@
+"""The durable task queue: the only code that writes ``tasks.status``.
+
+Each public method is one named transition in one transaction, with its
+``task_events`` row written in that same transaction.  Every method takes ``now``
+(an aware UTC datetime) so tests move the clock without sleeping; it defaults to
+the real clock.  Every write a worker makes after its claim is guarded by
+``status = 'processing' AND lease_owner = :me``; a guard that matches no row raises
+``LeaseLost`` instead of overwriting someone else's task.
+
+On SQLite every write transaction begins ``BEGIN IMMEDIATE`` (see ``db.engine``), so
+a read-then-write inside one method is serialized with every other writer.  On
+PostgreSQL the same reads take ``FOR UPDATE`` row locks, and the claim skips rows
+another worker has locked (``FOR UPDATE SKIP LOCKED``).
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Row, delete, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from db.errors import (
+    IdempotencyConflict,
+    InvalidTransition,
+    LeaseLost,
+    QueueFull,
+    TaskNotFound,
+)
+from db.models import (
+    TERMINAL,
+    TRANSITIONS,
+    EventType,
+    Segment,
+    Stage,
+    Task,
+    TaskEvent,
+    TaskKind,
+    TaskStage,
+    TaskStatus,
+    Worker,
+)
+
+T = Task.__table__
+E = TaskEvent.__table__
+S = TaskStage.__table__
+SEG = Segment.__table__
+W = Worker.__table__
+
+PENDING, PROCESSING = TaskStatus.PENDING, TaskStatus.PROCESSING
+COMPLETED, FAILED, CANCELLED = TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class TaskError:
+    """What went wrong, as users see it: never a traceback."""
+
+    type: str
+    message: str
+    retryable: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"type": self.type, "message": self.message, "retryable": self.retryable}
+
+
+@dataclass(frozen=True, slots=True)
+class NewTask:
+    kind: TaskKind
+    payload: dict[str, Any]
+    priority: int = 0
+    idempotency_key: str | None = None
+    max_attempts: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Enqueued:
+    task: Task
+    created: bool  # False: an idempotency key matched a live task, which is returned
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentRow:
+    start_ms: int
+    end_ms: int
+    text: str
+
+
+@dataclass(slots=True)
+class QueueConfig:
+    lease_seconds: int = 60
+    max_attempts: int = 3
+    max_pending: int = 1000
+    backoff_base_seconds: float = 10.0
+    backoff_cap_seconds: float = 600.0
+    queue_full_retry_after: int = 30
+    rng: random.Random = field(default_factory=random.Random)
+
+
+def _task(row: Row[Any]) -> Task:
+    """A detached snapshot of a tasks row."""
+    return Task(**row._mapping)
+
+
+def _check(src: TaskStatus, dst: TaskStatus) -> None:
+    assert (src, dst) in TRANSITIONS, f"transition {src} -> {dst} is not in TRANSITIONS"
+
+
+class Queue:
+    def __init__(self, engine: AsyncEngine, config: QueueConfig | None = None) -> None:
+        self.engine = engine
+        self.config = config or QueueConfig()
+        self._pg = engine.dialect.name == "postgresql"
+
+    @classmethod
+    def from_settings(cls, engine: AsyncEngine, settings: Any) -> Queue:
+        return cls(engine, QueueConfig(
+            lease_seconds=settings.lease_seconds, max_attempts=settings.max_attempts,
+            max_pending=settings.max_pending,
+            backoff_base_seconds=settings.retry_backoff_seconds))
+
+    # ------------------------------------------------------------------ helpers
+    def _lease(self, now: datetime) -> datetime:
+        return now + timedelta(seconds=self.config.lease_seconds)
+
+    def backoff(self, attempts: int) -> timedelta:
+        """Exponential backoff with equal jitter: half fixed, half random."""
+        c = self.config
+        delay = min(c.backoff_cap_seconds, c.backoff_base_seconds * 2 ** max(0, attempts - 1))
+        return timedelta(seconds=delay / 2 + c.rng.random() * delay / 2)
+
+    @staticmethod
+    async def _events(conn: AsyncConnection, rows: Iterable[dict[str, Any]]) -> None:
+        rows = list(rows)
+        if rows:
+            await conn.execute(insert(E), rows)
+
+    @staticmethod
+    def _ev(task_id: str, event: EventType, now: datetime, src: TaskStatus | None = None,
+            dst: TaskStatus | None = None, worker_id: str | None = None,
+            detail: dict[str, Any] | None = None) -> dict[str, Any]:
+        return {"task_id": task_id, "at": now, "event": event.value,
+                "from_status": src.value if src else None,
+                "to_status": dst.value if dst else None,
+                "worker_id": worker_id, "detail": detail}
+
+    async def _locked(self, conn: AsyncConnection, task_id: str) -> Row[Any]:
+        stmt = select(T).where(T.c.id == task_id)
+        if self._pg:
+            stmt = stmt.with_for_update()
+        row = (await conn.execute(stmt)).first()
+        if row is None:
+            raise TaskNotFound(task_id)
+        return row
+
+    async def _owned(self, conn: AsyncConnection, task_id: str, worker_id: str,
+                     values: dict[str, Any], returning: Sequence[Any] = ()) -> Row[Any]:
+        """Update a task this worker holds; ``LeaseLost`` when it no longer does."""
+        stmt = (update(T)
+                .where(T.c.id == task_id, T.c.status == PROCESSING, T.c.lease_owner == worker_id)
+                .values(**values)
+                .returning(T.c.id, *returning))
+        row = (await conn.execute(stmt)).first()
+        if row is None:
+            raise LeaseLost(task_id, worker_id)
+        return row
+
+    # ------------------------------------------------------------------ enqueue
+    def _new_row(self, item: NewTask, now: datetime, batch_id: str | None) -> dict[str, Any]:
+        return {
+            "id": str(uuid.uuid4()), "kind": item.kind, "status": PENDING, "stage": None,
+            "progress": 0.0, "message": None, "title": None, "priority": item.priority,
+            "payload": item.payload, "result": None, "error": None, "attempts": 0,
+            "max_attempts": item.max_attempts or self.config.max_attempts,
+            "run_after": now, "lease_owner": None, "lease_expires_at": None,
+            "cancel_requested": False, "idempotency_key": item.idempotency_key,
+            "batch_id": batch_id, "created_at": now, "started_at": None,
+            "completed_at": None, "updated_at": now,
+        }
+
+    async def _capacity(self, conn: AsyncConnection, adding: int) -> None:
+        pending = (await conn.execute(
+            select(func.count()).select_from(T).where(T.c.status == PENDING))).scalar_one()
+        if pending + adding > self.config.max_pending:
+            raise QueueFull(pending, self.config.max_pending, self.config.queue_full_retry_after)
+
+    async def _live_by_key(self, conn: AsyncConnection, key: str) -> Row[Any] | None:
+        return (await conn.execute(select(T).where(
+            T.c.idempotency_key == key, T.c.status.in_([PENDING, PROCESSING])))).first()
+
+    async def enqueue(self, item: NewTask, *, now: datetime | None = None) -> Enqueued:
+        """Insert one pending task; an idempotency key that names a live task returns it."""
+        now = now or utcnow()
+        for _ in range(2):
+            try:
+                async with self.engine.begin() as conn:
+                    if item.idempotency_key:
+                        existing = await self._live_by_key(conn, item.idempotency_key)
+                        if existing is not None:
+                            return Enqueued(_task(existing), created=False)
+                    await self._capacity(conn, 1)
+                    row = self._new_row(item, now, None)
+                    await conn.execute(insert(T), [row])
+                    await self._events(conn, [self._ev(row["id"], EventType.ENQUEUED, now,
+                                                       None, PENDING)])
+                    return Enqueued(Task(**row), created=True)
+            except IntegrityError:
+                # PostgreSQL: a concurrent enqueue with the same key won the race.
+                if not item.idempotency_key:
+                    raise
+        raise IdempotencyConflict(item.idempotency_key or "")
+
+    async def enqueue_many(self, items: Sequence[NewTask], *, batch_id: str | None = None,
+                           now: datetime | None = None) -> tuple[str, list[Task]]:
+        """Insert several tasks as one batch, all or nothing."""
+        now = now or utcnow()
+        batch_id = batch_id or str(uuid.uuid4())
+        rows = [self._new_row(item, now, batch_id) for item in items]
+        try:
+            async with self.engine.begin() as conn:
+                await self._capacity(conn, len(rows))
+                await conn.execute(insert(T), rows)
+                await self._events(conn, [
+                    self._ev(r["id"], EventType.ENQUEUED, now, None, PENDING,
+                             detail={"batch_id": batch_id}) for r in rows])
+        except IntegrityError as exc:
+            raise IdempotencyConflict(str(exc.params)) from None
+        return batch_id, [Task(**r) for r in rows]
+
+    # ------------------------------------------------------------------ worker side
+    async def claim_next(self, worker_id: str, *, n: int = 1,
+                         now: datetime | None = None) -> list[Task]:
+        """Atomically lease up to ``n`` ready tasks, highest priority first, oldest first."""
+        now = now or utcnow()
+        _check(PENDING, PROCESSING)
+        ready = (select(T.c.id)
+                 .where(T.c.status == PENDING, T.c.run_after <= now)
+                 .order_by(T.c.priority.desc(), T.c.created_at, T.c.id)
+                 .limit(n))
+        if self._pg:
+            ready = ready.with_for_update(skip_locked=True)
+        # A materialized CTE: PostgreSQL may otherwise re-run a LIMITed SKIP LOCKED
+        # sub-select per outer row and lease more than n tasks.
+        ready_cte = ready.cte("ready").prefix_with("MATERIALIZED", dialect="postgresql")
+        stmt = (update(T)
+                .where(T.c.id.in_(select(ready_cte.c.id)), T.c.status == PENDING)
+                .values(status=PROCESSING, lease_owner=worker_id,
+                        lease_expires_at=self._lease(now), attempts=T.c.attempts + 1,
+                        started_at=func.coalesce(T.c.started_at, now), updated_at=now,
+                        message=None)
+                .returning(*T.c))
+        async with self.engine.begin() as conn:
+            rows = (await conn.execute(stmt)).all()
+            await self._events(conn, [
+                self._ev(r.id, EventType.CLAIMED, now, PENDING, PROCESSING, worker_id,
+                         {"attempt": r.attempts}) for r in rows])
+        tasks = [_task(r) for r in rows]
+        tasks.sort(key=lambda t: (-t.priority, t.created_at, t.id))
+        return tasks
+
+    async def heartbeat(self, task_id: str, worker_id: str, *, progress: float | None = None,
+                        message: str | None = None, now: datetime | None = None) -> bool:
+        """Extend the lease (and record progress); returns whether cancel was requested."""
+        now = now or utcnow()
+        values: dict[str, Any] = {"lease_expires_at": self._lease(now), "updated_at": now}
+        if progress is not None:
+            values["progress"] = min(1.0, max(0.0, progress))
+        if message is not None:
+            values["message"] = message
+        async with self.engine.begin() as conn:
+            row = await self._owned(conn, task_id, worker_id, values, [T.c.cancel_requested])
+        return bool(row.cancel_requested)
+
+    async def stage_started(self, task_id: str, worker_id: str, stage: Stage, *,
+                            message: str | None = None, now: datetime | None = None) -> bool:
+        """Record that ``stage`` began; returns whether cancel was requested."""
+        now = now or utcnow()
+        async with self.engine.begin() as conn:
+            row = await self._owned(conn, task_id, worker_id, {
+                "stage": stage, "progress": 0.0, "message": message, "updated_at": now,
+                "lease_expires_at": self._lease(now)}, [T.c.cancel_requested])
+            await self._events(conn, [self._ev(task_id, EventType.STAGE_STARTED, now,
+                                               worker_id=worker_id,
+                                               detail={"stage": stage.value})])
+        return bool(row.cancel_requested)
+
+    async def checkpoint(self, task_id: str, worker_id: str, stage: Stage,
+                         output: dict[str, Any], *, seconds: float | None = None,
+                         segments: Sequence[SegmentRow] | None = None,
+                         title: str | None = None, now: datetime | None = None) -> None:
+        """Store a finished stage's output (and transcript segments) before the next
+        stage starts, so a retry or a recovery resumes after it."""
+        now = now or utcnow()
+        values: dict[str, Any] = {"progress": 1.0, "updated_at": now,
+                                  "lease_expires_at": self._lease(now)}
+        if title is not None:
+            values["title"] = title
+        async with self.engine.begin() as conn:
+            await self._owned(conn, task_id, worker_id, values)
+            await conn.execute(delete(S).where(S.c.task_id == task_id, S.c.stage == stage))
+            await conn.execute(insert(S), [{"task_id": task_id, "stage": stage,
+                                            "completed_at": now, "seconds": seconds,
+                                            "worker_id": worker_id, "output": output}])
+            if segments is not None:
+                await conn.execute(delete(SEG).where(SEG.c.task_id == task_id))
+                if segments:
+                    await conn.execute(insert(SEG), [
+                        {"task_id": task_id, "idx": i, "start_ms": s.start_ms,
+                         "end_ms": s.end_ms, "text": s.text} for i, s in enumerate(segments)])
+            detail: dict[str, Any] = {"stage": stage.value}
+            if seconds is not None:
+                detail["seconds"] = round(seconds, 3)
+            await self._events(conn, [self._ev(task_id, EventType.STAGE_COMPLETED, now,
+                                               worker_id=worker_id, detail=detail)])
+
+    async def complete(self, task_id: str, worker_id: str, result: dict[str, Any], *,
+                       now: datetime | None = None) -> None:
+        now = now or utcnow()
+        _check(PROCESSING, COMPLETED)
+        async with self.engine.begin() as conn:
+            await self._owned(conn, task_id, worker_id, {
+                "status": COMPLETED, "stage": None, "progress": 1.0, "result": result,
+                "error": None, "message": None, "completed_at": now, "updated_at": now,
+                "lease_owner": None, "lease_expires_at": None, "cancel_requested": False})
+            await self._events(conn, [self._ev(task_id, EventType.COMPLETED, now, PROCESSING,
+                                               COMPLETED, worker_id)])
+
+    async def fail(self, task_id: str, worker_id: str, error: TaskError, *,
+                   now: datetime | None = None) -> TaskStatus:
+        """Retryable errors go back to pending after a backoff while attempts remain;
+        permanent errors (and exhausted retries) fail the task.  Returns the new status."""
+        now = now or utcnow()
+        async with self.engine.begin() as conn:
+            row = await self._locked(conn, task_id)
+            if row.status != PROCESSING or row.lease_owner != worker_id:
+                raise LeaseLost(task_id, worker_id)
+            if error.retryable and row.attempts < row.max_attempts:
+                _check(PROCESSING, PENDING)
+                run_after = now + self.backoff(row.attempts)
+                await self._owned(conn, task_id, worker_id, {
+                    "status": PENDING, "error": error.as_dict(), "run_after": run_after,
+                    "lease_owner": None, "lease_expires_at": None, "updated_at": now,
+                    "message": f"retry scheduled: {error.message}"})
+                await self._events(conn, [self._ev(
+                    task_id, EventType.RETRY_SCHEDULED, now, PROCESSING, PENDING, worker_id,
+                    {"error": error.as_dict(), "run_after": run_after.isoformat(),
+                     "attempt": row.attempts})])
+                return PENDING
+            _check(PROCESSING, FAILED)
+            await self._owned(conn, task_id, worker_id, {
+                "status": FAILED, "error": error.as_dict(), "completed_at": now,
+                "lease_owner": None, "lease_expires_at": None, "updated_at": now,
+                "message": error.message})
+            await self._events(conn, [self._ev(task_id, EventType.FAILED, now, PROCESSING,
+                                               FAILED, worker_id,
+                                               {"error": error.as_dict(),
+                                                "attempt": row.attempts})])
+            return FAILED
+
+    async def mark_cancelled(self, task_id: str, worker_id: str, *,
+                             now: datetime | None = None) -> None:
+        """The worker stopped a task whose cancellation was requested."""
+        now = now or utcnow()
+        _check(PROCESSING, CANCELLED)
+        async with self.engine.begin() as conn:
+            await self._owned(conn, task_id, worker_id, {
+                "status": CANCELLED, "completed_at": now, "updated_at": now,
+                "lease_owner": None, "lease_expires_at": None, "message": "cancelled"})
+            await self._events(conn, [self._ev(task_id, EventType.CANCELLED, now, PROCESSING,
+                                               CANCELLED, worker_id)])
+
+    async def release(self, task_id: str, worker_id: str, *, reason: str = "worker stopping",
+                      now: datetime | None = None) -> TaskStatus:
+        """A draining worker hands its task back (or finishes a requested cancel)."""
+        now = now or utcnow()
+        async with self.engine.begin() as conn:
+            row = await self._locked(conn, task_id)
+            if row.status != PROCESSING or row.lease_owner != worker_id:
+                raise LeaseLost(task_id, worker_id)
+            dst = CANCELLED if row.cancel_requested else PENDING
+            _check(PROCESSING, dst)
+            values: dict[str, Any] = {"status": dst, "lease_owner": None,
+                                      "lease_expires_at": None, "updated_at": now,
+                                      "message": reason}
+            if dst is PENDING:
+                values["run_after"] = now
+            else:
+                values["completed_at"] = now
+            await self._owned(conn, task_id, worker_id, values)
+            event = EventType.RELEASED if dst is PENDING else EventType.CANCELLED
+            await self._events(conn, [self._ev(task_id, event, now, PROCESSING, dst, worker_id,
+                                               {"reason": reason})])
+        return dst
+
+    # ------------------------------------------------------------------ rescue
+    async def _expire(self, conn: AsyncConnection, rows: Sequence[Row[Any]], now: datetime,
+                      reason: str) -> list[tuple[str, TaskStatus]]:
+        out: list[tuple[str, TaskStatus]] = []
+        events = []
+        for r in rows:
+            if r.cancel_requested:
+                dst, values = CANCELLED, {"completed_at": now, "message": "cancelled"}
+            elif r.attempts >= r.max_attempts:
+                err = TaskError("LeaseExpired", f"the worker stopped responding ({reason}) "
+                                f"and all {r.max_attempts} attempts are used", False)
+                dst, values = FAILED, {"completed_at": now, "error": err.as_dict(),
+                                       "message": err.message}
+            else:
+                dst, values = PENDING, {"run_after": now, "message": f"requeued: {reason}"}
+            _check(PROCESSING, dst)
+            await conn.execute(
+                update(T).where(T.c.id == r.id, T.c.status == PROCESSING,
+                                T.c.lease_owner == r.lease_owner)
+                .values(status=dst, lease_owner=None, lease_expires_at=None, updated_at=now,
+                        **values))
+            events.append(self._ev(r.id, EventType.LEASE_EXPIRED, now, PROCESSING, dst,
+                                   r.lease_owner, {"reason": reason, "attempt": r.attempts}))
+            out.append((r.id, dst))
+        await self._events(conn, events)
+        return out
+
+    async def requeue_expired(self, *, now: datetime | None = None
+                              ) -> list[tuple[str, TaskStatus]]:
+        """Expired leases go back to pending, or fail once their attempts are used up."""
+        now = now or utcnow()
+        stmt = select(T).where(T.c.status == PROCESSING, T.c.lease_expires_at < now)
+        if self._pg:
+            stmt = stmt.with_for_update(skip_locked=True)
+        async with self.engine.begin() as conn:
+            rows = (await conn.execute(stmt)).all()
+            return await self._expire(conn, rows, now, "lease expired")
+
+    async def requeue_dead_workers(self, hostname: str, is_alive: Callable[[int], bool], *,
+                                   exclude: str | None = None, now: datetime | None = None
+                                   ) -> list[tuple[str, TaskStatus]]:
+        """Recover at once the tasks of workers on this host whose process is gone,
+        instead of waiting for their leases to expire."""
+        now = now or utcnow()
+        async with self.engine.begin() as conn:
+            workers = (await conn.execute(select(W.c.id, W.c.pid).where(
+                W.c.hostname == hostname, W.c.stopped_at.is_(None)))).all()
+            dead = [w.id for w in workers if w.id != exclude and not is_alive(w.pid)]
+            if not dead:
+                return []
+            stmt = select(T).where(T.c.status == PROCESSING, T.c.lease_owner.in_(dead))
+            if self._pg:
+                stmt = stmt.with_for_update(skip_locked=True)
+            rows = (await conn.execute(stmt)).all()
+            out = await self._expire(conn, rows, now, "worker process gone")
+            await conn.execute(update(W).where(W.c.id.in_(dead))
+                               .values(stopped_at=now, current_task_id=None))
+            return out
+
+    # ------------------------------------------------------------------ user side
+    async def request_cancel(self, task_id: str, *, now: datetime | None = None) -> Task:
+        """Pending -> cancelled at once; processing -> flagged for its worker to stop."""
+        now = now or utcnow()
+        async with self.engine.begin() as conn:
+            row = await self._locked(conn, task_id)
+            status = TaskStatus(row.status)
+            if status in TERMINAL:
+                raise InvalidTransition(task_id, status, "cancel")
+            if status is PROCESSING and row.cancel_requested:
+                return _task(row)
+            if status is PENDING:
+                _check(PENDING, CANCELLED)
+                values = {"status": CANCELLED, "cancel_requested": True, "completed_at": now,
+                          "updated_at": now, "message": "cancelled"}
+                events = [self._ev(task_id, EventType.CANCEL_REQUESTED, now, PENDING, PENDING),
+                          self._ev(task_id, EventType.CANCELLED, now, PENDING, CANCELLED)]
+            else:
+                values = {"cancel_requested": True, "updated_at": now,
+                          "message": "cancel requested"}
+                events = [self._ev(task_id, EventType.CANCEL_REQUESTED, now, PROCESSING,
+                                   PROCESSING, row.lease_owner)]
+            new = (await conn.execute(update(T).where(T.c.id == task_id, T.c.status == status)
+                                      .values(**values).returning(*T.c))).one()
+            await self._events(conn, events)
+            return _task(new)
+
+    async def retry(self, task_id: str, *, now: datetime | None = None) -> Task:
+        """Failed or cancelled -> pending; the worker resumes at the first unfinished
+        stage.  The task gets a fresh allowance of attempts."""
+        now = now or utcnow()
+        try:
+            async with self.engine.begin() as conn:
+                row = await self._locked(conn, task_id)
+                status = TaskStatus(row.status)
+                if status not in (FAILED, CANCELLED):
+                    raise InvalidTransition(task_id, status, "retry")
+                _check(status, PENDING)
+                new = (await conn.execute(
+                    update(T).where(T.c.id == task_id, T.c.status == status)
+                    .values(status=PENDING, error=None, cancel_requested=False, run_after=now,
+                            completed_at=None, updated_at=now, stage=None, progress=0.0,
+                            message="retry requested",
+                            max_attempts=row.attempts + self.config.max_attempts)
+                    .returning(*T.c))).one()
+                await self._events(conn, [self._ev(task_id, EventType.RETRIED, now, status,
+                                                   PENDING)])
+                return _task(new)
+        except IntegrityError:
+            raise IdempotencyConflict(row.idempotency_key or "") from None
+
+    async def prune(self, older_than: timedelta, *, now: datetime | None = None) -> list[str]:
+        """Delete terminal tasks finished before ``now - older_than`` (with their events,
+        checkpoints and segments); returns their ids so callers can remove files."""
+        now = now or utcnow()
+        async with self.engine.begin() as conn:
+            rows = (await conn.execute(
+                delete(T).where(T.c.status.in_(list(TERMINAL)),
+                                T.c.completed_at < now - older_than)
+                .returning(T.c.id))).all()
+        return [r.id for r in rows]
+
+    # ------------------------------------------------------------------ worker registry
+    async def register(self, worker_id: str, hostname: str, pid: int, *,
+                       model: str | None = None, now: datetime | None = None) -> None:
+        now = now or utcnow()
+        async with self.engine.begin() as conn:
+            await conn.execute(insert(W), [{
+                "id": worker_id, "hostname": hostname, "pid": pid, "started_at": now,
+                "heartbeat_at": now, "stopped_at": None, "model": model,
+                "model_loaded_at": None, "model_loads": 0, "current_task_id": None}])
+
+    async def worker_heartbeat(self, worker_id: str, *, current_task_id: str | None = None,
+                               now: datetime | None = None) -> None:
+        now = now or utcnow()
+        async with self.engine.begin() as conn:
+            await conn.execute(update(W).where(W.c.id == worker_id)
+                               .values(heartbeat_at=now, current_task_id=current_task_id))
+
+    async def record_model_load(self, worker_id: str, model: str, *,
+                                now: datetime | None = None) -> int:
+        now = now or utcnow()
+        async with self.engine.begin() as conn:
+            row = (await conn.execute(
+                update(W).where(W.c.id == worker_id)
+                .values(model=model, model_loaded_at=now, model_loads=W.c.model_loads + 1,
+                        heartbeat_at=now)
+                .returning(W.c.model_loads))).one()
+        return int(row.model_loads)
+
+    async def stop(self, worker_id: str, *, now: datetime | None = None) -> None:
+        now = now or utcnow()
+        async with self.engine.begin() as conn:
+            await conn.execute(update(W).where(W.c.id == worker_id)
+                               .values(stopped_at=now, heartbeat_at=now, current_task_id=None))
+
+
+__all__ = ["Enqueued", "NewTask", "Queue", "QueueConfig", "SegmentRow", "TaskError", "utcnow"]

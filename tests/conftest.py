@@ -1,0 +1,85 @@
+"""Shared fixtures: real SQLite files and the real PostgreSQL, migrated by Alembic.
+
+``TINGJI_TEST_PG_URL`` (default: the local server's ``test`` database) names the
+PostgreSQL database the suite may wipe.  Set it to ``skip`` to run SQLite only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from db import migrate
+from db.engine import make_engine
+from db.queue import Queue, QueueConfig
+
+PG_URL = os.environ.get("TINGJI_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
+ROOT = Path(__file__).resolve().parent.parent
+TABLES = ("task_events", "task_stages", "segments", "workers", "tasks")
+
+
+def _reset_pg_schema() -> None:
+    async def run() -> None:
+        engine = make_engine(PG_URL, pool_size=1)
+        try:
+            async with engine.begin() as conn:
+                await conn.execute(text("DROP SCHEMA public CASCADE"))
+                await conn.execute(text("CREATE SCHEMA public"))
+        finally:
+            await engine.dispose()
+    asyncio.run(run())
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("template") / "tingji.db"
+    migrate.upgrade(f"sqlite:///{path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def pg_migrated() -> str:
+    if PG_URL == "skip":
+        pytest.skip("PostgreSQL disabled by TINGJI_TEST_PG_URL=skip")
+    _reset_pg_schema()
+    migrate.upgrade(PG_URL)
+    return PG_URL
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A freshly migrated, empty database on each backend."""
+    if request.param == "sqlite":
+        template: Path = request.getfixturevalue("sqlite_template")
+        path = tmp_path / "tingji.db"
+        shutil.copy(template, path)
+        yield f"sqlite:///{path}"
+    else:
+        url = request.getfixturevalue("pg_migrated")
+
+        async def truncate() -> None:
+            engine = make_engine(url, pool_size=1)
+            try:
+                async with engine.begin() as conn:
+                    await conn.execute(text(f"TRUNCATE {', '.join(TABLES)} CASCADE"))
+            finally:
+                await engine.dispose()
+        asyncio.run(truncate())
+        yield url
+
+
+@pytest.fixture
+async def queue(db_url: str) -> AsyncIterator[Queue]:
+    engine = make_engine(db_url)
+    q = Queue(engine, QueueConfig(lease_seconds=30, max_attempts=3, max_pending=50,
+                                  backoff_base_seconds=10.0))
+    try:
+        yield q
+    finally:
+        await engine.dispose()

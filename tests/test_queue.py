@@ -1,0 +1,339 @@
+"""Every queue transition, allowed and forbidden, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from db.errors import InvalidTransition, LeaseLost, QueueFull, TaskNotFound
+from db.models import Stage, TaskKind, TaskStatus
+from db.queue import NewTask, Queue, SegmentRow, TaskError
+from db.reads import Reads
+
+T0 = datetime(2026, 11, 26, 8, 0, 0, tzinfo=UTC)
+W1, W2 = "00000000-0000-0000-0000-0000000000w1", "00000000-0000-0000-0000-0000000000w2"
+
+
+def item(n: int = 0, **kw: object) -> NewTask:
+    return NewTask(kind=TaskKind.URL, payload={"video_url": f"https://example.com/{n}.mp4"},
+                   **kw)  # type: ignore[arg-type]
+
+
+async def events(q: Queue, task_id: str) -> list[tuple[str, str | None, str | None]]:
+    return [(e.event, e.from_status, e.to_status) for e in await Reads(q.engine).events(task_id)]
+
+
+async def status(q: Queue, task_id: str) -> TaskStatus:
+    task = await Reads(q.engine).task(task_id)
+    assert task is not None
+    return TaskStatus(task.status)
+
+
+async def claimed(q: Queue, now: datetime = T0, worker: str = W1) -> str:
+    tasks = await q.claim_next(worker, now=now)
+    assert len(tasks) == 1
+    return tasks[0].id
+
+
+async def test_enqueue_then_claim_sets_lease_and_attempts(queue: Queue) -> None:
+    enq = await queue.enqueue(item(), now=T0)
+    assert enq.created and enq.task.status == TaskStatus.PENDING
+    [task] = await queue.claim_next(W1, now=T0 + timedelta(seconds=1))
+    assert task.id == enq.task.id
+    assert task.status == TaskStatus.PROCESSING
+    assert task.attempts == 1 and task.lease_owner == W1
+    assert task.lease_expires_at == T0 + timedelta(seconds=31)
+    assert task.started_at == T0 + timedelta(seconds=1)
+    assert await events(queue, task.id) == [("enqueued", None, "pending"),
+                                            ("claimed", "pending", "processing")]
+    assert await queue.claim_next(W2, now=T0) == []
+
+
+async def test_claim_order_priority_then_age_and_run_after(queue: Queue) -> None:
+    low = (await queue.enqueue(item(1), now=T0)).task
+    high = (await queue.enqueue(item(2, priority=5), now=T0 + timedelta(seconds=1))).task
+    low2 = (await queue.enqueue(item(3), now=T0 + timedelta(seconds=2))).task
+    got = await queue.claim_next(W1, n=10, now=T0 + timedelta(seconds=3))
+    assert [t.id for t in got] == [high.id, low.id, low2.id]
+
+
+async def test_claim_skips_tasks_not_yet_due(queue: Queue) -> None:
+    tid = (await queue.enqueue(item(), now=T0)).task.id
+    await queue.claim_next(W1, now=T0)
+    await queue.fail(tid, W1, TaskError("Net", "timeout", True), now=T0)
+    task = await Reads(queue.engine).task(tid)
+    assert task is not None and task.run_after > T0
+    assert await queue.claim_next(W1, now=T0 + timedelta(seconds=1)) == []
+    assert [t.id for t in await queue.claim_next(W1, now=task.run_after)] == [tid]
+
+
+async def test_heartbeat_extends_lease_only_for_owner(queue: Queue) -> None:
+    await queue.enqueue(item(), now=T0)
+    tid = await claimed(queue)
+    assert await queue.heartbeat(tid, W1, progress=0.5, message="half", now=T0 +
+                                 timedelta(seconds=20)) is False
+    task = await Reads(queue.engine).task(tid)
+    assert task is not None and task.progress == 0.5 and task.message == "half"
+    assert task.lease_expires_at == T0 + timedelta(seconds=50)
+    with pytest.raises(LeaseLost):
+        await queue.heartbeat(tid, W2, now=T0)
+
+
+async def test_complete_is_guarded_and_final(queue: Queue) -> None:
+    tid = (await queue.enqueue(item(), now=T0)).task.id
+    with pytest.raises(LeaseLost):  # pending: nobody holds it
+        await queue.complete(tid, W1, {"text": "x"}, now=T0)
+    await claimed(queue)
+    with pytest.raises(LeaseLost):  # not the owner
+        await queue.complete(tid, W2, {"text": "x"}, now=T0)
+    await queue.complete(tid, W1, {"text": "好"}, now=T0 + timedelta(seconds=5))
+    task = await Reads(queue.engine).task(tid)
+    assert task is not None
+    assert task.status == TaskStatus.COMPLETED and task.result == {"text": "好"}
+    assert task.completed_at == T0 + timedelta(seconds=5) and task.lease_owner is None
+    with pytest.raises(LeaseLost):  # already completed
+        await queue.complete(tid, W1, {"text": "again"}, now=T0)
+    with pytest.raises(LeaseLost):
+        await queue.fail(tid, W1, TaskError("X", "late", False), now=T0)
+    assert (await events(queue, tid))[-1] == ("completed", "processing", "completed")
+
+
+async def test_retryable_failure_backs_off_exponentially_then_fails(queue: Queue) -> None:
+    queue.config.rng = random.Random(7)
+    tid = (await queue.enqueue(item(), now=T0)).task.id
+    now = T0
+    delays = []
+    for attempt in (1, 2):
+        await claimed(queue, now)
+        assert await queue.fail(tid, W1, TaskError("Net", "boom", True), now=now) \
+            == TaskStatus.PENDING
+        task = await Reads(queue.engine).task(tid)
+        assert task is not None and task.error == {"type": "Net", "message": "boom",
+                                                   "retryable": True}
+        delay = (task.run_after - now).total_seconds()
+        base = 10 * 2 ** (attempt - 1)
+        assert base / 2 <= delay <= base, (attempt, delay)
+        delays.append(delay)
+        now = task.run_after
+    await claimed(queue, now)
+    assert await queue.fail(tid, W1, TaskError("Net", "boom", True), now=now) \
+        == TaskStatus.FAILED
+    task = await Reads(queue.engine).task(tid)
+    assert task is not None and task.attempts == 3 and task.completed_at == now
+    evs = [e[0] for e in await events(queue, tid)]
+    assert evs.count("retry_scheduled") == 2 and evs[-1] == "failed"
+    assert delays[1] > delays[0] / 2
+
+
+async def test_permanent_failure_fails_at_once(queue: Queue) -> None:
+    tid = (await queue.enqueue(item(), now=T0)).task.id
+    await claimed(queue)
+    got = await queue.fail(tid, W1, TaskError("NoAudio", "no audio stream", False), now=T0)
+    assert got == TaskStatus.FAILED
+    assert (await events(queue, tid))[-1] == ("failed", "processing", "failed")
+
+
+async def test_cancel_pending_is_immediate(queue: Queue) -> None:
+    tid = (await queue.enqueue(item(), now=T0)).task.id
+    task = await queue.request_cancel(tid, now=T0)
+    assert task.status == TaskStatus.CANCELLED
+    assert await queue.claim_next(W1, now=T0) == []
+    assert [e[0] for e in await events(queue, tid)] == ["enqueued", "cancel_requested",
+                                                        "cancelled"]
+    with pytest.raises(InvalidTransition):
+        await queue.request_cancel(tid, now=T0)
+
+
+async def test_cancel_processing_is_finished_by_its_worker(queue: Queue) -> None:
+    tid = (await queue.enqueue(item(), now=T0)).task.id
+    await claimed(queue)
+    task = await queue.request_cancel(tid, now=T0)
+    assert task.status == TaskStatus.PROCESSING and task.cancel_requested
+    assert (await queue.request_cancel(tid, now=T0)).cancel_requested  # idempotent
+    assert await queue.heartbeat(tid, W1, now=T0) is True
+    assert await queue.stage_started(tid, W1, Stage.TRANSCRIBE, now=T0) is True
+    await queue.mark_cancelled(tid, W1, now=T0)
+    assert await status(queue, tid) == TaskStatus.CANCELLED
+    assert [e[0] for e in await events(queue, tid)] == [
+        "enqueued", "claimed", "cancel_requested", "stage_started", "cancelled"]
+
+
+async def test_cancel_unknown_and_finished(queue: Queue) -> None:
+    with pytest.raises(TaskNotFound):
+        await queue.request_cancel("nope", now=T0)
+    tid = (await queue.enqueue(item(), now=T0)).task.id
+    await claimed(queue)
+    await queue.complete(tid, W1, {}, now=T0)
+    with pytest.raises(InvalidTransition):
+        await queue.request_cancel(tid, now=T0)
+
+
+async def test_release_returns_task_to_pending(queue: Queue) -> None:
+    tid = (await queue.enqueue(item(), now=T0)).task.id
+    await claimed(queue)
+    assert await queue.release(tid, W1, now=T0 + timedelta(seconds=2)) == TaskStatus.PENDING
+    assert (await events(queue, tid))[-1] == ("released", "processing", "pending")
+    [again] = await queue.claim_next(W2, now=T0 + timedelta(seconds=2))
+    assert again.id == tid and again.attempts == 2
+    with pytest.raises(LeaseLost):
+        await queue.release(tid, W1, now=T0)
+
+
+async def test_release_of_cancel_requested_task_cancels_it(queue: Queue) -> None:
+    tid = (await queue.enqueue(item(), now=T0)).task.id
+    await claimed(queue)
+    await queue.request_cancel(tid, now=T0)
+    assert await queue.release(tid, W1, now=T0) == TaskStatus.CANCELLED
+
+
+async def test_requeue_expired_leases(queue: Queue) -> None:
+    queue.config.max_attempts = 2
+    tid = (await queue.enqueue(item(), now=T0)).task.id
+    await claimed(queue)
+    assert await queue.requeue_expired(now=T0 + timedelta(seconds=29)) == []
+    assert await queue.requeue_expired(now=T0 + timedelta(seconds=31)) == \
+        [(tid, TaskStatus.PENDING)]
+    t1 = T0 + timedelta(seconds=31)
+    await claimed(queue, t1, W2)
+    with pytest.raises(LeaseLost):  # the first worker's late write is refused
+        await queue.complete(tid, W1, {}, now=t1)
+    assert await queue.requeue_expired(now=t1 + timedelta(seconds=31)) == \
+        [(tid, TaskStatus.FAILED)]
+    task = await Reads(queue.engine).task(tid)
+    assert task is not None and task.error is not None
+    assert task.error["type"] == "LeaseExpired" and task.attempts == 2
+    evs = await events(queue, tid)
+    assert [e for e in evs if e[0] == "lease_expired"] == [
+        ("lease_expired", "processing", "pending"), ("lease_expired", "processing", "failed")]
+
+
+async def test_requeue_dead_workers_on_this_host(queue: Queue) -> None:
+    await queue.register(W1, "host-a", 111, now=T0)
+    await queue.register(W2, "host-a", 222, now=T0)
+    tid = (await queue.enqueue(item(), now=T0)).task.id
+    await claimed(queue, T0, W1)
+    got = await queue.requeue_dead_workers("host-a", lambda pid: pid != 111, exclude=W2,
+                                           now=T0 + timedelta(seconds=1))
+    assert got == [(tid, TaskStatus.PENDING)]
+    ws = {w.id: w for w in await Reads(queue.engine).workers(now=T0)}
+    assert ws[W1].stopped_at is not None and ws[W2].stopped_at is None
+
+
+async def test_retry_failed_and_cancelled_only(queue: Queue) -> None:
+    tid = (await queue.enqueue(item(), now=T0)).task.id
+    with pytest.raises(InvalidTransition):
+        await queue.retry(tid, now=T0)  # pending
+    await claimed(queue)
+    with pytest.raises(InvalidTransition):
+        await queue.retry(tid, now=T0)  # processing
+    await queue.fail(tid, W1, TaskError("Bad", "bad media", False), now=T0)
+    task = await queue.retry(tid, now=T0 + timedelta(seconds=1))
+    assert task.status == TaskStatus.PENDING and task.error is None
+    assert task.max_attempts == task.attempts + 3
+    await claimed(queue, T0 + timedelta(seconds=1))
+    await queue.complete(tid, W1, {}, now=T0)
+    with pytest.raises(InvalidTransition):
+        await queue.retry(tid, now=T0)  # completed
+    cid = (await queue.enqueue(item(2), now=T0)).task.id
+    await queue.request_cancel(cid, now=T0)
+    assert (await queue.retry(cid, now=T0)).status == TaskStatus.PENDING
+    assert ("retried", "cancelled", "pending") in await events(queue, cid)
+
+
+async def test_capacity_limit(queue: Queue) -> None:
+    queue.config.max_pending = 3
+    for n in range(3):
+        await queue.enqueue(item(n), now=T0)
+    with pytest.raises(QueueFull) as info:
+        await queue.enqueue(item(9), now=T0)
+    assert info.value.retry_after > 0 and info.value.capacity == 3
+    with pytest.raises(QueueFull):
+        await queue.enqueue_many([item(10)], now=T0)
+    await queue.claim_next(W1, now=T0)  # processing tasks do not count
+    await queue.enqueue(item(9), now=T0)
+    assert (await Reads(queue.engine).counts())["pending"] == 3
+
+
+async def test_enqueue_many_is_all_or_nothing(queue: Queue) -> None:
+    queue.config.max_pending = 5
+    batch_id, tasks = await queue.enqueue_many([item(n) for n in range(4)], now=T0)
+    assert len(tasks) == 4 and all(t.batch_id == batch_id for t in tasks)
+    with pytest.raises(QueueFull):
+        await queue.enqueue_many([item(n) for n in range(2)], now=T0)
+    listed, total = await Reads(queue.engine).list_tasks(batch_id=batch_id)
+    assert total == 4 and {t.id for t in listed} == {t.id for t in tasks}
+    assert (await Reads(queue.engine).counts())["pending"] == 4
+
+
+async def test_idempotency_key_returns_the_live_task(queue: Queue) -> None:
+    first = await queue.enqueue(item(key := 1, idempotency_key="k-1"), now=T0)
+    again = await queue.enqueue(item(key, idempotency_key="k-1"), now=T0)
+    assert first.created and not again.created and again.task.id == first.task.id
+    await claimed(queue)
+    assert (await queue.enqueue(item(key, idempotency_key="k-1"), now=T0)).task.id == \
+        first.task.id
+    await queue.complete(first.task.id, W1, {}, now=T0)
+    fresh = await queue.enqueue(item(key, idempotency_key="k-1"), now=T0)
+    assert fresh.created and fresh.task.id != first.task.id
+
+
+async def test_checkpoints_and_segments(queue: Queue) -> None:
+    tid = (await queue.enqueue(item(), now=T0)).task.id
+    await claimed(queue)
+    reads = Reads(queue.engine)
+    await queue.stage_started(tid, W1, Stage.FETCH, now=T0)
+    await queue.checkpoint(tid, W1, Stage.FETCH, {"audio_path": "/x.wav", "duration": 3.5},
+                           seconds=1.25, title="讲座", now=T0)
+    await queue.stage_started(tid, W1, Stage.TRANSCRIBE, now=T0)
+    segs = [SegmentRow(0, 1200, "你好。"), SegmentRow(1500, 2900, "世界！")]
+    await queue.checkpoint(tid, W1, Stage.TRANSCRIBE, {"text": "你好。世界！"}, segments=segs,
+                           seconds=2.0, now=T0)
+    cps = await reads.checkpoints(tid)
+    assert set(cps) == {Stage.FETCH, Stage.TRANSCRIBE}
+    assert cps[Stage.FETCH].output["audio_path"] == "/x.wav" and cps[Stage.FETCH].seconds == 1.25
+    assert await reads.segments(tid) == segs
+    task = await reads.task(tid)
+    assert task is not None and task.title == "讲座" and task.stage == Stage.TRANSCRIBE
+    evs = await reads.events(tid)
+    assert [(e.event, (e.detail or {}).get("stage")) for e in evs if "stage" in e.event] == [
+        ("stage_started", "fetch"), ("stage_completed", "fetch"),
+        ("stage_started", "transcribe"), ("stage_completed", "transcribe")]
+    with pytest.raises(LeaseLost):
+        await queue.checkpoint(tid, W2, Stage.POLISH, {}, now=T0)
+
+
+async def test_prune_removes_old_terminal_tasks_only(queue: Queue) -> None:
+    old = (await queue.enqueue(item(1), now=T0)).task.id
+    await queue.request_cancel(old, now=T0)
+    live = (await queue.enqueue(item(2), now=T0)).task.id
+    recent = (await queue.enqueue(item(3), now=T0)).task.id
+    await queue.request_cancel(recent, now=T0 + timedelta(days=9))
+    pruned = await queue.prune(timedelta(days=7), now=T0 + timedelta(days=10))
+    assert pruned == [old]
+    reads = Reads(queue.engine)
+    assert await reads.task(old) is None and await reads.events(old) == []
+    assert await reads.task(live) is not None and await reads.task(recent) is not None
+
+
+async def test_worker_registry(queue: Queue) -> None:
+    await queue.register(W1, "host", 42, now=T0)
+    assert await queue.record_model_load(W1, "paraformer-zh", now=T0) == 1
+    await queue.worker_heartbeat(W1, current_task_id="t", now=T0 + timedelta(seconds=3))
+    [w] = await Reads(queue.engine).workers(now=T0)
+    assert (w.model, w.model_loads, w.current_task_id, w.pid) == ("paraformer-zh", 1, "t", 42)
+    assert w.heartbeat_at == T0 + timedelta(seconds=3)
+    await queue.stop(W1, now=T0 + timedelta(seconds=4))
+    [w] = await Reads(queue.engine).workers(now=T0 + timedelta(seconds=5))
+    assert w.stopped_at == T0 + timedelta(seconds=4) and w.current_task_id is None
+
+
+async def test_status_check_constraint_rejects_unknown_status(queue: Queue) -> None:
+    from sqlalchemy import text
+    from sqlalchemy.exc import IntegrityError
+    tid = (await queue.enqueue(item(), now=T0)).task.id
+    with pytest.raises(IntegrityError):
+        async with queue.engine.begin() as conn:
+            await conn.execute(text("UPDATE tasks SET status = 'running' WHERE id = :id"),
+                               {"id": tid})

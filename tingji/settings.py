@@ -1,0 +1,203 @@
+"""Every ``TINGJI_*`` setting, read once at an entry point and validated there.
+
+No module reads ``os.environ`` on import: ``Settings.from_env()`` is called by
+the CLI (or a test) and the resulting object is passed down.  Every bad value
+is reported at once, in one message, before anything starts.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+
+class SettingsError(ValueError):
+    """One or more ``TINGJI_*`` variables hold a value tingji cannot use."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("invalid settings:\n  " + "\n  ".join(problems))
+
+
+SQLITE_SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    data_dir: Path = Path("data")
+    database_url: str = ""  # filled from data_dir when empty
+    lease_seconds: int = 60
+    max_attempts: int = 3
+    max_pending: int = 1000
+    sqlite_synchronous: str = "FULL"
+    retry_backoff_seconds: float = 10.0
+    # API
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_token: str | None = None
+    max_upload_mb: int = 2048
+    # worker
+    asr_model: str = "paraformer-zh"
+    vad_model: str | None = "fsmn-vad"
+    punc_model: str | None = "ct-punc"
+    device: str = "auto"
+    batch_size_s: int = 300
+    io_concurrency: int = 4
+    max_download_mb: int = 4096
+    drain_seconds: float = 30.0
+    # LLM (OpenAI-compatible)
+    llm_base_url: str | None = None
+    llm_api_key: str | None = None
+    llm_model: str | None = None
+    llm_concurrency: int = 4
+    llm_timeout_seconds: float = 120.0
+    # derived, not read from the environment
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def llm_configured(self) -> bool:
+        return bool(self.llm_base_url and self.llm_model)
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def uploads_dir(self) -> Path:
+        return self.data_dir / "uploads"
+
+    @property
+    def results_dir(self) -> Path:
+        return self.data_dir / "results"
+
+    @property
+    def work_dir(self) -> Path:
+        return self.data_dir / "work"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from ``TINGJI_*`` variables; raise ``SettingsError`` listing
+        every bad value."""
+        env = os.environ if env is None else env
+        problems: list[str] = []
+        values: dict[str, Any] = {}
+
+        def read(name: str, parse: Callable[[str], Any], check: Callable[[Any], str | None]
+                 | None = None) -> None:
+            var = "TINGJI_" + name.upper()
+            raw = env.get(var)
+            if raw is None:
+                return
+            try:
+                value = parse(raw.strip())
+            except ValueError as exc:
+                problems.append(f"{var}={raw!r}: {exc}")
+                return
+            why = check(value) if check else None
+            if why:
+                problems.append(f"{var}={raw!r}: {why}")
+                return
+            values[name] = value
+
+        def positive(v: float) -> str | None:
+            return None if v > 0 else "must be greater than 0"
+
+        def port(v: int) -> str | None:
+            return None if 1 <= v <= 65535 else "must be a port number (1-65535)"
+
+        def choice(options: tuple[str, ...]) -> Callable[[str], str]:
+            def parse(raw: str) -> str:
+                v = raw.lower() if options is DEVICES else raw.upper()
+                if v not in options:
+                    raise ValueError(f"must be one of {', '.join(options)}")
+                return v
+            return parse
+
+        def optional(raw: str) -> str | None:
+            return raw or None
+
+        def http_url(raw: str) -> str | None:
+            if not raw:
+                return None
+            parts = urlsplit(raw)
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                raise ValueError("must be an http(s) URL such as https://api.deepseek.com/v1")
+            return raw
+
+        read("data_dir", lambda r: Path(r) if r else _raise("must not be empty"))
+        read("database_url", _database_url)
+        read("lease_seconds", _int, lambda v: None if v >= 5 else "must be at least 5")
+        read("max_attempts", _int, lambda v: None if v >= 1 else "must be at least 1")
+        read("max_pending", _int, positive)
+        read("sqlite_synchronous", choice(SQLITE_SYNCHRONOUS))
+        read("retry_backoff_seconds", _float, lambda v: None if v >= 0 else "must be >= 0")
+        read("host", lambda r: r or _raise("must not be empty"))
+        read("port", _int, port)
+        read("api_token", optional)
+        read("max_upload_mb", _int, positive)
+        read("asr_model", lambda r: r or _raise("must name a model id or a folder"))
+        read("vad_model", optional)
+        read("punc_model", optional)
+        read("device", choice(DEVICES))
+        read("batch_size_s", _int, positive)
+        read("io_concurrency", _int, positive)
+        read("max_download_mb", _int, positive)
+        read("drain_seconds", _float, lambda v: None if v >= 0 else "must be >= 0")
+        read("llm_base_url", http_url)
+        read("llm_api_key", optional)
+        read("llm_model", optional)
+        read("llm_concurrency", _int, positive)
+        read("llm_timeout_seconds", _float, positive)
+
+        if values.get("llm_base_url") and not values.get("llm_model"):
+            problems.append("TINGJI_LLM_MODEL must be set when TINGJI_LLM_BASE_URL is set")
+        if problems:
+            raise SettingsError(problems)
+
+        data_dir = values["data_dir"] = Path(values.get("data_dir", "data")).resolve()
+        if not values.get("database_url"):
+            values["database_url"] = f"sqlite:///{data_dir / 'tingji.db'}"
+        return cls(**values)
+
+    @classmethod
+    def env_names(cls) -> list[str]:
+        return ["TINGJI_" + f.name.upper() for f in fields(cls) if f.name != "extra"]
+
+
+def _raise(message: str) -> Any:
+    raise ValueError(message)
+
+
+def _int(raw: str) -> int:
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError("must be an integer") from None
+
+
+def _float(raw: str) -> float:
+    try:
+        return float(raw)
+    except ValueError:
+        raise ValueError("must be a number") from None
+
+
+def _database_url(raw: str) -> str:
+    if raw.startswith("sqlite:"):
+        if not raw.startswith("sqlite:///") or raw == "sqlite:///":
+            raise ValueError("SQLite URLs look like sqlite:///relative/path.db or "
+                             "sqlite:////absolute/path.db")
+        if raw.startswith("sqlite:///:memory:"):
+            raise ValueError("an in-memory database cannot be shared by the API and the worker")
+        return raw
+    scheme = raw.split("://", 1)[0]
+    if scheme in ("postgresql", "postgres", "postgresql+asyncpg", "postgresql+psycopg"):
+        if "://" not in raw or not raw.split("://", 1)[1]:
+            raise ValueError("PostgreSQL URLs look like postgresql://user@host:5432/dbname")
+        return raw
+    raise ValueError("must be a sqlite:///path or postgresql://... URL")
