@@ -163,7 +163,7 @@ class Task(Base):
         CheckConstraint("max_attempts >= 1", name="max_attempts_positive"),
         # The claim path: pending tasks in claim order.  Partial, so it stays as small
         # as the backlog however long the history grows.
-        Index("ix_tasks_claim", text("priority DESC"), "created_at",
+        Index("ix_tasks_claim", text("priority DESC"), "created_at", "id",
               sqlite_where=text("status = 'pending'"),
               postgresql_where=text("status = 'pending'")),
         # Lease rescue scans only processing tasks.
@@ -175,8 +175,9 @@ class Task(Base):
               sqlite_where=text("status IN ('pending', 'processing')"),
               postgresql_where=text("status IN ('pending', 'processing')")),
         Index("ix_tasks_batch_id", "batch_id"),
+        # No plain index on status: SQLite's planner would pick it for the claim and
+        # sort every pending row, instead of walking ix_tasks_claim in order.
         Index("ix_tasks_created_at", "created_at"),
-        Index("ix_tasks_status", "status"),
     )
 
 

@@ -45,6 +45,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _unreachable(exc: BaseException) -> bool:
+    from sqlalchemy.exc import OperationalError
+
+    return isinstance(exc, OSError | OperationalError) or type(exc).__module__.startswith(
+        "asyncpg")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -52,6 +59,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        if _unreachable(exc):
+            print(f"tingji: cannot reach the database: {str(exc).splitlines()[0]}",
+                  file=sys.stderr)
+            return 1
+        raise
 
 
 if __name__ == "__main__":

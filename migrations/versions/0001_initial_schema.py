@@ -49,12 +49,11 @@ def upgrade() -> None:
     with op.batch_alter_table('tasks', schema=None) as batch_op:
         batch_op.create_index('ix_tasks_batch_id', ['batch_id'], unique=False)
         # The claim path, in claim order (priority DESC, created_at), pending rows only.
-        batch_op.create_index('ix_tasks_claim', [sa.text('priority DESC'), 'created_at'],
+        batch_op.create_index('ix_tasks_claim', [sa.text('priority DESC'), 'created_at', 'id'],
                               unique=False, sqlite_where=sa.text("status = 'pending'"),
                               postgresql_where=sa.text("status = 'pending'"))
         batch_op.create_index('ix_tasks_created_at', ['created_at'], unique=False)
         batch_op.create_index('ix_tasks_lease', ['lease_expires_at'], unique=False, sqlite_where=sa.text("status = 'processing'"), postgresql_where=sa.text("status = 'processing'"))
-        batch_op.create_index('ix_tasks_status', ['status'], unique=False)
         batch_op.create_index('uq_tasks_idempotency_live', ['idempotency_key'], unique=True, sqlite_where=sa.text("status IN ('pending', 'processing')"), postgresql_where=sa.text("status IN ('pending', 'processing')"))
 
     op.create_table('workers',
@@ -123,7 +122,6 @@ def downgrade() -> None:
     op.drop_table('workers')
     with op.batch_alter_table('tasks', schema=None) as batch_op:
         batch_op.drop_index('uq_tasks_idempotency_live', sqlite_where=sa.text("status IN ('pending', 'processing')"), postgresql_where=sa.text("status IN ('pending', 'processing')"))
-        batch_op.drop_index('ix_tasks_status')
         batch_op.drop_index('ix_tasks_lease', sqlite_where=sa.text("status = 'processing'"), postgresql_where=sa.text("status = 'processing'"))
         batch_op.drop_index('ix_tasks_created_at')
         batch_op.drop_index('ix_tasks_batch_id')

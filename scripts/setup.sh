@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Idempotent set-up on a fresh machine: a virtual environment with tingji and its
+# worker dependencies (torch 2.13.0 first, from the local wheel where there is one).
+#   scripts/setup.sh          service dependencies
+#   scripts/setup.sh --test   plus test tools and Debian's espeak-ng/ffmpeg for test media
+set -euo pipefail
+cd "$(dirname "$0")/.."
+want_test=0
+[[ "${1:-}" == "--test" ]] && want_test=1
+
+PY=${TINGJI_PYTHON:-python3.11}
+command -v "$PY" >/dev/null || PY=python3
+if [[ ! -x .venv/bin/python ]]; then
+  "$PY" -m venv .venv
+fi
+stamp=".venv/.tingji-installed"
+extras="worker"
+[[ $want_test == 1 ]] && extras="worker,test"
+sig="$(cat pyproject.toml | sha1sum | cut -c1-16)-$extras"
+if [[ ! -f $stamp ]] || ! grep -qx -- "$sig" "$stamp" 2>/dev/null; then
+  # torch before funasr: a bare `torch` requirement would pull a multi-GB CUDA build.
+  .venv/bin/pip install -q --disable-pip-version-check "torch==2.13.0"
+  .venv/bin/pip install -q --disable-pip-version-check -e ".[$extras]"
+  echo "$sig" > "$stamp"
+fi
+
+if [[ $want_test == 1 ]]; then
+  missing=()
+  command -v espeak-ng >/dev/null || missing+=(espeak-ng)
+  command -v ffmpeg >/dev/null || missing+=(ffmpeg)
+  command -v ffprobe >/dev/null || missing+=(ffmpeg)
+  if (( ${#missing[@]} )); then
+    if [[ $(id -u) == 0 ]]; then
+      (apt-get install -y -q "${missing[@]}" || { apt-get update -q && apt-get install -y -q "${missing[@]}"; }) >/dev/null
+    else
+      echo "setup: please install ${missing[*]} (Debian: sudo apt-get install ${missing[*]})" >&2
+      exit 1
+    fi
+  fi
+fi

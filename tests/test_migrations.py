@@ -1,0 +1,133 @@
+"""Schema through Alembic: upgrade, downgrade, upgrade again, no drift; the `tingji db`
+commands from any directory, and several starters at once."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import inspect, text
+from sqlalchemy.engine import make_url
+
+from db import migrate
+from db.engine import make_engine
+from tests.conftest import PG_URL
+
+TINGJI = str(Path(sys.executable).with_name("tingji"))
+TABLES = {"tasks", "task_events", "task_stages", "segments", "workers"}
+
+
+def _admin(sql: str) -> None:
+    async def run() -> None:
+        engine = make_engine(PG_URL, pool_size=1, isolation_level="AUTOCOMMIT")
+        try:
+            async with engine.connect() as conn:
+                await conn.execute(text(sql))
+        finally:
+            await engine.dispose()
+    asyncio.run(run())
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def empty_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A database with nothing in it (not even alembic_version)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'fresh' / 'tingji.db'}"
+        return
+    if PG_URL == "skip":
+        pytest.skip("PostgreSQL disabled")
+    name = f"tingji_mig_{os.getpid()}"
+    _admin(f"DROP DATABASE IF EXISTS {name}")
+    _admin(f"CREATE DATABASE {name}")
+    try:
+        yield make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
+    finally:
+        _admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def tables(url: str) -> set[str]:
+    async def run() -> set[str]:
+        engine = make_engine(url)
+        try:
+            async with engine.connect() as conn:
+                return set(await conn.run_sync(lambda c: inspect(c).get_table_names()))
+        finally:
+            await engine.dispose()
+    return asyncio.run(run())
+
+
+def test_upgrade_downgrade_upgrade_without_drift(empty_url: str) -> None:
+    head = migrate.head_revision()
+    assert migrate.current(empty_url) is None
+    assert migrate.upgrade(empty_url) == head
+    assert TABLES <= tables(empty_url)
+    migrate.check(empty_url)  # raises on drift
+    migrate.downgrade(empty_url, "base")
+    assert migrate.current(empty_url) is None
+    assert not (TABLES & tables(empty_url))
+    assert migrate.upgrade(empty_url) == head
+    migrate.check(empty_url)
+    assert migrate.upgrade(empty_url) == head  # idempotent
+
+
+def _env(url: str, data_dir: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TINGJI_")}
+    env.update(TINGJI_DATABASE_URL=url, TINGJI_DATA_DIR=str(data_dir))
+    return env
+
+
+def test_tingji_db_commands_work_from_any_directory(empty_url: str, tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = _env(empty_url, tmp_path / "data")
+    cur = subprocess.run([TINGJI, "db", "current"], cwd=elsewhere, env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert cur.returncode == 0, cur.stderr
+    assert "behind head" in cur.stdout
+    # several starters at once: all succeed, the schema is built exactly once
+    procs = [subprocess.Popen([TINGJI, "db", "upgrade"], cwd=elsewhere, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(4)]
+    for p in procs:
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+        assert f"revision {migrate.head_revision()}" in out
+    cur = subprocess.run([TINGJI, "db", "current"], cwd=elsewhere, env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert "up to date" in cur.stdout
+    migrate.check(empty_url)
+
+
+def test_default_database_lives_in_data_dir(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TINGJI_")}
+    env["TINGJI_DATA_DIR"] = str(tmp_path / "d")
+    res = subprocess.run([TINGJI, "db", "upgrade"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "d" / "tingji.db").exists()
+
+
+def test_bad_settings_are_all_reported(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TINGJI_")}
+    env.update(TINGJI_LEASE_SECONDS="soon", TINGJI_MAX_PENDING="0",
+               TINGJI_DATABASE_URL="mysql://x/y", TINGJI_SQLITE_SYNCHRONOUS="fast")
+    res = subprocess.run([TINGJI, "db", "upgrade"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2
+    for var in ("TINGJI_LEASE_SECONDS", "TINGJI_MAX_PENDING", "TINGJI_DATABASE_URL",
+                "TINGJI_SQLITE_SYNCHRONOUS"):
+        assert var in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_unreachable_database_is_one_clear_line(tmp_path: Path) -> None:
+    env = _env("postgresql://postgres@127.0.0.1:1/nothing", tmp_path)
+    res = subprocess.run([TINGJI, "db", "upgrade"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode != 0
+    assert "cannot reach the database" in res.stderr and "Traceback" not in res.stderr

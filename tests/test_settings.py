@@ -1,0 +1,39 @@
+from pathlib import Path
+
+import pytest
+
+from tingji.settings import Settings, SettingsError
+
+
+def test_defaults() -> None:
+    s = Settings.from_env({})
+    assert s.data_dir == Path("data").resolve()
+    assert s.database_url == f"sqlite:///{Path('data').resolve() / 'tingji.db'}"
+    assert (s.lease_seconds, s.max_attempts, s.max_pending) == (60, 3, 1000)
+    assert s.sqlite_synchronous == "FULL" and s.host == "127.0.0.1"
+    assert not s.llm_configured
+
+
+def test_values_are_parsed() -> None:
+    s = Settings.from_env({"TINGJI_DATABASE_URL": "postgresql://u@h/db",
+                           "TINGJI_SQLITE_SYNCHRONOUS": "normal", "TINGJI_VAD_MODEL": "",
+                           "TINGJI_LLM_BASE_URL": "http://127.0.0.1:9/v1",
+                           "TINGJI_LLM_MODEL": "deepseek-chat", "TINGJI_DEVICE": "CUDA"})
+    assert s.database_url == "postgresql://u@h/db" and not s.is_sqlite
+    assert s.sqlite_synchronous == "NORMAL" and s.vad_model is None
+    assert s.llm_configured and s.device == "cuda"
+
+
+@pytest.mark.parametrize("var,value,why", [
+    ("TINGJI_LEASE_SECONDS", "2", "at least 5"),
+    ("TINGJI_MAX_ATTEMPTS", "x", "integer"),
+    ("TINGJI_DATABASE_URL", "sqlite:///:memory:", "in-memory"),
+    ("TINGJI_DATABASE_URL", "mysql://h/db", "sqlite:///path or postgresql"),
+    ("TINGJI_PORT", "70000", "port"),
+    ("TINGJI_LLM_BASE_URL", "ftp://x", "http(s)"),
+    ("TINGJI_DEVICE", "tpu", "one of"),
+])
+def test_bad_values_name_the_variable(var: str, value: str, why: str) -> None:
+    with pytest.raises(SettingsError) as info:
+        Settings.from_env({var: value})
+    assert var in str(info.value) and why in str(info.value)
