@@ -32,6 +32,50 @@ def cmd_db(args: argparse.Namespace) -> int:
     return 0
 
 
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _prepare(settings: Settings) -> None:
+    """Directories and schema, before a service starts."""
+    from db import migrate
+
+    for d in (settings.data_dir, settings.uploads_dir, settings.results_dir, settings.work_dir):
+        d.mkdir(parents=True, exist_ok=True)
+    migrate.upgrade(settings.database_url)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    settings = _settings()
+    settings = dataclasses.replace(settings, host=args.host or settings.host,
+                                   port=args.port or settings.port)
+    if not _is_loopback(settings.host) and not settings.api_token:
+        print(f"tingji: refusing to listen on {settings.host} without TINGJI_API_TOKEN; "
+              "set a token or bind 127.0.0.1", file=sys.stderr)
+        return 2
+    _prepare(settings)
+    import uvicorn
+
+    from server.app import create_app
+
+    app = create_app(settings)
+    print(f"tingji API on http://{settings.host}:{settings.port} "
+          f"(database {settings.database_url.split('://')[0]}, data {settings.data_dir})",
+          file=sys.stderr, flush=True)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning",
+                access_log=False, timeout_graceful_shutdown=5)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tingji", description="tingji (听记): restart-safe transcription of Chinese audio")
@@ -42,6 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
     db_sub.add_parser("upgrade", help="bring the database to the latest schema")
     db_sub.add_parser("current", help="show the database's schema revision")
     p_db.set_defaults(func=cmd_db)
+
+    p_serve = sub.add_parser("serve", help="run the HTTP API")
+    p_serve.add_argument("--host", help="address to bind (default TINGJI_HOST, 127.0.0.1)")
+    p_serve.add_argument("--port", type=int, help="port (default TINGJI_PORT, 8000)")
+    p_serve.set_defaults(func=cmd_serve)
     return parser
 
 

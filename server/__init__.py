@@ -1,0 +1,1 @@
+"""The HTTP API (Litestar): inserts tasks, answers status, serves results."""

@@ -1,0 +1,111 @@
+"""One exception handler: every error leaves the API as
+``{"error": {"code": "...", "message": "..."}}`` with the right status code.
+No traceback ever reaches a client; anything unexpected is logged and answered 500.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from litestar import MediaType, Request, Response
+from litestar.exceptions import (
+    HTTPException,
+    NotAuthorizedException,
+    NotFoundException,
+    ValidationException,
+)
+from litestar.status_codes import (
+    HTTP_400_BAD_REQUEST,
+    HTTP_401_UNAUTHORIZED,
+    HTTP_404_NOT_FOUND,
+    HTTP_409_CONFLICT,
+    HTTP_429_TOO_MANY_REQUESTS,
+    HTTP_500_INTERNAL_SERVER_ERROR,
+    HTTP_503_SERVICE_UNAVAILABLE,
+)
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from db.errors import (
+    IdempotencyConflict,
+    InvalidTransition,
+    LeaseLost,
+    QueueError,
+    QueueFull,
+    TaskNotFound,
+)
+
+log = logging.getLogger("tingji.server")
+
+
+class ApiError(Exception):
+    """An error the API raises on purpose, with its status and stable code."""
+
+    def __init__(self, status: int, code: str, message: str,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.headers = status, code, message, headers
+
+
+def bad_request(message: str, code: str = "validation_error") -> ApiError:
+    return ApiError(HTTP_400_BAD_REQUEST, code, message)
+
+
+def body(code: str, message: str) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message}}
+
+
+def _respond(status: int, code: str, message: str,
+             headers: dict[str, str] | None = None) -> Response[Any]:
+    return Response(body(code, message), status_code=status, media_type=MediaType.JSON,
+                    headers=headers)
+
+
+_QUEUE_STATUS: dict[type[QueueError], int] = {
+    TaskNotFound: HTTP_404_NOT_FOUND,
+    InvalidTransition: HTTP_409_CONFLICT,
+    IdempotencyConflict: HTTP_409_CONFLICT,
+    LeaseLost: HTTP_409_CONFLICT,
+    QueueFull: HTTP_429_TOO_MANY_REQUESTS,
+}
+
+
+def _validation_message(exc: ValidationException) -> str:
+    extra = exc.extra if isinstance(exc.extra, list) else []
+    parts = []
+    for item in extra:
+        if isinstance(item, dict):
+            key = item.get("key") or item.get("source") or ""
+            msg = item.get("message", "")
+            parts.append(f"{key}: {msg}" if key else str(msg))
+    detail = "; ".join(parts) or str(exc.detail or "invalid request")
+    return detail.replace("`$.", "`")
+
+
+def handle(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    if isinstance(exc, ApiError):
+        return _respond(exc.status, exc.code, exc.message, exc.headers)
+    if isinstance(exc, QueueFull):
+        return _respond(HTTP_429_TOO_MANY_REQUESTS, exc.code, str(exc),
+                        {"Retry-After": str(exc.retry_after)})
+    if isinstance(exc, QueueError):
+        return _respond(_QUEUE_STATUS.get(type(exc), HTTP_409_CONFLICT), exc.code, str(exc))
+    if isinstance(exc, ValidationException):
+        return _respond(HTTP_400_BAD_REQUEST, "validation_error", _validation_message(exc))
+    if isinstance(exc, NotAuthorizedException):
+        return _respond(HTTP_401_UNAUTHORIZED, "unauthorized", str(exc.detail),
+                        {"WWW-Authenticate": "Bearer"})
+    if isinstance(exc, NotFoundException):
+        return _respond(HTTP_404_NOT_FOUND, "not_found", "no such resource")
+    if isinstance(exc, HTTPException):
+        code = {405: "method_not_allowed", 413: "too_large", 415: "unsupported_media_type"}\
+            .get(exc.status_code, "http_error" if exc.status_code >= 500 else "bad_request")
+        return _respond(exc.status_code, code, str(exc.detail), exc.headers)
+    if isinstance(exc, OperationalError | DBAPIError | ConnectionError | TimeoutError):
+        log.warning("database unavailable: %s", exc)
+        return _respond(HTTP_503_SERVICE_UNAVAILABLE, "unavailable",
+                        "the database is not reachable; try again shortly",
+                        {"Retry-After": "5"})
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return _respond(HTTP_500_INTERNAL_SERVER_ERROR, "internal_error",
+                    "internal error; see the server log")

@@ -1,0 +1,110 @@
+"""Submitting work: one URL, one uploaded file, or a batch of URLs.  Each answers 202
+with the durable task's id as soon as its row is committed."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from litestar import Request, Response, post
+from litestar.status_codes import HTTP_202_ACCEPTED
+
+from db.models import TaskKind
+from db.queue import Enqueued, NewTask
+from server.app import services
+from server.errors import bad_request
+from server.schemas import (
+    MAX_BATCH,
+    BatchRequest,
+    BatchSubmitted,
+    BilibiliRequest,
+    Submitted,
+    check_url,
+    options_from_form,
+    options_payload,
+    url_problem,
+)
+from server.uploads import receive_upload, too_large
+
+
+def _accepted(enq: Enqueued) -> Response[Submitted]:
+    task = enq.task
+    message = ("task queued" if enq.created
+               else "a live task with this idempotency key already exists")
+    return Response(
+        Submitted(task_id=task.id, status=str(task.status), message=message,
+                  created_at=task.created_at),
+        status_code=HTTP_202_ACCEPTED, headers={"Location": f"/api/v1/task/{task.id}"})
+
+
+@post("/process/bilibili", status_code=HTTP_202_ACCEPTED, summary="Transcribe a URL")
+async def process_url(request: Request[Any, Any, Any], data: BilibiliRequest
+                      ) -> Response[Submitted]:
+    """Any http(s) URL yt-dlp handles: Bilibili BV/av links, b23.tv, direct media files."""
+    svc = services(request)
+    url = check_url(data.video_url)
+    enq = await svc.queue.enqueue(NewTask(
+        TaskKind.URL, {"video_url": url,
+                       "options": options_payload(data, svc.settings.llm_configured)},
+        priority=data.priority, idempotency_key=data.idempotency_key))
+    return _accepted(enq)
+
+
+@post("/process/audio", status_code=HTTP_202_ACCEPTED, summary="Transcribe an uploaded file",
+      request_max_body_size=None)
+async def process_upload(request: Request[Any, Any, Any]) -> Response[Submitted]:
+    """multipart/form-data: ``file`` (audio or video) plus the options as form fields."""
+    svc = services(request)
+    limit = svc.settings.max_upload_mb * 2**20
+    announced = request.headers.get("content-length")
+    if announced and announced.isdigit() and int(announced) > limit + 2**20:
+        raise too_large(svc.settings.max_upload_mb)
+    upload = await receive_upload(request.headers.get("content-type", ""), request.stream(),
+                                  svc.settings.uploads_dir, limit)
+    try:
+        opts = options_from_form(upload.fields)
+        enq = await svc.queue.enqueue(NewTask(
+            TaskKind.UPLOAD,
+            {"upload": {"stored_name": upload.stored_name, "filename": upload.filename,
+                        "size": upload.size, "content_type": upload.content_type},
+             "options": options_payload(opts, svc.settings.llm_configured)},
+            priority=opts.priority, idempotency_key=opts.idempotency_key))
+    except BaseException:
+        upload.path.unlink(missing_ok=True)
+        raise
+    if not enq.created:
+        upload.path.unlink(missing_ok=True)
+    return _accepted(enq)
+
+
+@post("/process/batch", status_code=HTTP_202_ACCEPTED, summary="Transcribe a list of URLs")
+async def process_batch(request: Request[Any, Any, Any], data: BatchRequest
+                        ) -> Response[BatchSubmitted]:
+    """One durable task per URL, inserted in one transaction: all or nothing."""
+    svc = services(request)
+    if not data.urls:
+        raise bad_request("urls: the list is empty")
+    if len(data.urls) > MAX_BATCH:
+        raise bad_request(f"urls: at most {MAX_BATCH} URLs per batch, got {len(data.urls)}")
+    problems = []
+    for i, url in enumerate(data.urls):
+        why = url_problem(url.strip()) if isinstance(url, str) and url.strip() else "empty"
+        if why:
+            problems.append(f"urls[{i}] {url[:100]!r}: {why}")
+    dupes = [u for u, n in Counter(u.strip() for u in data.urls).items() if n > 1]
+    if dupes:
+        problems.append("duplicate URLs: " + ", ".join(repr(u[:100]) for u in dupes))
+    if problems:
+        raise bad_request("; ".join(problems))
+    options = options_payload(data, svc.settings.llm_configured)
+    key = data.idempotency_key
+    batch_id, tasks = await svc.queue.enqueue_many([
+        NewTask(TaskKind.URL, {"video_url": u.strip(), "options": options},
+                priority=data.priority, idempotency_key=f"{key}/{i}" if key else None)
+        for i, u in enumerate(data.urls)])
+    return Response(BatchSubmitted(batch_id=batch_id, task_ids=[t.id for t in tasks]),
+                    status_code=HTTP_202_ACCEPTED,
+                    headers={"Location": f"/api/v1/tasks?batch_id={batch_id}"})
+
+
+handlers = [process_url, process_upload, process_batch]

@@ -1,0 +1,130 @@
+"""Following, cancelling, retrying and downloading tasks."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from typing import Annotated, Any
+from urllib.parse import quote
+
+from litestar import Request, Response, get, post
+from litestar.params import Parameter
+from litestar.status_codes import HTTP_202_ACCEPTED, HTTP_409_CONFLICT
+
+from db.errors import TaskNotFound
+from db.models import Task, TaskStatus
+from server.app import services
+from server.errors import ApiError, bad_request
+from server.schemas import (
+    CancelResult,
+    EventView,
+    TaskList,
+    TaskView,
+    check_task_id,
+    source_of,
+    task_view,
+)
+from tingji.formats import CONTENT_TYPES, FORMATS, render_all, safe_filename
+
+
+async def _task(request: Request[Any, Any, Any], task_id: str) -> Task:
+    tid = check_task_id(task_id)
+    task = await services(request).reads.task(tid)
+    if task is None:
+        raise TaskNotFound(tid)
+    return task
+
+
+@get("/task/{task_id:str}", summary="One task's status, progress and result")
+async def get_task(request: Request[Any, Any, Any], task_id: str) -> TaskView:
+    return task_view(await _task(request, task_id))
+
+
+@get("/task/{task_id:str}/events", summary="A task's whole history, oldest first")
+async def get_events(request: Request[Any, Any, Any], task_id: str) -> list[EventView]:
+    task = await _task(request, task_id)
+    return [EventView(id=e.id, at=e.at, event=e.event, from_status=e.from_status,
+                      to_status=e.to_status, worker_id=e.worker_id, detail=e.detail)
+            for e in await services(request).reads.events(task.id)]
+
+
+@get("/task/{task_id:str}/segments", summary="Timed transcript sentences")
+async def get_segments(request: Request[Any, Any, Any], task_id: str) -> list[dict[str, Any]]:
+    task = await _task(request, task_id)
+    return [{"start_ms": s.start_ms, "end_ms": s.end_ms, "text": s.text}
+            for s in await services(request).reads.segments(task.id)]
+
+
+@get("/tasks", summary="Tasks, newest first")
+async def list_tasks(
+    request: Request[Any, Any, Any],
+    status: str | None = None,
+    batch_id: str | None = None,
+    limit: Annotated[int, Parameter(ge=1, le=500)] = 50,
+    offset: Annotated[int, Parameter(ge=0, le=2**53)] = 0,
+) -> TaskList:
+    st = None
+    if status:
+        try:
+            st = TaskStatus(status)
+        except ValueError:
+            raise bad_request(f"status: must be one of "
+                              f"{', '.join(s.value for s in TaskStatus)}") from None
+    if batch_id:
+        batch_id = check_task_id(batch_id)
+    tasks, total = await services(request).reads.list_tasks(status=st, batch_id=batch_id,
+                                                             limit=limit, offset=offset)
+    return TaskList(tasks=[task_view(t) for t in tasks], total=total, limit=limit,
+                    offset=offset)
+
+
+@post("/task/{task_id:str}/cancel", status_code=200, summary="Cancel a task")
+async def cancel_task(request: Request[Any, Any, Any], task_id: str) -> CancelResult:
+    """Pending tasks are cancelled at once; a processing task stops at its worker's next
+    check (its status then moves to ``cancelled``)."""
+    task = await services(request).queue.request_cancel(check_task_id(task_id))
+    return CancelResult(task_id=task.id, status=str(task.status))
+
+
+@post("/task/{task_id:str}/retry", status_code=HTTP_202_ACCEPTED, summary="Retry a task")
+async def retry_task(request: Request[Any, Any, Any], task_id: str) -> CancelResult:
+    """Failed or cancelled tasks only; work resumes at the first unfinished stage."""
+    task = await services(request).queue.retry(check_task_id(task_id))
+    return CancelResult(task_id=task.id, status=str(task.status))
+
+
+@get("/download/{task_id:str}", summary="Download the result (txt, md, json, srt or zip)")
+async def download(request: Request[Any, Any, Any], task_id: str,
+                   format: str | None = None) -> Response[bytes]:  # noqa: A002
+    if format is not None and format not in FORMATS:
+        raise bad_request(f"format: must be one of {', '.join(FORMATS)} (or absent for a zip)")
+    task = await _task(request, task_id)
+    if task.status != TaskStatus.COMPLETED or task.result is None:
+        raise ApiError(HTTP_409_CONFLICT, "not_completed",
+                       f"task {task.id} is {task.status}; results exist once it is completed")
+    segments = await services(request).reads.segments(task.id)
+    title = task.title or (task.payload.get("upload") or {}).get("filename") or task.id
+    files = render_all(task_id=task.id, title=title, source=source_of(task) or "",
+                       result=task.result, segments=segments,
+                       meta={"created_at": task.created_at.isoformat(),
+                             "completed_at": task.completed_at.isoformat()
+                             if task.completed_at else None})
+    stem = safe_filename(task.title, f"tingji-{task.id[:8]}")
+    if format is None:
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+            for ext, text in files.items():
+                zf.writestr(f"{stem}.{ext}", text)
+        content, name, ctype = buf.getvalue(), f"{stem}.zip", CONTENT_TYPES["zip"]
+    else:
+        content, name = files[format].encode("utf-8"), f"{stem}.{format}"
+        ctype = CONTENT_TYPES[format]
+    ascii_name = name.encode("ascii", "ignore").decode() or f"tingji-{task.id[:8]}"
+    if ascii_name.startswith("."):
+        ascii_name = f"tingji-{task.id[:8]}{ascii_name}"
+    disposition = (f'attachment; filename="{ascii_name}"; '
+                   f"filename*=UTF-8''{quote(name, safe='')}")
+    return Response(content, media_type=ctype, headers={"Content-Disposition": disposition})
+
+
+handlers = [get_task, get_events, get_segments, list_tasks, cancel_task, retry_task, download]

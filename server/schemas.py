@@ -1,0 +1,229 @@
+"""Request and response shapes of the HTTP API, and the validation shared by the JSON
+and the multipart (form) endpoints."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from datetime import datetime
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+import msgspec
+
+from db.models import Task, TaskStatus
+from server.errors import bad_request
+
+MAX_URL_LENGTH = 2048
+MAX_BATCH = 500
+_WS = re.compile(r"\s")
+
+
+class TaskOptions(msgspec.Struct, forbid_unknown_fields=True):
+    """Options common to every way of submitting."""
+
+    polish: bool | None = None
+    summarize: bool = False
+    llm_model: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] | None = None
+    temperature: Annotated[float, msgspec.Meta(ge=0, le=2)] | None = None
+    max_tokens: Annotated[int, msgspec.Meta(gt=0, le=1_000_000)] | None = None
+    priority: Annotated[int, msgspec.Meta(ge=-1000, le=1000)] = 0
+    idempotency_key: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] | None = None
+
+
+class BilibiliRequest(TaskOptions, forbid_unknown_fields=True):
+    video_url: str = ""
+
+
+class BatchRequest(TaskOptions, forbid_unknown_fields=True):
+    urls: list[str] = msgspec.field(default_factory=list)
+
+
+class Submitted(msgspec.Struct):
+    task_id: str
+    status: str
+    message: str
+    created_at: datetime
+
+
+class BatchSubmitted(msgspec.Struct):
+    batch_id: str
+    task_ids: list[str]
+    status: str = "pending"
+
+
+class ErrorInfo(msgspec.Struct):
+    type: str
+    message: str
+
+
+class TaskView(msgspec.Struct):
+    task_id: str
+    kind: str
+    status: str
+    stage: str | None
+    progress: float
+    message: str | None
+    priority: int
+    attempts: int
+    max_attempts: int
+    error: ErrorInfo | None
+    result: dict[str, Any] | None
+    created_at: datetime
+    started_at: datetime | None
+    completed_at: datetime | None
+    updated_at: datetime
+    batch_id: str | None
+    source: str | None
+    title: str | None
+    cancel_requested: bool
+
+
+class TaskList(msgspec.Struct):
+    tasks: list[TaskView]
+    total: int
+    limit: int
+    offset: int
+
+
+class CancelResult(msgspec.Struct):
+    task_id: str
+    status: str
+
+
+class WorkerView(msgspec.Struct):
+    id: str
+    hostname: str
+    pid: int
+    started_at: datetime
+    heartbeat_at: datetime
+    alive: bool
+    model: str | None
+    model_loaded_at: datetime | None
+    model_loads: int
+    current_task_id: str | None
+
+
+class QueueView(msgspec.Struct):
+    pending: int
+    processing: int
+    completed: int
+    failed: int
+    cancelled: int
+    capacity: int
+    workers: list[WorkerView]
+
+
+class EventView(msgspec.Struct):
+    id: int
+    at: datetime
+    event: str
+    from_status: str | None
+    to_status: str | None
+    worker_id: str | None
+    detail: dict[str, Any] | None
+
+
+def source_of(task: Task) -> str | None:
+    payload = task.payload or {}
+    return payload.get("video_url") or (payload.get("upload") or {}).get("filename")
+
+
+def task_view(task: Task) -> TaskView:
+    err = task.error
+    return TaskView(
+        task_id=task.id, kind=str(task.kind), status=str(task.status),
+        stage=str(task.stage) if task.stage else None, progress=round(task.progress, 4),
+        message=task.message, priority=task.priority, attempts=task.attempts,
+        max_attempts=task.max_attempts,
+        error=ErrorInfo(err.get("type", "Error"), err.get("message", "")) if err else None,
+        result=task.result if task.status == TaskStatus.COMPLETED else None,
+        created_at=task.created_at, started_at=task.started_at,
+        completed_at=task.completed_at, updated_at=task.updated_at, batch_id=task.batch_id,
+        source=source_of(task), title=task.title, cancel_requested=task.cancel_requested)
+
+
+def check_url(url: Any, field: str = "video_url") -> str:
+    """An http(s) URL yt-dlp may fetch; everything else is a 400 naming the field."""
+    if not isinstance(url, str) or not url.strip():
+        raise bad_request(f"{field}: a URL is required")
+    url = url.strip()
+    if len(url) > MAX_URL_LENGTH:
+        raise bad_request(f"{field}: URL longer than {MAX_URL_LENGTH} characters")
+    why = url_problem(url)
+    if why:
+        raise bad_request(f"{field}: {why}")
+    return url
+
+
+def url_problem(url: str) -> str | None:
+    if len(url) > MAX_URL_LENGTH:
+        return f"URL longer than {MAX_URL_LENGTH} characters"
+    if _WS.search(url):
+        return "URL contains whitespace"
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # raises on a malformed port
+    except ValueError as exc:
+        return f"malformed URL ({exc})"
+    if parts.scheme.lower() not in ("http", "https"):
+        return f"only http and https URLs are accepted, not {parts.scheme or 'no scheme'!r}"
+    if not parts.hostname:
+        return "URL has no host"
+    if port == 0:
+        return "URL has an invalid port"
+    return None
+
+
+def check_task_id(task_id: str) -> str:
+    try:
+        return str(uuid.UUID(task_id))
+    except ValueError:
+        raise bad_request(f"task_id: {task_id[:60]!r} is not a task id (a UUID)") from None
+
+
+def options_payload(opts: TaskOptions, llm_configured: bool) -> dict[str, Any]:
+    return {
+        "polish": llm_configured if opts.polish is None else opts.polish,
+        "summarize": opts.summarize, "llm_model": opts.llm_model,
+        "temperature": opts.temperature, "max_tokens": opts.max_tokens,
+    }
+
+
+_FORM_FIELDS = {f for f in TaskOptions.__struct_fields__}
+
+
+def options_from_form(fields: dict[str, str]) -> TaskOptions:
+    """Form fields (strings) -> validated options, with the same rules as JSON."""
+    unknown = set(fields) - _FORM_FIELDS
+    if unknown:
+        raise bad_request(f"unknown form field(s): {', '.join(sorted(unknown))}")
+    values: dict[str, Any] = {}
+    for name, raw in fields.items():
+        raw = raw.strip()
+        if name in ("polish", "summarize"):
+            low = raw.lower()
+            if low in ("1", "true", "yes", "on"):
+                values[name] = True
+            elif low in ("0", "false", "no", "off"):
+                values[name] = False
+            elif low == "" and name == "polish":
+                continue
+            else:
+                raise bad_request(f"{name}: expected true or false, got {raw[:40]!r}")
+        elif name in ("priority", "max_tokens"):
+            try:
+                values[name] = int(raw)
+            except ValueError:
+                raise bad_request(f"{name}: expected an integer, got {raw[:40]!r}") from None
+        elif name == "temperature":
+            try:
+                values[name] = float(raw)
+            except ValueError:
+                raise bad_request(f"{name}: expected a number, got {raw[:40]!r}") from None
+        elif raw:
+            values[name] = raw
+    try:
+        return msgspec.convert(values, TaskOptions)
+    except msgspec.ValidationError as exc:
+        raise bad_request(str(exc).replace("$.", "")) from None

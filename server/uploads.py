@@ -1,0 +1,167 @@
+"""Streaming multipart uploads: the file part goes straight to
+``$TINGJI_DATA_DIR/uploads/<generated name>`` chunk by chunk, never whole in memory.
+Over the size limit, an empty file, or a broken request: the partial file is removed
+and nothing is enqueued.  The client's file name is kept only as metadata.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from litestar.status_codes import HTTP_413_REQUEST_ENTITY_TOO_LARGE
+from python_multipart.exceptions import MultipartParseError
+from python_multipart.multipart import MultipartParser, parse_options_header
+
+from server.errors import ApiError, bad_request
+
+MAX_FIELD_BYTES = 64 * 1024
+_SAFE_SUFFIX = frozenset(".mp3 .mp4 .m4a .aac .wav .flac .ogg .opus .webm .mkv .mov .avi "
+                         ".flv .wma .amr .3gp .ts .m4v .mpeg .mpg .wmv .caf .aiff".split())
+
+
+@dataclass
+class StoredUpload:
+    path: Path
+    stored_name: str
+    filename: str
+    content_type: str | None
+    size: int
+    fields: dict[str, str] = field(default_factory=dict)
+
+
+def too_large(limit_mb: int) -> ApiError:
+    return ApiError(HTTP_413_REQUEST_ENTITY_TOO_LARGE, "too_large",
+                    f"the upload is larger than the limit of {limit_mb} MB "
+                    "(TINGJI_MAX_UPLOAD_MB)")
+
+
+class _Receiver:
+    """Callbacks for python-multipart's streaming parser."""
+
+    def __init__(self, uploads: Path, limit: int) -> None:
+        self.uploads, self.limit = uploads, limit
+        self.fields: dict[str, str] = {}
+        self.file: IO[bytes] | None = None
+        self.upload: StoredUpload | None = None
+        self.error: ApiError | None = None
+        self._header_field = b""
+        self._header_value = b""
+        self._headers: dict[bytes, bytes] = {}
+        self._name: str | None = None
+        self._field_buf = bytearray()
+        self._is_file = False
+
+    def callbacks(self) -> dict[str, Any]:
+        return {"on_part_begin": self.part_begin, "on_part_data": self.part_data,
+                "on_part_end": self.part_end, "on_header_field": self.header_field,
+                "on_header_value": self.header_value, "on_header_end": self.header_end,
+                "on_headers_finished": self.headers_finished}
+
+    def part_begin(self) -> None:
+        self._headers, self._name, self._is_file = {}, None, False
+        self._field_buf = bytearray()
+
+    def header_field(self, data: bytes, start: int, end: int) -> None:
+        self._header_field += data[start:end]
+
+    def header_value(self, data: bytes, start: int, end: int) -> None:
+        self._header_value += data[start:end]
+
+    def header_end(self) -> None:
+        self._headers[self._header_field.lower()] = self._header_value
+        self._header_field = self._header_value = b""
+
+    def headers_finished(self) -> None:
+        _, params = parse_options_header(self._headers.get(b"content-disposition", b""))
+        name = params.get(b"name", b"").decode("utf-8", "replace")
+        self._name = name
+        if b"filename" not in params:
+            return
+        if name != "file":
+            self.error = bad_request(f"unexpected file field {name!r}; send it as 'file'")
+            return
+        if self.upload is not None:
+            self.error = bad_request("file: send exactly one file")
+            return
+        self._is_file = True
+        filename = params[b"filename"].decode("utf-8", "replace")
+        filename = filename.replace("\\", "/").rsplit("/", 1)[-1][:255] or "upload"
+        suffix = Path(filename).suffix.lower()
+        stored = f"{uuid.uuid4()}{suffix if suffix in _SAFE_SUFFIX else ''}"
+        ctype = self._headers.get(b"content-type")
+        self.upload = StoredUpload(self.uploads / stored, stored, filename,
+                                   ctype.decode("latin-1") if ctype else None, 0)
+        self.file = open(self.upload.path, "xb")  # noqa: SIM115  (closed in part_end/cleanup)
+
+    def part_data(self, data: bytes, start: int, end: int) -> None:
+        if self.error:
+            return
+        if self._is_file and self.file is not None and self.upload is not None:
+            self.upload.size += end - start
+            if self.upload.size > self.limit:
+                self.error = too_large(self.limit // 2**20)
+                return
+            self.file.write(data[start:end])
+        else:
+            self._field_buf += data[start:end]
+            if len(self._field_buf) > MAX_FIELD_BYTES:
+                self.error = bad_request(f"{self._name}: form field too long")
+
+    def part_end(self) -> None:
+        if self._is_file and self.file is not None:
+            self.file.flush()
+            os.fsync(self.file.fileno())
+            self.file.close()
+            self.file = None
+        elif self._name is not None and not self.error:
+            if self._name in self.fields:
+                self.error = bad_request(f"{self._name}: given more than once")
+            try:
+                self.fields[self._name] = self._field_buf.decode("utf-8")
+            except UnicodeDecodeError:
+                self.error = bad_request(f"{self._name}: not UTF-8 text")
+
+    def cleanup(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+        if self.upload is not None:
+            self.upload.path.unlink(missing_ok=True)
+
+
+async def receive_upload(content_type: str, stream: AsyncIterator[bytes], uploads: Path,
+                         limit_bytes: int) -> StoredUpload:
+    """Parse a multipart body as it arrives; returns the stored file and the form fields."""
+    ctype, params = parse_options_header(content_type.encode("latin-1"))
+    if ctype != b"multipart/form-data" or b"boundary" not in params:
+        raise bad_request("send the file as multipart/form-data with a 'file' field",
+                          code="unsupported_media_type")
+    uploads.mkdir(parents=True, exist_ok=True)
+    rx = _Receiver(uploads, limit_bytes)
+    parser = MultipartParser(params[b"boundary"], rx.callbacks())
+    try:
+        async for chunk in stream:
+            if chunk:
+                parser.write(chunk)
+            if rx.error:
+                raise rx.error
+        parser.finalize()
+        if rx.error:
+            raise rx.error
+        if rx.upload is None:
+            raise bad_request("file: no file in the request (multipart field 'file')")
+        if rx.upload.size == 0:
+            raise bad_request("file: the uploaded file is empty")
+        rx.upload.fields = rx.fields
+        return rx.upload
+    except MultipartParseError as exc:
+        rx.cleanup()
+        raise bad_request(f"malformed multipart body: {exc}") from None
+    except BaseException:
+        rx.cleanup()
+        raise

@@ -1,0 +1,85 @@
+"""Start tingji's real processes (API server, worker) for integration tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[2]
+TINGJI = str(Path(sys.executable).with_name("tingji"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def clean_env(**overrides: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TINGJI_")}
+    env.update(overrides)
+    return env
+
+
+@dataclass
+class Proc:
+    popen: subprocess.Popen[bytes]
+    log: Path
+    url: str = ""
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(sig)
+        try:
+            self.popen.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            self.popen.wait()
+
+    def stop(self) -> int | None:
+        self.kill(signal.SIGTERM)
+        return self.popen.returncode
+
+
+def start(args: list[str], env: dict[str, str], log: Path, cwd: Path | None = None) -> Proc:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    fh = open(log, "ab")  # noqa: SIM115  (the child owns it)
+    popen = subprocess.Popen([TINGJI, *args], env=env, cwd=cwd or ROOT, stdout=fh,
+                             stderr=subprocess.STDOUT)
+    fh.close()
+    return Proc(popen, log, env=env)
+
+
+def start_server(env: dict[str, str], log: Path, *, port: int | None = None,
+                 timeout: float = 60) -> Proc:
+    port = port or free_port()
+    proc = start(["serve", "--port", str(port)], env, log)
+    proc.url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.popen.poll() is not None:
+            raise RuntimeError(f"server exited {proc.popen.returncode}:\n{proc.output()}")
+        try:
+            if httpx.get(proc.url + "/health", timeout=2).status_code in (200, 503):
+                return proc
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError(f"server did not start:\n{proc.output()}")

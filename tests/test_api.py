@@ -1,0 +1,477 @@
+"""The HTTP API as a real server process, over real HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import re
+import subprocess
+import sys
+import zipfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from db.engine import make_engine
+from db.models import Stage
+from db.queue import Queue, SegmentRow
+from tests.conftest import PG_URL
+from tests.helpers.procs import Proc, clean_env, free_port, start_server
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("api-data")
+
+
+@pytest.fixture(scope="module")
+def server(data_dir: Path) -> Iterator[Proc]:
+    env = clean_env(TINGJI_DATA_DIR=str(data_dir), TINGJI_MAX_UPLOAD_MB="3")
+    proc = start_server(env, data_dir / "server.log")
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+def client(server: Proc) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url, timeout=30) as c:
+        yield c
+
+
+@pytest.fixture
+async def queue(data_dir: Path) -> AsyncIterator[Queue]:
+    engine = make_engine(f"sqlite:///{data_dir / 'tingji.db'}")
+    yield Queue(engine)
+    await engine.dispose()
+
+
+def error_of(resp: httpx.Response, status: int) -> dict[str, str]:
+    assert resp.status_code == status, resp.text
+    body = resp.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}
+    assert "Traceback" not in resp.text
+    return body["error"]  # type: ignore[no-any-return]
+
+
+def submit(client: httpx.Client, url: str = "https://www.bilibili.com/video/BV1GJ411x7h7",
+           **kw: object) -> dict[str, object]:
+    resp = client.post("/api/v1/process/bilibili", json={"video_url": url, **kw})
+    assert resp.status_code == 202, resp.text
+    return resp.json()  # type: ignore[no-any-return]
+
+
+def test_health(client: httpx.Client) -> None:
+    resp = client.get("/health")
+    assert resp.status_code == 200
+    body = resp.json()
+    assert body["status"] == "ok" and set(body["queue"]) >= {"pending", "processing"}
+
+
+@pytest.mark.parametrize("url", [
+    "https://www.bilibili.com/video/BV1GJ411x7h7?p=2",
+    "https://b23.tv/abcdEF1",
+    "http://127.0.0.1:9/talk.mp4",
+])
+def test_submit_url_accepted(client: httpx.Client, url: str) -> None:
+    resp = client.post("/api/v1/process/bilibili", json={"video_url": url, "priority": 2})
+    assert resp.status_code == 202
+    body = resp.json()
+    assert body["status"] == "pending" and body["message"] and body["created_at"]
+    assert resp.headers["location"] == f"/api/v1/task/{body['task_id']}"
+    task = client.get(resp.headers["location"]).json()
+    assert task["source"] == url and task["priority"] == 2 and task["kind"] == "url"
+    assert task["result"] is None and task["attempts"] == 0
+
+
+@pytest.mark.parametrize("body,field", [
+    ({"video_url": "file:///etc/passwd"}, "video_url"),
+    ({"video_url": "data:text/plain,hi"}, "video_url"),
+    ({"video_url": "ftp://x.org/a.mp3"}, "video_url"),
+    ({"video_url": "javascript:alert(1)"}, "video_url"),
+    ({"video_url": "not a url"}, "video_url"),
+    ({"video_url": "https://"}, "video_url"),
+    ({"video_url": "https://x.org:99999/a"}, "video_url"),
+    ({"video_url": "https://x.org/" + "a" * 2048}, "video_url"),
+    ({"video_url": ""}, "video_url"),
+    ({}, "video_url"),
+    ({"video_url": "https://x.org/a", "temperature": 2.5}, "temperature"),
+    ({"video_url": "https://x.org/a", "max_tokens": 0}, "max_tokens"),
+    ({"video_url": "https://x.org/a", "priority": "high"}, "priority"),
+    ({"video_url": "https://x.org/a", "surprise": 1}, "surprise"),
+])
+def test_submit_url_rejected(client: httpx.Client, body: dict[str, object], field: str) -> None:
+    before = client.get("/api/v1/tasks").json()["total"]
+    err = error_of(client.post("/api/v1/process/bilibili", json=body), 400)
+    assert err["code"] == "validation_error" and field in err["message"]
+    assert client.get("/api/v1/tasks").json()["total"] == before
+
+
+def test_malformed_json_is_400(client: httpx.Client) -> None:
+    error_of(client.post("/api/v1/process/bilibili", content=b"{nope",
+                         headers={"content-type": "application/json"}), 400)
+
+
+def test_idempotency_key_returns_same_task(client: httpx.Client) -> None:
+    a = submit(client, "https://x.org/idem.mp4", idempotency_key="nightly-42")
+    b = submit(client, "https://x.org/idem.mp4", idempotency_key="nightly-42")
+    assert a["task_id"] == b["task_id"]
+
+
+def test_upload_streams_to_uploads_dir(client: httpx.Client, data_dir: Path) -> None:
+    payload = os.urandom(300_000)
+    resp = client.post("/api/v1/process/audio",
+                       files={"file": ("../../etc/讲座 录音.mp3", payload, "audio/mpeg")},
+                       data={"summarize": "true", "priority": "4"})
+    assert resp.status_code == 202, resp.text
+    task = client.get(f"/api/v1/task/{resp.json()['task_id']}").json()
+    assert task["kind"] == "upload" and task["source"] == "讲座 录音.mp3"
+    assert task["priority"] == 4
+    stored = [p for p in (data_dir / "uploads").iterdir() if p.read_bytes() == payload]
+    assert len(stored) == 1 and stored[0].suffix == ".mp3"
+    assert "讲座" not in stored[0].name  # the client's name is metadata only
+
+
+@pytest.mark.parametrize("files,data,field", [
+    ({"file": ("a.wav", b"", "audio/wav")}, {}, "empty"),
+    (None, {"priority": "1"}, "file"),
+    ({"file": ("a.wav", b"RIFF", "audio/wav")}, {"priority": "soon"}, "priority"),
+    ({"file": ("a.wav", b"RIFF", "audio/wav")}, {"temperature": "9"}, "temperature"),
+    ({"file": ("a.wav", b"RIFF", "audio/wav")}, {"video_url": "x"}, "video_url"),
+    ({"other": ("a.wav", b"RIFF", "audio/wav")}, {}, "file"),
+])
+def test_upload_rejected_leaves_nothing(client: httpx.Client, data_dir: Path,
+                                        files: dict[str, object] | None,
+                                        data: dict[str, str], field: str) -> None:
+    before = set((data_dir / "uploads").iterdir()) if (data_dir / "uploads").exists() else set()
+    if files is None:
+        resp = client.post("/api/v1/process/audio",
+                           headers={"content-type": "multipart/form-data; boundary=xyz"},
+                           content=b"--xyz\r\nContent-Disposition: form-data; name=\"priority\""
+                                   b"\r\n\r\n1\r\n--xyz--\r\n")
+    else:
+        resp = client.post("/api/v1/process/audio", files=files, data=data)
+    err = error_of(resp, 400)
+    assert field in err["message"]
+    assert set((data_dir / "uploads").iterdir()) == before
+
+
+def test_upload_needs_multipart(client: httpx.Client) -> None:
+    error_of(client.post("/api/v1/process/audio", json={"file": "x"}), 400)
+
+
+def test_upload_over_limit_is_413_and_leaves_nothing(client: httpx.Client,
+                                                     data_dir: Path) -> None:
+    uploads = data_dir / "uploads"
+    before = set(uploads.iterdir())
+    big = os.urandom(5 * 2**20)
+    err = error_of(client.post("/api/v1/process/audio",
+                               files={"file": ("big.wav", big, "audio/wav")}), 413)
+    assert "3 MB" in err["message"]
+
+    # without a Content-Length the limit is enforced while streaming
+    def chunks() -> Iterator[bytes]:
+        yield b"--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"x.wav\"\r\n\r\n"
+        for _ in range(5):
+            yield os.urandom(2**20)
+        yield b"\r\n--b--\r\n"
+    resp = client.post("/api/v1/process/audio", content=chunks(),
+                       headers={"content-type": "multipart/form-data; boundary=b"})
+    error_of(resp, 413)
+    assert set(uploads.iterdir()) == before
+
+
+def test_batch_is_atomic(client: httpx.Client) -> None:
+    total = client.get("/api/v1/tasks").json()["total"]
+    bad = client.post("/api/v1/process/batch", json={"urls": [
+        "https://x.org/1.mp4", "file:///etc/passwd", "https://x.org/3.mp4"]})
+    err = error_of(bad, 400)
+    assert "urls[1]" in err["message"] and "file" in err["message"]
+    dup = client.post("/api/v1/process/batch", json={"urls": [
+        "https://x.org/1.mp4", "https://x.org/1.mp4"]})
+    assert "duplicate" in error_of(dup, 400)["message"]
+    assert "empty" in error_of(client.post("/api/v1/process/batch", json={"urls": []}),
+                               400)["message"]
+    assert client.get("/api/v1/tasks").json()["total"] == total
+    ok = client.post("/api/v1/process/batch", json={
+        "urls": [f"https://x.org/b{i}.mp4" for i in range(3)], "summarize": True})
+    assert ok.status_code == 202
+    body = ok.json()
+    listed = client.get("/api/v1/tasks", params={"batch_id": body["batch_id"]}).json()
+    assert listed["total"] == 3
+    assert {t["task_id"] for t in listed["tasks"]} == set(body["task_ids"])
+    assert all(t["batch_id"] == body["batch_id"] for t in listed["tasks"])
+
+
+def test_pagination_newest_first(client: httpx.Client) -> None:
+    batch = client.post("/api/v1/process/batch", json={
+        "urls": [f"https://x.org/p{i}.mp4" for i in range(7)]}).json()
+    seen: list[str] = []
+    for offset in (0, 3, 6):
+        page = client.get("/api/v1/tasks", params={"batch_id": batch["batch_id"], "limit": 3,
+                                                   "offset": offset}).json()
+        assert page["total"] == 7
+        seen += [t["task_id"] for t in page["tasks"]]
+    assert sorted(seen) == sorted(batch["task_ids"]) and len(seen) == 7
+    everything = client.get("/api/v1/tasks", params={"limit": 500}).json()["tasks"]
+    created = [t["created_at"] for t in everything]
+    assert created == sorted(created, reverse=True)
+
+
+@pytest.mark.parametrize("params", [{"limit": 0}, {"limit": 501}, {"limit": "x"},
+                                    {"offset": -1}, {"status": "running"},
+                                    {"batch_id": "nope"}])
+def test_list_rejects_bad_params(client: httpx.Client, params: dict[str, object]) -> None:
+    error_of(client.get("/api/v1/tasks", params=params), 400)
+
+
+def test_list_filters_by_status(client: httpx.Client) -> None:
+    tid = submit(client, "https://x.org/tobecancelled.mp4")["task_id"]
+    client.post(f"/api/v1/task/{tid}/cancel")
+    got = client.get("/api/v1/tasks", params={"status": "cancelled", "limit": 500}).json()
+    assert tid in {t["task_id"] for t in got["tasks"]}
+    assert all(t["status"] == "cancelled" for t in got["tasks"])
+
+
+def test_task_errors(client: httpx.Client) -> None:
+    error_of(client.get("/api/v1/task/not-a-uuid"), 400)
+    assert error_of(client.get("/api/v1/task/00000000-0000-4000-8000-000000000000"),
+                    404)["code"] == "not_found"
+    error_of(client.post("/api/v1/task/00000000-0000-4000-8000-000000000000/cancel"), 404)
+    error_of(client.post("/api/v1/task/00000000-0000-4000-8000-000000000000/retry"), 404)
+    error_of(client.get("/api/v1/nowhere"), 404)
+    error_of(client.delete("/api/v1/tasks"), 405)
+
+
+def test_cancel_and_retry(client: httpx.Client) -> None:
+    tid = submit(client, "https://x.org/c.mp4")["task_id"]
+    assert error_of(client.post(f"/api/v1/task/{tid}/retry"), 409)["code"] == "conflict"
+    resp = client.post(f"/api/v1/task/{tid}/cancel")
+    assert resp.status_code == 200 and resp.json() == {"task_id": tid, "status": "cancelled"}
+    error_of(client.post(f"/api/v1/task/{tid}/cancel"), 409)
+    resp = client.post(f"/api/v1/task/{tid}/retry")
+    assert resp.status_code == 202 and resp.json()["status"] == "pending"
+    events = [e["event"] for e in client.get(f"/api/v1/task/{tid}/events").json()]
+    assert events == ["enqueued", "cancel_requested", "cancelled", "retried"]
+
+
+async def _complete_through_db(queue: Queue, tid: str) -> None:
+    """Drive one task to completed the way a worker does, through the db layer."""
+    [task] = await queue.claim_next("test-worker", n=1)
+    while task.id != tid:  # other tests' tasks may be ahead: put them back
+        await queue.release(task.id, "test-worker")
+        [task] = await queue.claim_next("test-worker", n=1)
+    await queue.checkpoint(tid, "test-worker", Stage.TRANSCRIBE, {"text": "x"}, segments=[
+        SegmentRow(0, 1500, "大家好，今天我们来聊一聊语音识别。"),
+        SegmentRow(1800, 12_000, "语音识别是把声音变成文字的技术，它在会议记录、课程笔记和视频字幕里"
+                                 "都非常有用，而且越来越准确了。"),
+        SegmentRow(12_500, 12_500, "好。"),
+    ], title="讲座: 语音/识别", now=None)
+    await queue.complete(tid, "test-worker", {
+        "text": "大家好，今天我们来聊一聊语音识别。", "polished_text": "大家好！",
+        "summary": "关于语音识别。", "segments": 3, "duration_s": 12.5,
+        "stage_seconds": {"transcribe": 1.0}})
+
+
+async def test_downloads_of_a_completed_task(client: httpx.Client, queue: Queue) -> None:
+    tid = submit(client, "https://x.org/done.mp4", priority=1000)["task_id"]
+    assert error_of(client.get(f"/api/v1/download/{tid}"), 409)["code"] == "not_completed"
+    await _complete_through_db(queue, tid)
+    task = client.get(f"/api/v1/task/{tid}").json()
+    assert task["status"] == "completed" and task["result"]["summary"] == "关于语音识别。"
+    expected_types = {"txt": "text/plain", "md": "text/markdown", "json": "application/json",
+                      "srt": "application/x-subrip"}
+    for fmt, ctype in expected_types.items():
+        resp = client.get(f"/api/v1/download/{tid}", params={"format": fmt})
+        assert resp.status_code == 200 and resp.headers["content-type"].startswith(ctype)
+        disp = resp.headers["content-disposition"]
+        assert disp.startswith("attachment;") and f".{fmt}" in disp
+        assert "/" not in disp.split("filename*=UTF-8''")[1]
+        if fmt == "json":
+            doc = resp.json()
+            assert doc["task_id"] == tid and len(doc["segments"]) == 3
+        if fmt == "md":
+            assert "# 讲座_ 语音_识别" not in resp.text and "关于语音识别" in resp.text
+        if fmt == "srt":
+            check_srt(resp.text)
+    resp = client.get(f"/api/v1/download/{tid}")
+    assert resp.headers["content-type"] == "application/zip"
+    names = zipfile.ZipFile(io.BytesIO(resp.content)).namelist()
+    assert sorted(n.rsplit(".", 1)[1] for n in names) == ["json", "md", "srt", "txt"]
+    error_of(client.get(f"/api/v1/download/{tid}", params={"format": "pdf"}), 400)
+    error_of(client.post(f"/api/v1/task/{tid}/cancel"), 409)
+
+
+def check_srt(text: str) -> list[tuple[int, int, str]]:
+    """Parse SRT; assert numbering, monotonic times, no empty or zero-length cue."""
+    def ms(t: str) -> int:
+        h, m, rest = t.split(":")
+        s, milli = rest.split(",")
+        return ((int(h) * 60 + int(m)) * 60 + int(s)) * 1000 + int(milli)
+    cues = []
+    blocks = [b for b in text.strip().split("\n\n") if b.strip()]
+    assert blocks, "empty SRT"
+    last_end = -1
+    for i, block in enumerate(blocks, 1):
+        lines = block.split("\n")
+        assert lines[0] == str(i)
+        m = re.fullmatch(r"(\d\d:\d\d:\d\d,\d\d\d) --> (\d\d:\d\d:\d\d,\d\d\d)", lines[1])
+        assert m, lines[1]
+        start, end = ms(m.group(1)), ms(m.group(2))
+        body = "\n".join(lines[2:]).strip()
+        assert body and start < end and start >= last_end
+        last_end = end
+        cues.append((start, end, body))
+    return cues
+
+
+def test_queue_view(client: httpx.Client) -> None:
+    body = client.get("/api/v1/queue").json()
+    assert set(body) == {"pending", "processing", "completed", "failed", "cancelled",
+                         "capacity", "workers"}
+    assert body["capacity"] == 1000 and isinstance(body["workers"], list)
+
+
+def test_openapi_schema_served(client: httpx.Client) -> None:
+    schema = client.get("/schema/openapi.json").json()
+    assert "/api/v1/process/bilibili" in schema["paths"]
+
+
+def test_server_never_loads_torch(server: Proc, client: httpx.Client) -> None:
+    for _ in range(20):
+        submit(client, "https://x.org/mem.mp4")
+        client.get("/api/v1/tasks")
+    maps = Path(f"/proc/{server.pid}/maps").read_text()
+    assert "torch" not in maps and "funasr" not in maps
+    code = ("import sys; from tingji.settings import Settings; from server.app import create_app;"
+            "create_app(Settings.from_env({'TINGJI_DATA_DIR': sys.argv[1]}));"
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'funasr', 'yt_dlp',"
+            " 'openai')]; print(bad); sys.exit(1 if bad else 0)")
+    res = subprocess.run([sys.executable, "-c", code, str(server.env["TINGJI_DATA_DIR"])],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_server_memory_stays_small_under_load(server: Proc) -> None:
+    async def load() -> None:
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as c:
+            async def one(i: int) -> None:
+                await c.post("/api/v1/process/bilibili", json={"video_url": f"https://x/{i}"})
+                await c.get("/api/v1/tasks", params={"limit": 100})
+            await asyncio.gather(*(one(i) for i in range(200)))
+    asyncio.run(load())
+    status = Path(f"/proc/{server.pid}/status").read_text()
+    rss_kb = int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1))  # type: ignore[union-attr]
+    assert rss_kb < 150 * 1024, f"API RSS {rss_kb / 1024:.0f} MB"
+
+
+# ---------------------------------------------------------------- separate servers
+def test_token_required_when_set(tmp_path: Path) -> None:
+    env = clean_env(TINGJI_DATA_DIR=str(tmp_path), TINGJI_API_TOKEN="s3cret")
+    proc = start_server(env, tmp_path / "server.log")
+    try:
+        with httpx.Client(base_url=proc.url) as c:
+            assert c.get("/health").status_code == 200  # stays open
+            for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"}):
+                err = error_of(c.get("/api/v1/tasks", headers=headers), 401)
+                assert err["code"] == "unauthorized"
+            error_of(c.post("/api/v1/process/bilibili", json={"video_url": "https://x/a"}), 401)
+            ok = c.get("/api/v1/tasks", headers={"Authorization": "Bearer s3cret"})
+            assert ok.status_code == 200
+    finally:
+        proc.stop()
+
+
+def test_refuses_public_bind_without_token(tmp_path: Path) -> None:
+    from tests.helpers.procs import TINGJI
+    env = clean_env(TINGJI_DATA_DIR=str(tmp_path))
+    res = subprocess.run([TINGJI, "serve", "--host", "0.0.0.0", "--port", str(free_port())],
+                         env=env, capture_output=True, text=True, timeout=30)
+    assert res.returncode == 2 and "TINGJI_API_TOKEN" in res.stderr
+
+
+def test_queue_full_is_429_with_retry_after(tmp_path: Path) -> None:
+    env = clean_env(TINGJI_DATA_DIR=str(tmp_path), TINGJI_MAX_PENDING="2")
+    proc = start_server(env, tmp_path / "server.log")
+    try:
+        with httpx.Client(base_url=proc.url) as c:
+            submit(c, "https://x/1")
+            submit(c, "https://x/2")
+            resp = c.post("/api/v1/process/bilibili", json={"video_url": "https://x/3"})
+            assert error_of(resp, 429)["code"] == "queue_full"
+            assert int(resp.headers["retry-after"]) > 0
+            resp = c.post("/api/v1/process/audio", files={"file": ("a.wav", b"RIFF....")})
+            error_of(resp, 429)
+            assert list((tmp_path / "uploads").iterdir()) == []
+    finally:
+        proc.stop()
+
+
+class _Proxy:
+    """A TCP forwarder we can pull the plug on: the database becomes unreachable."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port, self.port = target_port, free_port()
+        self.conns: list[asyncio.StreamWriter] = []
+
+    async def _pipe(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        try:
+            while data := await r.read(65536):
+                w.write(data)
+                await w.drain()
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            w.close()
+
+    async def _handle(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        ur, uw = await asyncio.open_connection("127.0.0.1", self.target_port)
+        self.conns += [w, uw]
+        await asyncio.gather(self._pipe(r, uw), self._pipe(ur, w))
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
+
+    async def stop(self) -> None:
+        self.server.close()
+        for w in self.conns:
+            w.close()
+
+
+async def test_database_unreachable_is_503(tmp_path: Path) -> None:
+    if PG_URL == "skip":
+        pytest.skip("PostgreSQL disabled")
+    from sqlalchemy.engine import make_url
+    target = make_url(PG_URL)
+    proxy = _Proxy(target.port or 5432)
+    await proxy.start()
+    url = target.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+    env = clean_env(TINGJI_DATA_DIR=str(tmp_path), TINGJI_DATABASE_URL=url)
+    proc = await asyncio.to_thread(start_server, env, tmp_path / "server.log")
+    try:
+        async with httpx.AsyncClient(base_url=proc.url, timeout=30) as c:
+            assert (await c.get("/health")).status_code == 200
+            await proxy.stop()
+            resp = await c.get("/health")
+            assert resp.status_code == 503 and resp.json()["status"] == "unavailable"
+            resp = await c.get("/api/v1/tasks")
+            assert error_of(resp, 503)["code"] == "unavailable"
+            resp = await c.post("/api/v1/process/bilibili", json={"video_url": "https://x/a"})
+            error_of(resp, 503)
+    finally:
+        proc.stop()
+    assert "Traceback" not in proc.output()
+
+
+def test_fuzzing_the_schema_finds_no_server_error(server: Proc) -> None:
+    """schemathesis generates requests from /schema; no answer may be a 5xx."""
+    exe = str(Path(sys.executable).with_name("schemathesis"))
+    res = subprocess.run([exe, "run", f"{server.url}/schema/openapi.json",
+                          "--checks", "not_a_server_error", "-n", "40", "--seed", "7",
+                          "--request-timeout", "10"],
+                         capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "NO_COLOR": "1"})
+    assert res.returncode == 0, res.stdout[-4000:]
+    assert "Traceback" not in server.output()

@@ -1,0 +1,152 @@
+"""Result files: plain text, Markdown, JSON and SRT, rendered from the stored result and
+segments.  Pure functions: the worker's export stage writes them to disk and the API
+renders the same bytes for downloads, so subtitles can be regenerated without ASR.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+FORMATS = ("txt", "md", "json", "srt")
+CONTENT_TYPES = {
+    "txt": "text/plain; charset=utf-8",
+    "md": "text/markdown; charset=utf-8",
+    "json": "application/json",
+    "srt": "application/x-subrip; charset=utf-8",
+    "zip": "application/zip",
+}
+
+MAX_CUE_CHARS = 20
+MAX_CUE_MS = 7000
+MIN_CUE_MS = 1
+# Break after these (Chinese and Western sentence and clause punctuation).
+_BREAK = re.compile(r"(?<=[。！？!?；;，,、：:…])")
+
+
+class SegmentLike(Protocol):
+    start_ms: int
+    end_ms: int
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Cue:
+    start_ms: int
+    end_ms: int
+    text: str
+
+
+def _split_text(text: str, max_chars: int) -> list[str]:
+    """Split at punctuation into pieces of at most ``max_chars``; a piece with no
+    punctuation to split at is cut hard."""
+    pieces: list[str] = []
+    for clause in (c for c in _BREAK.split(text) if c.strip()):
+        clause = clause.strip()
+        if pieces and len(pieces[-1]) + len(clause) <= max_chars:
+            pieces[-1] += clause
+            continue
+        while len(clause) > max_chars:
+            pieces.append(clause[:max_chars])
+            clause = clause[max_chars:]
+        if clause:
+            pieces.append(clause)
+    return pieces
+
+
+def srt_cues(segments: Sequence[SegmentLike], *, max_chars: int = MAX_CUE_CHARS,
+             max_ms: int = MAX_CUE_MS) -> list[Cue]:
+    """Cues from sentence timestamps: long sentences split at punctuation, time shared
+    out by characters; times strictly increasing, no empty or zero-length cue."""
+    cues: list[Cue] = []
+    last_end = 0
+    for seg in segments:
+        text = seg.text.strip()
+        if not text:
+            continue
+        start, end = max(seg.start_ms, last_end), max(seg.end_ms, seg.start_ms)
+        if end - start < MIN_CUE_MS:
+            end = start + max(MIN_CUE_MS, 40 * len(text))
+        chars = max_chars
+        while True:
+            pieces = _split_text(text, chars)
+            per_char = (end - start) / max(1, sum(len(p) for p in pieces))
+            if chars <= 4 or all(len(p) * per_char <= max_ms for p in pieces):
+                break
+            chars = max(4, chars // 2)
+        t = float(start)
+        for i, piece in enumerate(pieces):
+            cue_start = round(t)
+            t += len(piece) * per_char
+            cue_end = end if i == len(pieces) - 1 else round(t)
+            if cue_end <= cue_start:
+                cue_end = cue_start + MIN_CUE_MS
+            cues.append(Cue(cue_start, cue_end, piece))
+            last_end = cue_end
+    return cues
+
+
+def _srt_time(ms: int) -> str:
+    h, rem = divmod(ms, 3_600_000)
+    m, rem = divmod(rem, 60_000)
+    s, ms = divmod(rem, 1000)
+    return f"{h:02d}:{m:02d}:{s:02d},{ms:03d}"
+
+
+def render_srt(segments: Sequence[SegmentLike]) -> str:
+    blocks = [f"{i}\n{_srt_time(c.start_ms)} --> {_srt_time(c.end_ms)}\n{c.text}\n"
+              for i, c in enumerate(srt_cues(segments), 1)]
+    return "\n".join(blocks)
+
+
+def render_txt(result: dict[str, Any]) -> str:
+    polished = result.get("polished_text")
+    text = result.get("text") or ""
+    if polished:
+        return f"{polished}\n\n---- 原始转写 / raw transcript ----\n\n{text}\n"
+    return f"{text}\n"
+
+
+def render_md(title: str, source: str, result: dict[str, Any]) -> str:
+    parts = [f"# {title}\n", f"- 来源 / source: {source}"]
+    if result.get("duration_s") is not None:
+        parts.append(f"- 时长 / duration: {result['duration_s']:.1f} s")
+    parts.append("")
+    if result.get("summary"):
+        parts += ["## 摘要 / Summary\n", result["summary"].strip(), ""]
+    parts += ["## 正文 / Transcript\n", (result.get("polished_text") or result.get("text")
+                                         or "").strip(), ""]
+    return "\n".join(parts)
+
+
+def render_json(meta: dict[str, Any], result: dict[str, Any],
+                segments: Sequence[SegmentLike]) -> str:
+    doc = {**meta, "text": result.get("text"), "polished_text": result.get("polished_text"),
+           "summary": result.get("summary"),
+           "segments": [{"start_ms": s.start_ms, "end_ms": s.end_ms, "text": s.text}
+                        for s in segments],
+           "timings": result.get("stage_seconds"), "figures": {
+               k: result.get(k) for k in ("duration_s", "asr_rtf", "model", "llm_tokens_in",
+                                          "llm_tokens_out") if k in result}}
+    return json.dumps(doc, ensure_ascii=False, indent=2) + "\n"
+
+
+def render_all(*, task_id: str, title: str, source: str, result: dict[str, Any],
+               segments: Sequence[SegmentLike], meta: dict[str, Any] | None = None
+               ) -> dict[str, str]:
+    meta = {"task_id": task_id, "title": title, "source": source, **(meta or {})}
+    return {"txt": render_txt(result), "md": render_md(title, source, result),
+            "json": render_json(meta, result, segments), "srt": render_srt(segments)}
+
+
+_UNSAFE = re.compile(r'[\\/:*?"<>|\x00-\x1f\x7f]+')
+
+
+def safe_filename(title: str | None, fallback: str) -> str:
+    """A file name from a title: no path separators or control characters, not empty,
+    at most 80 characters."""
+    name = _UNSAFE.sub("_", (title or "").strip()).strip(" ._")
+    return name[:80] or fallback
