@@ -14,10 +14,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-# This file is named like the stdlib's `queue`; keep its folder off the import path.
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-sys.path.insert(0, str(_HERE.parent))
+# This file is named like the stdlib's `queue`: put the repository root, not this
+# folder, first on the import path.
+sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import argparse  # noqa: E402
 import asyncio  # noqa: E402

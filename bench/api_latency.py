@@ -1,0 +1,138 @@
+"""API latency while idle and while another process keeps a core busy, in one run.
+
+    .venv/bin/python bench/api_latency.py [--n 400] [--busy worker|burn]
+
+Starts a real `tingji serve` on a fresh SQLite data dir and measures p50/p99 of
+GET /health, POST /api/v1/process/bilibili and GET /api/v1/task/{id}, sequentially
+from one client: (a) idle; (b) while a second process is busy: `--busy burn` spins a
+CPU-burning process, `--busy worker` runs a real `tingji worker` transcribing with the
+tiny model (needs the worker issue).  Then sustained submit throughput with 8
+concurrent clients, next to the raw queue-layer enqueue rate on the same machine.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# Run as a script, this folder would shadow the stdlib's `queue` with bench/queue.py.
+sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+import argparse  # noqa: E402
+import asyncio  # noqa: E402
+import multiprocessing  # noqa: E402
+import os  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+
+import httpx  # noqa: E402
+
+from db.engine import make_engine  # noqa: E402
+from db.models import TaskKind  # noqa: E402
+from db.queue import NewTask, Queue, QueueConfig  # noqa: E402
+from tests.helpers.procs import clean_env, start_server  # noqa: E402
+
+
+def burn() -> None:
+    while True:
+        pass
+
+
+def pct(xs: list[float], p: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
+
+
+def measure(base: str, n: int) -> dict[str, list[float]]:
+    out: dict[str, list[float]] = {"GET /health": [], "POST bilibili": [], "GET task": []}
+    with httpx.Client(base_url=base, timeout=30) as c:
+        for _ in range(20):  # warm-up
+            c.get("/health")
+        tid = None
+        for i in range(n):
+            t = time.perf_counter()
+            c.get("/health")
+            out["GET /health"].append(time.perf_counter() - t)
+            t = time.perf_counter()
+            r = c.post("/api/v1/process/bilibili", json={"video_url": f"https://x.org/{i}.mp4"})
+            out["POST bilibili"].append(time.perf_counter() - t)
+            tid = r.json()["task_id"]
+            t = time.perf_counter()
+            c.get(f"/api/v1/task/{tid}")
+            out["GET task"].append(time.perf_counter() - t)
+    return out
+
+
+async def throughput(base: str, seconds: float, clients: int = 8) -> float:
+    done = 0
+    stop = time.perf_counter() + seconds
+
+    async def client(k: int) -> None:
+        nonlocal done
+        async with httpx.AsyncClient(base_url=base, timeout=30) as c:
+            i = 0
+            while time.perf_counter() < stop:
+                r = await c.post("/api/v1/process/bilibili",
+                                 json={"video_url": f"https://x.org/t{k}-{i}.mp4"})
+                assert r.status_code == 202, r.text
+                done += 1
+                i += 1
+    t = time.perf_counter()
+    await asyncio.gather(*(client(k) for k in range(clients)))
+    return done / (time.perf_counter() - t)
+
+
+async def raw_enqueue(url: str, n: int) -> float:
+    engine = make_engine(url)
+    q = Queue(engine, QueueConfig(max_pending=10**9))
+    t = time.perf_counter()
+    for i in range(n):
+        await q.enqueue(NewTask(TaskKind.URL, {"video_url": f"https://x.org/r{i}"}))
+    rate = n / (time.perf_counter() - t)
+    await engine.dispose()
+    return rate
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=400)
+    ap.add_argument("--busy", choices=["burn", "worker"], default="burn")
+    a = ap.parse_args()
+    data = Path(tempfile.mkdtemp(prefix="tingji-lat-"))
+    env = clean_env(TINGJI_DATA_DIR=str(data), TINGJI_MAX_PENDING=str(10**9))
+    server = start_server(env, data / "server.log")
+    try:
+        idle = measure(server.url, a.n)
+        if a.busy == "burn":
+            busy_proc = multiprocessing.Process(target=burn, daemon=True)
+            busy_proc.start()
+            stop_busy = busy_proc.terminate
+        else:
+            from bench.workload import start_busy_worker
+            stop_busy = start_busy_worker(env, data)
+        time.sleep(1)
+        try:
+            busy = measure(server.url, a.n)
+        finally:
+            stop_busy()
+        rate = asyncio.run(throughput(server.url, 10))
+    finally:
+        server.stop()
+    raw_data = Path(tempfile.mkdtemp(prefix="tingji-raw-"))
+    from db import migrate
+    migrate.upgrade(f"sqlite:///{raw_data / 'tingji.db'}")
+    raw = asyncio.run(raw_enqueue(f"sqlite:///{raw_data / 'tingji.db'}", 1000))
+
+    print(f"{os.cpu_count()} cores; {a.n} sequential requests per endpoint; busy = {a.busy}")
+    print(f"{'endpoint':16} {'idle p50':>9} {'idle p99':>9} {'busy p50':>9} {'busy p99':>9}"
+          f" {'p99 ratio':>9}   (ms)")
+    for k in idle:
+        i50, i99 = pct(idle[k], 50) * 1e3, pct(idle[k], 99) * 1e3
+        b50, b99 = pct(busy[k], 50) * 1e3, pct(busy[k], 99) * 1e3
+        print(f"{k:16} {i50:9.2f} {i99:9.2f} {b50:9.2f} {b99:9.2f} {b99 / i99:9.2f}")
+    print(f"submit throughput, 8 concurrent HTTP clients: {rate:.0f} tasks/s")
+    print(f"raw queue-layer enqueue (one coroutine, same machine): {raw:.0f} tasks/s")
+
+
+if __name__ == "__main__":
+    main()
