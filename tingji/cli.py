@@ -76,6 +76,38 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _logging() -> None:
+    import logging
+
+    # funasr logs chatty INFO lines on the root logger: keep those at WARNING.
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: "
+                        "%(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("tingji").setLevel(logging.INFO)
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    settings = _settings()
+    _prepare(settings)
+    _logging()
+    from worker.main import run_worker
+
+    return run_worker(settings, preload=args.preload)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from tingji.supervise import supervise
+
+    settings = _settings()
+    host, port = args.host or settings.host, args.port or settings.port
+    if not _is_loopback(host) and not settings.api_token:
+        print(f"tingji: refusing to listen on {host} without TINGJI_API_TOKEN; "
+              "set a token or bind 127.0.0.1", file=sys.stderr)
+        return 2
+    _prepare(settings)
+    _logging()
+    return supervise(host, port, preload=not args.no_preload)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tingji", description="tingji (听记): restart-safe transcription of Chinese audio")
@@ -91,6 +123,18 @@ def build_parser() -> argparse.ArgumentParser:
     p_serve.add_argument("--host", help="address to bind (default TINGJI_HOST, 127.0.0.1)")
     p_serve.add_argument("--port", type=int, help="port (default TINGJI_PORT, 8000)")
     p_serve.set_defaults(func=cmd_serve)
+
+    p_worker = sub.add_parser("worker", help="run a worker (transcribes tasks)")
+    p_worker.add_argument("--preload", action="store_true",
+                          help="load the ASR model at start instead of at the first task")
+    p_worker.set_defaults(func=cmd_worker)
+
+    p_run = sub.add_parser("run", help="run the API and one worker (Ctrl-C stops both)")
+    p_run.add_argument("--host", help="API address (default TINGJI_HOST, 127.0.0.1)")
+    p_run.add_argument("--port", type=int, help="API port (default TINGJI_PORT, 8000)")
+    p_run.add_argument("--no-preload", action="store_true",
+                       help="load the model at the first task, not at start")
+    p_run.set_defaults(func=cmd_run)
     return parser
 
 

@@ -50,12 +50,19 @@ class Settings:
     io_concurrency: int = 4
     max_download_mb: int = 4096
     drain_seconds: float = 30.0
+    heartbeat_seconds: float = 2.0
+    vad_max_end_silence_ms: int | None = None
+    task_timeout_base_s: float = 900.0
+    task_timeout_factor: float = 3.0
     # LLM (OpenAI-compatible)
     llm_base_url: str | None = None
     llm_api_key: str | None = None
     llm_model: str | None = None
     llm_concurrency: int = 4
     llm_timeout_seconds: float = 120.0
+    llm_max_retries: int = 4
+    llm_chunk_chars: int = 1500
+    llm_max_tokens: int = 4096
     # derived, not read from the environment
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
@@ -148,14 +155,28 @@ class Settings:
         read("io_concurrency", _int, positive)
         read("max_download_mb", _int, positive)
         read("drain_seconds", _float, lambda v: None if v >= 0 else "must be >= 0")
+        read("heartbeat_seconds", _float, lambda v: None if 0.1 <= v <= 60 else
+             "must be between 0.1 and 60")
+        read("vad_max_end_silence_ms", lambda r: _int(r) if r else None,
+             lambda v: None if v is None or v > 0 else "must be greater than 0")
+        read("task_timeout_base_s", _float, positive)
+        read("task_timeout_factor", _float, lambda v: None if v >= 0 else "must be >= 0")
         read("llm_base_url", http_url)
         read("llm_api_key", optional)
         read("llm_model", optional)
         read("llm_concurrency", _int, positive)
         read("llm_timeout_seconds", _float, positive)
+        read("llm_max_retries", _int, lambda v: None if 0 <= v <= 20 else "must be 0-20")
+        read("llm_chunk_chars", _int, lambda v: None if v >= 50 else "must be at least 50")
+        read("llm_max_tokens", _int, positive)
 
         if values.get("llm_base_url") and not values.get("llm_model"):
             problems.append("TINGJI_LLM_MODEL must be set when TINGJI_LLM_BASE_URL is set")
+        defaults = cls()
+        if values.get("heartbeat_seconds", defaults.heartbeat_seconds) * 3 > \
+                values.get("lease_seconds", defaults.lease_seconds):
+            problems.append("TINGJI_HEARTBEAT_SECONDS must be at most a third of "
+                            "TINGJI_LEASE_SECONDS, or leases expire between heartbeats")
         if problems:
             raise SettingsError(problems)
 

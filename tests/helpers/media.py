@@ -1,0 +1,64 @@
+"""Real test media: Mandarin speech from espeak-ng, converted by ffmpeg."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+SENTENCES = [
+    "今天天气很好，我们去公园散步。",
+    "语音识别是把声音变成文字的技术。",
+    "这个模型在会议记录和课程笔记里非常有用。",
+    "请大家认真听讲，下课以后交作业。",
+    "明天上午九点在三楼会议室开会。",
+    "我们的目标是把每一句话都记下来。",
+]
+
+
+def speech_wav(out: Path, sentences: list[str], *, pause_s: float = 1.2) -> Path:
+    """Sentences spoken by espeak-ng, joined with ``pause_s`` of silence, 16 kHz mono."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    parts: list[Path] = []
+    for i, text in enumerate(sentences):
+        p = out.with_name(f"{out.stem}.s{i}.wav")
+        subprocess.run(["espeak-ng", "-v", "cmn", "-s", "170", "-w", str(p), text], check=True)
+        parts.append(p)
+    inputs: list[str] = []
+    filters = []
+    n = 0
+    for i, p in enumerate(parts):
+        inputs += ["-i", str(p)]
+        filters.append(f"[{n}:a]aresample=16000,aformat=channel_layouts=mono[a{n}]")
+        n += 1
+        if i < len(parts) - 1:
+            inputs += ["-f", "lavfi", "-t", str(pause_s), "-i", "anullsrc=r=16000:cl=mono"]
+            filters.append(f"[{n}:a]anull[a{n}]")
+            n += 1
+    graph = ";".join(filters) + ";" + "".join(f"[a{k}]" for k in range(n)) + \
+        f"concat=n={n}:v=0:a=1[out]"
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-y", *inputs,
+                    "-filter_complex", graph, "-map", "[out]", "-ar", "16000", "-ac", "1",
+                    str(out)], check=True)
+    for p in parts:
+        p.unlink()
+    return out
+
+
+def convert(src: Path, out: Path, *extra: str) -> Path:
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-i", str(src), *extra,
+                    str(out)], check=True)
+    return out
+
+
+def silent_video(out: Path, seconds: float = 2.0) -> Path:
+    """A video with no audio stream."""
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-f", "lavfi", "-i",
+                    f"color=c=blue:s=64x64:d={seconds}", "-c:v", "mpeg4", str(out)], check=True)
+    return out
+
+
+def video_with_speech(speech: Path, out: Path) -> Path:
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-f", "lavfi", "-i",
+                    "color=c=black:s=64x64:r=5", "-i", str(speech), "-shortest", "-c:v",
+                    "mpeg4", "-c:a", "aac", str(out)], check=True)
+    return out

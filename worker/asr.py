@@ -1,0 +1,199 @@
+"""FunASR, loaded once per worker process and run on one dedicated thread (the
+model lane), so the event loop never blocks on inference.
+
+Hub ids (``paraformer-zh``, ``fsmn-vad``, ``ct-punc``) and local model folders go
+through the same ``AutoModel`` call; ``disable_update=True`` always (otherwise funasr
+asks PyPI for a newer version, with no timeout).
+
+Progress and cancellation: ``AutoModel.generate`` with VAD decodes the VAD segments
+in batches through ``AutoModel.inference``; the engine wraps that method on its own
+instance so that, between batches, it reports the seconds of speech decoded and
+raises ``TaskCancelled`` when the task was cancelled or timed out.  The output is
+exactly what bare ``generate`` returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from db.queue import SegmentRow
+from worker.errors import TaskCancelled
+
+log = logging.getLogger("tingji.worker.asr")
+
+SAMPLE_RATE = 16_000
+
+
+@dataclass(frozen=True)
+class AsrConfig:
+    model: str = "paraformer-zh"
+    vad_model: str | None = "fsmn-vad"
+    punc_model: str | None = "ct-punc"
+    device: str = "auto"
+    batch_size_s: int = 300
+    vad_max_end_silence_ms: int | None = None
+    ncpu: int = max(1, os.cpu_count() or 1)
+
+    @property
+    def description(self) -> str:
+        return " + ".join(m for m in (self.model, self.vad_model, self.punc_model) if m)
+
+
+@dataclass
+class Transcript:
+    text: str
+    segments: list[SegmentRow]
+    speech_s: float
+    seconds: float
+
+
+class ModelLoadError(RuntimeError):
+    """The ASR model could not be loaded: the worker cannot work at all."""
+
+
+def resolve_device(device: str) -> str:
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class AsrEngine:
+    def __init__(self, config: AsrConfig) -> None:
+        self.config = config
+        self.model: Any = None
+        self.device = "cpu"
+        self.loads = 0
+        # The model lane: every call into the model happens on this one thread.
+        self._lane = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tingji-model")
+        self._load_lock = asyncio.Lock()
+        self.busy_seconds = 0.0
+
+    @property
+    def loaded(self) -> bool:
+        return self.model is not None
+
+    def _load(self) -> None:
+        t = time.perf_counter()
+        from funasr import AutoModel  # 6-10 s: only ever on the model lane
+
+        c = self.config
+        self.device = resolve_device(c.device)
+        vad_kwargs: dict[str, Any] = {"max_single_segment_time": 60_000}
+        if c.vad_max_end_silence_ms:
+            vad_kwargs["max_end_silence_time"] = c.vad_max_end_silence_ms
+        kwargs: dict[str, Any] = dict(model=c.model, device=self.device, ncpu=c.ncpu,
+                                      disable_update=True, disable_pbar=True,
+                                      log_level="ERROR")
+        if c.vad_model:
+            kwargs.update(vad_model=c.vad_model, vad_kwargs=vad_kwargs)
+        if c.punc_model:
+            kwargs["punc_model"] = c.punc_model
+        try:
+            model = AutoModel(**kwargs)
+        except Exception as exc:
+            hint = ""
+            if not Path(c.model).exists():
+                hint = (" (a hub id needs network access to download the model once; "
+                        "set TINGJI_ASR_MODEL to a local model folder otherwise)")
+            raise ModelLoadError(f"cannot load ASR model {c.description}: "
+                                 f"{type(exc).__name__}: {exc}{hint}") from exc
+        self.model = model
+        self.loads += 1
+        log.info("loaded %s on %s in %.1f s", c.description, self.device,
+                 time.perf_counter() - t)
+
+    async def ensure_loaded(self) -> bool:
+        """Load the model once (on the model lane); True when this call loaded it."""
+        async with self._load_lock:
+            if self.model is not None:
+                return False
+            await asyncio.get_running_loop().run_in_executor(self._lane, self._load)
+            return True
+
+    def _transcribe(self, audio: Path, progress: Callable[[float, float], None],
+                    stop: threading.Event) -> Transcript:
+        model = self.model
+        state = {"total": 0.0, "done": 0.0}
+        original = model.inference
+
+        def inference(input: Any, *args: Any, **kw: Any) -> Any:  # noqa: A002
+            sub = kw.get("model")
+            if stop.is_set():
+                raise TaskCancelled()
+            res = original(input, *args, **kw)
+            if sub is model.vad_model and sub is not None:
+                state["total"] = sum((seg[1] - seg[0]) / 1000.0 for r in res
+                                     for seg in r.get("value", []))
+                progress(0.0, state["total"])
+            elif sub is model.model and isinstance(input, list):
+                state["done"] += sum(len(x) for x in input) / SAMPLE_RATE
+                progress(min(state["done"], state["total"]), state["total"])
+                if stop.is_set():
+                    raise TaskCancelled()
+            return res
+
+        t = time.perf_counter()
+        model.inference = inference
+        try:
+            res = model.generate(input=str(audio), sentence_timestamp=True,
+                                 batch_size_s=self.config.batch_size_s)
+        finally:
+            del model.inference  # back to the class's method
+        seconds = time.perf_counter() - t
+        self.busy_seconds += seconds
+        result = res[0] if res else {"text": "", "timestamp": []}
+        segments = to_segments(result)
+        return Transcript(result.get("text", "").strip(), segments,
+                          state["total"] or (segments[-1].end_ms / 1000 if segments else 0.0),
+                          seconds)
+
+    async def transcribe(self, audio: Path, progress: Callable[[float, float], None],
+                         stop: threading.Event) -> Transcript:
+        await self.ensure_loaded()
+        return await asyncio.get_running_loop().run_in_executor(
+            self._lane, self._transcribe, audio, progress, stop)
+
+    def close(self) -> None:
+        self._lane.shutdown(wait=False, cancel_futures=True)
+
+
+def to_segments(result: dict[str, Any]) -> list[SegmentRow]:
+    """Sentence segments from funasr's result: ``sentence_info`` when punctuation is on;
+    otherwise sentences cut from the character timestamps; otherwise one segment."""
+    info = result.get("sentence_info")
+    out: list[SegmentRow] = []
+    if info:
+        for s in info:
+            text = str(s.get("text", "")).strip()
+            if text:
+                start, end = int(s.get("start", 0)), int(s.get("end", 0))
+                out.append(SegmentRow(start, max(start, end), text))
+        return out
+    text = str(result.get("text", "")).replace(" ", "")
+    stamps = result.get("timestamp") or []
+    if not text:
+        return out
+    if stamps and len(stamps) == len(text):
+        start, buf = int(stamps[0][0]), ""
+        for i, ch in enumerate(text):
+            buf += ch
+            gap = i + 1 < len(text) and stamps[i + 1][0] - stamps[i][1] > 600
+            if len(buf) >= 20 or gap or i + 1 == len(text):
+                out.append(SegmentRow(start, int(stamps[i][1]), buf))
+                buf = ""
+                if i + 1 < len(text):
+                    start = int(stamps[i + 1][0])
+        return out
+    end = int(stamps[-1][1]) if stamps else 0
+    return [SegmentRow(0, end, text)]

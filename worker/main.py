@@ -1,0 +1,283 @@
+"""The worker process: lifecycle, claiming, heartbeats, pipelining and draining.
+
+- Registers a fresh worker id; at start-up recovers at once the tasks of dead workers
+  on this host (their pid is gone) and any expired leases.
+- Heartbeats every ``TINGJI_HEARTBEAT_SECONDS``: the worker row, and the lease and
+  progress of every task it holds (a heartbeat also tells it about cancellations).
+- Pipelining: the model transcribes one task at a time on its own thread while other
+  tasks download and talk to the LLM; it claims ahead (a small prefetch) so the model
+  never waits for a download.
+- SIGTERM/SIGINT: stop claiming; within ``TINGJI_DRAIN_SECONDS`` finish what is
+  running, then hand back (release) what is not finished; never leave a task
+  ``processing``.  Then mark the worker stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import uuid
+from db.engine import make_engine
+from db.errors import LeaseLost
+from db.queue import Queue, TaskError
+from db.reads import Reads
+from tingji.settings import Settings
+from worker.asr import AsrConfig, AsrEngine, ModelLoadError
+from worker.errors import TaskCancelled, TaskFailure
+from worker.llm import Llm, LlmConfig
+from worker.pipeline import TaskRun
+
+log = logging.getLogger("tingji.worker")
+
+PREFETCH = 2  # tasks fetched (or fetching) ahead of the model
+EXIT_FATAL = 3  # the worker cannot work at all (the model does not load): do not restart
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Worker:
+    def __init__(self, settings: Settings, *, asr: AsrEngine | None = None) -> None:
+        self.settings = settings
+        self.id = str(uuid.uuid4())
+        self.hostname = socket.gethostname()
+        self.engine = make_engine(settings.database_url,
+                                  sqlite_synchronous=settings.sqlite_synchronous)
+        self.queue = Queue.from_settings(self.engine, settings)
+        self.reads = Reads(self.engine)
+        self.asr = asr or AsrEngine(AsrConfig(
+            model=settings.asr_model, vad_model=settings.vad_model,
+            punc_model=settings.punc_model, device=settings.device,
+            batch_size_s=settings.batch_size_s,
+            vad_max_end_silence_ms=settings.vad_max_end_silence_ms))
+        self.llm: Llm | None = None
+        if settings.llm_configured:
+            assert settings.llm_base_url and settings.llm_model
+            self.llm = Llm(LlmConfig(
+                base_url=settings.llm_base_url, api_key=settings.llm_api_key,
+                model=settings.llm_model, timeout_s=settings.llm_timeout_seconds,
+                max_retries=settings.llm_max_retries, chunk_chars=settings.llm_chunk_chars,
+                max_tokens=settings.llm_max_tokens), settings.llm_concurrency)
+        self.io_sem = asyncio.Semaphore(settings.io_concurrency)
+        self.model_lock = asyncio.Lock()
+        self.runs: dict[str, TaskRun] = {}
+        self.executions: set[asyncio.Task[None]] = set()
+        self.transcribing: TaskRun | None = None
+        self.stopping = asyncio.Event()
+        self.wake = asyncio.Event()
+        self.fatal: str | None = None
+        self.max_active = settings.io_concurrency + PREFETCH
+
+    # ------------------------------------------------------------------ lifecycle
+    async def run(self, *, preload: bool = False) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        await self.queue.register(self.id, self.hostname, os.getpid(),
+                                  model=self.asr.config.description)
+        log.info("worker %s started (pid %d, model %s)", self.id, os.getpid(),
+                 self.asr.config.description)
+        recovered = await self.queue.requeue_dead_workers(self.hostname, pid_alive,
+                                                          exclude=self.id)
+        recovered += await self.queue.requeue_expired()
+        for tid, status in recovered:
+            log.info("recovered task %s -> %s", tid, status)
+        heart = asyncio.create_task(self._heartbeat_loop(), name="heartbeat")
+        try:
+            if preload:
+                await self._preload()
+            await self._claim_loop()
+            await self._drain()
+        finally:
+            heart.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heart
+            with contextlib.suppress(Exception):
+                await self.queue.stop(self.id)
+            if self.llm:
+                await self.llm.close()
+            await self.engine.dispose()
+            log.info("worker %s stopped", self.id)
+        if self.fatal:
+            log.error("%s", self.fatal)
+            return EXIT_FATAL
+        return 0
+
+    async def _preload(self) -> None:
+        try:
+            if await self.asr.ensure_loaded():
+                await self.on_model_loaded()
+        except ModelLoadError as exc:
+            self.fatal = str(exc)
+            self.stopping.set()
+
+    async def on_model_loaded(self) -> None:
+        n = await self.queue.record_model_load(self.id, self.asr.config.description)
+        log.info("model loaded (load #%d of this process) on %s", n, self.asr.device)
+
+    def request_stop(self) -> None:
+        if not self.stopping.is_set():
+            log.info("stopping: no new tasks; draining for up to %.0f s",
+                     self.settings.drain_seconds)
+        self.stopping.set()
+        self.wake.set()
+
+    def _can_claim(self) -> bool:
+        if len(self.runs) >= self.max_active:
+            return False
+        ahead = sum(1 for r in self.runs.values() if r.waiting_for_model)
+        return ahead < PREFETCH
+
+    async def _claim_loop(self) -> None:
+        idle = 0.25
+        while not self.stopping.is_set():
+            claimed = False
+            if self._can_claim():
+                try:
+                    tasks = await self.queue.claim_next(self.id, n=1)
+                except Exception as exc:  # noqa: BLE001  (database hiccup: wait, retry)
+                    log.warning("claim failed: %s", exc)
+                    tasks = []
+                for task in tasks:
+                    claimed = True
+                    run = TaskRun(task, self)
+                    self.runs[task.id] = run
+                    ex = asyncio.create_task(self._execute(run), name=f"task-{task.id}")
+                    self.executions.add(ex)
+                    ex.add_done_callback(self.executions.discard)
+            if claimed:
+                idle = 0.25
+                continue
+            self.wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(idle):
+                    await self.wake.wait()
+            idle = min(1.0, idle * 1.5)
+
+    async def _drain(self) -> None:
+        if self.runs:
+            log.info("draining %d task(s)", len(self.runs))
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.settings.drain_seconds):
+                    while self.runs:
+                        await asyncio.wait(set(self.executions), return_when="FIRST_COMPLETED")
+        for run in list(self.runs.values()):
+            run.stop("shutdown")
+        if self.executions:
+            await asyncio.wait(set(self.executions), timeout=30)
+
+    # ------------------------------------------------------------------ one task
+    async def _execute(self, run: TaskRun) -> None:
+        """Run one task and record how it ended; the only place outcomes are written."""
+        q, tid = self.queue, run.id
+        inner = asyncio.create_task(run.run(), name=f"pipeline-{tid}")
+        run.inner = inner
+        outcome = "completed"
+        try:
+            await inner
+        except asyncio.CancelledError:
+            if not inner.cancelled():
+                raise  # this coroutine itself was cancelled
+            outcome = run.stop_reason or "shutdown"
+        except TaskCancelled:
+            outcome = run.stop_reason or "cancel"
+        except LeaseLost:
+            outcome = "lost"
+        except ModelLoadError as exc:
+            self.fatal = str(exc)
+            outcome = "shutdown"
+            self.request_stop()
+        except TaskFailure as exc:
+            await self._record_failure(run, TaskError(exc.type, exc.message, exc.retryable))
+            outcome = "failed"
+        except Exception as exc:  # noqa: BLE001  (a bug: fail visibly, keep the worker up)
+            log.exception("task %s crashed", tid)
+            await self._record_failure(run, TaskError(
+                "InternalError", f"internal error: {type(exc).__name__}: {str(exc)[:300]}",
+                True))
+            outcome = "failed"
+        try:
+            if outcome == "cancel":
+                await q.mark_cancelled(tid, self.id)
+            elif outcome == "shutdown":
+                await q.release(tid, self.id, reason="worker stopping")
+            elif outcome == "timeout":
+                await self._record_failure(run, TaskError(
+                    "Timeout", "the task took longer than its time limit", True))
+        except LeaseLost:
+            outcome = "lost"
+        except Exception:  # noqa: BLE001
+            log.exception("could not record the end of task %s", tid)
+        if outcome == "lost":
+            log.warning("task %s was taken away from this worker (lease lost)", tid)
+        if run.completed:
+            await asyncio.to_thread(run.cleanup_files)
+        log.info("task %s: %s", tid, outcome)
+        self.runs.pop(tid, None)
+        self.wake.set()
+
+    async def _record_failure(self, run: TaskRun, error: TaskError) -> None:
+        try:
+            status = await self.queue.fail(run.id, self.id, error)
+            log.info("task %s %s: %s", run.id, "will be retried" if status == "pending"
+                     else "failed", error.message)
+        except LeaseLost:
+            pass
+
+    # ------------------------------------------------------------------ heartbeats
+    async def _heartbeat_loop(self) -> None:
+        beat = self.settings.heartbeat_seconds
+        rescue_every = max(1, int(self.settings.lease_seconds / 2 / beat))
+        n = 0
+        while True:
+            await asyncio.sleep(beat)
+            n += 1
+            try:
+                await self._beat(n % rescue_every == 0)
+            except Exception as exc:  # noqa: BLE001  (keep beating through db hiccups)
+                log.warning("heartbeat failed: %s", exc)
+
+    async def _beat(self, rescue: bool) -> None:
+        current = self.transcribing or next(iter(self.runs.values()), None)
+        await self.queue.worker_heartbeat(self.id,
+                                          current_task_id=current.id if current else None)
+        for run in list(self.runs.values()):
+            if run.stop_reason:
+                continue
+            try:
+                cancel = await self.queue.heartbeat(run.id, self.id, progress=run.progress,
+                                                    message=run.message)
+            except LeaseLost:
+                run.stop("lost")
+                continue
+            if cancel:
+                log.info("task %s: cancel requested", run.id)
+                run.stop("cancel")
+        if rescue:
+            for tid, status in await self.queue.requeue_expired():
+                log.info("requeued expired task %s -> %s", tid, status)
+
+
+def run_worker(settings: Settings, *, preload: bool = False) -> int:
+    worker = Worker(settings)
+
+    async def main() -> int:
+        return await worker.run(preload=preload)
+
+    code = asyncio.run(main())
+    worker.asr.close()
+    return code
+
+
+__all__ = ["Worker", "run_worker", "pid_alive"]

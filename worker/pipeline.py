@@ -1,0 +1,281 @@
+"""One task's stages, each checkpointed before the next starts:
+
+    fetch -> transcribe -> polish -> summarize -> export -> complete
+
+A retried or recovered task resumes at its first unfinished stage: a finished
+download is never fetched again and a finished transcript never re-transcribed
+(segments are rows in ``segments``).  Only ``db.queue`` writes the task's status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from db.models import Stage, Task, TaskKind
+from db.queue import SegmentRow
+from db.reads import Checkpoint
+from tingji.formats import render_all
+from worker.errors import RetryableTaskError, TaskCancelled, TaskTakenAway
+from worker.fetch import fetch_upload, fetch_url
+
+if TYPE_CHECKING:
+    from worker.main import Worker
+
+log = logging.getLogger("tingji.worker.pipeline")
+
+
+@dataclass
+class TaskRun:
+    """A claimed task while this worker holds it."""
+
+    task: Task
+    worker: Worker
+    stop_event: threading.Event = field(default_factory=threading.Event)
+    stop_reason: str | None = None  # "cancel" | "shutdown" | "lost" | "timeout"
+    stage: Stage | None = None
+    progress: float = 0.0
+    message: str | None = None
+    waiting_for_model: bool = True
+    inner: asyncio.Task[None] | None = None
+    completed: bool = False
+
+    @property
+    def id(self) -> str:
+        return self.task.id
+
+    def stop(self, reason: str) -> None:
+        """Ask the run to stop now.  Its coroutine is cancelled at once; an ASR batch in
+        progress on the model thread sees the event and stops at the batch's end."""
+        if self.stop_reason is None:
+            self.stop_reason = reason
+        self.stop_event.set()
+        if self.inner is not None and not self.inner.done():
+            self.inner.cancel()
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def work_dir(self) -> Path:
+        return self.worker.settings.work_dir / self.id
+
+    def _rel(self, path: Path) -> str:
+        return str(path.relative_to(self.worker.settings.data_dir))
+
+    def _abs(self, rel: str) -> Path:
+        return self.worker.settings.data_dir / rel
+
+    def timeout_for(self, duration_s: float) -> float:
+        s = self.worker.settings
+        return s.task_timeout_base_s + s.task_timeout_factor * duration_s
+
+    async def _stage(self, stage: Stage, body: Callable[[], Awaitable[dict[str, Any]]], *,
+                     timeout: float | None = None, title: str | None = None,
+                     segments: Callable[[], list[SegmentRow] | None] | None = None
+                     ) -> tuple[dict[str, Any], float]:
+        q, wid = self.worker.queue, self.worker.id
+        if self.stop_event.is_set():
+            raise TaskCancelled()
+        self.stage, self.progress, self.message = stage, 0.0, None
+        if await asyncio.shield(q.stage_started(self.id, wid, stage)):
+            self.stop("cancel")
+            raise TaskCancelled()
+        t = time.perf_counter()
+        try:
+            async with asyncio.timeout(timeout):
+                output = await body()
+        except TimeoutError:
+            self.stop_reason = self.stop_reason or "timeout"
+            self.stop_event.set()
+            raise RetryableTaskError(f"the {stage.value} stage timed out after {timeout:.0f} s",
+                                     type="Timeout") from None
+        seconds = time.perf_counter() - t
+        # Shielded: a cancel arriving now must not cut a checkpoint's transaction short.
+        await asyncio.shield(q.checkpoint(
+            self.id, wid, stage, output, seconds=seconds,
+            segments=segments() if segments else None,
+            title=output.get("title") if stage == Stage.FETCH else title))
+        self.progress = 1.0
+        return output, seconds
+
+    # ------------------------------------------------------------------ stages
+    async def _fetch(self) -> dict[str, Any]:
+        payload = self.task.payload
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        s = self.worker.settings
+        async with self.worker.io_sem:
+            if self.task.kind == TaskKind.URL:
+                fetched = await fetch_url(payload["video_url"], self.work_dir,
+                                          max_bytes=s.max_download_mb * 2**20,
+                                          cancel=self.stop_event)
+            else:
+                up = payload["upload"]
+                fetched = await fetch_upload(s.uploads_dir / up["stored_name"], up["filename"],
+                                             self.work_dir)
+        download = self.work_dir / "download"
+        if download.exists():  # the normalized WAV is all later stages need
+            shutil.rmtree(download, ignore_errors=True)
+        return {"audio": self._rel(fetched.audio), "duration_s": round(fetched.duration_s, 3),
+                "title": fetched.title, "chapters": fetched.chapters, "meta": fetched.meta}
+
+    async def run(self) -> None:
+        w = self.worker
+        cps: dict[Stage, Checkpoint] = await w.reads.checkpoints(self.id)
+        seconds = {st.value: round(cp.seconds or 0.0, 3) for st, cp in cps.items()}
+        opts = self.task.payload.get("options") or {}
+
+        # fetch
+        fetch_cp = cps.get(Stage.FETCH)
+        if fetch_cp is None or not self._abs(fetch_cp.output["audio"]).is_file():
+            fetch_out, seconds["fetch"] = await self._stage(
+                Stage.FETCH, self._fetch, timeout=w.settings.task_timeout_base_s)
+        else:
+            fetch_out = fetch_cp.output
+        duration = float(fetch_out["duration_s"])
+        title = str(fetch_out.get("title") or self.id)
+
+        # transcribe (one task at a time on the model lane)
+        tr_cp = cps.get(Stage.TRANSCRIBE)
+        if tr_cp is None:
+            async with w.model_lock:
+                self.waiting_for_model = False
+                w.transcribing = self
+                try:
+                    tr_out, seconds["transcribe"] = await self._transcribe(
+                        self._abs(fetch_out["audio"]), duration)
+                finally:
+                    w.transcribing = None
+        else:
+            tr_out = tr_cp.output
+        self.waiting_for_model = False
+        text = str(tr_out.get("text", ""))
+
+        # polish, summarize
+        polished, summary = None, None
+        llm_notes: dict[str, Any] = {}
+        llm = w.llm
+        llm_opts = llm.options(opts) if llm else None
+        if opts.get("polish"):
+            cp = cps.get(Stage.POLISH)
+            if cp is not None:
+                polished = cp.output.get("polished_text")
+                llm_notes["polish"] = cp.output
+            elif llm is None or llm_opts is None:
+                llm_notes["polish"] = {"skipped": "no LLM configured (TINGJI_LLM_BASE_URL)"}
+            elif not text.strip():
+                llm_notes["polish"] = {"skipped": "empty transcript"}
+            else:
+                async def polish() -> dict[str, Any]:
+                    assert llm and llm_opts
+                    out = await llm.polish(text, llm_opts)
+                    return {"polished_text": out, "model": llm_opts.model,
+                            "tokens_in": llm_opts.usage.tokens_in,
+                            "tokens_out": llm_opts.usage.tokens_out}
+                out, seconds["polish"] = await self._stage(
+                    Stage.POLISH, polish, timeout=self.timeout_for(duration))
+                polished = out["polished_text"]
+                llm_notes["polish"] = {k: v for k, v in out.items() if k != "polished_text"}
+        if opts.get("summarize"):
+            cp = cps.get(Stage.SUMMARIZE)
+            if cp is not None:
+                summary = cp.output.get("summary")
+                llm_notes["summarize"] = cp.output
+            elif llm is None or llm_opts is None:
+                llm_notes["summarize"] = {"skipped": "no LLM configured (TINGJI_LLM_BASE_URL)"}
+            elif not text.strip():
+                llm_notes["summarize"] = {"skipped": "empty transcript"}
+            else:
+                source_text = polished or text
+                before_in = llm_opts.usage.tokens_in
+                before_out = llm_opts.usage.tokens_out
+
+                async def summarize() -> dict[str, Any]:
+                    assert llm and llm_opts
+                    out = await llm.summarize(source_text, llm_opts)
+                    return {"summary": out, "model": llm_opts.model,
+                            "tokens_in": llm_opts.usage.tokens_in - before_in,
+                            "tokens_out": llm_opts.usage.tokens_out - before_out}
+                out, seconds["summarize"] = await self._stage(
+                    Stage.SUMMARIZE, summarize, timeout=self.timeout_for(duration))
+                summary = out["summary"]
+                llm_notes["summarize"] = {k: v for k, v in out.items() if k != "summary"}
+
+        # export
+        segments = await w.reads.segments(self.id)
+        result: dict[str, Any] = {
+            "title": title, "text": text, "polished_text": polished, "summary": summary,
+            "segments": len(segments), "duration_s": duration,
+            "speech_s": tr_out.get("speech_s"), "chapters": fetch_out.get("chapters") or [],
+            "model": tr_out.get("model"), "device": tr_out.get("device"),
+            "asr_rtf": round(seconds.get("transcribe", 0.0) / duration, 4) if duration else None,
+            "llm_tokens_in": sum(int(n.get("tokens_in", 0)) for n in llm_notes.values()),
+            "llm_tokens_out": sum(int(n.get("tokens_out", 0)) for n in llm_notes.values()),
+            "llm": llm_notes,
+        }
+
+        async def export() -> dict[str, Any]:
+            out_dir = w.settings.results_dir / self.id
+            source = self.task.payload.get("video_url") or \
+                (self.task.payload.get("upload") or {}).get("filename") or ""
+            files = render_all(task_id=self.id, title=title, source=source,
+                               result={**result, "stage_seconds": seconds}, segments=segments)
+            await asyncio.to_thread(_write_files, out_dir, files)
+            return {"dir": self._rel(out_dir),
+                    "files": sorted(f"result.{ext}" for ext in files)}
+        exp_out, seconds["export"] = await self._stage(Stage.EXPORT, export)
+        result["files"] = exp_out["files"]
+        result["stage_seconds"] = seconds
+        await asyncio.shield(w.queue.complete(self.id, w.id, result))
+        self.completed = True
+
+    async def _transcribe(self, audio: Path, duration: float
+                          ) -> tuple[dict[str, Any], float]:
+        w = self.worker
+        loop = asyncio.get_running_loop()
+        transcript_holder: dict[str, Any] = {}
+
+        def progress(done: float, total: float) -> None:  # called on the model lane
+            if total > 0:
+                loop.call_soon_threadsafe(setattr, self, "progress", min(1.0, done / total))
+
+        async def body() -> dict[str, Any]:
+            if not w.asr.loaded:
+                self.message = "loading the ASR model"
+                if await w.asr.ensure_loaded():
+                    await w.on_model_loaded()
+            self.message = None
+            tr = await w.asr.transcribe(audio, progress, self.stop_event)
+            transcript_holder["segments"] = tr.segments
+            return {"text": tr.text, "segments": len(tr.segments),
+                    "speech_s": round(tr.speech_s, 3), "model": w.asr.config.description,
+                    "device": w.asr.device, "asr_seconds": round(tr.seconds, 3)}
+
+        return await self._stage(Stage.TRANSCRIBE, body, timeout=self.timeout_for(duration),
+                                 segments=lambda: transcript_holder.get("segments"))
+
+    def cleanup_files(self) -> None:
+        """After completion: the normalized audio and the upload are no longer needed
+        (the transcript lives in the database, the results under results/)."""
+        shutil.rmtree(self.work_dir, ignore_errors=True)
+        up = self.task.payload.get("upload")
+        if up:
+            with contextlib.suppress(OSError):
+                (self.worker.settings.uploads_dir / up["stored_name"]).unlink()
+
+
+def _write_files(out_dir: Path, files: dict[str, str]) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for ext, text in files.items():
+        tmp = out_dir / f".result.{ext}.tmp"
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(out_dir / f"result.{ext}")
+
+
+__all__ = ["TaskRun", "TaskTakenAway"]
