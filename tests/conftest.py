@@ -83,3 +83,37 @@ async def queue(db_url: str) -> AsyncIterator[Queue]:
         yield q
     finally:
         await engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Random-weight asr/vad/punc folders, loaded by the worker through the same
+    AutoModel call as hub ids."""
+    import subprocess
+    import sys
+
+    out = tmp_path_factory.mktemp("models")
+    subprocess.run([sys.executable, "-m", "tests.helpers.tiny_funasr", str(out)], cwd=ROOT,
+                   check=True, capture_output=True, timeout=300)
+    return {k: str(out / k) for k in ("asr", "vad", "punc")}
+
+
+@pytest.fixture(scope="session")
+def media(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Real media made with espeak-ng and ffmpeg."""
+    from tests.helpers import media as m
+
+    d = tmp_path_factory.mktemp("media")
+    speech = m.speech_wav(d / "speech.wav", m.SENTENCES)
+    long = m.convert(speech, d / "long.wav", "-filter_complex",
+                     "aloop=loop=24:size=2e9", "-ar", "16000", "-ac", "1")
+    text_mp3 = d / "notes.mp3"
+    text_mp3.write_text("这不是音频文件，只是一些文字。\n" * 50, encoding="utf-8")
+    return {
+        "speech": speech,
+        "long": long,  # ~17 minutes: transcribing it takes ~10 s even with the tiny model
+        "video": m.video_with_speech(speech, d / "talk.mp4"),
+        "mp3": m.convert(speech, d / "talk.mp3"),
+        "silent_video": m.silent_video(d / "silent.mp4"),
+        "text_mp3": text_mp3,
+    }

@@ -1,0 +1,104 @@
+"""Real local servers for the network edges: a static file server for yt-dlp and an
+OpenAI-compatible chat-completions stub for the LLM stages."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+
+class _QuietFiles(SimpleHTTPRequestHandler):
+    def log_message(self, *args: Any) -> None: ...
+
+
+class FileServer:
+    """Serves a folder on 127.0.0.1 (yt-dlp's generic extractor downloads from it)."""
+
+    def __init__(self, root: Path) -> None:
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0),
+                                         partial(_QuietFiles, directory=str(root)))
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@dataclass
+class StubBehaviour:
+    fail_first: int = 0  # answer HTTP 500 to this many requests first
+    delay_s: float = 0.0  # sleep this long before each answer
+    truncate_over: int | None = None  # finish_reason=length when the input is longer
+    calls: list[dict[str, Any]] = field(default_factory=list)
+    failures_sent: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class LlmStub:
+    """``POST /v1/chat/completions``: polish answers "【润色】" + the input, a summary
+    request answers "【摘要】" + the first 20 characters; usage counts characters."""
+
+    def __init__(self, behaviour: StubBehaviour | None = None) -> None:
+        self.b = behaviour or StubBehaviour()
+        stub = self
+
+        class Handler(SimpleHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None: ...
+
+            def do_POST(self) -> None:  # noqa: N802
+                body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+                b = stub.b
+                t0 = time.time()
+                with b.lock:
+                    fail = b.failures_sent < b.fail_first
+                    if fail:
+                        b.failures_sent += 1
+                if b.delay_s:
+                    time.sleep(b.delay_s)
+                system, user = body["messages"][0]["content"], body["messages"][-1]["content"]
+                kind = "summary" if "摘要" in system else "polish"
+                with b.lock:
+                    b.calls.append({"kind": kind, "chars": len(user), "start": t0,
+                                    "end": time.time(), "failed": fail,
+                                    "model": body.get("model"),
+                                    "max_tokens": body.get("max_tokens")})
+                if fail:
+                    self._send(500, {"error": {"message": "stub overloaded", "type": "server"}})
+                    return
+                finish = "stop"
+                if kind == "polish":
+                    out = "【润色】" + user
+                    if b.truncate_over is not None and len(user) > b.truncate_over:
+                        out, finish = out[: len(out) // 3], "length"
+                else:
+                    out = "【摘要】" + user[:20]
+                self._send(200, {
+                    "id": "chatcmpl-stub", "object": "chat.completion", "created": int(t0),
+                    "model": body.get("model", "stub"),
+                    "choices": [{"index": 0, "finish_reason": finish,
+                                 "message": {"role": "assistant", "content": out}}],
+                    "usage": {"prompt_tokens": len(user), "completion_tokens": len(out),
+                              "total_tokens": len(user) + len(out)}})
+
+            def _send(self, status: int, doc: dict[str, Any]) -> None:
+                data = json.dumps(doc, ensure_ascii=False).encode()
+                self.send_response(status)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()

@@ -1,0 +1,375 @@
+"""The worker as a real process: real funasr (tiny random-weight model), real ffmpeg,
+real yt-dlp against a local file server, the real openai client against a local stub,
+the real API server; SIGKILL and SIGTERM for recovery."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.helpers.procs import Proc, clean_env, start, start_server
+from tests.helpers.servers import FileServer, LlmStub, StubBehaviour
+from tests.test_api import check_srt
+
+pytestmark = pytest.mark.slow
+
+
+class Stack:
+    """A data dir, an API server and workers started as subprocesses."""
+
+    def __init__(self, root: Path, models: dict[str, str], **env: str) -> None:
+        self.root = root
+        self.data = root / "data"
+        self.env = clean_env(**{
+            "TINGJI_DATA_DIR": str(self.data), "TINGJI_ASR_MODEL": models["asr"],
+            "TINGJI_VAD_MODEL": models["vad"], "TINGJI_PUNC_MODEL": models["punc"],
+            "TINGJI_VAD_MAX_END_SILENCE_MS": "800", "TINGJI_LEASE_SECONDS": "10",
+            "TINGJI_HEARTBEAT_SECONDS": "0.5", "TINGJI_RETRY_BACKOFF_SECONDS": "0.5",
+            "TINGJI_DRAIN_SECONDS": "20", **env})
+        self.server = start_server(self.env, root / "server.log")
+        self.http = httpx.Client(base_url=self.server.url, timeout=30)
+        self.workers: list[Proc] = []
+
+    def worker(self, *, preload: bool = True, wait_loaded: bool = True) -> Proc:
+        n = len(self.workers)
+        proc = start(["worker", *(["--preload"] if preload else [])], self.env,
+                     self.root / f"worker{n}.log")
+        self.workers.append(proc)
+        if preload and wait_loaded:
+            self.wait(lambda: any(w["pid"] == proc.pid and w["model_loads"] == 1
+                                  for w in self.http.get("/api/v1/queue").json()["workers"]),
+                      60, f"worker {proc.pid} did not load its model:\n{proc.output()}")
+        return proc
+
+    def wait(self, cond: Callable[[], Any], timeout: float, what: str) -> Any:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            got = cond()
+            if got:
+                return got
+            time.sleep(0.1)
+        raise AssertionError(f"timed out: {what}\n" + "\n".join(
+            w.output()[-3000:] for w in self.workers))
+
+    def upload(self, path: Path, **fields: str) -> str:
+        with open(path, "rb") as fh:
+            resp = self.http.post("/api/v1/process/audio", files={"file": (path.name, fh)},
+                                  data=fields)
+        assert resp.status_code == 202, resp.text
+        return str(resp.json()["task_id"])
+
+    def submit_url(self, url: str, **opts: Any) -> str:
+        resp = self.http.post("/api/v1/process/bilibili", json={"video_url": url, **opts})
+        assert resp.status_code == 202, resp.text
+        return str(resp.json()["task_id"])
+
+    def task(self, tid: str) -> dict[str, Any]:
+        return self.http.get(f"/api/v1/task/{tid}").json()  # type: ignore[no-any-return]
+
+    def events(self, tid: str) -> list[dict[str, Any]]:
+        return self.http.get(f"/api/v1/task/{tid}/events").json()  # type: ignore[no-any-return]
+
+    def finished(self, tid: str, timeout: float = 120) -> dict[str, Any]:
+        return self.wait(lambda: (t := self.task(tid))["status"] in
+                         ("completed", "failed", "cancelled") and t, timeout,
+                         f"task {tid} did not finish")
+
+    def close(self) -> None:
+        for w in self.workers:
+            w.kill()
+        self.server.stop()
+        self.http.close()
+
+
+@pytest.fixture
+def stack_factory(tmp_path: Path, tiny_models: dict[str, str]) -> Iterator[Callable[..., Stack]]:
+    stacks: list[Stack] = []
+
+    def make(**env: str) -> Stack:
+        s = Stack(tmp_path / f"stack{len(stacks)}", tiny_models, **env)
+        stacks.append(s)
+        return s
+    yield make
+    for s in stacks:
+        s.close()
+
+
+@pytest.fixture
+def llm() -> Iterator[LlmStub]:
+    stub = LlmStub()
+    yield stub
+    stub.close()
+
+
+@pytest.fixture(scope="module")
+def files(media: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+          ) -> Iterator[FileServer]:
+    root = tmp_path_factory.mktemp("www")
+    shutil.copy(media["video"], root / "talk.mp4")
+    shutil.copy(media["mp3"], root / "part1.mp3")
+    shutil.copy(media["mp3"], root / "part2.mp3")
+    (root / "parts.html").write_text(
+        "<html><head><title>两集讲座</title></head><body>"
+        "<audio src='part1.mp3' title='第一集'></audio>"
+        "<audio src='part2.mp3' title='第二集'></audio></body></html>", encoding="utf-8")
+    server = FileServer(root)
+    yield server
+    server.close()
+
+
+def assert_segments_and_srt(stack: Stack, tid: str) -> list[dict[str, Any]]:
+    segs = stack.http.get(f"/api/v1/task/{tid}/segments").json()
+    assert segs and all(s["text"] and s["end_ms"] >= s["start_ms"] for s in segs)
+    srt = stack.http.get(f"/api/v1/download/{tid}", params={"format": "srt"})
+    assert srt.status_code == 200
+    cues = check_srt(srt.text)
+    assert len(cues) >= len(segs)
+    return segs  # type: ignore[no-any-return]
+
+
+# ---------------------------------------------------------------- end to end
+def test_upload_to_completed_with_text_segments_and_srt(
+        stack_factory: Callable[..., Stack], media: dict[str, Path]) -> None:
+    stack = stack_factory()
+    stack.worker()
+    tid = stack.upload(media["video"])
+    task = stack.finished(tid)
+    assert task["status"] == "completed", task
+    result = task["result"]
+    assert result["text"] and result["segments"] > 3
+    assert 40 < result["duration_s"] < 43 and result["asr_rtf"] > 0
+    assert set(result["stage_seconds"]) == {"fetch", "transcribe", "export"}
+    assert result["polished_text"] is None  # no LLM configured: raw transcript
+    segs = assert_segments_and_srt(stack, tid)
+    assert segs[-1]["end_ms"] <= result["duration_s"] * 1000 + 50
+    out = stack.data / "results" / tid
+    assert sorted(p.name for p in out.iterdir()) == [
+        "result.json", "result.md", "result.srt", "result.txt"]
+    assert not (stack.data / "work" / tid).exists()  # normalized audio removed
+    assert list((stack.data / "uploads").iterdir()) == []
+    events = [(e["event"], (e["detail"] or {}).get("stage")) for e in stack.events(tid)]
+    assert events == [("enqueued", None), ("claimed", None), ("stage_started", "fetch"),
+                      ("stage_completed", "fetch"), ("stage_started", "transcribe"),
+                      ("stage_completed", "transcribe"), ("stage_started", "export"),
+                      ("stage_completed", "export"), ("completed", None)]
+
+
+def test_url_task_through_local_media_server(stack_factory: Callable[..., Stack],
+                                             files: FileServer) -> None:
+    stack = stack_factory()
+    stack.worker()
+    tid = stack.submit_url(f"{files.url}/talk.mp4")
+    task = stack.finished(tid)
+    assert task["status"] == "completed", task
+    assert task["title"] == "talk" and task["result"]["segments"] > 3
+    assert_segments_and_srt(stack, tid)
+
+
+def test_multi_part_page_becomes_chapters(stack_factory: Callable[..., Stack],
+                                          files: FileServer) -> None:
+    stack = stack_factory()
+    stack.worker()
+    tid = stack.submit_url(f"{files.url}/parts.html")
+    task = stack.finished(tid)
+    assert task["status"] == "completed", task
+    chapters = task["result"]["chapters"]
+    assert [c["index"] for c in chapters] == [1, 2]
+    assert chapters[1]["start_s"] == pytest.approx(chapters[0]["duration_s"], abs=0.05)
+    assert task["result"]["duration_s"] == pytest.approx(2 * chapters[0]["duration_s"], abs=0.1)
+
+
+def test_polish_and_summary_survive_500s(stack_factory: Callable[..., Stack],
+                                         media: dict[str, Path], llm: LlmStub) -> None:
+    llm.b.fail_first = 2
+    stack = stack_factory(TINGJI_LLM_BASE_URL=llm.base_url, TINGJI_LLM_MODEL="stub-chat",
+                          TINGJI_LLM_CHUNK_CHARS="60")
+    stack.worker()
+    tid = stack.upload(media["speech"], summarize="true", temperature="0.2")
+    task = stack.finished(tid)
+    assert task["status"] == "completed", task
+    r = task["result"]
+    assert r["polished_text"].count("【润色】") >= 2  # several chunks
+    assert r["summary"].startswith("【摘要】【润色】")  # summarized the polished text
+    assert r["llm_tokens_in"] > 0 and r["llm_tokens_out"] > 0
+    failed = [c for c in llm.b.calls if c["failed"]]
+    assert len(failed) == 2 and task["attempts"] == 1  # the client retried, not the queue
+    md = stack.http.get(f"/api/v1/download/{tid}", params={"format": "md"}).text
+    assert "【摘要】" in md and "【润色】" in md
+
+
+def test_truncated_polish_is_resplit(stack_factory: Callable[..., Stack],
+                                     media: dict[str, Path], llm: LlmStub) -> None:
+    llm.b.truncate_over = 25
+    stack = stack_factory(TINGJI_LLM_BASE_URL=llm.base_url, TINGJI_LLM_MODEL="stub-chat",
+                          TINGJI_LLM_CHUNK_CHARS="80")
+    stack.worker()
+    tid = stack.upload(media["speech"])
+    task = stack.finished(tid)
+    assert task["status"] == "completed", task
+    polish_calls = [c for c in llm.b.calls if c["kind"] == "polish"]
+    assert any(c["chars"] > 25 for c in polish_calls)  # truncated ones were re-split
+    assert all(c["chars"] <= 80 for c in polish_calls)
+    text = task["result"]["polished_text"]
+    # every piece that came back is a complete polish of its input
+    assert text.count("【润色】") == sum(1 for c in polish_calls if c["chars"] <= 25)
+
+
+def test_polish_that_keeps_truncating_fails_retryable(stack_factory: Callable[..., Stack],
+                                                      media: dict[str, Path],
+                                                      llm: LlmStub) -> None:
+    llm.b.truncate_over = 0  # every reply is cut off
+    stack = stack_factory(TINGJI_LLM_BASE_URL=llm.base_url, TINGJI_LLM_MODEL="stub-chat",
+                          TINGJI_MAX_ATTEMPTS="2")
+    stack.worker()
+    tid = stack.upload(media["speech"])
+    task = stack.finished(tid)
+    assert task["status"] == "failed" and task["attempts"] == 2
+    assert "truncated" in task["error"]["message"]
+    events = [(e["event"], (e["detail"] or {}).get("stage")) for e in stack.events(tid)]
+    # the retry resumed at polish: one transcription only
+    assert events.count(("stage_started", "transcribe")) == 1
+    assert events.count(("stage_started", "polish")) == 2
+
+
+def test_five_tasks_one_model_load(stack_factory: Callable[..., Stack],
+                                   media: dict[str, Path]) -> None:
+    stack = stack_factory()
+    worker = stack.worker(preload=False)
+    tids = [stack.upload(media["speech" if i % 2 else "mp3"]) for i in range(5)]
+    for tid in tids:
+        assert stack.finished(tid)["status"] == "completed"
+    [w] = [w for w in stack.http.get("/api/v1/queue").json()["workers"] if w["pid"] == worker.pid]
+    assert w["model_loads"] == 1 and w["model_loaded_at"]
+
+
+# ---------------------------------------------------------------- crash and stop
+def _wait_stage(stack: Stack, tid: str, stage: str, min_progress: float = 0.0) -> None:
+    stack.wait(lambda: (t := stack.task(tid))["stage"] == stage and
+               t["progress"] >= min_progress, 90, f"{tid} never reached {stage}")
+
+
+def test_sigkill_during_transcribe_then_restart_completes(
+        stack_factory: Callable[..., Stack], media: dict[str, Path]) -> None:
+    stack = stack_factory()
+    first = stack.worker()
+    tid = stack.upload(media["long"])
+    _wait_stage(stack, tid, "transcribe", 0.05)
+    first.kill(signal.SIGKILL)
+    assert stack.task(tid)["status"] == "processing"
+    stack.worker()  # recovers the dead worker's task at start-up (its pid is gone)
+    task = stack.finished(tid, 180)
+    assert task["status"] == "completed" and task["attempts"] == 2
+    events = [e["event"] for e in stack.events(tid)]
+    assert events.count("lease_expired") == 1
+    fetches = [e for e in stack.events(tid) if e["event"] == "stage_started"
+               and e["detail"]["stage"] == "fetch"]
+    assert len(fetches) == 1  # the finished fetch was not redone
+
+
+def test_sigkill_during_polish_does_not_transcribe_again(
+        stack_factory: Callable[..., Stack], media: dict[str, Path], llm: LlmStub) -> None:
+    llm.b.delay_s = 3.0
+    stack = stack_factory(TINGJI_LLM_BASE_URL=llm.base_url, TINGJI_LLM_MODEL="stub-chat")
+    first = stack.worker()
+    tid = stack.upload(media["speech"])
+    _wait_stage(stack, tid, "polish")
+    first.kill(signal.SIGKILL)
+    llm.b.delay_s = 0.0
+    stack.worker()
+    task = stack.finished(tid)
+    assert task["status"] == "completed" and task["attempts"] == 2
+    stages = [e["detail"]["stage"] for e in stack.events(tid) if e["event"] == "stage_started"]
+    assert stages.count("transcribe") == 1 and stages.count("polish") == 2
+
+
+@pytest.mark.parametrize("drain", ["0", "60"])
+def test_sigterm_never_leaves_a_task_processing(stack_factory: Callable[..., Stack],
+                                                media: dict[str, Path], drain: str) -> None:
+    stack = stack_factory(TINGJI_DRAIN_SECONDS=drain)
+    worker = stack.worker()
+    tid = stack.upload(media["long"])
+    _wait_stage(stack, tid, "transcribe", 0.05)
+    worker.kill(signal.SIGTERM)
+    assert worker.popen.returncode == 0, worker.output()
+    task = stack.task(tid)
+    if drain == "0":
+        assert task["status"] == "pending"
+        assert stack.events(tid)[-1]["event"] == "released"
+    else:
+        assert task["status"] == "completed"
+    [w] = [w for w in stack.http.get("/api/v1/queue").json()["workers"] if w["pid"] == worker.pid]
+    assert not w["alive"] and w["current_task_id"] is None
+
+
+def test_cancel_during_transcribe_stops_within_seconds(stack_factory: Callable[..., Stack],
+                                                       media: dict[str, Path]) -> None:
+    stack = stack_factory()
+    stack.worker()
+    tid = stack.upload(media["long"])
+    other = stack.upload(media["speech"])
+    _wait_stage(stack, tid, "transcribe", 0.05)
+    t = time.monotonic()
+    assert stack.http.post(f"/api/v1/task/{tid}/cancel").json()["status"] == "processing"
+    task = stack.finished(tid, 30)
+    took = time.monotonic() - t
+    assert task["status"] == "cancelled", task
+    assert took < 10, f"cancel took {took:.1f} s"
+    # the model is free for the next task
+    assert stack.finished(other)["status"] == "completed"
+
+
+# ---------------------------------------------------------------- bad inputs
+def test_bad_inputs_fail_clearly_and_affect_nothing_else(
+        stack_factory: Callable[..., Stack], media: dict[str, Path], files: FileServer) -> None:
+    from tests.helpers.procs import free_port
+    stack = stack_factory(TINGJI_MAX_ATTEMPTS="2")
+    stack.worker()
+    good = stack.upload(media["speech"])
+    bad = {
+        "text as mp3": (stack.upload(media["text_mp3"]), "not audio or video"),
+        "silent video": (stack.upload(media["silent_video"]), "no audio stream"),
+        "404": (stack.submit_url(f"{files.url}/missing.mp4"), "HTTP 404"),
+        "unreachable": (stack.submit_url(f"http://127.0.0.1:{free_port()}/a.mp4"),
+                        "download failed"),
+    }
+    good2 = stack.upload(media["mp3"])
+    for name, (tid, words) in bad.items():
+        task = stack.finished(tid, 120)
+        assert task["status"] == "failed", (name, task)
+        assert words in task["error"]["message"], (name, task["error"])
+        assert "Traceback" not in task["error"]["message"]
+    assert stack.task(bad["text as mp3"][0])["attempts"] == 1  # permanent: no retry
+    assert stack.task(bad["unreachable"][0])["attempts"] == 2  # transient: retried
+    for tid in (good, good2):
+        assert stack.finished(tid)["status"] == "completed"
+
+
+# ---------------------------------------------------------------- pipelining
+def test_transcription_overlaps_another_tasks_polish(stack_factory: Callable[..., Stack],
+                                                     media: dict[str, Path],
+                                                     llm: LlmStub) -> None:
+    llm.b.delay_s = 1.0
+    stack = stack_factory(TINGJI_LLM_BASE_URL=llm.base_url, TINGJI_LLM_MODEL="stub-chat",
+                          TINGJI_LLM_CHUNK_CHARS="60")
+    stack.worker()
+    tids = [stack.upload(media["speech"]) for _ in range(3)]
+    for tid in tids:
+        assert stack.finished(tid)["status"] == "completed"
+    db = sqlite3.connect(stack.data / "tingji.db")
+    rows = db.execute("SELECT task_id, event, json_extract(detail, '$.stage'), at "
+                      "FROM task_events WHERE event LIKE 'stage_%' ORDER BY id").fetchall()
+    spans: dict[tuple[str, str], list[str]] = {}
+    for task_id, _event, stage, at in rows:
+        spans.setdefault((task_id, stage), []).append(at)
+    overlaps = [(a, b) for a in tids for b in tids if a != b
+                and spans[(a, "transcribe")][0] < spans[(b, "polish")][1]
+                and spans[(b, "polish")][0] < spans[(a, "transcribe")][1]]
+    assert overlaps, spans
