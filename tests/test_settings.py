@@ -37,3 +37,9 @@ def test_bad_values_name_the_variable(var: str, value: str, why: str) -> None:
     with pytest.raises(SettingsError) as info:
         Settings.from_env({var: value})
     assert var in str(info.value) and why in str(info.value)
+
+
+def test_readme_documents_every_setting() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    missing = [name for name in Settings.env_names() if name not in readme]
+    assert not missing, f"settings missing from the README table: {missing}"

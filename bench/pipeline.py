@@ -1,0 +1,181 @@
+"""The worker against bare funasr, side by side in one run (CPU here; GPU if lent).
+
+    .venv/bin/python bench/pipeline.py [--tasks 20] [--clip-min 10] [--models DIR]
+
+(1) overhead: the same 10-minute clip through bare ``AutoModel.generate`` and through a
+    tingji task (real server and worker processes), full-size random-weight
+    SeACo-Paraformer (paraformer-zh dimensions) with the VAD and punctuation models;
+(2) a batch of N tasks -> the worker's ``model_loads``;
+(3) pipelining: that batch's wall time vs the sum of its stage times, with an LLM stub
+    that takes 1 s per call (polish + summary on every task);
+(4) model-lane duty cycle over the batch: seconds the model was transcribing / wall
+    seconds from the first transcription's start to the last one's end.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path[0] = str(Path(__file__).resolve().parents[1])  # not bench/ (it has queue.py)
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import sqlite3  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from datetime import datetime  # noqa: E402
+
+from tests.helpers import media as m  # noqa: E402
+from tests.helpers.procs import clean_env, start, start_server  # noqa: E402
+from tests.helpers.servers import LlmStub, StubBehaviour  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def build_models(root: Path) -> dict[str, str]:
+    full, tiny = root / "full", root / "tiny"
+    if not (full / "asr" / "model.pt").exists():
+        subprocess.run([sys.executable, "-m", "tests.helpers.tiny_funasr", str(full), "--size",
+                        "full", "--only", "asr"], cwd=ROOT, check=True)
+    if not (tiny / "punc" / "model.pt").exists():
+        subprocess.run([sys.executable, "-m", "tests.helpers.tiny_funasr", str(tiny)],
+                       cwd=ROOT, check=True)
+    return {"asr": str(full / "asr"), "vad": str(tiny / "vad"), "punc": str(tiny / "punc")}
+
+
+BARE = r"""
+import json, sys, time
+from funasr import AutoModel
+asr, vad, punc, clip, device, bs = sys.argv[1:7]
+t = time.perf_counter()
+m = AutoModel(model=asr, vad_model=vad, punc_model=punc, device=device,
+              vad_kwargs={"max_single_segment_time": 60000, "max_end_silence_time": 800},
+              disable_update=True, disable_pbar=True, log_level="ERROR")
+load = time.perf_counter() - t
+runs = []
+for _ in range(2):
+    t = time.perf_counter()
+    r = m.generate(input=clip, sentence_timestamp=True, batch_size_s=int(bs))
+    runs.append(time.perf_counter() - t)
+print(json.dumps({"load": load, "runs": runs, "sentences": len(r[0].get("sentence_info", []))}))
+"""
+
+
+def wait_done(http: object, tids: list[str], timeout: float) -> list[dict]:
+    import httpx
+    assert isinstance(http, httpx.Client)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        tasks = [http.get(f"/api/v1/task/{t}").json() for t in tids]
+        if all(t["status"] in ("completed", "failed", "cancelled") for t in tasks):
+            return tasks
+        time.sleep(0.5)
+    raise TimeoutError("tasks did not finish")
+
+
+def ts(s: str) -> float:
+    return datetime.fromisoformat(s).timestamp()
+
+
+def main() -> None:
+    import httpx
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--tasks", type=int, default=20)
+    ap.add_argument("--clip-min", type=float, default=10.0)
+    ap.add_argument("--models", default=str(Path(tempfile.gettempdir()) / "tingji-bench-models"))
+    ap.add_argument("--device", default="cpu")
+    a = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="tingji-pipe-"))
+    models = build_models(Path(a.models))
+    speech = m.speech_wav(work / "speech.wav", m.SENTENCES)
+    loops = max(0, int(a.clip_min * 60 / 41.2) - 1)
+    clip = m.convert(speech, work / "clip.wav", "-filter_complex",
+                     f"aloop=loop={loops}:size=2e9", "-ar", "16000", "-ac", "1")
+    import wave
+    with wave.open(str(clip)) as w:
+        clip_s = w.getnframes() / w.getframerate()
+
+    # (1a) bare funasr, its own process (loads once, generate twice: median of 2)
+    bare = json.loads(subprocess.run(
+        [sys.executable, "-c", BARE, models["asr"], models["vad"], models["punc"], str(clip),
+         a.device, "300"], capture_output=True, text=True, check=True, cwd=ROOT
+    ).stdout.strip().splitlines()[-1])
+    bare_s = statistics.median(bare["runs"])
+
+    stub = LlmStub(StubBehaviour(delay_s=1.0))
+    env = clean_env(TINGJI_DATA_DIR=str(work / "data"), TINGJI_ASR_MODEL=models["asr"],
+                    TINGJI_VAD_MODEL=models["vad"], TINGJI_PUNC_MODEL=models["punc"],
+                    TINGJI_VAD_MAX_END_SILENCE_MS="800", TINGJI_DEVICE=a.device,
+                    TINGJI_LLM_BASE_URL=stub.base_url, TINGJI_LLM_MODEL="stub")
+    server = start_server(env, work / "server.log")
+    worker = start(["worker", "--preload"], env, work / "worker.log")
+    http = httpx.Client(base_url=server.url, timeout=60)
+    try:
+        deadline = time.monotonic() + 300
+        while not any(w["model_loads"] for w in http.get("/api/v1/queue").json()["workers"]):
+            assert time.monotonic() < deadline, worker.output()
+            time.sleep(0.5)
+
+        # (1b) the same clip as a tingji task (no LLM), twice: median
+        tingji_task_s, tingji_asr_s = [], []
+        for _ in range(2):
+            with open(clip, "rb") as fh:
+                tid = http.post("/api/v1/process/audio", files={"file": ("clip.wav", fh)},
+                                data={"polish": "false"}).json()["task_id"]
+            [task] = wait_done(http, [tid], 1800)
+            assert task["status"] == "completed", task
+            tingji_task_s.append(ts(task["completed_at"]) - ts(task["started_at"]))
+            tingji_asr_s.append(task["result"]["stage_seconds"]["transcribe"])
+
+        # (2)-(4) a batch of N tasks with polish and summary through the 1 s stub
+        t0 = time.time()
+        tids = []
+        for _ in range(a.tasks):
+            with open(speech, "rb") as fh:
+                tids.append(http.post("/api/v1/process/audio",
+                                      files={"file": ("speech.wav", fh)},
+                                      data={"polish": "true", "summarize": "true"}
+                                      ).json()["task_id"])
+        tasks = wait_done(http, tids, 3600)
+        assert all(t["status"] == "completed" for t in tasks), [t["error"] for t in tasks]
+        wall = max(ts(t["completed_at"]) for t in tasks) - t0
+        stage_sum = sum(sum(t["result"]["stage_seconds"].values()) for t in tasks)
+        loads = [w["model_loads"] for w in http.get("/api/v1/queue").json()["workers"]
+                 if w["pid"] == worker.pid]
+        db = sqlite3.connect(work / "data" / "tingji.db")
+        rows = db.execute(
+            "SELECT task_id, event, at FROM task_events WHERE event LIKE 'stage_%' AND "
+            "json_extract(detail, '$.stage') = 'transcribe' AND task_id IN (%s) ORDER BY id"
+            % ",".join("?" * len(tids)), tids).fetchall()
+        starts = [ts(r[2].replace(" ", "T") + "+00:00") for r in rows if r[1] == "stage_started"]
+        ends = [ts(r[2].replace(" ", "T") + "+00:00") for r in rows if r[1] == "stage_completed"]
+        busy = sum(t["result"]["stage_seconds"]["transcribe"] for t in tasks)
+        span = max(ends) - min(starts)
+        audio = sum(t["result"]["duration_s"] for t in tasks)
+    finally:
+        worker.stop()
+        server.stop()
+        stub.close()
+
+    print(f"device {a.device}; full-size SeACo-Paraformer ASR (random weights) + VAD + punc")
+    print(f"(1) {clip_s / 60:.1f}-min clip: bare generate median {bare_s:.2f} s "
+          f"(RTF {bare_s / clip_s:.4f}, {clip_s / bare_s:.0f}x realtime); tingji transcribe "
+          f"stage median {statistics.median(tingji_asr_s):.2f} s, whole task (claim to "
+          f"complete) median {statistics.median(tingji_task_s):.2f} s")
+    print(f"    overhead ratio: transcribe stage / bare = "
+          f"{statistics.median(tingji_asr_s) / bare_s:.3f}; whole task / bare = "
+          f"{statistics.median(tingji_task_s) / bare_s:.3f}")
+    print(f"(2) {a.tasks} tasks: worker model_loads = {loads}")
+    print(f"(3) batch wall {wall:.1f} s vs sum of stage times {stage_sum:.1f} s "
+          f"(ratio {wall / stage_sum:.2f}); {audio / wall:.1f}x realtime over the batch; "
+          f"LLM calls {len(stub.b.calls)}")
+    print(f"(4) model lane: busy {busy:.1f} s over {span:.1f} s -> duty cycle "
+          f"{busy / span:.3f}")
+
+
+if __name__ == "__main__":
+    main()
