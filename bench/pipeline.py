@@ -147,10 +147,11 @@ def main() -> None:
         loads = [w["model_loads"] for w in http.get("/api/v1/queue").json()["workers"]
                  if w["pid"] == worker.pid]
         db = sqlite3.connect(work / "data" / "tingji.db")
+        marks = ",".join("?" * len(tids))
         rows = db.execute(
             "SELECT task_id, event, at FROM task_events WHERE event LIKE 'stage_%' AND "
-            "json_extract(detail, '$.stage') = 'transcribe' AND task_id IN (%s) ORDER BY id"
-            % ",".join("?" * len(tids)), tids).fetchall()
+            f"json_extract(detail, '$.stage') = 'transcribe' AND task_id IN ({marks}) "
+            "ORDER BY id", tids).fetchall()
         starts = [ts(r[2].replace(" ", "T") + "+00:00") for r in rows if r[1] == "stage_started"]
         ends = [ts(r[2].replace(" ", "T") + "+00:00") for r in rows if r[1] == "stage_completed"]
         busy = sum(t["result"]["stage_seconds"]["transcribe"] for t in tasks)

@@ -34,7 +34,7 @@ from sqlalchemy.types import TypeDecorator
 
 class TaskStatus(enum.StrEnum):
     PENDING = "pending"  # waiting; claim_next moves it to processing, request_cancel to cancelled
-    PROCESSING = "processing"  # leased by a worker; complete/fail/release/cancel or lease expiry move it
+    PROCESSING = "processing"  # leased; complete/fail/release/cancel or lease expiry move it
     COMPLETED = "completed"  # terminal; only prune removes it
     FAILED = "failed"  # terminal unless a user calls retry (-> pending)
     CANCELLED = "cancelled"  # terminal unless a user calls retry (-> pending)

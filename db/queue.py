@@ -197,7 +197,8 @@ class Queue:
         return (await conn.execute(select(T).where(
             T.c.idempotency_key == key, T.c.status.in_([PENDING, PROCESSING])))).first()
 
-    async def enqueue(self, item: NewTask, *, now: datetime | None = None) -> Enqueued:
+    async def enqueue(self, item: NewTask, *, batch_id: str | None = None,
+                      now: datetime | None = None) -> Enqueued:
         """Insert one pending task; an idempotency key that names a live task returns it."""
         now = now or utcnow()
         for _ in range(2):
@@ -208,7 +209,7 @@ class Queue:
                         if existing is not None:
                             return Enqueued(_task(existing), created=False)
                     await self._capacity(conn, 1)
-                    row = self._new_row(item, now, None)
+                    row = self._new_row(item, now, batch_id)
                     await conn.execute(insert(T), [row])
                     await self._events(conn, [self._ev(row["id"], EventType.ENQUEUED, now,
                                                        None, PENDING)])

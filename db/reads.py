@@ -42,15 +42,12 @@ class Reads:
             row = (await conn.execute(select(T).where(T.c.id == task_id))).first()
         return Task(**row._mapping) if row else None
 
-    async def tasks_by_prefix(self, prefix: str, limit: int = 2) -> list[str]:
-        async with self.engine.connect() as conn:
-            rows = (await conn.execute(select(T.c.id).where(T.c.id.like(prefix + "%"))
-                                       .limit(limit))).all()
-        return [r.id for r in rows]
-
     async def list_tasks(self, *, status: TaskStatus | None = None, batch_id: str | None = None,
-                         limit: int = 50, offset: int = 0) -> tuple[list[Task], int]:
+                         id_prefix: str | None = None, limit: int = 50, offset: int = 0
+                         ) -> tuple[list[Task], int]:
         cond = []
+        if id_prefix:
+            cond.append(T.c.id.like(id_prefix + "%"))
         if status is not None:
             cond.append(T.c.status == status)
         if batch_id is not None:

@@ -3,20 +3,17 @@ and the multipart (form) endpoints."""
 
 from __future__ import annotations
 
-import re
 import uuid
 from datetime import datetime
 from typing import Annotated, Any
-from urllib.parse import urlsplit
 
 import msgspec
 
 from db.models import Task, TaskStatus
 from server.errors import bad_request
+from tingji.urls import MAX_URL_LENGTH, url_problem
 
-MAX_URL_LENGTH = 2048
 MAX_BATCH = 500
-_WS = re.compile(r"\s")
 
 
 class TaskOptions(msgspec.Struct, forbid_unknown_fields=True):
@@ -156,30 +153,11 @@ def check_url(url: Any, field: str = "video_url") -> str:
     return url
 
 
-def url_problem(url: str) -> str | None:
-    if len(url) > MAX_URL_LENGTH:
-        return f"URL longer than {MAX_URL_LENGTH} characters"
-    if _WS.search(url):
-        return "URL contains whitespace"
+def check_task_id(value: str, field: str = "task_id") -> str:
     try:
-        parts = urlsplit(url)
-        port = parts.port  # raises on a malformed port
-    except ValueError as exc:
-        return f"malformed URL ({exc})"
-    if parts.scheme.lower() not in ("http", "https"):
-        return f"only http and https URLs are accepted, not {parts.scheme or 'no scheme'!r}"
-    if not parts.hostname:
-        return "URL has no host"
-    if port == 0:
-        return "URL has an invalid port"
-    return None
-
-
-def check_task_id(task_id: str) -> str:
-    try:
-        return str(uuid.UUID(task_id))
+        return str(uuid.UUID(value))
     except ValueError:
-        raise bad_request(f"task_id: {task_id[:60]!r} is not a task id (a UUID)") from None
+        raise bad_request(f"{field}: {value[:60]!r} is not a UUID") from None
 
 
 def options_payload(opts: TaskOptions, llm_configured: bool) -> dict[str, Any]:

@@ -11,6 +11,7 @@ import os
 import shutil
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import text
@@ -117,3 +118,19 @@ def media(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "silent_video": m.silent_video(d / "silent.mp4"),
         "text_mp3": text_mp3,
     }
+
+
+@pytest.fixture
+def stack_factory(tmp_path: Path, tiny_models: dict[str, str]) -> Iterator[Any]:
+    """Make ``Stack``s (server + workers on a fresh data dir); all stopped afterwards."""
+    from tests.helpers.stack import Stack
+
+    stacks: list[Stack] = []
+
+    def make(**env: str) -> Stack:
+        s = Stack(tmp_path / f"stack{len(stacks)}", tiny_models, **env)
+        stacks.append(s)
+        return s
+    yield make
+    for s in stacks:
+        s.close()

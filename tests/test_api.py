@@ -265,8 +265,8 @@ async def _complete_through_db(queue: Queue, tid: str) -> None:
         [task] = await queue.claim_next("test-worker", n=1)
     await queue.checkpoint(tid, "test-worker", Stage.TRANSCRIBE, {"text": "x"}, segments=[
         SegmentRow(0, 1500, "大家好，今天我们来聊一聊语音识别。"),
-        SegmentRow(1800, 12_000, "语音识别是把声音变成文字的技术，它在会议记录、课程笔记和视频字幕里"
-                                 "都非常有用，而且越来越准确了。"),
+        SegmentRow(1800, 12_000, "语音识别是把声音变成文字的技术，它在会议记录、课程笔记"
+                                 "和视频字幕里都非常有用，而且越来越准确了。"),
         SegmentRow(12_500, 12_500, "好。"),
     ], title="讲座: 语音/识别", now=None)
     await queue.complete(tid, "test-worker", {

@@ -108,6 +108,28 @@ def cmd_run(args: argparse.Namespace) -> int:
     return supervise(host, port, preload=not args.no_preload)
 
 
+def cmd_client(args: argparse.Namespace) -> int:
+    from tingji.client import Client, ClientError
+    from tingji.commands import COMMANDS
+
+    settings = _settings()
+    with Client(settings.url, settings.api_token) as client:
+        try:
+            return COMMANDS[args.command](client, args)
+        except ClientError as exc:
+            print(f"tingji {args.command}: {exc}", file=sys.stderr)
+            return 1
+
+
+def _task_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--summarize", action="store_true", help="also write a summary (LLM)")
+    p.add_argument("--no-polish", action="store_true",
+                   help="keep the raw transcript (no LLM polish)")
+    p.add_argument("--priority", type=int, default=0, help="higher runs first (default 0)")
+    p.add_argument("--wait", action="store_true",
+                   help="show live progress; exit 0 only if every task completed")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tingji", description="tingji (听记): restart-safe transcription of Chinese audio")
@@ -135,14 +157,58 @@ def build_parser() -> argparse.ArgumentParser:
     p_run.add_argument("--no-preload", action="store_true",
                        help="load the model at the first task, not at start")
     p_run.set_defaults(func=cmd_run)
+
+    # Commands that talk to a running service (TINGJI_URL, TINGJI_API_TOKEN).
+    p = sub.add_parser("submit", help="submit URLs or local files")
+    p.add_argument("sources", nargs="+", metavar="SOURCE", help="an http(s) URL or a file")
+    _task_options(p)
+    p.set_defaults(func=cmd_client)
+
+    p = sub.add_parser("batch", help="submit every URL or file listed in FILE as one batch")
+    p.add_argument("file", metavar="FILE",
+                   help="one URL or path per line; blank lines and # comments are ignored")
+    _task_options(p)
+    p.set_defaults(func=cmd_client)
+
+    p = sub.add_parser("list", help="list tasks, newest first")
+    p.add_argument("--status", choices=["pending", "processing", "completed", "failed",
+                                        "cancelled"])
+    p.add_argument("--batch", metavar="ID", help="only this batch (full or short id)")
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_client)
+
+    p = sub.add_parser("show", help="one task in full, with its history")
+    p.add_argument("id", metavar="ID", help="task id (or its first 8 characters)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_client)
+
+    p = sub.add_parser("watch", help="follow running and pending tasks until all finish")
+    p.add_argument("--batch", metavar="ID", help="only this batch (full or short id)")
+    p.set_defaults(func=cmd_client)
+
+    p = sub.add_parser("cancel", help="cancel tasks")
+    p.add_argument("ids", nargs="+", metavar="ID")
+    p.set_defaults(func=cmd_client)
+
+    p = sub.add_parser("retry", help="run failed or cancelled tasks again")
+    p.add_argument("ids", nargs="+", metavar="ID")
+    p.set_defaults(func=cmd_client)
+
+    p = sub.add_parser("result", help="print or save a completed task's result")
+    p.add_argument("id", metavar="ID")
+    p.add_argument("--format", choices=["txt", "md", "json", "srt"],
+                   help="default: txt, or what -o's suffix says (.zip: all four)")
+    p.add_argument("-o", "--output", metavar="PATH", help="write to PATH (a file or folder)")
+    p.set_defaults(func=cmd_client)
     return parser
 
 
 def _unreachable(exc: BaseException) -> bool:
     from sqlalchemy.exc import OperationalError
 
-    return isinstance(exc, OSError | OperationalError) or type(exc).__module__.startswith(
-        "asyncpg")
+    return isinstance(exc, ConnectionError | OperationalError) or \
+        type(exc).__module__.startswith("asyncpg")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -152,6 +218,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `tingji list | head`: the reader went away; not an error
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except Exception as exc:
         if _unreachable(exc):
             print(f"tingji: cannot reach the database: {str(exc).splitlines()[0]}",

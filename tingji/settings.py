@@ -36,7 +36,8 @@ class Settings:
     max_pending: int = 1000
     sqlite_synchronous: str = "FULL"
     retry_backoff_seconds: float = 10.0
-    # API
+    # API (and the command line's way to reach it)
+    url: str = "http://127.0.0.1:8000"
     host: str = "127.0.0.1"
     port: int = 8000
     api_token: str | None = None
@@ -143,6 +144,7 @@ class Settings:
         read("max_pending", _int, positive)
         read("sqlite_synchronous", choice(SQLITE_SYNCHRONOUS))
         read("retry_backoff_seconds", _float, lambda v: None if v >= 0 else "must be >= 0")
+        read("url", lambda r: (http_url(r) or _raise("must not be empty")).rstrip("/"))
         read("host", lambda r: r or _raise("must not be empty"))
         read("port", _int, port)
         read("api_token", optional)

@@ -21,6 +21,7 @@ import os
 import signal
 import socket
 import uuid
+
 from db.engine import make_engine
 from db.errors import LeaseLost
 from db.queue import Queue, TaskError

@@ -19,12 +19,13 @@ from server.schemas import (
     BatchSubmitted,
     BilibiliRequest,
     Submitted,
+    check_task_id,
     check_url,
     options_from_form,
     options_payload,
-    url_problem,
 )
 from server.uploads import receive_upload, too_large
+from tingji.urls import url_problem
 
 
 def _accepted(enq: Enqueued) -> Response[Submitted]:
@@ -53,7 +54,8 @@ async def process_url(request: Request[Any, Any, Any], data: BilibiliRequest
 @post("/process/audio", status_code=HTTP_202_ACCEPTED, summary="Transcribe an uploaded file",
       request_max_body_size=None)
 async def process_upload(request: Request[Any, Any, Any]) -> Response[Submitted]:
-    """multipart/form-data: ``file`` (audio or video) plus the options as form fields."""
+    """multipart/form-data: ``file`` (audio or video) plus the options as form fields;
+    an optional ``batch_id`` (a UUID) files the task under a batch."""
     svc = services(request)
     limit = svc.settings.max_upload_mb * 2**20
     announced = request.headers.get("content-length")
@@ -62,13 +64,16 @@ async def process_upload(request: Request[Any, Any, Any]) -> Response[Submitted]
     upload = await receive_upload(request.headers.get("content-type", ""), request.stream(),
                                   svc.settings.uploads_dir, limit)
     try:
+        batch_id = upload.fields.pop("batch_id", None)
+        if batch_id is not None:
+            batch_id = check_task_id(batch_id.strip(), "batch_id") if batch_id.strip() else None
         opts = options_from_form(upload.fields)
         enq = await svc.queue.enqueue(NewTask(
             TaskKind.UPLOAD,
             {"upload": {"stored_name": upload.stored_name, "filename": upload.filename,
                         "size": upload.size, "content_type": upload.content_type},
              "options": options_payload(opts, svc.settings.llm_configured)},
-            priority=opts.priority, idempotency_key=opts.idempotency_key))
+            priority=opts.priority, idempotency_key=opts.idempotency_key), batch_id=batch_id)
     except BaseException:
         upload.path.unlink(missing_ok=True)
         raise

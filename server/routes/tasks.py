@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import zipfile
 from typing import Annotated, Any
 from urllib.parse import quote
@@ -25,6 +26,8 @@ from server.schemas import (
     task_view,
 )
 from tingji.formats import CONTENT_TYPES, FORMATS, render_all, safe_filename
+
+_PREFIX = re.compile(r"[0-9a-f-]{4,36}")
 
 
 async def _task(request: Request[Any, Any, Any], task_id: str) -> Task:
@@ -60,6 +63,8 @@ async def list_tasks(
     request: Request[Any, Any, Any],
     status: str | None = None,
     batch_id: str | None = None,
+    id_prefix: Annotated[str | None, Parameter(
+        description="the first characters of task ids (at least 4), for short ids")] = None,
     limit: Annotated[int, Parameter(ge=1, le=500)] = 50,
     offset: Annotated[int, Parameter(ge=0, le=2**53)] = 0,
 ) -> TaskList:
@@ -71,9 +76,12 @@ async def list_tasks(
             raise bad_request(f"status: must be one of "
                               f"{', '.join(s.value for s in TaskStatus)}") from None
     if batch_id:
-        batch_id = check_task_id(batch_id)
-    tasks, total = await services(request).reads.list_tasks(status=st, batch_id=batch_id,
-                                                             limit=limit, offset=offset)
+        batch_id = check_task_id(batch_id, "batch_id")
+    if id_prefix is not None and not _PREFIX.fullmatch(id_prefix.lower()):
+        raise bad_request("id_prefix: give at least 4 characters of a task id (0-9, a-f, -)")
+    tasks, total = await services(request).reads.list_tasks(
+        status=st, batch_id=batch_id, id_prefix=id_prefix.lower() if id_prefix else None,
+        limit=limit, offset=offset)
     return TaskList(tasks=[task_view(t) for t in tasks], total=total, limit=limit,
                     offset=offset)
 

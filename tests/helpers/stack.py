@@ -1,0 +1,90 @@
+"""A whole tingji installation for integration tests: a data dir, the API server and
+workers as real subprocesses, with the tiny random-weight models."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.helpers.procs import TINGJI, Proc, clean_env, start, start_server
+
+
+class Stack:
+    """A data dir, an API server and workers started as subprocesses."""
+
+    def __init__(self, root: Path, models: dict[str, str], **env: str) -> None:
+        self.root = root
+        self.data = root / "data"
+        self.env = clean_env(**{
+            "TINGJI_DATA_DIR": str(self.data), "TINGJI_ASR_MODEL": models["asr"],
+            "TINGJI_VAD_MODEL": models["vad"], "TINGJI_PUNC_MODEL": models["punc"],
+            "TINGJI_VAD_MAX_END_SILENCE_MS": "800", "TINGJI_LEASE_SECONDS": "10",
+            "TINGJI_HEARTBEAT_SECONDS": "0.5", "TINGJI_RETRY_BACKOFF_SECONDS": "0.5",
+            "TINGJI_DRAIN_SECONDS": "20", **env})
+        self.server = start_server(self.env, root / "server.log")
+        self.http = httpx.Client(base_url=self.server.url, timeout=30)
+        self.workers: list[Proc] = []
+
+    def worker(self, *, preload: bool = True, wait_loaded: bool = True) -> Proc:
+        n = len(self.workers)
+        proc = start(["worker", *(["--preload"] if preload else [])], self.env,
+                     self.root / f"worker{n}.log")
+        self.workers.append(proc)
+        if preload and wait_loaded:
+            self.wait(lambda: any(w["pid"] == proc.pid and w["model_loads"] == 1
+                                  for w in self.http.get("/api/v1/queue").json()["workers"]),
+                      60, f"worker {proc.pid} did not load its model:\n{proc.output()}")
+        return proc
+
+    def wait(self, cond: Callable[[], Any], timeout: float, what: str) -> Any:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            got = cond()
+            if got:
+                return got
+            time.sleep(0.1)
+        raise AssertionError(f"timed out: {what}\n" + "\n".join(
+            w.output()[-3000:] for w in self.workers))
+
+    def upload(self, path: Path, **fields: str) -> str:
+        with open(path, "rb") as fh:
+            resp = self.http.post("/api/v1/process/audio", files={"file": (path.name, fh)},
+                                  data=fields)
+        assert resp.status_code == 202, resp.text
+        return str(resp.json()["task_id"])
+
+    def submit_url(self, url: str, **opts: Any) -> str:
+        resp = self.http.post("/api/v1/process/bilibili", json={"video_url": url, **opts})
+        assert resp.status_code == 202, resp.text
+        return str(resp.json()["task_id"])
+
+    def task(self, tid: str) -> dict[str, Any]:
+        return self.http.get(f"/api/v1/task/{tid}").json()  # type: ignore[no-any-return]
+
+    def events(self, tid: str) -> list[dict[str, Any]]:
+        return self.http.get(f"/api/v1/task/{tid}/events").json()  # type: ignore[no-any-return]
+
+    def finished(self, tid: str, timeout: float = 120) -> dict[str, Any]:
+        return self.wait(lambda: (t := self.task(tid))["status"] in
+                         ("completed", "failed", "cancelled") and t, timeout,
+                         f"task {tid} did not finish")
+
+    def close(self) -> None:
+        for w in self.workers:
+            w.kill()
+        self.server.stop()
+        self.http.close()
+
+
+
+    def cli(self, *args: str, timeout: float = 180, cwd: Path | None = None
+            ) -> subprocess.CompletedProcess[str]:
+        """Run the real `tingji` executable against this stack's server."""
+        env = {**self.env, "TINGJI_URL": self.server.url}
+        return subprocess.run([TINGJI, *args], env=env, cwd=cwd or self.root,
+                              capture_output=True, text=True, timeout=timeout)

@@ -1,0 +1,137 @@
+"""The real `tingji` executable against a real server and worker (tiny model)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.procs import TINGJI, clean_env, free_port
+from tests.helpers.stack import Stack
+from tests.test_api import check_srt
+
+pytestmark = pytest.mark.slow
+
+
+def ids_in(text: str) -> list[str]:
+    import re
+    return re.findall(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", text)
+
+
+def test_unreachable_service_is_one_line(tmp_path: Path) -> None:
+    env = clean_env(TINGJI_URL=f"http://127.0.0.1:{free_port()}")
+    for args in (["list"], ["submit", "https://x.org/a.mp4"], ["show", "abcd1234"]):
+        res = subprocess.run([TINGJI, *args], env=env, capture_output=True, text=True,
+                             timeout=30, cwd=tmp_path)
+        assert res.returncode == 1
+        lines = res.stderr.strip().splitlines()
+        assert len(lines) == 1 and "cannot reach" in lines[0] and "tingji run" in lines[0]
+
+
+def test_submit_wait_and_the_everyday_commands(stack_factory: Callable[..., Stack],
+                                               media: dict[str, Path],
+                                               tmp_path: Path) -> None:
+    stack = stack_factory()
+    stack.worker()
+    ok = stack.cli("submit", str(media["speech"]), "--wait")
+    assert ok.returncode == 0, ok.stderr
+    [tid] = ids_in(ok.stdout)
+    assert stack.task(tid)["status"] == "completed"
+
+    bad = stack.cli("submit", str(media["text_mp3"]), "--wait")
+    assert bad.returncode != 0
+    [bad_id] = ids_in(bad.stdout)
+    assert "not audio or video" in bad.stderr
+
+    listed = stack.cli("list")
+    assert listed.returncode == 0 and tid[:8] in listed.stdout and bad_id[:8] in listed.stdout
+    as_json = json.loads(stack.cli("list", "--status", "failed", "--json").stdout)
+    assert [t["task_id"] for t in as_json["tasks"]] == [bad_id]
+
+    shown = stack.cli("show", tid[:8])
+    assert shown.returncode == 0, shown.stderr
+    assert tid in shown.stdout and "stage_completed" in shown.stdout
+    detail = json.loads(stack.cli("show", tid[:8], "--json").stdout)
+    assert detail["task"]["task_id"] == tid and detail["events"][-1]["event"] == "completed"
+
+    srt = stack.cli("result", tid[:8], "--format", "srt")
+    assert srt.returncode == 0 and check_srt(srt.stdout)
+    written = stack.cli("result", tid[:8], "-o", str(tmp_path / "out.md"))
+    assert written.returncode == 0 and "# speech" in (tmp_path / "out.md").read_text()
+    stack.cli("result", tid[:8], "-o", str(tmp_path / "all.zip"))
+    assert (tmp_path / "all.zip").stat().st_size > 0
+
+    retried = stack.cli("retry", bad_id[:8])
+    assert retried.returncode == 0 and f"{bad_id}  pending" in retried.stdout
+    again = stack.finished(bad_id)
+    assert again["status"] == "failed" and again["attempts"] == 2
+    assert stack.cli("retry", tid[:8]).returncode == 1  # completed: not retryable
+    assert stack.cli("show", "zzzz").returncode == 1
+
+
+def test_cancel_and_ambiguous_short_ids(stack_factory: Callable[..., Stack],
+                                        media: dict[str, Path]) -> None:
+    stack = stack_factory()  # no worker: tasks stay pending
+    out = stack.cli("submit", str(media["speech"]), "https://x.org/a.mp4",
+                    "https://x.org/b.mp4")
+    ids = ids_in(out.stdout)
+    assert out.returncode == 0 and len(ids) == 3
+    cancelled = stack.cli("cancel", ids[0][:8], ids[1])
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert f"{ids[0]}  cancelled" in cancelled.stdout
+    assert f"{ids[1]}  cancelled" in cancelled.stdout
+    assert stack.cli("cancel", ids[0][:8]).returncode == 1  # already cancelled: 409
+    # two ids sharing their first 8 characters: the short id is refused as ambiguous
+    twin = ids[2][:8] + "-ffff-4fff-8fff-ffffffffffff"
+    db = sqlite3.connect(stack.data / "tingji.db")
+    cols = [r[1] for r in db.execute("PRAGMA table_info(tasks)")]
+    db.execute(f"INSERT INTO tasks ({', '.join(cols)}) SELECT "
+               + ", ".join("?" if c == "id" else "NULL" if c == "idempotency_key" else c
+                           for c in cols) + " FROM tasks WHERE id = ?", (twin, ids[2]))
+    db.commit()
+    amb = stack.cli("show", ids[2][:8])
+    assert amb.returncode == 1 and "ambiguous" in amb.stderr
+    assert stack.cli("show", ids[2][:13]).returncode == 0
+
+
+def test_batch_file_with_a_bad_line_submits_nothing(stack_factory: Callable[..., Stack],
+                                                    media: dict[str, Path],
+                                                    tmp_path: Path) -> None:
+    stack = stack_factory()
+    links = tmp_path / "links.txt"
+    links.write_text(f"# tonight\n{media['speech']}\n\nhttps://x.org/a.mp4\n"
+                     "ftp://x.org/b.mp3\nno-such-file.wav\n", encoding="utf-8")
+    res = stack.cli("batch", str(links))
+    assert res.returncode == 2
+    assert "line 5" in res.stderr and "line 6" in res.stderr and "nothing submitted" in res.stderr
+    assert stack.http.get("/api/v1/tasks").json()["total"] == 0
+
+
+def test_overnight_batch_survives_a_sigkilled_worker(stack_factory: Callable[..., Stack],
+                                                     media: dict[str, Path],
+                                                     tmp_path: Path) -> None:
+    stack = stack_factory()
+    first = stack.worker()
+    links = tmp_path / "links.txt"
+    links.write_text("\n".join([str(media["long"]), str(media["speech"]), str(media["mp3"]),
+                                str(media["video"])]) + "\n", encoding="utf-8")
+    res = stack.cli("batch", str(links))
+    assert res.returncode == 0, res.stderr
+    batch_id = res.stdout.strip()
+    tasks = stack.http.get("/api/v1/tasks", params={"batch_id": batch_id}).json()["tasks"]
+    assert len(tasks) == 4
+    long_id = next(t["task_id"] for t in tasks if t["source"] == "long.wav")
+    stack.wait(lambda: (t := stack.task(long_id))["stage"] == "transcribe"
+               and t["progress"] > 0.05, 90, "the long task never started transcribing")
+    first.kill(signal.SIGKILL)
+    stack.worker()
+    watch = stack.cli("watch", "--batch", batch_id[:8], timeout=300)
+    assert watch.returncode == 0, watch.stderr
+    listed = json.loads(stack.cli("list", "--batch", batch_id, "--json").stdout)
+    assert [t["status"] for t in listed["tasks"]] == ["completed"] * 4
+    assert stack.task(long_id)["attempts"] == 2

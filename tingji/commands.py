@@ -1,0 +1,371 @@
+"""The command line for people and overnight batches: submit, batch, list, show, watch,
+cancel, retry, result.  Every command talks to a running service over HTTP
+(``TINGJI_URL``, ``TINGJI_API_TOKEN``), so a batch lives in the durable queue and
+survives reboots."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable, Iterable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.live import Live
+from rich.progress import BarColumn, Progress, TaskID, TextColumn
+from rich.table import Table
+
+from tingji.client import Client, ClientError
+from tingji.urls import looks_like_url, url_problem
+
+TERMINAL = ("completed", "failed", "cancelled")
+# Piped output keeps whole lines (rich would wrap at 80 columns).
+out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
+err = Console(stderr=True, highlight=False, soft_wrap=True,
+              width=None if sys.stderr.isatty() else 200)
+
+
+class UsageError(Exception):
+    """Bad input from the user: nothing was submitted."""
+
+
+def classify(source: str) -> tuple[str, str | Path]:
+    """('url', url) or ('file', path); UsageError says why neither."""
+    if looks_like_url(source):
+        why = url_problem(source)
+        if why:
+            raise UsageError(why)
+        return "url", source
+    path = Path(source).expanduser()
+    if path.is_file():
+        if path.stat().st_size == 0:
+            raise UsageError(f"{source}: the file is empty")
+        return "file", path
+    if path.exists():
+        raise UsageError(f"{source}: not a regular file")
+    raise UsageError(f"{source}: not an http(s) URL and no such file")
+
+
+def options(args: Any) -> dict[str, Any]:
+    opts: dict[str, Any] = {"summarize": bool(args.summarize), "priority": args.priority}
+    if args.no_polish:
+        opts["polish"] = False
+    return opts
+
+
+def short(task_id: str) -> str:
+    return task_id[:8]
+
+
+def _source(t: dict[str, Any]) -> str:
+    return str(t.get("title") or t.get("source") or "")
+
+
+def _when(iso: str | None) -> str:
+    if not iso:
+        return ""
+    return datetime.fromisoformat(iso).astimezone().strftime("%m-%d %H:%M")
+
+
+def _duration(t: dict[str, Any]) -> str:
+    secs = (t.get("result") or {}).get("duration_s")
+    if secs is None:
+        return ""
+    m, s = divmod(int(round(secs)), 60)
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def _progress_text(t: dict[str, Any]) -> str:
+    if t["status"] == "processing":
+        return f"{t.get('stage') or 'starting'} {t['progress'] * 100:3.0f}%"
+    return ""
+
+
+# ---------------------------------------------------------------- submit / batch
+def wait_for(client: Client, ids: list[str], labels: dict[str, str]) -> int:
+    """Live progress bars until every task has finished; 0 only if all completed."""
+    final: dict[str, dict[str, Any]] = {}
+    with Progress(TextColumn("{task.fields[sid]}"), TextColumn("{task.description:<22}"),
+                  BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+                  TextColumn("{task.fields[label]}"), console=err,
+                  transient=False) as bars:
+        rows: dict[str, TaskID] = {
+            tid: bars.add_task("pending", total=1.0, sid=short(tid), label=labels.get(tid, ""))
+            for tid in ids}
+        while len(final) < len(ids):
+            for tid in ids:
+                if tid in final:
+                    continue
+                t = client.task(tid)
+                if t["status"] in TERMINAL:
+                    final[tid] = t
+                    bars.update(rows[tid], description=t["status"],
+                                completed=1.0 if t["status"] == "completed" else t["progress"])
+                else:
+                    desc = t["status"] if t["status"] == "pending" else \
+                        f"{t.get('stage') or 'starting'}"
+                    bars.update(rows[tid], description=desc, completed=t["progress"])
+            if len(final) < len(ids):
+                time.sleep(0.5)
+    failed = [t for t in final.values() if t["status"] != "completed"]
+    for t in failed:
+        why = (t.get("error") or {}).get("message") or t.get("message") or t["status"]
+        err.print(f"{t['task_id']} {t['status']}: {why}")
+    return 0 if not failed else 1
+
+
+def cmd_submit(client: Client, args: Any) -> int:
+    try:
+        sources = [classify(s) for s in args.sources]
+    except UsageError as exc:
+        err.print(f"tingji submit: {exc}; nothing submitted")
+        return 2
+    opts = options(args)
+    ids: list[str] = []
+    labels: dict[str, str] = {}
+    for kind, src in sources:
+        got = client.submit_url(str(src), opts) if kind == "url" else \
+            client.submit_file(Path(src), opts)
+        ids.append(got["task_id"])
+        labels[got["task_id"]] = str(src)
+        out.print(f"{got['task_id']}  {src}")
+    sys.stdout.flush()
+    return wait_for(client, ids, labels) if args.wait else 0
+
+
+def parse_batch_file(path: Path) -> list[tuple[int, str, str | Path]]:
+    """[(line number, kind, source)]; UsageError lists every bad line."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read {path}: {exc}") from None
+    entries, problems = [], []
+    seen: dict[str, int] = {}
+    for n, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        try:
+            kind, src = classify(line)
+        except UsageError as exc:
+            problems.append(f"line {n}: {exc}")
+            continue
+        key = str(Path(src).resolve()) if kind == "file" else str(src)
+        if key in seen:
+            problems.append(f"line {n}: duplicate of line {seen[key]}")
+            continue
+        seen[key] = n
+        entries.append((n, kind, src))
+    if problems:
+        raise UsageError("\n".join(problems))
+    if not entries:
+        raise UsageError(f"{path} lists no URLs or files")
+    return entries
+
+
+def cmd_batch(client: Client, args: Any) -> int:
+    try:
+        entries = parse_batch_file(Path(args.file))
+    except UsageError as exc:
+        err.print(f"tingji batch: {args.file}:\n{exc}\nnothing submitted")
+        return 2
+    opts = options(args)
+    urls = [str(src) for _, kind, src in entries if kind == "url"]
+    ids: list[str] = []
+    labels: dict[str, str] = {}
+    batch_id = None
+    if urls:
+        got = client.submit_batch(urls, opts)
+        batch_id = got["batch_id"]
+        ids += got["task_ids"]
+        labels.update(zip(got["task_ids"], urls, strict=True))
+    import uuid
+    batch_id = batch_id or str(uuid.uuid4())
+    for n, kind, src in entries:
+        if kind == "file":
+            try:
+                got = client.submit_file(Path(src), opts, batch_id=batch_id)
+            except ClientError as exc:
+                err.print(f"line {n}: {src}: {exc} (the other {len(ids)} task(s) are queued "
+                          f"in batch {batch_id})")
+                out.print(batch_id)
+                return 1
+            ids.append(got["task_id"])
+            labels[got["task_id"]] = str(src)
+    out.print(batch_id)
+    err.print(f"{len(ids)} task(s) queued in batch {batch_id}; follow them with "
+              f"`tingji watch --batch {short(batch_id)}`")
+    sys.stdout.flush()
+    return wait_for(client, ids, labels) if args.wait else 0
+
+
+# ---------------------------------------------------------------- list / show / watch
+def _table(tasks: Iterable[dict[str, Any]]) -> Table:
+    table = Table(box=None, pad_edge=False)
+    for col in ("id", "status", "stage", "progress", "source / title", "created", "duration"):
+        table.add_column(col, no_wrap=col != "source / title", overflow="fold")
+    for t in tasks:
+        pct = f"{t['progress'] * 100:.0f}%" if t["status"] == "processing" else ""
+        table.add_row(short(t["task_id"]), t["status"], t.get("stage") or "", pct,
+                      _source(t), _when(t["created_at"]), _duration(t))
+    return table
+
+
+def _resolve_batch(client: Client, batch: str | None) -> str | None:
+    if not batch:
+        return None
+    if len(batch) >= 36:
+        return batch
+    # a short batch id: look it up among recent tasks
+    for t in client.all_tasks():
+        if t.get("batch_id") and t["batch_id"].startswith(batch.lower()):
+            return str(t["batch_id"])
+    raise ClientError(f"no batch id starts with {batch!r}")
+
+
+def cmd_list(client: Client, args: Any) -> int:
+    page = client.tasks(status=args.status, batch_id=_resolve_batch(client, args.batch),
+                        limit=args.limit)
+    if args.json:
+        print(json.dumps(page, ensure_ascii=False, indent=2))
+        return 0
+    out.print(_table(page["tasks"]))
+    if page["total"] > len(page["tasks"]):
+        out.print(f"({len(page['tasks'])} of {page['total']}; --limit for more)")
+    return 0
+
+
+def cmd_show(client: Client, args: Any) -> int:
+    tid = client.resolve(args.id)
+    task, events = client.task(tid), client.events(tid)
+    if args.json:
+        print(json.dumps({"task": task, "events": events}, ensure_ascii=False, indent=2))
+        return 0
+    rows = [("id", task["task_id"]), ("status", task["status"]),
+            ("stage", f"{task.get('stage') or ''} {_progress_text(task)}".strip()),
+            ("source", task.get("source") or ""), ("title", task.get("title") or ""),
+            ("kind", task["kind"]), ("priority", str(task["priority"])),
+            ("attempts", f"{task['attempts']} of {task['max_attempts']}"),
+            ("batch", task.get("batch_id") or ""), ("created", task["created_at"]),
+            ("started", task.get("started_at") or ""),
+            ("completed", task.get("completed_at") or "")]
+    if task.get("error"):
+        rows.append(("error", f"{task['error']['type']}: {task['error']['message']}"))
+    result = task.get("result") or {}
+    if result:
+        rows += [("duration", _duration(task)), ("segments", str(result.get("segments"))),
+                 ("stage seconds", ", ".join(f"{k} {v:.1f}" for k, v in
+                                             (result.get("stage_seconds") or {}).items())),
+                 ("text", (result.get("polished_text") or result.get("text") or "")[:200])]
+        if result.get("summary"):
+            rows.append(("summary", result["summary"][:300]))
+    info = Table(box=None, show_header=False, pad_edge=False)
+    info.add_column(style="bold")
+    info.add_column(overflow="fold")
+    for k, v in rows:
+        info.add_row(k, v)
+    out.print(info)
+    history = Table(box=None, pad_edge=False, title="history", title_justify="left")
+    for col in ("at", "event", "from", "to", "worker", "detail"):
+        history.add_column(col, overflow="fold")
+    for e in events:
+        detail = e.get("detail") or {}
+        history.add_row(e["at"][:23].replace("T", " "), e["event"], e.get("from_status") or "",
+                        e.get("to_status") or "", (e.get("worker_id") or "")[:8],
+                        json.dumps(detail, ensure_ascii=False) if detail else "")
+    out.print(history)
+    return 0
+
+
+def cmd_watch(client: Client, args: Any) -> int:
+    batch_id = _resolve_batch(client, args.batch)
+
+    def snapshot() -> list[dict[str, Any]]:
+        if batch_id:
+            return client.all_tasks(batch_id=batch_id)
+        return [t for s in ("processing", "pending") for t in client.all_tasks(status=s)]
+
+    try:
+        with Live(console=out, auto_refresh=False) as live:
+            while True:
+                tasks = snapshot()
+                active = [t for t in tasks if t["status"] not in TERMINAL]
+                done = len(tasks) - len(active)
+                table = _table(tasks if batch_id else active)
+                table.caption = f"{len(active)} running or waiting, {done} finished " \
+                                f"(Ctrl-C stops watching; the tasks keep running)"
+                live.update(table, refresh=True)
+                if not active:
+                    break
+                time.sleep(1.0)
+    except KeyboardInterrupt:
+        err.print("stopped watching; the tasks keep running")
+        return 130
+    failed = [t for t in tasks if t["status"] == "failed"]
+    for t in failed:
+        err.print(f"{t['task_id']} failed: {(t.get('error') or {}).get('message', '')}")
+    return 1 if failed else 0
+
+
+# ---------------------------------------------------------------- cancel / retry / result
+def _each(client: Client, ids: list[str], action: Callable[[str], dict[str, Any]]) -> int:
+    code = 0
+    for raw in ids:
+        try:
+            tid = client.resolve(raw)
+            got = action(tid)
+            out.print(f"{got['task_id']}  {got['status']}")
+        except ClientError as exc:
+            err.print(f"{raw}: {exc}")
+            code = 1
+    return code
+
+
+def cmd_cancel(client: Client, args: Any) -> int:
+    return _each(client, args.ids, client.cancel)
+
+
+def cmd_retry(client: Client, args: Any) -> int:
+    return _each(client, args.ids, client.retry)
+
+
+def cmd_result(client: Client, args: Any) -> int:
+    tid = client.resolve(args.id)
+    fmt = args.format
+    if fmt is None:
+        suffix = Path(args.output).suffix.lstrip(".").lower() if args.output else ""
+        fmt = None if suffix == "zip" else (suffix if suffix in ("txt", "md", "json", "srt")
+                                            else "txt")
+    resp = client.download(tid, fmt)
+    if args.output:
+        target = Path(args.output)
+        if target.is_dir():
+            target = target / _filename(resp.headers.get("content-disposition", ""), tid, fmt)
+        tmp = target.with_name(target.name + ".part")
+        tmp.write_bytes(resp.content)
+        tmp.replace(target)
+        err.print(f"wrote {target}")
+    else:
+        if fmt is None:
+            raise ClientError("a zip goes to a file: add -o PATH.zip")
+        sys.stdout.write(resp.text)
+        sys.stdout.flush()
+    return 0
+
+
+def _filename(disposition: str, tid: str, fmt: str | None) -> str:
+    from urllib.parse import unquote
+
+    if "filename*=UTF-8''" in disposition:
+        return unquote(disposition.split("filename*=UTF-8''", 1)[1].split(";")[0])
+    return f"tingji-{short(tid)}.{fmt or 'zip'}"
+
+
+COMMANDS: dict[str, Callable[[Client, Any], int]] = {
+    "submit": cmd_submit, "batch": cmd_batch, "list": cmd_list, "show": cmd_show,
+    "watch": cmd_watch, "cancel": cmd_cancel, "retry": cmd_retry, "result": cmd_result,
+}
