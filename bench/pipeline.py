@@ -47,11 +47,12 @@ def build_models(root: Path) -> dict[str, str]:
 
 
 BARE = r"""
-import json, sys, time
+import json, os, sys, time
 from funasr import AutoModel
 asr, vad, punc, clip, device, bs = sys.argv[1:7]
 t = time.perf_counter()
-m = AutoModel(model=asr, vad_model=vad, punc_model=punc, device=device,
+# ncpu as the worker sets it (funasr's default of 4 threads oversubscribes 2 cores)
+m = AutoModel(model=asr, vad_model=vad, punc_model=punc, device=device, ncpu=os.cpu_count(),
               vad_kwargs={"max_single_segment_time": 60000, "max_end_silence_time": 800},
               disable_update=True, disable_pbar=True, log_level="ERROR")
 load = time.perf_counter() - t

@@ -42,6 +42,13 @@ class Reads:
             row = (await conn.execute(select(T).where(T.c.id == task_id))).first()
         return Task(**row._mapping) if row else None
 
+    async def tasks_by_ids(self, ids: list[str]) -> list[Task]:
+        if not ids:
+            return []
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(select(T).where(T.c.id.in_(ids)))).all()
+        return [Task(**r._mapping) for r in rows]
+
     async def list_tasks(self, *, status: TaskStatus | None = None, batch_id: str | None = None,
                          id_prefix: str | None = None, limit: int = 50, offset: int = 0
                          ) -> tuple[list[Task], int]:

@@ -2,7 +2,8 @@
 # Idempotent set-up on a fresh machine: a virtual environment with tingji and its
 # worker dependencies (torch 2.13.0 first, from the local wheel where there is one).
 #   scripts/setup.sh          service dependencies
-#   scripts/setup.sh --test   plus test tools and Debian's espeak-ng/ffmpeg for test media
+#   scripts/setup.sh --test   plus test tools, Debian's espeak-ng/ffmpeg for test media and
+#                             Chromium for the web page's browser tests
 set -euo pipefail
 cd "$(dirname "$0")/.."
 want_test=0
@@ -29,6 +30,10 @@ if [[ $want_test == 1 ]]; then
   command -v espeak-ng >/dev/null || missing+=(espeak-ng)
   command -v ffmpeg >/dev/null || missing+=(ffmpeg)
   command -v ffprobe >/dev/null || missing+=(ffmpeg)
+  # the web page's browser tests (driven by Playwright, no browser download)
+  [[ -x /usr/bin/chromium ]] || missing+=(chromium chromium-driver)
+  # CJK glyphs for the screenshots the browser tests take
+  fc-list 2>/dev/null | grep -qi "wenquanyi\|noto sans cjk" || missing+=(fonts-wqy-zenhei)
   if (( ${#missing[@]} )); then
     if [[ $(id -u) == 0 ]]; then
       (apt-get install -y -q "${missing[@]}" || { apt-get update -q && apt-get install -y -q "${missing[@]}"; }) >/dev/null

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hmac
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from litestar import Litestar, Router
@@ -17,6 +18,7 @@ from litestar.datastructures import State
 from litestar.exceptions import NotAuthorizedException
 from litestar.handlers.base import BaseRouteHandler
 from litestar.openapi import OpenAPIConfig
+from litestar.static_files import create_static_files_router
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from db.engine import make_engine
@@ -25,6 +27,8 @@ from db.reads import Reads
 from server.errors import handle
 from tingji import __version__
 from tingji.settings import Settings
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
 
 
 @dataclass
@@ -52,7 +56,7 @@ async def token_guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRou
 
 
 def create_app(settings: Settings) -> Litestar:
-    from server.routes import process, system, tasks
+    from server.routes import events, process, system, tasks
 
     engine = make_engine(settings.database_url, sqlite_synchronous=settings.sqlite_synchronous,
                          pool_size=10)
@@ -62,9 +66,12 @@ def create_app(settings: Settings) -> Litestar:
         await engine.dispose()
 
     api = Router(path="/api/v1", guards=[token_guard],
-                 route_handlers=[*process.handlers, *tasks.handlers, *system.api_handlers])
+                 route_handlers=[*process.handlers, *tasks.handlers, *system.api_handlers,
+                                 *events.handlers])
+    static = create_static_files_router(path="/static", directories=[STATIC_DIR],
+                                        include_in_schema=False)
     return Litestar(
-        route_handlers=[api, *system.open_handlers],
+        route_handlers=[api, static, *system.open_handlers],
         exception_handlers={Exception: handle},
         on_shutdown=[on_shutdown],
         state=State({"services": svc}),

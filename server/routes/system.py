@@ -5,7 +5,8 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from litestar import Request, Response, get
+from litestar import MediaType, Request, Response, get
+from litestar.response import File
 from litestar.status_codes import HTTP_200_OK, HTTP_503_SERVICE_UNAVAILABLE
 
 from db.queue import utcnow
@@ -43,5 +44,14 @@ async def queue_view(request: Request[Any, Any, Any]) -> QueueView:
     return QueueView(capacity=svc.settings.max_pending, workers=workers, **counts)
 
 
-open_handlers = [health]
+@get("/", include_in_schema=False, media_type=MediaType.HTML)
+async def index() -> File:
+    """The web page: plain HTML, CSS and JavaScript from the package (no CDN)."""
+    from server.app import STATIC_DIR
+
+    return File(STATIC_DIR / "index.html", content_disposition_type="inline",
+                media_type=MediaType.HTML)
+
+
+open_handlers = [health, index]
 api_handlers = [queue_view]

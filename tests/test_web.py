@@ -1,0 +1,208 @@
+"""The web page in a real browser (Debian's Chromium driven by Playwright) against the
+real server and worker: submit, live progress over SSE, task page, downloads, cancel,
+retry.  Screenshots go to test-artifacts/ for a person to look at."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helpers.servers import FileServer
+from tests.helpers.stack import Stack
+from tests.test_api import check_srt
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM = os.environ.get("TINGJI_TEST_CHROMIUM", "/usr/bin/chromium")
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"no Chromium at {CHROMIUM} (Debian: apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page_factory(browser: Any, tmp_path: Path) -> Iterator[Callable[..., Any]]:
+    contexts: list[Any] = []
+
+    def make(base_url: str, *, locale: str = "en-US", width: int = 1280,
+             height: int = 900) -> Any:
+        ctx = browser.new_context(base_url=base_url, locale=locale, accept_downloads=True,
+                                  viewport={"width": width, "height": height})
+        contexts.append(ctx)
+        page = ctx.new_page()
+        page.errors = []
+        page.on("pageerror", lambda exc: page.errors.append(str(exc)))
+        return page
+    yield make
+    for ctx in contexts:
+        ctx.close()
+
+
+@pytest.fixture(scope="module")
+def media_server(media: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+                 ) -> Iterator[FileServer]:
+    root = tmp_path_factory.mktemp("www-web")
+    shutil.copy(media["video"], root / "lecture.mp4")
+    shutil.copy(media["mp3"], root / "podcast.mp3")
+    server = FileServer(root)
+    yield server
+    server.close()
+
+
+def row(page: Any, task_id: str) -> Any:
+    return page.locator(f'#tasks tr[data-id="{task_id}"]')
+
+
+def wait_status(page: Any, task_id: str, status: str, timeout_s: float = 120) -> None:
+    row(page, task_id).locator(f".badge.{status}").wait_for(timeout=timeout_s * 1000)
+
+
+def wait_total(stack: Stack, n: int) -> None:
+    stack.wait(lambda: stack.http.get("/api/v1/tasks").json()["total"] == n, 60,
+               f"expected {n} tasks")
+
+
+def newest_task_id(stack: Stack) -> str:
+    return str(stack.http.get("/api/v1/tasks", params={"limit": 1}).json()["tasks"][0]["task_id"])
+
+
+def test_the_page_end_to_end(stack_factory: Callable[..., Stack], page_factory: Any,
+                             media: dict[str, Path], media_server: FileServer) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    stack = stack_factory()  # no worker yet: what is submitted stays pending
+    page = page_factory(stack.server.url)
+    page.goto("/")
+    page.wait_for_selector("#live.on")  # the SSE stream is connected
+
+    # a link -> a pending row, then cancel it with its button
+    page.fill("#links", f"{media_server.url}/podcast.mp3")
+    page.click("#submit-btn")
+    page.wait_for_selector("#flash.info")
+    doomed = newest_task_id(stack)
+    wait_status(page, doomed, "pending", 10)
+    row(page, doomed).locator("button.cancel").click()
+    wait_status(page, doomed, "cancelled", 10)
+    assert stack.task(doomed)["status"] == "cancelled"
+
+    # two links at once -> a batch
+    page.fill("#links", f"{media_server.url}/lecture.mp4\n{media_server.url}/podcast.mp3")
+    page.click("#submit-btn")
+    wait_total(stack, 3)
+    batch = stack.http.get("/api/v1/tasks", params={"limit": 2}).json()["tasks"]
+    assert batch[0]["batch_id"] and batch[0]["batch_id"] == batch[1]["batch_id"]
+
+    # an upload (the long clip, so progress is visible) and a file that is not audio
+    page.set_input_files("#files", [str(media["long"]), str(media["text_mp3"])])
+    page.click("#submit-btn")
+    wait_total(stack, 5)
+    tasks = stack.http.get("/api/v1/tasks", params={"limit": 2}).json()["tasks"]
+    by_source = {t["source"]: t["task_id"] for t in tasks}
+    long_id, bad_id = by_source["long.wav"], by_source["notes.mp3"]
+
+    stack.worker()  # now the work happens; the page learns of it through SSE only
+    seen: set[float] = set()
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        value = float(row(page, long_id).locator("progress").evaluate("e => e.value"))
+        seen.add(round(value, 2))
+        if row(page, long_id).locator(".badge.completed").count():
+            break
+        time.sleep(0.2)
+    assert row(page, long_id).locator(".badge.completed").count() == 1
+    assert any(0 < v < 1 for v in seen), f"no intermediate progress seen: {sorted(seen)}"
+    assert page.locator("#live").get_attribute("data-mode") == "on"  # never fell back
+    for t in batch:
+        wait_status(page, t["task_id"], "completed", 120)
+    wait_status(page, bad_id, "failed", 60)
+    page.screenshot(path=str(ARTIFACTS / "web-list.png"), full_page=True)
+
+    # retry the failed one with its button: it runs again (and fails again: not audio)
+    row(page, bad_id).locator("button.retry").click()
+    stack.wait(lambda: stack.task(bad_id)["attempts"] == 2 and
+               stack.task(bad_id)["status"] == "failed", 60, "retry did not run")
+    wait_status(page, bad_id, "failed", 30)
+
+    # the task page: texts, subtitles, history, downloads
+    row(page, long_id).locator(".src a").click()
+    page.wait_for_selector("#t-subs li")
+    assert page.locator("#t-status").inner_text() == "completed"
+    assert page.locator("#t-raw").inner_text().strip()
+    assert page.locator("#t-subs li").count() > 10
+    assert page.locator("#t-events tr").count() >= 8
+    with page.expect_download() as info:
+        page.click('#t-downloads button[data-fmt="srt"]')
+    download = info.value
+    assert download.suggested_filename.endswith(".srt")
+    srt_path = ARTIFACTS / "downloaded.srt"
+    download.save_as(srt_path)
+    assert len(check_srt(srt_path.read_text(encoding="utf-8"))) > 10
+    page.screenshot(path=str(ARTIFACTS / "web-task.png"), full_page=True)
+
+    # the failed task's page shows its error
+    page.goto(f"/#/task/{bad_id}")
+    page.wait_for_selector("#t-error:not([hidden])")
+    assert "not audio or video" in page.locator("#t-error").inner_text()
+    assert page.errors == []
+
+
+def test_sse_drop_falls_back_to_polling_then_reconnects(
+        stack_factory: Callable[..., Stack], page_factory: Any, media: dict[str, Path]) -> None:
+    stack = stack_factory()
+    page = page_factory(stack.server.url)
+    page.goto("/")
+    page.wait_for_selector("#live.on")
+    # the API restarts: the stream drops, the page polls, then reconnects by itself
+    from tests.helpers.procs import start_server
+    port = int(stack.server.url.rsplit(":", 1)[1])
+    stack.server.stop()
+    page.wait_for_selector("#live.polling", timeout=15_000)
+    stack.server = start_server(stack.env, stack.root / "server2.log", port=port)
+    page.wait_for_selector("#live.on", timeout=30_000)
+    tid = stack.upload(media["speech"])
+    wait_status(page, tid, "pending", 10)  # arrived through the new stream
+
+
+def test_token_and_chinese_labels_on_a_phone(stack_factory: Callable[..., Stack],
+                                             page_factory: Any) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    stack = stack_factory(TINGJI_API_TOKEN="t0ken")
+    page = page_factory(stack.server.url, locale="zh-CN", width=390, height=844)
+    page.goto("/")
+    flash = page.locator("#flash")
+    flash.wait_for()
+    assert "API token" in flash.inner_text() or "401" in flash.inner_text()
+    assert page.locator("#submit-btn").inner_text() == "开始转写"
+    page.locator(".token summary").click()
+    page.fill("#token", "t0ken")
+    page.click("#token-form button")
+    page.wait_for_selector("#live.on")
+    page.fill("#links", "https://www.bilibili.com/video/BV1GJ411x7h7")
+    page.click("#submit-btn")
+    page.wait_for_selector("#flash.info")
+    tid = newest_task_id_with_token(stack)
+    wait_status(page, tid, "pending", 10)
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390 + 1
+    page.screenshot(path=str(ARTIFACTS / "web-phone-zh.png"), full_page=True)
+
+
+def newest_task_id_with_token(stack: Stack) -> str:
+    resp = stack.http.get("/api/v1/tasks", params={"limit": 1},
+                          headers={"Authorization": "Bearer t0ken"})
+    return str(resp.json()["tasks"][0]["task_id"])
