@@ -38,6 +38,35 @@ def burn() -> None:
         pass
 
 
+def start_busy_worker(url: str, env: dict[str, str], data: Path):  # noqa: ANN201
+    """A real `tingji worker` (tiny model) transcribing a 17-minute clip, over and over."""
+    import subprocess
+
+    from tests.helpers import media as m
+    from tests.helpers.procs import start
+
+    models = data / "models"
+    subprocess.run([sys.executable, "-m", "tests.helpers.tiny_funasr", str(models)],
+                   check=True, capture_output=True, cwd=Path(__file__).resolve().parents[1])
+    speech = m.speech_wav(data / "speech.wav", m.SENTENCES)
+    long = m.convert(speech, data / "long.wav", "-filter_complex", "aloop=loop=24:size=2e9",
+                     "-ar", "16000", "-ac", "1")
+    wenv = {**env, "TINGJI_ASR_MODEL": str(models / "asr"),
+            "TINGJI_VAD_MODEL": str(models / "vad"), "TINGJI_PUNC_MODEL": str(models / "punc")}
+    worker = start(["worker", "--preload"], wenv, data / "worker.log")
+    with httpx.Client(base_url=url, timeout=60) as c:
+        for _ in range(6):
+            with open(long, "rb") as fh:
+                c.post("/api/v1/process/audio", files={"file": ("long.wav", fh)},
+                       data={"priority": "100"})
+        deadline = time.monotonic() + 120
+        while not c.get("/api/v1/queue").json()["processing"]:
+            assert time.monotonic() < deadline, worker.output()
+            time.sleep(0.5)
+        time.sleep(3)  # well into transcription
+    return worker.stop
+
+
 def pct(xs: list[float], p: float) -> float:
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
@@ -108,8 +137,7 @@ def main() -> None:
             busy_proc.start()
             stop_busy = busy_proc.terminate
         else:
-            from bench.workload import start_busy_worker
-            stop_busy = start_busy_worker(env, data)
+            stop_busy = start_busy_worker(server.url, env, data)
         time.sleep(1)
         try:
             busy = measure(server.url, a.n)

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import zipfile
 from collections.abc import AsyncIterator, Iterator
+from json import loads as json_loads
 from pathlib import Path
 
 import httpx
@@ -466,12 +467,50 @@ async def test_database_unreachable_is_503(tmp_path: Path) -> None:
 
 
 def test_fuzzing_the_schema_finds_no_server_error(server: Proc) -> None:
-    """schemathesis generates requests from /schema; no answer may be a 5xx."""
+    """schemathesis generates requests from /schema; no answer may be a 5xx.  (The
+    endless SSE stream is tested on its own, below.)"""
     exe = str(Path(sys.executable).with_name("schemathesis"))
     res = subprocess.run([exe, "run", f"{server.url}/schema/openapi.json",
                           "--checks", "not_a_server_error", "-n", "40", "--seed", "7",
-                          "--request-timeout", "10"],
+                          "--request-timeout", "10", "--exclude-path", "/api/v1/events"],
                          capture_output=True, text=True, timeout=300,
                          env={**os.environ, "NO_COLOR": "1"})
     assert res.returncode == 0, res.stdout[-4000:]
     assert "Traceback" not in server.output()
+
+
+def _sse(lines: Iterator[str]) -> Iterator[dict[str, str]]:
+    """Parse a Server-Sent Events stream into {event, id, data} dicts."""
+    msg: dict[str, str] = {}
+    for line in lines:
+        if not line:
+            if msg:
+                yield msg
+            msg = {}
+        elif not line.startswith(":"):
+            field, _, value = line.partition(":")
+            msg[field] = msg.get(field, "") + value.lstrip(" ")
+
+
+def test_events_stream_and_resume(server: Proc, client: httpx.Client) -> None:
+    with httpx.Client(base_url=server.url, timeout=30) as sse:
+        with sse.stream("GET", "/api/v1/events") as resp:
+            assert resp.status_code == 200
+            assert resp.headers["content-type"].startswith("text/event-stream")
+            stream = _sse(resp.iter_lines())
+            hello = next(stream)
+            assert hello["event"] == "hello"
+            tid = submit(client, "https://x.org/sse.mp4")["task_id"]
+            got = next(m for m in stream if m.get("event") == "task")
+            doc = json_loads(got["data"])
+            assert doc["task"]["task_id"] == tid and doc["event"] == "enqueued"
+            first_id = int(got["id"])
+        client.post(f"/api/v1/task/{tid}/cancel")
+        # reconnecting with Last-Event-ID delivers what happened while away
+        with sse.stream("GET", "/api/v1/events",
+                        headers={"Last-Event-ID": str(first_id)}) as resp:
+            stream = _sse(resp.iter_lines())
+            got = next(m for m in stream if m.get("event") == "task")
+            doc = json_loads(got["data"])
+            assert doc["task"]["task_id"] == tid and doc["task"]["status"] == "cancelled"
+            assert int(got["id"]) > first_id

@@ -26,6 +26,7 @@ from db.reads import Checkpoint
 from tingji.formats import render_all
 from worker.errors import RetryableTaskError, TaskCancelled, TaskTakenAway
 from worker.fetch import fetch_upload, fetch_url
+from worker.llm import LlmOptions
 
 if TYPE_CHECKING:
     from worker.main import Worker
@@ -157,55 +158,19 @@ class TaskRun:
         self.waiting_for_model = False
         text = str(tr_out.get("text", ""))
 
-        # polish, summarize
-        polished, summary = None, None
+        # polish, summarize (optional, per task)
         llm_notes: dict[str, Any] = {}
-        llm = w.llm
-        llm_opts = llm.options(opts) if llm else None
+        llm_opts = w.llm.options(opts) if w.llm else None
+        polished = summary = None
         if opts.get("polish"):
-            cp = cps.get(Stage.POLISH)
-            if cp is not None:
-                polished = cp.output.get("polished_text")
-                llm_notes["polish"] = cp.output
-            elif llm is None or llm_opts is None:
-                llm_notes["polish"] = {"skipped": "no LLM configured (TINGJI_LLM_BASE_URL)"}
-            elif not text.strip():
-                llm_notes["polish"] = {"skipped": "empty transcript"}
-            else:
-                async def polish() -> dict[str, Any]:
-                    assert llm and llm_opts
-                    out = await llm.polish(text, llm_opts)
-                    return {"polished_text": out, "model": llm_opts.model,
-                            "tokens_in": llm_opts.usage.tokens_in,
-                            "tokens_out": llm_opts.usage.tokens_out}
-                out, seconds["polish"] = await self._stage(
-                    Stage.POLISH, polish, timeout=self.timeout_for(duration))
-                polished = out["polished_text"]
-                llm_notes["polish"] = {k: v for k, v in out.items() if k != "polished_text"}
+            polished = await self._llm_stage(
+                Stage.POLISH, "polished_text", cps, text, llm_opts, llm_notes, seconds,
+                duration, lambda o: w.llm.polish(text, o))  # type: ignore[union-attr]
         if opts.get("summarize"):
-            cp = cps.get(Stage.SUMMARIZE)
-            if cp is not None:
-                summary = cp.output.get("summary")
-                llm_notes["summarize"] = cp.output
-            elif llm is None or llm_opts is None:
-                llm_notes["summarize"] = {"skipped": "no LLM configured (TINGJI_LLM_BASE_URL)"}
-            elif not text.strip():
-                llm_notes["summarize"] = {"skipped": "empty transcript"}
-            else:
-                source_text = polished or text
-                before_in = llm_opts.usage.tokens_in
-                before_out = llm_opts.usage.tokens_out
-
-                async def summarize() -> dict[str, Any]:
-                    assert llm and llm_opts
-                    out = await llm.summarize(source_text, llm_opts)
-                    return {"summary": out, "model": llm_opts.model,
-                            "tokens_in": llm_opts.usage.tokens_in - before_in,
-                            "tokens_out": llm_opts.usage.tokens_out - before_out}
-                out, seconds["summarize"] = await self._stage(
-                    Stage.SUMMARIZE, summarize, timeout=self.timeout_for(duration))
-                summary = out["summary"]
-                llm_notes["summarize"] = {k: v for k, v in out.items() if k != "summary"}
+            source_text = polished or text
+            summary = await self._llm_stage(
+                Stage.SUMMARIZE, "summary", cps, text, llm_opts, llm_notes, seconds,
+                duration, lambda o: w.llm.summarize(source_text, o))  # type: ignore[union-attr]
 
         # export
         segments = await w.reads.segments(self.id)
@@ -234,6 +199,34 @@ class TaskRun:
         result["stage_seconds"] = seconds
         await asyncio.shield(w.queue.complete(self.id, w.id, result))
         self.completed = True
+
+    async def _llm_stage(self, stage: Stage, key: str, cps: dict[Stage, Checkpoint], text: str,
+                         opts: LlmOptions | None, notes: dict[str, Any],
+                         seconds: dict[str, float], duration: float,
+                         produce: Callable[[LlmOptions], Awaitable[str]]) -> str | None:
+        """Polish or summary: from its checkpoint, skipped (no LLM, empty transcript), or
+        run as a stage.  ``notes`` gets its figures (model, tokens) or why it was skipped."""
+        cp = cps.get(stage)
+        if cp is not None:
+            notes[stage.value] = {k: v for k, v in cp.output.items() if k != key}
+            return cp.output.get(key)
+        if opts is None:
+            notes[stage.value] = {"skipped": "no LLM configured (TINGJI_LLM_BASE_URL)"}
+            return None
+        if not text.strip():
+            notes[stage.value] = {"skipped": "empty transcript"}
+            return None
+        before_in, before_out = opts.usage.tokens_in, opts.usage.tokens_out
+
+        async def body() -> dict[str, Any]:
+            assert opts is not None
+            return {key: await produce(opts), "model": opts.model,
+                    "tokens_in": opts.usage.tokens_in - before_in,
+                    "tokens_out": opts.usage.tokens_out - before_out}
+        out, seconds[stage.value] = await self._stage(stage, body,
+                                                      timeout=self.timeout_for(duration))
+        notes[stage.value] = {k: v for k, v in out.items() if k != key}
+        return str(out[key])
 
     async def _transcribe(self, audio: Path, duration: float
                           ) -> tuple[dict[str, Any], float]:
