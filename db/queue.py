@@ -233,8 +233,9 @@ class Queue:
                 await self._events(conn, [
                     self._ev(r["id"], EventType.ENQUEUED, now, None, PENDING,
                              detail={"batch_id": batch_id}) for r in rows])
-        except IntegrityError as exc:
-            raise IdempotencyConflict(str(exc.params)) from None
+        except IntegrityError:
+            keys = ", ".join(i.idempotency_key for i in items if i.idempotency_key)
+            raise IdempotencyConflict(keys or "(none)") from None
         return batch_id, [Task(**r) for r in rows]
 
     # ------------------------------------------------------------------ worker side

@@ -41,6 +41,8 @@ def supervise(host: str, port: int, *, preload: bool = True) -> int:
     try:
         while not stopping:
             time.sleep(0.5)
+            if stopping:  # Ctrl-C reached the children too: their exits are expected
+                break
             if server.poll() is not None:
                 log.error("the API exited with code %s; stopping", server.returncode)
                 code = server.returncode or 1
