@@ -4,10 +4,12 @@
 
 Starts a real `tingji serve` on a fresh SQLite data dir and measures p50/p99 of
 GET /health, POST /api/v1/process/bilibili and GET /api/v1/task/{id}, sequentially
-from one client: (a) idle; (b) while a second process is busy: `--busy burn` spins a
-CPU-burning process, `--busy worker` runs a real `tingji worker` transcribing with the
-tiny model (needs the worker issue).  Then sustained submit throughput with 8
-concurrent clients, next to the raw queue-layer enqueue rate on the same machine.
+from one client, (a) idle and (b) while a second process keeps the CPU busy, in
+alternating blocks (the busy process is paused with SIGSTOP for the idle blocks), so
+both see the same database: `--busy burn` spins a CPU-burning process, `--busy worker`
+runs a real `tingji worker` transcribing a long clip with the tiny model.  Then
+sustained submit throughput with 8 concurrent clients, next to the raw queue-layer
+enqueue rate on the same machine.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import argparse  # noqa: E402
 import asyncio  # noqa: E402
 import multiprocessing  # noqa: E402
 import os  # noqa: E402
+import signal  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 
@@ -33,7 +36,8 @@ from db.queue import NewTask, Queue, QueueConfig  # noqa: E402
 from tests.helpers.procs import clean_env, start_server  # noqa: E402
 
 
-def burn() -> None:
+def burn_group() -> None:
+    os.setsid()  # its own process group, so SIGSTOP/SIGCONT reach it alone
     while True:
         pass
 
@@ -53,7 +57,7 @@ def start_busy_worker(url: str, env: dict[str, str], data: Path):  # noqa: ANN20
                      "-ar", "16000", "-ac", "1")
     wenv = {**env, "TINGJI_ASR_MODEL": str(models / "asr"),
             "TINGJI_VAD_MODEL": str(models / "vad"), "TINGJI_PUNC_MODEL": str(models / "punc")}
-    worker = start(["worker", "--preload"], wenv, data / "worker.log")
+    worker = start(["worker", "--preload"], wenv, data / "worker.log", new_session=True)
     with httpx.Client(base_url=url, timeout=60) as c:
         for _ in range(6):
             with open(long, "rb") as fh:
@@ -64,7 +68,7 @@ def start_busy_worker(url: str, env: dict[str, str], data: Path):  # noqa: ANN20
             assert time.monotonic() < deadline, worker.output()
             time.sleep(0.5)
         time.sleep(3)  # well into transcription
-    return worker.stop
+    return worker.pid, worker.stop
 
 
 def pct(xs: list[float], p: float) -> float:
@@ -72,24 +76,35 @@ def pct(xs: list[float], p: float) -> float:
     return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
 
 
-def measure(base: str, n: int) -> dict[str, list[float]]:
-    out: dict[str, list[float]] = {"GET /health": [], "POST bilibili": [], "GET task": []}
+def measure(base: str, n: int, busy_pid: int, block: int = 25
+            ) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """The same requests in alternating blocks: the busy process paused (SIGSTOP: idle)
+    or running (SIGCONT: busy), so both conditions see the same database size."""
+    names = ("GET /health", "POST bilibili", "GET task")
+    idle: dict[str, list[float]] = {k: [] for k in names}
+    busy: dict[str, list[float]] = {k: [] for k in names}
     with httpx.Client(base_url=base, timeout=30) as c:
         for _ in range(20):  # warm-up
             c.get("/health")
-        tid = None
-        for i in range(n):
-            t = time.perf_counter()
-            c.get("/health")
-            out["GET /health"].append(time.perf_counter() - t)
-            t = time.perf_counter()
-            r = c.post("/api/v1/process/bilibili", json={"video_url": f"https://x.org/{i}.mp4"})
-            out["POST bilibili"].append(time.perf_counter() - t)
-            tid = r.json()["task_id"]
-            t = time.perf_counter()
-            c.get(f"/api/v1/task/{tid}")
-            out["GET task"].append(time.perf_counter() - t)
-    return out
+        i = 0
+        while i < 2 * n:
+            for out, sig in ((idle, signal.SIGSTOP), (busy, signal.SIGCONT)):
+                os.killpg(busy_pid, sig)
+                time.sleep(0.3)
+                for _ in range(block):
+                    t = time.perf_counter()
+                    c.get("/health")
+                    out["GET /health"].append(time.perf_counter() - t)
+                    t = time.perf_counter()
+                    r = c.post("/api/v1/process/bilibili",
+                               json={"video_url": f"https://x.org/{i}.mp4"})
+                    out["POST bilibili"].append(time.perf_counter() - t)
+                    t = time.perf_counter()
+                    c.get(f"/api/v1/task/{r.json()['task_id']}")
+                    out["GET task"].append(time.perf_counter() - t)
+                    i += 1
+    os.killpg(busy_pid, signal.SIGCONT)
+    return idle, busy
 
 
 async def throughput(base: str, seconds: float, clients: int = 8) -> float:
@@ -131,16 +146,15 @@ def main() -> None:
     env = clean_env(TINGJI_DATA_DIR=str(data), TINGJI_MAX_PENDING=str(10**9))
     server = start_server(env, data / "server.log")
     try:
-        idle = measure(server.url, a.n)
         if a.busy == "burn":
-            busy_proc = multiprocessing.Process(target=burn, daemon=True)
+            busy_proc = multiprocessing.Process(target=burn_group, daemon=True)
             busy_proc.start()
-            stop_busy = busy_proc.terminate
+            busy_pid, stop_busy = busy_proc.pid, busy_proc.terminate
         else:
-            stop_busy = start_busy_worker(server.url, env, data)
+            busy_pid, stop_busy = start_busy_worker(server.url, env, data)
         time.sleep(1)
         try:
-            busy = measure(server.url, a.n)
+            idle, busy = measure(server.url, a.n, busy_pid or 0)
         finally:
             stop_busy()
         rate = asyncio.run(throughput(server.url, 10))

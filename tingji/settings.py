@@ -51,6 +51,7 @@ class Settings:
     io_concurrency: int = 4
     max_download_mb: int = 4096
     drain_seconds: float = 30.0
+    worker_nice: int = 10
     heartbeat_seconds: float = 2.0
     vad_max_end_silence_ms: int | None = None
     task_timeout_base_s: float = 900.0
@@ -157,6 +158,7 @@ class Settings:
         read("io_concurrency", _int, positive)
         read("max_download_mb", _int, positive)
         read("drain_seconds", _float, lambda v: None if v >= 0 else "must be >= 0")
+        read("worker_nice", _int, lambda v: None if 0 <= v <= 19 else "must be 0-19")
         read("heartbeat_seconds", _float, lambda v: None if 0.1 <= v <= 60 else
              "must be between 0.1 and 60")
         read("vad_max_end_silence_ms", lambda r: _int(r) if r else None,

@@ -271,6 +271,10 @@ class Worker:
 
 
 def run_worker(settings: Settings, *, preload: bool = False) -> int:
+    if settings.worker_nice:
+        # Transcription is batch work: on a shared machine the API (and the desktop)
+        # come first.  Set before any thread starts, so torch's threads inherit it.
+        os.nice(settings.worker_nice)
     worker = Worker(settings)
 
     async def main() -> int:

@@ -57,11 +57,12 @@ class Proc:
         return self.popen.returncode
 
 
-def start(args: list[str], env: dict[str, str], log: Path, cwd: Path | None = None) -> Proc:
+def start(args: list[str], env: dict[str, str], log: Path, cwd: Path | None = None,
+          new_session: bool = False) -> Proc:
     log.parent.mkdir(parents=True, exist_ok=True)
     fh = open(log, "ab")  # noqa: SIM115  (the child owns it)
     popen = subprocess.Popen([TINGJI, *args], env=env, cwd=cwd or ROOT, stdout=fh,
-                             stderr=subprocess.STDOUT)
+                             stderr=subprocess.STDOUT, start_new_session=new_session)
     fh.close()
     return Proc(popen, log, env=env)
 
