@@ -513,16 +513,18 @@ class Queue:
         except IntegrityError:
             raise IdempotencyConflict(row.idempotency_key or "") from None
 
-    async def prune(self, older_than: timedelta, *, now: datetime | None = None) -> list[str]:
+    async def prune(self, older_than: timedelta, *, now: datetime | None = None
+                    ) -> list[tuple[str, dict[str, Any]]]:
         """Delete terminal tasks finished before ``now - older_than`` (with their events,
-        checkpoints and segments); returns their ids so callers can remove files."""
+        checkpoints and segments); returns their ids and payloads so callers can remove
+        their files."""
         now = now or utcnow()
         async with self.engine.begin() as conn:
             rows = (await conn.execute(
                 delete(T).where(T.c.status.in_(list(TERMINAL)),
                                 T.c.completed_at < now - older_than)
-                .returning(T.c.id))).all()
-        return [r.id for r in rows]
+                .returning(T.c.id, T.c.payload))).all()
+        return [(r.id, r.payload) for r in rows]
 
     # ------------------------------------------------------------------ worker registry
     async def register(self, worker_id: str, hostname: str, pid: int, *,

@@ -98,6 +98,14 @@ def test_cancel_and_ambiguous_short_ids(stack_factory: Callable[..., Stack],
     assert amb.returncode == 1 and "ambiguous" in amb.stderr
     assert stack.cli("show", ids[2][:13]).returncode == 0
 
+    # prune: finished tasks go, with their upload; live ones stay
+    assert len(list((stack.data / "uploads").iterdir())) == 1
+    pruned = stack.cli("prune", "--older-than", "0")
+    assert pruned.returncode == 0 and "pruned 2" in pruned.stdout, pruned.stderr
+    assert list((stack.data / "uploads").iterdir()) == []
+    assert stack.http.get(f"/api/v1/task/{ids[0]}").status_code == 404
+    assert stack.http.get(f"/api/v1/task/{ids[2]}").status_code == 200
+
 
 def test_batch_file_with_a_bad_line_submits_nothing(stack_factory: Callable[..., Stack],
                                                     media: dict[str, Path],

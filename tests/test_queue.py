@@ -311,7 +311,8 @@ async def test_prune_removes_old_terminal_tasks_only(queue: Queue) -> None:
     recent = (await queue.enqueue(item(3), now=T0)).task.id
     await queue.request_cancel(recent, now=T0 + timedelta(days=9))
     pruned = await queue.prune(timedelta(days=7), now=T0 + timedelta(days=10))
-    assert pruned == [old]
+    assert [tid for tid, _ in pruned] == [old]
+    assert pruned[0][1]["video_url"] == "https://example.com/1.mp4"
     reads = Reads(queue.engine)
     assert await reads.task(old) is None and await reads.events(old) == []
     assert await reads.task(live) is not None and await reads.task(recent) is not None

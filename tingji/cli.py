@@ -32,6 +32,41 @@ def cmd_db(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prune(args: argparse.Namespace) -> int:
+    """Delete finished tasks older than N days, with their results, work files and
+    uploads.  Talks to the database directly (like `tingji db`)."""
+    import asyncio
+    import shutil
+    from datetime import timedelta
+
+    from db.engine import make_engine
+    from db.queue import Queue
+
+    settings = _settings()
+    if args.older_than < 0:
+        print("tingji prune: --older-than must be 0 or more days", file=sys.stderr)
+        return 2
+
+    async def run() -> list[tuple[str, dict]]:  # type: ignore[type-arg]
+        engine = make_engine(settings.database_url,
+                             sqlite_synchronous=settings.sqlite_synchronous)
+        try:
+            return await Queue.from_settings(engine, settings).prune(
+                timedelta(days=args.older_than))
+        finally:
+            await engine.dispose()
+
+    pruned = asyncio.run(run())
+    for task_id, payload in pruned:
+        shutil.rmtree(settings.results_dir / task_id, ignore_errors=True)
+        shutil.rmtree(settings.work_dir / task_id, ignore_errors=True)
+        stored = (payload.get("upload") or {}).get("stored_name")
+        if stored:
+            (settings.uploads_dir / stored).unlink(missing_ok=True)
+    print(f"pruned {len(pruned)} finished task(s) older than {args.older_than} day(s)")
+    return 0
+
+
 def _is_loopback(host: str) -> bool:
     import ipaddress
 
@@ -140,6 +175,11 @@ def build_parser() -> argparse.ArgumentParser:
     db_sub.add_parser("upgrade", help="bring the database to the latest schema")
     db_sub.add_parser("current", help="show the database's schema revision")
     p_db.set_defaults(func=cmd_db)
+
+    p_prune = sub.add_parser("prune", help="delete finished tasks older than N days, "
+                             "with their files")
+    p_prune.add_argument("--older-than", type=float, required=True, metavar="DAYS")
+    p_prune.set_defaults(func=cmd_prune)
 
     p_serve = sub.add_parser("serve", help="run the HTTP API")
     p_serve.add_argument("--host", help="address to bind (default TINGJI_HOST, 127.0.0.1)")

@@ -106,8 +106,9 @@ class AsrEngine:
             if not Path(c.model).exists():
                 hint = (" (a hub id needs network access to download the model once; "
                         "set TINGJI_ASR_MODEL to a local model folder otherwise)")
+            first = (str(exc).strip().splitlines() or [""])[0][:300]
             raise ModelLoadError(f"cannot load ASR model {c.description}: "
-                                 f"{type(exc).__name__}: {exc}{hint}") from exc
+                                 f"{type(exc).__name__}: {first}{hint}") from exc
         self.model = model
         self.loads += 1
         log.info("loaded %s on %s in %.1f s", c.description, self.device,
