@@ -134,3 +134,25 @@ def stack_factory(tmp_path: Path, tiny_models: dict[str, str]) -> Iterator[Any]:
     yield make
     for s in stacks:
         s.close()
+
+
+@pytest.fixture(scope="session")
+def files(media: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A local web server with media for yt-dlp's generic extractor: talk.mp4 (video with
+    speech), part1.mp3, part2.mp3, and parts.html (a page with both parts, which yt-dlp
+    treats like a multi-part video)."""
+    import shutil
+
+    from tests.helpers.servers import FileServer
+
+    root = tmp_path_factory.mktemp("www")
+    shutil.copy(media["video"], root / "talk.mp4")
+    shutil.copy(media["mp3"], root / "part1.mp3")
+    shutil.copy(media["mp3"], root / "part2.mp3")
+    (root / "parts.html").write_text(
+        "<html><head><title>两集讲座</title></head><body>"
+        "<audio src='part1.mp3' title='第一集'></audio>"
+        "<audio src='part2.mp3' title='第二集'></audio></body></html>", encoding="utf-8")
+    server = FileServer(root)
+    yield server
+    server.close()

@@ -5,7 +5,6 @@ retry.  Screenshots go to test-artifacts/ for a person to look at."""
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -55,17 +54,6 @@ def page_factory(browser: Any, tmp_path: Path) -> Iterator[Callable[..., Any]]:
         ctx.close()
 
 
-@pytest.fixture(scope="module")
-def media_server(media: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
-                 ) -> Iterator[FileServer]:
-    root = tmp_path_factory.mktemp("www-web")
-    shutil.copy(media["video"], root / "lecture.mp4")
-    shutil.copy(media["mp3"], root / "podcast.mp3")
-    server = FileServer(root)
-    yield server
-    server.close()
-
-
 def row(page: Any, task_id: str) -> Any:
     return page.locator(f'#tasks tr[data-id="{task_id}"]')
 
@@ -84,7 +72,7 @@ def newest_task_id(stack: Stack) -> str:
 
 
 def test_the_page_end_to_end(stack_factory: Callable[..., Stack], page_factory: Any,
-                             media: dict[str, Path], media_server: FileServer) -> None:
+                             media: dict[str, Path], files: FileServer) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
     stack = stack_factory()  # no worker yet: what is submitted stays pending
     page = page_factory(stack.server.url)
@@ -92,7 +80,7 @@ def test_the_page_end_to_end(stack_factory: Callable[..., Stack], page_factory: 
     page.wait_for_selector("#live.on")  # the SSE stream is connected
 
     # a link -> a pending row, then cancel it with its button
-    page.fill("#links", f"{media_server.url}/podcast.mp3")
+    page.fill("#links", f"{files.url}/part1.mp3")
     page.click("#submit-btn")
     wait_total(stack, 1)
     doomed = newest_task_id(stack)
@@ -102,7 +90,7 @@ def test_the_page_end_to_end(stack_factory: Callable[..., Stack], page_factory: 
     assert stack.task(doomed)["status"] == "cancelled"
 
     # two links at once -> a batch
-    page.fill("#links", f"{media_server.url}/lecture.mp4\n{media_server.url}/podcast.mp3")
+    page.fill("#links", f"{files.url}/talk.mp4\n{files.url}/part1.mp3")
     page.click("#submit-btn")
     wait_total(stack, 3)
     batch = stack.http.get("/api/v1/tasks", params={"limit": 2}).json()["tasks"]

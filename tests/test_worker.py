@@ -4,7 +4,6 @@ the real API server; SIGKILL and SIGTERM for recovery."""
 
 from __future__ import annotations
 
-import shutil
 import signal
 import sqlite3
 import time
@@ -26,22 +25,6 @@ def llm() -> Iterator[LlmStub]:
     stub = LlmStub()
     yield stub
     stub.close()
-
-
-@pytest.fixture(scope="module")
-def files(media: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
-          ) -> Iterator[FileServer]:
-    root = tmp_path_factory.mktemp("www")
-    shutil.copy(media["video"], root / "talk.mp4")
-    shutil.copy(media["mp3"], root / "part1.mp3")
-    shutil.copy(media["mp3"], root / "part2.mp3")
-    (root / "parts.html").write_text(
-        "<html><head><title>两集讲座</title></head><body>"
-        "<audio src='part1.mp3' title='第一集'></audio>"
-        "<audio src='part2.mp3' title='第二集'></audio></body></html>", encoding="utf-8")
-    server = FileServer(root)
-    yield server
-    server.close()
 
 
 def assert_segments_and_srt(stack: Stack, tid: str) -> list[dict[str, Any]]:
