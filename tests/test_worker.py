@@ -152,6 +152,31 @@ def test_five_tasks_one_model_load(stack_factory: Callable[..., Stack],
     assert w["model_loads"] == 1 and w["model_loaded_at"]
 
 
+def test_ready_tasks_are_transcribed_together_with_the_same_results(
+        stack_factory: Callable[..., Stack], media: dict[str, Path]) -> None:
+    files = [media["speech"], media["mp3"], media["video"], media["speech"]]
+    results = {}
+    for k in ("1", "3"):
+        stack = stack_factory(TINGJI_ASR_BATCH_TASKS=k)
+        tids = [stack.upload(f) for f in files]  # all queued before the worker starts
+        worker = stack.worker()
+        tasks = [stack.finished(t) for t in tids]
+        assert all(t["status"] == "completed" for t in tasks), tasks
+        segs = [stack.http.get(f"/api/v1/task/{t}/segments").json() for t in tids]
+        results[k] = ([t["result"]["text"] for t in tasks], segs,
+                      [t["result"]["asr_group"] for t in tasks])
+        [w] = [w for w in stack.http.get("/api/v1/queue").json()["workers"]
+               if w["pid"] == worker.pid]
+        assert w["model_loads"] == 1
+    assert results["1"][2] == [None] * 4  # one task per group
+    groups = results["3"][2]
+    assert any(g and g["tasks"] == 3 for g in groups), groups
+    assert all(g is None or g["tasks"] <= 3 for g in groups)
+    # the same text and segment timestamps as one task at a time
+    assert results["3"][0] == results["1"][0]
+    assert results["3"][1] == results["1"][1]
+
+
 # ---------------------------------------------------------------- crash and stop
 def _wait_stage(stack: Stack, tid: str, stage: str, min_progress: float = 0.0) -> None:
     stack.wait(lambda: (t := stack.task(tid))["stage"] == stage and

@@ -48,6 +48,7 @@ class Settings:
     punc_model: str | None = "ct-punc"
     device: str = "auto"
     batch_size_s: int = 300
+    asr_batch_tasks: int | None = None  # None: 8 on CUDA, 1 on a CPU
     io_concurrency: int = 4
     max_download_mb: int = 4096
     drain_seconds: float = 30.0
@@ -155,6 +156,8 @@ class Settings:
         read("punc_model", optional)
         read("device", choice(DEVICES))
         read("batch_size_s", _int, positive)
+        read("asr_batch_tasks", lambda r: _int(r) if r else None,
+             lambda v: None if v is None or 1 <= v <= 256 else "must be between 1 and 256")
         read("io_concurrency", _int, positive)
         read("max_download_mb", _int, positive)
         read("drain_seconds", _float, lambda v: None if v >= 0 else "must be >= 0")

@@ -3,13 +3,12 @@ model lane), so the event loop never blocks on inference.
 
 Hub ids (``paraformer-zh``, ``fsmn-vad``, ``ct-punc``) and local model folders go
 through the same ``AutoModel`` call; ``disable_update=True`` always (otherwise funasr
-asks PyPI for a newer version, with no timeout).
+asks PyPI for a newer version, with no timeout).  After loading, the Paraformer
+predictor is switched to tingji's padding-invariant subclass (``worker.paraformer``).
 
-Progress and cancellation: ``AutoModel.generate`` with VAD decodes the VAD segments
-in batches through ``AutoModel.inference``; the engine wraps that method on its own
-instance so that, between batches, it reports the seconds of speech decoded and
-raises ``TaskCancelled`` when the task was cancelled or timed out.  The output is
-exactly what bare ``generate`` returns.
+The engine transcribes a *group* of tasks at a time (``worker.batching``): their speech
+is decoded in shared batches; per task it reports the seconds of speech decoded and
+stops when the task is cancelled or timed out, between batches.
 """
 
 from __future__ import annotations
@@ -26,7 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from db.queue import SegmentRow
+from worker.batching import AsrJob, BatchStats, CrossTaskBatch
 from worker.errors import TaskCancelled
+from worker.paraformer import make_padding_invariant
 
 log = logging.getLogger("tingji.worker.asr")
 
@@ -78,6 +79,7 @@ class AsrEngine:
         self._lane = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tingji-model")
         self._load_lock = asyncio.Lock()
         self.busy_seconds = 0.0
+        self.batcher: CrossTaskBatch | None = None
 
     @property
     def loaded(self) -> bool:
@@ -109,10 +111,14 @@ class AsrEngine:
             first = (str(exc).strip().splitlines() or [""])[0][:300]
             raise ModelLoadError(f"cannot load ASR model {c.description}: "
                                  f"{type(exc).__name__}: {first}{hint}") from exc
+        predictor = make_padding_invariant(model.model)
+        self.batcher = CrossTaskBatch(
+            model, device=self.device, batch_size_s=c.batch_size_s,
+            generate_kw={"sentence_timestamp": True, "batch_size_s": c.batch_size_s})
         self.model = model
         self.loads += 1
-        log.info("loaded %s on %s in %.1f s", c.description, self.device,
-                 time.perf_counter() - t)
+        log.info("loaded %s on %s in %.1f s (predictor %s)", c.description, self.device,
+                 time.perf_counter() - t, predictor or "stock")
 
     async def ensure_loaded(self) -> bool:
         """Load the model once (on the model lane); True when this call loaded it."""
@@ -122,51 +128,41 @@ class AsrEngine:
             await asyncio.get_running_loop().run_in_executor(self._lane, self._load)
             return True
 
-    def _transcribe(self, audio: Path, progress: Callable[[float, float], None],
-                    stop: threading.Event) -> Transcript:
-        model = self.model
-        state = {"total": 0.0, "done": 0.0}
-        original = model.inference
+    def _run_group(self, jobs: list[AsrJob]) -> BatchStats:
+        assert self.batcher is not None
+        stats = self.batcher.run(jobs)
+        self.busy_seconds += stats.seconds
+        return stats
 
-        def inference(input: Any, *args: Any, **kw: Any) -> Any:  # noqa: A002
-            sub = kw.get("model")
-            if stop.is_set():
-                raise TaskCancelled()
-            res = original(input, *args, **kw)
-            if sub is model.vad_model and sub is not None:
-                state["total"] = sum((seg[1] - seg[0]) / 1000.0 for r in res
-                                     for seg in r.get("value", []))
-                progress(0.0, state["total"])
-            elif sub is model.model and isinstance(input, list):
-                state["done"] += sum(len(x) for x in input) / SAMPLE_RATE
-                progress(min(state["done"], state["total"]), state["total"])
-                if stop.is_set():
-                    raise TaskCancelled()
-            return res
-
-        t = time.perf_counter()
-        model.inference = inference
-        try:
-            res = model.generate(input=str(audio), sentence_timestamp=True,
-                                 batch_size_s=self.config.batch_size_s)
-        finally:
-            del model.inference  # back to the class's method
-        seconds = time.perf_counter() - t
-        self.busy_seconds += seconds
-        result = res[0] if res else {"text": "", "timestamp": []}
-        segments = to_segments(result)
-        return Transcript(result.get("text", "").strip(), segments,
-                          state["total"] or (segments[-1].end_ms / 1000 if segments else 0.0),
-                          seconds)
+    async def transcribe_many(self, jobs: list[AsrJob]) -> BatchStats:
+        """Transcribe a group of jobs together; each job ends with ``result`` or ``error``
+        (or its ``stop`` set).  Loads the model first if needed."""
+        await self.ensure_loaded()
+        return await asyncio.get_running_loop().run_in_executor(
+            self._lane, self._run_group, jobs)
 
     async def transcribe(self, audio: Path, progress: Callable[[float, float], None],
                          stop: threading.Event) -> Transcript:
-        await self.ensure_loaded()
-        return await asyncio.get_running_loop().run_in_executor(
-            self._lane, self._transcribe, audio, progress, stop)
+        """One file on its own (a group of one)."""
+        job = AsrJob(audio, progress, stop)
+        await self.transcribe_many([job])
+        return transcript_of(job)
 
     def close(self) -> None:
         self._lane.shutdown(wait=False, cancel_futures=True)
+
+
+def transcript_of(job: AsrJob) -> Transcript:
+    """The job's transcript, or its error raised (``TaskCancelled`` when it was stopped)."""
+    if job.error is not None:
+        raise job.error
+    if job.result is None:
+        raise TaskCancelled()
+    result = job.result
+    segments = to_segments(result)
+    return Transcript(str(result.get("text", "")).strip(), segments,
+                      job.speech_s or (segments[-1].end_ms / 1000 if segments else 0.0),
+                      job.seconds)
 
 
 def to_segments(result: dict[str, Any]) -> list[SegmentRow]:

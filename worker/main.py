@@ -4,9 +4,11 @@
   on this host (their pid is gone) and any expired leases.
 - Heartbeats every ``TINGJI_HEARTBEAT_SECONDS``: the worker row, and the lease and
   progress of every task it holds (a heartbeat also tells it about cancellations).
-- Pipelining: the model transcribes one task at a time on its own thread while other
-  tasks download and talk to the LLM; it claims ahead (a small prefetch) so the model
-  never waits for a download.
+- Pipelining: the model works on its own thread while other tasks download and talk to
+  the LLM; it claims ahead (a small prefetch) so the model never waits for a download.
+- Cross-task batching: tasks ready for ASR are transcribed in groups of up to
+  ``TINGJI_ASR_BATCH_TASKS`` (default 8 on CUDA, 1 on a CPU), their speech decoded in
+  shared batches (``worker.lane``, ``worker.batching``).
 - SIGTERM/SIGINT: stop claiming; within ``TINGJI_DRAIN_SECONDS`` finish what is
   running, then hand back (release) what is not finished; never leave a task
   ``processing``.  Then mark the worker stopped.
@@ -27,8 +29,9 @@ from db.errors import LeaseLost
 from db.queue import Queue, TaskError
 from db.reads import Reads
 from tingji.settings import Settings
-from worker.asr import AsrConfig, AsrEngine, ModelLoadError
+from worker.asr import AsrConfig, AsrEngine, ModelLoadError, resolve_device
 from worker.errors import TaskCancelled, TaskFailure
+from worker.lane import AsrLane
 from worker.llm import Llm, LlmConfig
 from worker.pipeline import TaskRun
 
@@ -71,14 +74,17 @@ class Worker:
                 max_retries=settings.llm_max_retries, chunk_chars=settings.llm_chunk_chars,
                 max_tokens=settings.llm_max_tokens), settings.llm_concurrency)
         self.io_sem = asyncio.Semaphore(settings.io_concurrency)
-        self.model_lock = asyncio.Lock()
+        self.batch_tasks = settings.asr_batch_tasks or default_batch_tasks(settings.device)
+        # enough tasks fetched ahead to fill the next group while one runs
+        self.prefetch = PREFETCH if self.batch_tasks == 1 else 2 * self.batch_tasks
+        self.lane = AsrLane(self.asr, self.batch_tasks, fetching=self._fetching,
+                            on_loaded=self.on_model_loaded)
         self.runs: dict[str, TaskRun] = {}
         self.executions: set[asyncio.Task[None]] = set()
-        self.transcribing: TaskRun | None = None
         self.stopping = asyncio.Event()
         self.wake = asyncio.Event()
         self.fatal: str | None = None
-        self.max_active = settings.io_concurrency + PREFETCH
+        self.max_active = settings.io_concurrency + self.prefetch
 
     # ------------------------------------------------------------------ lifecycle
     async def run(self, *, preload: bool = False) -> int:
@@ -87,8 +93,8 @@ class Worker:
             loop.add_signal_handler(sig, self.request_stop)
         await self.queue.register(self.id, self.hostname, os.getpid(),
                                   model=self.asr.config.description)
-        log.info("worker %s started (pid %d, model %s)", self.id, os.getpid(),
-                 self.asr.config.description)
+        log.info("worker %s started (pid %d, model %s, up to %d task(s) per ASR group)",
+                 self.id, os.getpid(), self.asr.config.description, self.batch_tasks)
         recovered = await self.queue.requeue_dead_workers(self.hostname, pid_alive,
                                                           exclude=self.id)
         recovered += await self.queue.requeue_expired()
@@ -104,6 +110,7 @@ class Worker:
             heart.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await heart
+            await self.lane.close()
             with contextlib.suppress(Exception):
                 await self.queue.stop(self.id)
             if self.llm:
@@ -138,7 +145,11 @@ class Worker:
         if len(self.runs) >= self.max_active:
             return False
         ahead = sum(1 for r in self.runs.values() if r.waiting_for_model)
-        return ahead < PREFETCH
+        return ahead < self.prefetch
+
+    def _fetching(self) -> int:
+        """Claimed tasks still before the ASR stage (the lane may wait for them)."""
+        return sum(1 for r in self.runs.values() if not r.fetched and not r.stop_reason)
 
     async def _claim_loop(self) -> None:
         idle = 0.25
@@ -250,9 +261,9 @@ class Worker:
                 log.warning("heartbeat failed: %s", exc)
 
     async def _beat(self, rescue: bool) -> None:
-        current = self.transcribing or next(iter(self.runs.values()), None)
-        await self.queue.worker_heartbeat(self.id,
-                                          current_task_id=current.id if current else None)
+        current = self.lane.current[0].task_id if self.lane.current else \
+            next(iter(self.runs), None)
+        await self.queue.worker_heartbeat(self.id, current_task_id=current)
         for run in list(self.runs.values()):
             if run.stop_reason:
                 continue
@@ -268,6 +279,12 @@ class Worker:
         if rescue:
             for tid, status in await self.queue.requeue_expired():
                 log.info("requeued expired task %s -> %s", tid, status)
+
+
+def default_batch_tasks(device: str) -> int:
+    """``TINGJI_ASR_BATCH_TASKS`` when unset: 8 tasks per group on CUDA, 1 on a CPU
+    (where funasr decodes one segment at a time and batching gains nothing)."""
+    return 8 if resolve_device(device).startswith("cuda") else 1
 
 
 def run_worker(settings: Settings, *, preload: bool = False) -> int:

@@ -24,11 +24,14 @@ from db.models import Stage, Task, TaskKind
 from db.queue import SegmentRow
 from db.reads import Checkpoint
 from tingji.formats import render_all
+from worker.asr import to_segments, transcript_of
+from worker.batching import AsrJob
 from worker.errors import RetryableTaskError, TaskCancelled, TaskTakenAway
 from worker.fetch import fetch_upload, fetch_url
 from worker.llm import LlmOptions
 
 if TYPE_CHECKING:
+    from worker.lane import Ticket
     from worker.main import Worker
 
 log = logging.getLogger("tingji.worker.pipeline")
@@ -45,7 +48,8 @@ class TaskRun:
     stage: Stage | None = None
     progress: float = 0.0
     message: str | None = None
-    waiting_for_model: bool = True
+    waiting_for_model: bool = True  # claimed, not yet admitted to the model lane
+    fetched: bool = False  # ready for ASR (or past it)
     inner: asyncio.Task[None] | None = None
     completed: bool = False
 
@@ -144,15 +148,16 @@ class TaskRun:
 
         # transcribe (one task at a time on the model lane)
         tr_cp = cps.get(Stage.TRANSCRIBE)
+        self.fetched = True
         if tr_cp is None:
-            async with w.model_lock:
-                self.waiting_for_model = False
-                w.transcribing = self
-                try:
-                    tr_out, seconds["transcribe"] = await self._transcribe(
-                        self._abs(fetch_out["audio"]), duration)
-                finally:
-                    w.transcribing = None
+            w.lane.poke()
+            ticket = await w.lane.enter(self.id, duration)
+            self.waiting_for_model = False
+            try:
+                tr_out, seconds["transcribe"] = await self._transcribe(
+                    ticket, self._abs(fetch_out["audio"]))
+            finally:
+                ticket.withdraw()
         else:
             tr_out = tr_cp.output
         self.waiting_for_model = False
@@ -179,6 +184,7 @@ class TaskRun:
             "segments": len(segments), "duration_s": duration,
             "speech_s": tr_out.get("speech_s"), "chapters": fetch_out.get("chapters") or [],
             "model": tr_out.get("model"), "device": tr_out.get("device"),
+            "asr_group": tr_out.get("asr_group"),  # tasks transcribed together, batch sizes
             "asr_rtf": round(seconds.get("transcribe", 0.0) / duration, 4) if duration else None,
             "llm_tokens_in": sum(int(n.get("tokens_in", 0)) for n in llm_notes.values()),
             "llm_tokens_out": sum(int(n.get("tokens_out", 0)) for n in llm_notes.values()),
@@ -228,30 +234,45 @@ class TaskRun:
         notes[stage.value] = {k: v for k, v in out.items() if k != key}
         return str(out[key])
 
-    async def _transcribe(self, audio: Path, duration: float
+    async def _transcribe(self, ticket: Ticket, audio: Path
                           ) -> tuple[dict[str, Any], float]:
+        """The transcribe stage, run in the lane's group: its time limit scales with the
+        audio of the whole group, which is decoded together."""
         w = self.worker
         loop = asyncio.get_running_loop()
-        transcript_holder: dict[str, Any] = {}
+        job_holder: dict[str, AsrJob] = {}
 
         def progress(done: float, total: float) -> None:  # called on the model lane
             if total > 0:
-                loop.call_soon_threadsafe(setattr, self, "progress", min(1.0, done / total))
+                loop.call_soon_threadsafe(self._set_progress, min(1.0, done / total))
 
         async def body() -> dict[str, Any]:
             if not w.asr.loaded:
                 self.message = "loading the ASR model"
-                if await w.asr.ensure_loaded():
-                    await w.on_model_loaded()
+            job = job_holder["job"] = AsrJob(audio, progress, self.stop_event)
+            ticket.submit(job)
+            stats = await ticket.result()
+            tr = transcript_of(job)
             self.message = None
-            tr = await w.asr.transcribe(audio, progress, self.stop_event)
-            transcript_holder["segments"] = tr.segments
-            return {"text": tr.text, "segments": len(tr.segments),
-                    "speech_s": round(tr.speech_s, 3), "model": w.asr.config.description,
-                    "device": w.asr.device, "asr_seconds": round(tr.seconds, 3)}
+            out: dict[str, Any] = {
+                "text": tr.text, "segments": len(tr.segments),
+                "speech_s": round(tr.speech_s, 3), "model": w.asr.config.description,
+                "device": w.asr.device, "asr_seconds": round(tr.seconds, 3)}
+            if stats is not None and ticket.group_size > 1:
+                out["asr_group"] = stats.summary()
+            return out
 
-        return await self._stage(Stage.TRANSCRIBE, body, timeout=self.timeout_for(duration),
-                                 segments=lambda: transcript_holder.get("segments"))
+        def segments() -> list[SegmentRow] | None:
+            job = job_holder.get("job")
+            return to_segments(job.result) if job is not None and job.result else None
+
+        return await self._stage(Stage.TRANSCRIBE, body,
+                                 timeout=self.timeout_for(ticket.group_duration_s),
+                                 segments=segments)
+
+    def _set_progress(self, value: float) -> None:
+        self.progress = value
+        self.message = None
 
     def cleanup_files(self) -> None:
         """After completion: the normalized audio and the upload are no longer needed

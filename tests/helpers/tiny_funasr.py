@@ -193,7 +193,11 @@ def asr_config(arch, size, vocab_size):
 
 
 def build_asr(out, arch="seaco", size="tiny", seed=0, configuration_json=True,
-              token_rate=0.27):
+              token_rate=0.27, predictor_gain=0.01):
+    """``predictor_gain`` scales the CIF predictor's output weights: at 0.01 the firing
+    rate barely depends on the audio (steady, speech-like token rates); larger gains make
+    the firing weights, and so the text's length and timestamps, follow the encoder output
+    closely, which is what tests of padding and batching need to be sensitive."""
     torch.manual_seed(seed)
     tokens = make_vocab(SIZES[size]["vocab"])
     cfg = asr_config(arch, size, len(tokens))
@@ -203,11 +207,11 @@ def build_asr(out, arch="seaco", size="tiny", seed=0, configuration_json=True,
         # CIF predictor: near-constant firing rate (~token_rate tokens per 60 ms LFR frame,
         # ~4.5 tokens/s like Mandarin speech) instead of whatever random init gives.
         p = model.predictor
-        p.cif_output.weight.mul_(0.01)
+        p.cif_output.weight.mul_(predictor_gain)
         p.cif_output.bias.fill_(math.log(token_rate / (1 - token_rate)))
         if hasattr(p, "cif_output2"):
             r2 = token_rate / getattr(p, "upsample_times", 3)
-            p.cif_output2.weight.mul_(0.01)
+            p.cif_output2.weight.mul_(predictor_gain)
             p.cif_output2.bias.fill_(math.log(r2 / (1 - r2)) + 0.0)
         # never emit <blank>/<s>/</s>/<unk>, so text is never empty
         b = model.decoder.output_layer.bias
@@ -331,6 +335,8 @@ def main():
     ap.add_argument("--only", choices=["asr", "vad", "punc"], action="append",
                     help="build only these (repeatable); default: all three")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--predictor-gain", type=float, default=0.01,
+                    help="scale of the CIF predictor's output weights (see build_asr)")
     ap.add_argument("--no-configuration-json", action="store_true")
     a = ap.parse_args()
     which = a.only or ["asr", "vad", "punc"]
@@ -339,7 +345,7 @@ def main():
         t = time.perf_counter()
         d = os.path.join(a.out_dir, w)
         if w == "asr":
-            n, v = build_asr(d, a.arch, a.size, a.seed, cj)
+            n, v = build_asr(d, a.arch, a.size, a.seed, cj, predictor_gain=a.predictor_gain)
             extra = f"arch={a.arch} size={a.size} vocab={v}"
         elif w == "vad":
             n, extra = build_vad(d, a.seed, cj), "FsmnVADStreaming"

@@ -1,0 +1,252 @@
+"""ASR throughput: tingji's cross-task batching against bare funasr, in one run.
+
+    .venv/bin/python bench/gpu.py [--device auto] [--clips 20] [--clip-s 60] [--long-s 600]
+                                  [--k 8] [--source SPEECH.wav] [--models DIR] [--json OUT]
+
+Full-size random-weight SeACo-Paraformer (paraformer-zh dimensions, built here with
+funasr's own classes) with the tiny VAD and punctuation models.  The same process runs
+
+(a) ``--clips`` clips of ``--clip-s`` seconds (cut at different offsets from the source
+    speech): bare ``AutoModel.generate`` one file at a time, then tingji's worker path
+    (``worker.lane.AsrLane`` -> ``AsrEngine`` -> ``worker.batching``) with every task
+    ready at once, at K=1 and at K=``--k`` tasks per group;
+(b) one clip of ``--long-s`` seconds: bare, then tingji (a group of one).
+
+For each it prints x-realtime (audio seconds / wall seconds), peak GPU memory (CUDA) and
+the batch sizes the engine chose, and how many transcripts equal bare funasr's.  Runs
+on the GPU machine of the device tool (see ``bench/gpu_device.sh``) or on a CPU.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path[0] = str(Path(__file__).resolve().parents[1])  # not bench/ (it has queue.py)
+
+import argparse  # noqa: E402
+import asyncio  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from typing import Any  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SR = 16_000
+
+
+def log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def build_models(root: Path) -> dict[str, str]:
+    full, tiny = root / "full", root / "tiny"
+    if not (full / "asr" / "model.pt").exists():
+        subprocess.run([sys.executable, "-m", "tests.helpers.tiny_funasr", str(full), "--size",
+                        "full", "--only", "asr"], cwd=ROOT, check=True)
+    if not (tiny / "punc" / "model.pt").exists():
+        subprocess.run([sys.executable, "-m", "tests.helpers.tiny_funasr", str(tiny), "--only",
+                        "vad", "--only", "punc"], cwd=ROOT, check=True)
+    return {"asr": str(full / "asr"), "vad": str(tiny / "vad"), "punc": str(tiny / "punc")}
+
+
+def make_clips(source: Path | None, work: Path, n: int, clip_s: float,
+               long_s: float) -> tuple[list[Path], Path]:
+    """``n`` clips of ``clip_s`` and one of ``long_s``, cut from ``source`` (looped as
+    needed; made with espeak-ng when not given)."""
+    import numpy as np
+    import soundfile as sf
+
+    if source is None:
+        from tests.helpers import media as m
+        source = m.speech_wav(work / "speech.wav", m.SENTENCES * 2, pause_s=0.9)
+    audio, sr = sf.read(source, dtype="float32")
+    if audio.ndim > 1:
+        audio = audio.mean(axis=1)
+    assert sr == SR, f"{source}: {sr} Hz; give 16 kHz speech"
+    need = int((long_s + clip_s * 2) * SR)
+    audio = np.tile(audio, need // len(audio) + 1)
+    clips = []
+    step = max(1, int(SR * 7.3))  # different offsets: different segmentations
+    for i in range(n):
+        p = work / f"clip{i:02d}.wav"
+        sf.write(p, audio[i * step:i * step + int(clip_s * SR)], SR)
+        clips.append(p)
+    long = work / "long.wav"
+    sf.write(long, audio[:int(long_s * SR)], SR)
+    return clips, long
+
+
+class Gpu:
+    def __init__(self, device: str) -> None:
+        import torch
+
+        self.torch = torch
+        self.cuda = device.startswith("cuda")
+
+    def reset(self) -> None:
+        if self.cuda:
+            self.torch.cuda.synchronize()
+            self.torch.cuda.reset_peak_memory_stats()
+
+    def peak_gib(self) -> float | None:
+        if not self.cuda:
+            return None
+        self.torch.cuda.synchronize()
+        return round(self.torch.cuda.max_memory_allocated() / 2**30, 2)
+
+    def sync(self) -> None:
+        if self.cuda:
+            self.torch.cuda.synchronize()
+
+
+def duration(p: Path) -> float:
+    import soundfile as sf
+
+    return float(sf.info(str(p)).duration)
+
+
+def bare_run(model: Any, files: list[Path], gpu: Gpu, batch_size_s: int
+             ) -> tuple[float, list[dict[str, Any]]]:
+    gpu.reset()
+    t = time.perf_counter()
+    out = [model.generate(input=str(f), sentence_timestamp=True, batch_size_s=batch_size_s)[0]
+           for f in files]
+    gpu.sync()
+    return time.perf_counter() - t, out
+
+
+def tingji_run(engine: Any, files: list[Path], k: int, gpu: Gpu
+               ) -> tuple[float, list[dict[str, Any]], list[Any]]:
+    """Every file a task, all ready at once, through the worker's lane."""
+    from worker.batching import AsrJob
+    from worker.lane import AsrLane
+
+    async def main() -> tuple[float, list[AsrJob], list[Any]]:
+        lane = AsrLane(engine, k)
+        jobs = [AsrJob(f) for f in files]
+        stats: list[Any] = []
+
+        async def one(i: int, job: AsrJob) -> None:
+            ticket = await lane.enter(f"t{i}", duration(job.audio))
+            ticket.submit(job)
+            st = await ticket.result()
+            if st is not None and all(st is not s for s in stats):
+                stats.append(st)
+        gpu.reset()
+        t = time.perf_counter()
+        await asyncio.gather(*(one(i, j) for i, j in enumerate(jobs)))
+        gpu.sync()
+        wall = time.perf_counter() - t
+        await lane.close()
+        return wall, jobs, stats
+    wall, jobs, stats = asyncio.run(main())
+    for j in jobs:
+        if j.error is not None:
+            raise RuntimeError(f"{j.audio}: {j.error!r}")
+    return wall, [j.result or {} for j in jobs], stats
+
+
+def batch_sizes(stats: list[Any]) -> dict[str, Any]:
+    sizes = [s for st in stats for s in st.sizes]
+    padded = [p for st in stats for p in st.padded_s]
+    return {"groups": len(stats), "tasks_per_group": [st.tasks for st in stats],
+            "calls": len(sizes), "segments_per_call_median": statistics.median(sizes),
+            "segments_per_call_max": max(sizes),
+            "padded_s_per_call_median": round(statistics.median(padded), 1),
+            "oom_splits": sum(st.oom_splits for st in stats)}
+
+
+def same(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> int:
+    return sum(1 for x, y in zip(a, b, strict=True) if x.get("text") == y.get("text"))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--clips", type=int, default=20)
+    ap.add_argument("--clip-s", type=float, default=60.0)
+    ap.add_argument("--long-s", type=float, default=600.0)
+    ap.add_argument("--k", type=int, default=8, help="tasks per group for the batched run")
+    ap.add_argument("--batch-size-s", type=int, default=300)
+    ap.add_argument("--cpu-batch", action="store_true",
+                    help="on a CPU, batch segments by --batch-size-s too (funasr does not)")
+    ap.add_argument("--source", type=Path, help="16 kHz speech to cut clips from")
+    ap.add_argument("--models", type=Path, default=Path(tempfile.gettempdir()) / "tingji-bench")
+    ap.add_argument("--skip-long", action="store_true")
+    ap.add_argument("--json", type=Path, help="also write the figures here")
+    a = ap.parse_args()
+
+    t0 = time.perf_counter()
+    models = build_models(a.models)
+    work = Path(tempfile.mkdtemp(prefix="tingji-gpu-"))
+    clips, long = make_clips(a.source, work, a.clips, a.clip_s, a.long_s)
+    log(f"models and media ready in {time.perf_counter() - t0:.0f} s")
+
+    from funasr import AutoModel
+
+    from worker.asr import AsrConfig, AsrEngine, resolve_device
+
+    device = resolve_device(a.device)
+    gpu = Gpu(device)
+    ncpu = os.cpu_count() or 1
+    vad_kwargs = {"max_single_segment_time": 60000}
+    bare = AutoModel(model=models["asr"], vad_model=models["vad"], punc_model=models["punc"],
+                     device=device, ncpu=ncpu, vad_kwargs=vad_kwargs, disable_update=True,
+                     disable_pbar=True, log_level="ERROR")
+    engine = AsrEngine(AsrConfig(model=models["asr"], vad_model=models["vad"],
+                                 punc_model=models["punc"], device=device,
+                                 batch_size_s=a.batch_size_s, ncpu=ncpu))
+    engine._load()
+    assert engine.batcher is not None
+    if a.cpu_batch:
+        engine.batcher.max_ms = a.batch_size_s * 1000
+    # warm-up (CUDA context, kernels) on both
+    bare.generate(input=str(clips[0]), sentence_timestamp=True)
+    asyncio.run(engine.transcribe(clips[0], lambda d, t: None, __import__("threading").Event()))
+    log(f"device {device}; warm in {time.perf_counter() - t0:.0f} s")
+
+    figures: dict[str, Any] = {"device": device, "clips": a.clips, "clip_s": a.clip_s,
+                               "long_s": a.long_s, "k": a.k}
+    audio_a = sum(duration(c) for c in clips)
+    wall, ref = bare_run(bare, clips, gpu, a.batch_size_s)
+    figures["a_bare"] = {"wall_s": round(wall, 2), "xrt": round(audio_a / wall, 1),
+                         "peak_gib": gpu.peak_gib()}
+    log(f"(a) bare funasr, {a.clips} x {a.clip_s:.0f} s one by one: {wall:.2f} s = "
+        f"{audio_a / wall:.1f}x realtime, peak {gpu.peak_gib()} GiB")
+    for k in sorted({1, a.k}):
+        wall, out, stats = tingji_run(engine, clips, k, gpu)
+        row = {"wall_s": round(wall, 2), "xrt": round(audio_a / wall, 1),
+               "peak_gib": gpu.peak_gib(), "same_text_as_bare": same(out, ref),
+               "batches": batch_sizes(stats)}
+        figures[f"a_tingji_k{k}"] = row
+        log(f"(a) tingji K={k}: {wall:.2f} s = {audio_a / wall:.1f}x realtime "
+            f"({audio_a / wall / figures['a_bare']['xrt']:.2f}x bare), peak "
+            f"{row['peak_gib']} GiB, same text as bare {row['same_text_as_bare']}/{a.clips}, "
+            f"batches {row['batches']}")
+    if not a.skip_long:
+        audio_b = duration(long)
+        wall, ref_b = bare_run(bare, [long], gpu, a.batch_size_s)
+        figures["b_bare"] = {"wall_s": round(wall, 2), "xrt": round(audio_b / wall, 1),
+                             "peak_gib": gpu.peak_gib()}
+        log(f"(b) bare funasr, one {audio_b:.0f} s clip: {wall:.2f} s = "
+            f"{audio_b / wall:.1f}x realtime, peak {gpu.peak_gib()} GiB")
+        wall, out, stats = tingji_run(engine, [long], 1, gpu)
+        figures["b_tingji"] = {"wall_s": round(wall, 2), "xrt": round(audio_b / wall, 1),
+                               "peak_gib": gpu.peak_gib(),
+                               "same_text_as_bare": same(out, ref_b),
+                               "batches": batch_sizes(stats)}
+        log(f"(b) tingji: {wall:.2f} s = {audio_b / wall:.1f}x realtime "
+            f"({figures['b_bare']['wall_s'] / wall:.2f}x bare), peak "
+            f"{figures['b_tingji']['peak_gib']} GiB, batches {figures['b_tingji']['batches']}")
+    log(json.dumps(figures))
+    if a.json:
+        a.json.write_text(json.dumps(figures, indent=1))
+    engine.close()
+
+
+if __name__ == "__main__":
+    main()
