@@ -12,9 +12,10 @@ funasr's own classes) with the tiny VAD and punctuation models.  The same proces
     ready at once, at K=1 and at K=``--k`` tasks per group;
 (b) one clip of ``--long-s`` seconds: bare, then tingji (a group of one).
 
-For each it prints x-realtime (audio seconds / wall seconds), peak GPU memory (CUDA) and
-the batch sizes the engine chose, and how many transcripts equal bare funasr's.  Runs
-on the GPU machine of the device tool (see ``bench/gpu_device.sh``) or on a CPU.
+Each configuration runs ``--repeat`` times, interleaved with the others; for each it
+prints the median x-realtime (audio seconds / wall seconds), peak GPU memory (CUDA), the
+batch sizes the engine chose and how many transcripts equal bare funasr's.  Runs on the
+GPU machine of the device tool (see ``bench/gpu_device.sh``) or on a CPU.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ def make_clips(source: Path | None, work: Path, n: int, clip_s: float,
 
     if source is None:
         from tests.helpers import media as m
-        source = m.speech_wav(work / "speech.wav", m.SENTENCES * 2, pause_s=0.9)
+        source = m.speech_wav(work / "speech.wav", m.SENTENCES * 2, pause_s=1.5)
     audio, sr = sf.read(source, dtype="float32")
     if audio.ndim > 1:
         audio = audio.mean(axis=1)
@@ -172,11 +173,13 @@ def main() -> None:
     ap.add_argument("--long-s", type=float, default=600.0)
     ap.add_argument("--k", type=int, default=8, help="tasks per group for the batched run")
     ap.add_argument("--batch-size-s", type=int, default=300)
-    ap.add_argument("--cpu-batch", action="store_true",
-                    help="on a CPU, batch segments by --batch-size-s too (funasr does not)")
+    ap.add_argument("--cpu-batch-size-s", type=int, default=60,
+                    help="tingji's bound on a CPU (0: one segment per call, as funasr)")
     ap.add_argument("--source", type=Path, help="16 kHz speech to cut clips from")
     ap.add_argument("--models", type=Path, default=Path(tempfile.gettempdir()) / "tingji-bench")
     ap.add_argument("--skip-long", action="store_true")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="runs of each configuration, interleaved; medians reported")
     ap.add_argument("--json", type=Path, help="also write the figures here")
     a = ap.parse_args()
 
@@ -199,49 +202,64 @@ def main() -> None:
                      disable_pbar=True, log_level="ERROR")
     engine = AsrEngine(AsrConfig(model=models["asr"], vad_model=models["vad"],
                                  punc_model=models["punc"], device=device,
-                                 batch_size_s=a.batch_size_s, ncpu=ncpu))
+                                 batch_size_s=a.batch_size_s,
+                                 cpu_batch_size_s=a.cpu_batch_size_s, ncpu=ncpu))
     engine._load()
     assert engine.batcher is not None
-    if a.cpu_batch:
-        engine.batcher.max_ms = a.batch_size_s * 1000
     # warm-up (CUDA context, kernels) on both
     bare.generate(input=str(clips[0]), sentence_timestamp=True)
     asyncio.run(engine.transcribe(clips[0], lambda d, t: None, __import__("threading").Event()))
     log(f"device {device}; warm in {time.perf_counter() - t0:.0f} s")
 
     figures: dict[str, Any] = {"device": device, "clips": a.clips, "clip_s": a.clip_s,
-                               "long_s": a.long_s, "k": a.k}
+                               "long_s": a.long_s, "k": a.k, "repeat": a.repeat}
+
+    def measure(name: str, files: list[Path], k: int | None) -> None:
+        """Run a configuration ``--repeat`` times (interleaved with the others by the
+        caller) and keep its median wall time, peak memory, outputs and batch sizes."""
+        if k is None:
+            wall, out = bare_run(bare, files, gpu, a.batch_size_s)
+            stats: list[Any] = []
+        else:
+            wall, out, stats = tingji_run(engine, files, k, gpu)
+        row = runs.setdefault(name, {"walls": [], "peak_gib": None})
+        row["walls"].append(wall)
+        row["peak_gib"] = max(filter(None, [row["peak_gib"], gpu.peak_gib()]), default=None)
+        row["out"], row["stats"] = out, stats
+
+    def report(name: str, audio_s: float, ref: str | None, label: str) -> None:
+        row = runs[name]
+        wall = statistics.median(row["walls"])
+        fig = {"wall_s": round(wall, 2), "walls": [round(w, 2) for w in row["walls"]],
+               "xrt": round(audio_s / wall, 1), "peak_gib": row["peak_gib"]}
+        text = f"{label}: median {wall:.2f} s = {audio_s / wall:.1f}x realtime"
+        if ref is not None:
+            bare_wall = statistics.median(runs[ref]["walls"])
+            fig["vs_bare"] = round(bare_wall / wall, 2)
+            fig["same_text_as_bare"] = same(row["out"], runs[ref]["out"])
+            fig["batches"] = batch_sizes(row["stats"])
+            text += (f" ({fig['vs_bare']:.2f}x bare), same text as bare "
+                     f"{fig['same_text_as_bare']}/{len(row['out'])}, batches {fig['batches']}")
+        figures[name] = fig
+        log(f"{text}, peak GPU memory {row['peak_gib']} GiB, runs {fig['walls']}")
+
+    runs: dict[str, dict[str, Any]] = {}
     audio_a = sum(duration(c) for c in clips)
-    wall, ref = bare_run(bare, clips, gpu, a.batch_size_s)
-    figures["a_bare"] = {"wall_s": round(wall, 2), "xrt": round(audio_a / wall, 1),
-                         "peak_gib": gpu.peak_gib()}
-    log(f"(a) bare funasr, {a.clips} x {a.clip_s:.0f} s one by one: {wall:.2f} s = "
-        f"{audio_a / wall:.1f}x realtime, peak {gpu.peak_gib()} GiB")
-    for k in sorted({1, a.k}):
-        wall, out, stats = tingji_run(engine, clips, k, gpu)
-        row = {"wall_s": round(wall, 2), "xrt": round(audio_a / wall, 1),
-               "peak_gib": gpu.peak_gib(), "same_text_as_bare": same(out, ref),
-               "batches": batch_sizes(stats)}
-        figures[f"a_tingji_k{k}"] = row
-        log(f"(a) tingji K={k}: {wall:.2f} s = {audio_a / wall:.1f}x realtime "
-            f"({audio_a / wall / figures['a_bare']['xrt']:.2f}x bare), peak "
-            f"{row['peak_gib']} GiB, same text as bare {row['same_text_as_bare']}/{a.clips}, "
-            f"batches {row['batches']}")
+    ks = sorted({1, a.k})
+    for _ in range(a.repeat):
+        measure("a_bare", clips, None)
+        for k in ks:
+            measure(f"a_tingji_k{k}", clips, k)
+    report("a_bare", audio_a, None, f"(a) bare funasr, {a.clips} x {a.clip_s:.0f} s one by one")
+    for k in ks:
+        report(f"a_tingji_k{k}", audio_a, "a_bare", f"(a) tingji K={k}")
     if not a.skip_long:
         audio_b = duration(long)
-        wall, ref_b = bare_run(bare, [long], gpu, a.batch_size_s)
-        figures["b_bare"] = {"wall_s": round(wall, 2), "xrt": round(audio_b / wall, 1),
-                             "peak_gib": gpu.peak_gib()}
-        log(f"(b) bare funasr, one {audio_b:.0f} s clip: {wall:.2f} s = "
-            f"{audio_b / wall:.1f}x realtime, peak {gpu.peak_gib()} GiB")
-        wall, out, stats = tingji_run(engine, [long], 1, gpu)
-        figures["b_tingji"] = {"wall_s": round(wall, 2), "xrt": round(audio_b / wall, 1),
-                               "peak_gib": gpu.peak_gib(),
-                               "same_text_as_bare": same(out, ref_b),
-                               "batches": batch_sizes(stats)}
-        log(f"(b) tingji: {wall:.2f} s = {audio_b / wall:.1f}x realtime "
-            f"({figures['b_bare']['wall_s'] / wall:.2f}x bare), peak "
-            f"{figures['b_tingji']['peak_gib']} GiB, batches {figures['b_tingji']['batches']}")
+        for _ in range(a.repeat):
+            measure("b_bare", [long], None)
+            measure("b_tingji", [long], 1)
+        report("b_bare", audio_b, None, f"(b) bare funasr, one {audio_b:.0f} s clip")
+        report("b_tingji", audio_b, "b_bare", "(b) tingji")
     log(json.dumps(figures))
     if a.json:
         a.json.write_text(json.dumps(figures, indent=1))

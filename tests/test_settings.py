@@ -32,11 +32,23 @@ def test_values_are_parsed() -> None:
     ("TINGJI_PORT", "70000", "port"),
     ("TINGJI_LLM_BASE_URL", "ftp://x", "http(s)"),
     ("TINGJI_DEVICE", "tpu", "one of"),
+    ("TINGJI_ASR_BATCH_TASKS", "0", "between 1 and 256"),
+    ("TINGJI_ASR_BATCH_TASKS", "eight", "integer"),
+    ("TINGJI_CPU_BATCH_SIZE_S", "-1", ">= 0"),
 ])
 def test_bad_values_name_the_variable(var: str, value: str, why: str) -> None:
     with pytest.raises(SettingsError) as info:
         Settings.from_env({var: value})
     assert var in str(info.value) and why in str(info.value)
+
+
+def test_asr_batch_tasks_default_follows_the_device() -> None:
+    from worker.main import default_batch_tasks
+
+    assert Settings.from_env({}).asr_batch_tasks is None  # resolved by the worker
+    assert Settings.from_env({"TINGJI_ASR_BATCH_TASKS": "4"}).asr_batch_tasks == 4
+    assert default_batch_tasks("cpu") == 1 and default_batch_tasks("cuda:0") == 8
+    assert Settings.from_env({"TINGJI_CPU_BATCH_SIZE_S": "0"}).cpu_batch_size_s == 0
 
 
 def test_readme_documents_every_setting() -> None:

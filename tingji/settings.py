@@ -48,6 +48,7 @@ class Settings:
     punc_model: str | None = "ct-punc"
     device: str = "auto"
     batch_size_s: int = 300
+    cpu_batch_size_s: int = 60
     asr_batch_tasks: int | None = None  # None: 8 on CUDA, 1 on a CPU
     io_concurrency: int = 4
     max_download_mb: int = 4096
@@ -156,6 +157,7 @@ class Settings:
         read("punc_model", optional)
         read("device", choice(DEVICES))
         read("batch_size_s", _int, positive)
+        read("cpu_batch_size_s", _int, lambda v: None if v >= 0 else "must be >= 0")
         read("asr_batch_tasks", lambda r: _int(r) if r else None,
              lambda v: None if v is None or 1 <= v <= 256 else "must be between 1 and 256")
         read("io_concurrency", _int, positive)

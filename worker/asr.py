@@ -40,7 +40,8 @@ class AsrConfig:
     vad_model: str | None = "fsmn-vad"
     punc_model: str | None = "ct-punc"
     device: str = "auto"
-    batch_size_s: int = 300
+    batch_size_s: int = 300  # padded seconds per batch on a GPU
+    cpu_batch_size_s: int = 60  # ... on a CPU (0: one segment per call, as funasr)
     vad_max_end_silence_ms: int | None = None
     ncpu: int = max(1, os.cpu_count() or 1)
 
@@ -113,7 +114,8 @@ class AsrEngine:
                                  f"{type(exc).__name__}: {first}{hint}") from exc
         predictor = make_padding_invariant(model.model)
         self.batcher = CrossTaskBatch(
-            model, device=self.device, batch_size_s=c.batch_size_s,
+            model, device=self.device,
+            batch_size_s=c.cpu_batch_size_s if self.device == "cpu" else c.batch_size_s,
             generate_kw={"sentence_timestamp": True, "batch_size_s": c.batch_size_s})
         self.model = model
         self.loads += 1

@@ -8,10 +8,12 @@ a GPU on small batches.  The worker sees the whole queue; for a group of ready t
    VAD runs for real and its segments are recorded (the ASR calls get empty answers, so
    nothing else runs);
 2. **decode** – the union of all tasks' segments, sorted by length, in batches bounded by
-   padded seconds (``batch_size_s``, as funasr bounds them; one segment per call on a
-   CPU, as funasr does there).  A cancelled or failed task's segments leave the
-   remaining batches; a CUDA out-of-memory error splits the batch and lowers the bound;
-   any other error is narrowed down by bisection to the one task it belongs to;
+   padded seconds (``TINGJI_BATCH_SIZE_S`` on a GPU, as funasr bounds them;
+   ``TINGJI_CPU_BATCH_SIZE_S`` on a CPU, where funasr decodes one segment per call: with
+   padding-invariant decoding, batching is 1.5x faster there too).  A cancelled or
+   failed task's segments leave the remaining batches; a CUDA out-of-memory error
+   splits the batch and lowers the bound; any other error is narrowed down by bisection
+   to the one task it belongs to;
 3. **assemble** – each task through ``AutoModel.generate`` again, its VAD and ASR calls
    answered from steps 1 and 2, so funasr's own code merges segments, punctuates and
    builds sentence timestamps, per task.
@@ -143,8 +145,8 @@ class CrossTaskBatch:
                  decode_hook: Callable[[list[Any]], None] | None = None) -> None:
         self.model = model
         self.device = device
-        # funasr's own bounds: padded milliseconds per batch; on a CPU one segment a call
-        self.max_ms = 0 if device == "cpu" else max(1, batch_size_s) * 1000
+        # padded milliseconds per batch (0: one segment per call, as funasr on a CPU)
+        self.max_ms = max(0, batch_size_s) * 1000
         self.threshold_ms = batch_size_threshold_s * 1000
         self.generate_kw = generate_kw or {}
         self.decode_hook = decode_hook  # tests: called with each batch before decoding

@@ -63,7 +63,7 @@ class Worker:
         self.asr = asr or AsrEngine(AsrConfig(
             model=settings.asr_model, vad_model=settings.vad_model,
             punc_model=settings.punc_model, device=settings.device,
-            batch_size_s=settings.batch_size_s,
+            batch_size_s=settings.batch_size_s, cpu_batch_size_s=settings.cpu_batch_size_s,
             vad_max_end_silence_ms=settings.vad_max_end_silence_ms))
         self.llm: Llm | None = None
         if settings.llm_configured:
