@@ -14,7 +14,8 @@ funasr's own classes) with the tiny VAD and punctuation models.  The same proces
 
 Each configuration runs ``--repeat`` times, interleaved with the others; for each it
 prints the median x-realtime (audio seconds / wall seconds), peak GPU memory (CUDA), the
-batch sizes the engine chose and how many transcripts equal bare funasr's.  Runs on the
+batch sizes the engine chose and how many transcripts (text, timestamps, sentences)
+equal bare funasr's.  Runs on the
 GPU machine of the device tool (see ``bench/gpu_device.sh``) or on a CPU.
 """
 
@@ -162,7 +163,10 @@ def batch_sizes(stats: list[Any]) -> dict[str, Any]:
 
 
 def same(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> int:
-    return sum(1 for x, y in zip(a, b, strict=True) if x.get("text") == y.get("text"))
+    """Transcripts equal in text, character timestamps and sentences."""
+    keys = ("text", "timestamp", "sentence_info")
+    return sum(1 for x, y in zip(a, b, strict=True)
+               if all(x.get(k) == y.get(k) for k in keys))
 
 
 def main() -> None:
@@ -236,10 +240,10 @@ def main() -> None:
         if ref is not None:
             bare_wall = statistics.median(runs[ref]["walls"])
             fig["vs_bare"] = round(bare_wall / wall, 2)
-            fig["same_text_as_bare"] = same(row["out"], runs[ref]["out"])
+            fig["same_output_as_bare"] = same(row["out"], runs[ref]["out"])
             fig["batches"] = batch_sizes(row["stats"])
-            text += (f" ({fig['vs_bare']:.2f}x bare), same text as bare "
-                     f"{fig['same_text_as_bare']}/{len(row['out'])}, batches {fig['batches']}")
+            text += (f" ({fig['vs_bare']:.2f}x bare), same output as bare "
+                     f"{fig['same_output_as_bare']}/{len(row['out'])}, batches {fig['batches']}")
         figures[name] = fig
         log(f"{text}, peak GPU memory {row['peak_gib']} GiB, runs {fig['walls']}")
 

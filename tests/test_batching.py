@@ -1,5 +1,6 @@
-"""Cross-task batching (worker.batching) and the padding-invariant predictor
-(worker.paraformer), in-process with real funasr and random-weight models.
+"""Cross-task batching (worker.batching) and tingji's Paraformer predictor
+(worker.paraformer: padding-invariant, compiled CIF loops), in-process with real funasr
+and random-weight models.
 
 The identity checks use an ASR model whose CIF predictor follows the encoder output
 closely (``predictor_gain``), so a frame leaking from the padding changes text or
@@ -133,6 +134,26 @@ def test_padded_decoding_equals_decoding_alone(stock: Any, sensitive_asr: str,
     fixed = _load(sensitive_asr, tiny_models)
     assert make_padding_invariant(fixed.model) == "TingjiCifPredictorV3"
     assert changed(fixed) == 0
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_compiled_cif_loops_equal_funasr_bit_for_bit(seed: int) -> None:
+    import torch
+    from funasr.models.bicif_paraformer.cif_predictor import cif, cif_wo_hidden
+
+    from worker.paraformer import fast_cif, fast_cif_wo_hidden
+
+    g = torch.Generator().manual_seed(seed)
+    b, t, d = 1 + seed, 40 + 97 * seed, 8 + 5 * seed
+    alphas = torch.rand(b, t, generator=g) * (0.15 + 0.15 * seed)
+    alphas[:, t - t // (2 + seed):] = 0.0  # a padded tail
+    hidden = torch.randn(b, t, d, generator=g)
+    embeds, fires = cif(hidden, alphas, 1.0)
+    fast_embeds, fast_fires = fast_cif(hidden, alphas, 1.0)
+    assert torch.equal(embeds, fast_embeds) and torch.equal(fires, fast_fires)
+    assert embeds.shape[1] > 0
+    up = torch.rand(b, 3 * t, generator=g) * 0.1
+    assert torch.equal(cif_wo_hidden(up, 1.0 - 1e-4), fast_cif_wo_hidden(up, 1.0 - 1e-4))
 
 
 # ---------------------------------------------------------------- groups

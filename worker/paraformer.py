@@ -16,6 +16,12 @@ before the predictor and run the BLSTM on packed sequences, so a segment decodes
 same text and timestamps alone or in any batch.  That is what lets the worker batch
 speech across tasks (``worker.batching``) without changing anyone's transcript.
 
+They also replace the CIF predictor's per-frame Python loops (integrate-and-fire, and
+its twin for the timestamp head over 3x upsampled frames), which launch several tensor
+operations per frame - on a GPU thousands of tiny kernels per batch - with compiled
+loops (numba) that do the same float32 operations in the same order: bit-identical
+results, without the per-frame overhead.
+
 The classes are registered with funasr's tables under their own names (a model's
 ``config.yaml`` may name them) and ``make_padding_invariant`` switches an already
 loaded model's predictor to them in place; they add no parameters, so the weights are
@@ -26,11 +32,95 @@ from __future__ import annotations
 
 from typing import Any
 
+import numba
+import numpy as np
 import torch
-from funasr.models.bicif_paraformer.cif_predictor import CifPredictorV3, cif_wo_hidden
+from funasr.models.bicif_paraformer.cif_predictor import CifPredictorV3, cif, cif_wo_hidden
 from funasr.models.paraformer.cif_predictor import CifPredictorV2
 from funasr.register import tables
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+# ----------------------------------------------------------------------------- CIF
+# The loops of funasr.models.bicif_paraformer.cif_predictor.cif / cif_wo_hidden, one
+# sequence at a time, in float32 like the tensors there: every value is produced by the
+# same IEEE operations in the same order, so the results are equal bit for bit.
+
+@numba.njit(cache=True)
+def _fires_kernel(alphas: np.ndarray, threshold: np.float32, step: np.float32
+                  ) -> np.ndarray:  # pragma: no cover - compiled
+    b_size, t_size = alphas.shape
+    fires = np.empty((b_size, t_size), dtype=np.float32)
+    for b in range(b_size):
+        integrate = np.float32(0.0)
+        for t in range(t_size):
+            integrate = integrate + alphas[b, t]
+            fires[b, t] = integrate
+            if integrate >= threshold:
+                integrate = integrate - step
+    return fires
+
+
+@numba.njit(cache=True)
+def _cif_kernel(hidden: np.ndarray, alphas: np.ndarray, threshold: np.float32,
+                max_len: int) -> tuple[np.ndarray, np.ndarray, bool]:  # pragma: no cover
+    b_size, t_size, d_size = hidden.shape
+    one = np.float32(1.0)
+    embeds = np.zeros((b_size, max_len, d_size), dtype=np.float32)
+    fires = np.empty((b_size, t_size), dtype=np.float32)
+    frame = np.zeros(d_size, dtype=np.float32)
+    overflow = False
+    for b in range(b_size):
+        integrate = np.float32(0.0)
+        frame[:] = 0.0
+        n = 0
+        for t in range(t_size):
+            alpha = alphas[b, t]
+            completion = one - integrate
+            integrate = integrate + alpha
+            fires[b, t] = integrate
+            fire = integrate >= threshold
+            if fire:
+                integrate = integrate - one
+                cur = completion
+            else:
+                cur = alpha
+            for d in range(d_size):
+                frame[d] = frame[d] + cur * hidden[b, t, d]
+            if fire:
+                if n < max_len:
+                    embeds[b, n, :] = frame
+                else:
+                    overflow = True
+                n += 1
+                rem = alpha - cur
+                for d in range(d_size):
+                    frame[d] = rem * hidden[b, t, d]
+    return embeds, fires, overflow
+
+
+def fast_cif_wo_hidden(alphas: torch.Tensor, threshold: float) -> torch.Tensor:
+    """``cif_wo_hidden`` without a Python loop over frames; the same values."""
+    if alphas.dtype != torch.float32:
+        return cif_wo_hidden(alphas, threshold)
+    a = alphas.detach().to("cpu").contiguous().numpy()
+    t = np.float32(threshold)
+    return torch.from_numpy(_fires_kernel(a, t, t)).to(alphas.device)
+
+
+def fast_cif(hidden: torch.Tensor, alphas: torch.Tensor, threshold: float
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``cif`` (acoustic embeddings at the fired frames, and the fires) without a Python
+    loop over frames; the same values."""
+    if hidden.dtype != torch.float32 or alphas.dtype != torch.float32:
+        return cif(hidden, alphas, threshold)
+    max_len = int(torch.round(alphas.sum(-1)).int().max())
+    embeds, fires, overflow = _cif_kernel(
+        hidden.detach().to("cpu").contiguous().numpy(),
+        alphas.detach().to("cpu").contiguous().numpy(), np.float32(threshold), max(0, max_len))
+    if overflow:  # more fires than tokens: let funasr's own code handle (and report) it
+        return cif(hidden, alphas, threshold)
+    return (torch.from_numpy(embeds).to(hidden.device),
+            torch.from_numpy(fires).to(alphas.device))
 
 
 def _zero_padding(hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -51,29 +141,77 @@ class TingjiCifPredictorV2(CifPredictorV2):
 @tables.register("predictor_classes", "TingjiCifPredictorV3")
 class TingjiCifPredictorV3(CifPredictorV3):
     def forward(self, hidden: torch.Tensor, target_label: Any = None,
-                mask: torch.Tensor | None = None, *args: Any, **kwargs: Any) -> Any:
-        return super().forward(_zero_padding(hidden, mask), target_label, mask,
-                               *args, **kwargs)
+                mask: torch.Tensor | None = None, ignore_id: int = -1,
+                mask_chunk_predictor: torch.Tensor | None = None,
+                target_label_length: torch.Tensor | None = None) -> Any:
+        """``CifPredictorV3.forward`` with padded frames zeroed and the compiled CIF loop;
+        otherwise the same operations in the same order."""
+        if self.training:  # tingji only decodes; training keeps funasr's code
+            return super().forward(hidden, target_label, mask, ignore_id,
+                                   mask_chunk_predictor, target_label_length)
+        hidden = _zero_padding(hidden, mask)
+        context = hidden.transpose(1, 2)
+        output = torch.relu(self.cif_conv1d(self.pad(context)))
+        _output = output if self.use_cif1_cnn else context
+        output2 = self._upsampled(_output, mask)
+        alphas2 = torch.sigmoid(self.cif_output2(output2))
+        alphas2 = torch.nn.functional.relu(alphas2 * self.smooth_factor2 - self.noise_threshold2)
+        if mask is not None:
+            mask2 = (mask.repeat(1, self.upsample_times, 1).transpose(-1, -2)
+                     .reshape(alphas2.shape[0], -1)).unsqueeze(-1)
+            alphas2 = alphas2 * mask2
+        token_num2 = alphas2.squeeze(-1).sum(-1)
+
+        output = self.cif_output(output.transpose(1, 2))
+        alphas = torch.sigmoid(output)
+        alphas = torch.nn.functional.relu(alphas * self.smooth_factor - self.noise_threshold)
+        if mask is not None:
+            mask = mask.transpose(-1, -2).float()
+            alphas = alphas * mask
+        if mask_chunk_predictor is not None:
+            alphas = alphas * mask_chunk_predictor
+        alphas = alphas.squeeze(-1)
+        if mask is not None:
+            mask = mask.squeeze(-1)
+        if target_label_length is not None:
+            target_length = target_label_length
+        elif target_label is not None:
+            target_length = (target_label != ignore_id).float().sum(-1)
+        else:
+            target_length = None
+        token_num = alphas.sum(-1)
+        if target_length is not None:
+            alphas *= (target_length / token_num)[:, None].repeat(1, alphas.size(1))
+        elif self.tail_threshold > 0.0:
+            hidden, alphas, token_num = self.tail_process_fn(hidden, alphas, token_num,
+                                                             mask=mask)
+        acoustic_embeds, cif_peak = fast_cif(hidden, alphas, self.threshold)
+        if target_length is None and self.tail_threshold > 0.0:
+            token_num_int = torch.max(token_num).type(torch.int32).item()
+            acoustic_embeds = acoustic_embeds[:, :token_num_int, :]
+        return acoustic_embeds, token_num, alphas, cif_peak, token_num2
+
+    def _upsampled(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        if self.upsample_type == "cnn":
+            return self.upsample_cnn(x).transpose(1, 2)  # type: ignore[no-any-return]
+        if self.upsample_type == "cnn_blstm":
+            return self._blstm(self.upsample_cnn(x).transpose(1, 2), mask)
+        if self.upsample_type == "cnn_attn":
+            out, _ = self.self_attn(self.upsample_cnn(x).transpose(1, 2), mask)
+            return out  # type: ignore[no-any-return]
+        raise ValueError(f"unknown upsample_type {self.upsample_type!r}")
 
     def get_upsample_timestamp(self, hidden: torch.Tensor, mask: torch.Tensor | None = None,
                                token_num: torch.Tensor | None = None) -> Any:
-        """``CifPredictorV3.get_upsample_timestamp`` with padded frames zeroed and the
-        BLSTM over packed sequences; otherwise the same operations in the same order."""
+        """``CifPredictorV3.get_upsample_timestamp`` with padded frames zeroed, the BLSTM
+        over packed sequences and the compiled fire loop; otherwise the same operations in
+        the same order."""
         hidden = _zero_padding(hidden, mask)
         b = hidden.shape[0]
         context = hidden.transpose(1, 2)
         output = torch.relu(self.cif_conv1d(self.pad(context)))
         _output = output if self.use_cif1_cnn else context
-        if self.upsample_type == "cnn":
-            output2 = self.upsample_cnn(_output).transpose(1, 2)
-        elif self.upsample_type == "cnn_blstm":
-            output2 = self.upsample_cnn(_output).transpose(1, 2)
-            output2 = self._blstm(output2, mask)
-        elif self.upsample_type == "cnn_attn":
-            output2 = self.upsample_cnn(_output).transpose(1, 2)
-            output2, _ = self.self_attn(output2, mask)
-        else:  # pragma: no cover - funasr's own class rejects this too
-            raise ValueError(f"unknown upsample_type {self.upsample_type!r}")
+        output2 = self._upsampled(_output, mask)
         alphas2 = torch.sigmoid(self.cif_output2(output2))
         alphas2 = torch.nn.functional.relu(alphas2 * self.smooth_factor2 - self.noise_threshold2)
         if mask is not None:
@@ -85,9 +223,9 @@ class TingjiCifPredictorV3(CifPredictorV3):
         if token_num is not None:
             alphas2 *= (token_num / _token_num)[:, None].repeat(1, alphas2.size(1))
         ds_alphas = alphas2.reshape(b, -1, self.upsample_times).sum(-1)
-        ds_cif_peak = cif_wo_hidden(ds_alphas, self.threshold - 1e-4)
+        ds_cif_peak = fast_cif_wo_hidden(ds_alphas, self.threshold - 1e-4)
         us_alphas = alphas2
-        us_cif_peak = cif_wo_hidden(us_alphas, self.threshold - 1e-4)
+        us_cif_peak = fast_cif_wo_hidden(us_alphas, self.threshold - 1e-4)
         return ds_alphas, ds_cif_peak, us_alphas, us_cif_peak
 
     def _blstm(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -127,4 +265,5 @@ def make_padding_invariant(model: Any) -> str | None:
     return sub.__name__
 
 
-__all__ = ["TingjiCifPredictorV2", "TingjiCifPredictorV3", "make_padding_invariant"]
+__all__ = ["TingjiCifPredictorV2", "TingjiCifPredictorV3", "fast_cif", "fast_cif_wo_hidden",
+           "make_padding_invariant"]
