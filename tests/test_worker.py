@@ -177,6 +177,24 @@ def test_ready_tasks_are_transcribed_together_with_the_same_results(
     assert results["3"][1] == results["1"][1]
 
 
+def test_cancel_inside_a_group_stops_that_task_only(stack_factory: Callable[..., Stack],
+                                                   media: dict[str, Path]) -> None:
+    stack = stack_factory(TINGJI_ASR_BATCH_TASKS="3")
+    long = stack.upload(media["long"])
+    others = [stack.upload(media["speech"]), stack.upload(media["mp3"])]
+    stack.worker()
+    stack.wait(lambda: (t := stack.task(long))["stage"] == "transcribe" and
+               t["progress"] > 0.05, 90, "the group never started decoding")
+    assert all(stack.task(o)["stage"] == "transcribe" for o in others)  # one group
+    t = time.monotonic()
+    assert stack.http.post(f"/api/v1/task/{long}/cancel").json()["status"] == "processing"
+    assert stack.finished(long, 30)["status"] == "cancelled"
+    assert time.monotonic() - t < 10
+    for o in others:
+        task = stack.finished(o)
+        assert task["status"] == "completed" and task["result"]["asr_group"]["tasks"] == 3
+
+
 # ---------------------------------------------------------------- crash and stop
 def _wait_stage(stack: Stack, tid: str, stage: str, min_progress: float = 0.0) -> None:
     stack.wait(lambda: (t := stack.task(tid))["stage"] == stage and
