@@ -33,6 +33,7 @@ import os  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
+import threading  # noqa: E402
 import time  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -212,7 +213,7 @@ def main() -> None:
     assert engine.batcher is not None
     # warm-up (CUDA context, kernels) on both
     bare.generate(input=str(clips[0]), sentence_timestamp=True)
-    asyncio.run(engine.transcribe(clips[0], lambda d, t: None, __import__("threading").Event()))
+    asyncio.run(engine.transcribe(clips[0], lambda d, t: None, threading.Event()))
     log(f"device {device}; warm in {time.perf_counter() - t0:.0f} s")
 
     figures: dict[str, Any] = {"device": device, "clips": a.clips, "clip_s": a.clip_s,

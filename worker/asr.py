@@ -27,11 +27,8 @@ from typing import Any
 from db.queue import SegmentRow
 from worker.batching import AsrJob, BatchStats, CrossTaskBatch
 from worker.errors import TaskCancelled
-from worker.paraformer import make_padding_invariant
 
 log = logging.getLogger("tingji.worker.asr")
-
-SAMPLE_RATE = 16_000
 
 
 @dataclass(frozen=True)
@@ -112,6 +109,8 @@ class AsrEngine:
             first = (str(exc).strip().splitlines() or [""])[0][:300]
             raise ModelLoadError(f"cannot load ASR model {c.description}: "
                                  f"{type(exc).__name__}: {first}{hint}") from exc
+        from worker.paraformer import make_padding_invariant  # imports funasr: lane only
+
         predictor = make_padding_invariant(model.model)
         self.batcher = CrossTaskBatch(
             model, device=self.device,

@@ -35,10 +35,10 @@ from pathlib import Path
 from typing import Any
 
 from worker.errors import RetryableTaskError, TaskCancelled
+from worker.media import SAMPLE_RATE  # what the normalized audio and funasr use
 
 log = logging.getLogger("tingji.worker.batching")
 
-SAMPLE_RATE = 16_000
 
 
 @dataclass
