@@ -100,6 +100,34 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
+def sensitive_asr(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A tiny ASR model whose CIF predictor follows the encoder output closely (see
+    ``build_asr``'s ``predictor_gain``): padding leaks show in its text and timestamps."""
+    out = tmp_path_factory.mktemp("sensitive")
+    import subprocess
+    import sys
+
+    subprocess.run([sys.executable, "-m", "tests.helpers.tiny_funasr", str(out), "--only", "asr",
+                    "--predictor-gain", "0.3", "--seed", "3"], cwd=ROOT, check=True,
+                   capture_output=True, timeout=300)
+    return str(out / "asr")
+
+
+@pytest.fixture(scope="session")
+def clips(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """Five clips of different lengths (about 6 to 45 s), sentences and pauses."""
+    from tests.helpers import media as m
+
+    d = tmp_path_factory.mktemp("clips")
+    s = m.SENTENCES
+    out = []
+    for i in range(5):
+        sentences = [s[(i + j) % len(s)] for j in range(1 + 2 * i)]
+        out.append(m.speech_wav(d / f"clip{i}.wav", sentences, pause_s=0.7 + 0.25 * i))
+    return out
+
+
+@pytest.fixture(scope="session")
 def media(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Real media made with espeak-ng and ffmpeg."""
     from tests.helpers import media as m

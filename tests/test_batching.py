@@ -9,40 +9,15 @@ timestamps; the reference is stock funasr decoding each file alone, as it does o
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.helpers import media as m
+from tests.helpers.asr import jobs_for as _jobs
+from tests.helpers.asr import owner_of as _owner
 
 pytestmark = pytest.mark.slow
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="session")
-def sensitive_asr(tmp_path_factory: pytest.TempPathFactory) -> str:
-    out = tmp_path_factory.mktemp("sensitive")
-    subprocess.run([sys.executable, "-m", "tests.helpers.tiny_funasr", str(out), "--only", "asr",
-                    "--predictor-gain", "0.3", "--seed", "3"], cwd=ROOT, check=True,
-                   capture_output=True, timeout=300)
-    return str(out / "asr")
-
-
-@pytest.fixture(scope="session")
-def clips(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
-    """Five clips of different lengths (about 6 to 45 s), sentences and pauses."""
-    d = tmp_path_factory.mktemp("clips")
-    s = m.SENTENCES
-    out = []
-    for i in range(5):
-        sentences = [s[(i + j) % len(s)] for j in range(1 + 2 * i)]
-        out.append(m.speech_wav(d / f"clip{i}.wav", sentences, pause_s=0.7 + 0.25 * i))
-    return out
 
 
 def _load(asr: str, models: dict[str, str], **kw: Any) -> Any:
@@ -80,22 +55,6 @@ def engine(sensitive_asr: str, tiny_models: dict[str, str]) -> Any:
 def _same(result: dict[str, Any], ref: dict[str, Any]) -> bool:
     keys = ("text", "timestamp", "sentence_info")
     return all(result.get(k) == ref.get(k) for k in keys)
-
-
-def _jobs(clips: list[Path]) -> list[Any]:
-    from worker.batching import AsrJob
-
-    return [AsrJob(c) for c in clips]
-
-
-def _owner(jobs: list[Any]) -> Callable[[Any], int]:
-    """Which job a segment array (as handed to the model) belongs to."""
-    def owner(seg: Any) -> int:
-        for n, job in enumerate(jobs):
-            if any(seg is s for s in job.segments):
-                return n
-        raise AssertionError("a segment of no job")
-    return owner
 
 
 # ---------------------------------------------------------------- padding

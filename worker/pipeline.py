@@ -24,7 +24,7 @@ from db.models import Stage, Task, TaskKind
 from db.queue import SegmentRow
 from db.reads import Checkpoint
 from tingji.formats import render_all
-from worker.asr import to_segments, transcript_of
+from worker.asr import Transcript, transcript_of
 from worker.batching import AsrJob
 from worker.errors import RetryableTaskError, TaskCancelled, TaskTakenAway
 from worker.fetch import fetch_upload, fetch_url
@@ -146,11 +146,10 @@ class TaskRun:
         duration = float(fetch_out["duration_s"])
         title = str(fetch_out.get("title") or self.id)
 
-        # transcribe (one task at a time on the model lane)
+        # transcribe (in a group of ready tasks, on the model lane)
         tr_cp = cps.get(Stage.TRANSCRIBE)
         self.fetched = True
         if tr_cp is None:
-            w.lane.poke()
             ticket = await w.lane.enter(self.id, duration)
             self.waiting_for_model = False
             try:
@@ -240,7 +239,7 @@ class TaskRun:
         audio of the whole group, which is decoded together."""
         w = self.worker
         loop = asyncio.get_running_loop()
-        job_holder: dict[str, AsrJob] = {}
+        holder: dict[str, Transcript] = {}
 
         def progress(done: float, total: float) -> None:  # called on the model lane
             if total > 0:
@@ -249,10 +248,10 @@ class TaskRun:
         async def body() -> dict[str, Any]:
             if not w.asr.loaded:
                 self.message = "loading the ASR model"
-            job = job_holder["job"] = AsrJob(audio, progress, self.stop_event)
+            job = AsrJob(audio, progress, self.stop_event)
             ticket.submit(job)
             stats = await ticket.result()
-            tr = transcript_of(job)
+            tr = holder["transcript"] = transcript_of(job)
             self.message = None
             out: dict[str, Any] = {
                 "text": tr.text, "segments": len(tr.segments),
@@ -263,8 +262,8 @@ class TaskRun:
             return out
 
         def segments() -> list[SegmentRow] | None:
-            job = job_holder.get("job")
-            return to_segments(job.result) if job is not None and job.result else None
+            tr = holder.get("transcript")
+            return tr.segments if tr is not None else None
 
         return await self._stage(Stage.TRANSCRIBE, body,
                                  timeout=self.timeout_for(ticket.group_duration_s),
