@@ -271,6 +271,26 @@ def test_cancel_during_transcribe_stops_within_seconds(stack_factory: Callable[.
     assert stack.finished(other)["status"] == "completed"
 
 
+def test_model_that_does_not_load_stops_the_worker_and_keeps_the_tasks(
+        stack_factory: Callable[..., Stack], media: dict[str, Path],
+        tiny_models: dict[str, str], tmp_path: Path) -> None:
+    import shutil
+
+    broken = tmp_path / "broken-asr"
+    shutil.copytree(tiny_models["asr"], broken)
+    cfg = broken / "config.yaml"
+    cfg.write_text(cfg.read_text().replace("model: SeacoParaformer", "model: NoSuchModel"))
+    stack = stack_factory(TINGJI_ASR_MODEL=str(broken), TINGJI_ASR_BATCH_TASKS="2")
+    tids = [stack.upload(media["speech"]), stack.upload(media["mp3"])]
+    worker = stack.worker(preload=False)  # the first group loads the model
+    assert worker.popen.wait(120) == 3
+    assert "cannot load ASR model" in worker.output()
+    for tid in tids:  # handed back untouched for a worker that can run them
+        task = stack.task(tid)
+        assert task["status"] == "pending" and task["error"] is None, task
+        assert stack.events(tid)[-1]["event"] == "released"
+
+
 # ---------------------------------------------------------------- bad inputs
 def test_bad_inputs_fail_clearly_and_affect_nothing_else(
         stack_factory: Callable[..., Stack], media: dict[str, Path], files: FileServer) -> None:

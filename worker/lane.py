@@ -75,6 +75,7 @@ class AsrLane:
         self._wake = asyncio.Event()
         self._runner: asyncio.Task[None] | None = None
         self.groups = 0
+        self._load_error: Exception | None = None
 
     async def enter(self, task_id: str, duration_s: float) -> Ticket:
         """Wait until this task is admitted into a group."""
@@ -102,7 +103,14 @@ class AsrLane:
                 await self._runner
 
     async def _load(self) -> None:
-        if await self.asr.ensure_loaded() and self.on_loaded is not None:
+        if self._load_error is not None:  # a model that did not load is not retried
+            raise self._load_error
+        try:
+            loaded = await self.asr.ensure_loaded()
+        except Exception as exc:
+            self._load_error = exc
+            raise
+        if loaded and self.on_loaded is not None:
             await self.on_loaded()
 
     async def _next_group(self) -> list[Ticket]:
