@@ -55,7 +55,7 @@ run)
   out=${OUT:-/tmp}
   nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
   python3 bench/gpu.py --source .whl/speech.flac --models /tmp/tingji-bench \
-    --json "$out/gpu.json" "${@:2}" 2>&1 | grep -v "INFO\|WARNING\|Warn" | tee "$out/log"
+    --repeat 3 --json "$out/gpu.json" "${@:2}" 2>&1 | grep -v "INFO\|WARNING\|Warn" | tee "$out/log"
   ;;
 *)
   echo "usage: $0 prepare|run [bench/gpu.py options]" >&2
