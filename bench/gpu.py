@@ -8,8 +8,9 @@ funasr's own classes) with the tiny VAD and punctuation models.  The same proces
 
 (a) ``--clips`` clips of ``--clip-s`` seconds (cut at different offsets from the source
     speech): bare ``AutoModel.generate`` one file at a time, then tingji's worker path
-    (``worker.lane.AsrLane`` -> ``AsrEngine`` -> ``worker.batching``) with every task
-    ready at once, at K=1 and at K=``--k`` tasks per group;
+    (VAD in ``worker.vad``'s processes when configured -> ``worker.lane.AsrLane`` ->
+    ``AsrEngine`` -> ``worker.batching``) with every task's audio ready at once, at K=1
+    and at K=``--k`` tasks per group;
 (b) one clip of ``--long-s`` seconds: bare, then tingji (a group of one).
 
 Each configuration runs ``--repeat`` times, interleaved with the others; for each it
@@ -129,11 +130,16 @@ def tingji_run(engine: Any, files: list[Path], k: int, gpu: Gpu
     from worker.lane import AsrLane
 
     async def main() -> tuple[float, list[AsrJob], list[Any]]:
-        lane = AsrLane(engine, k)
         jobs = [AsrJob(f) for f in files]
+        vad_left = [len(jobs)]
+        # the lane waits briefly for tasks whose VAD is still running, as for fetches
+        lane = AsrLane(engine, k, fetching=lambda: vad_left[0])
         stats: list[Any] = []
 
         async def one(i: int, job: AsrJob) -> None:
+            job.vad = await engine.detect_vad(job.audio)  # the pool's, or None: in the lane
+            vad_left[0] -= 1
+            lane.poke()
             ticket = await lane.enter(f"t{i}", duration(job.audio))
             ticket.submit(job)
             st = await ticket.result()
@@ -178,6 +184,8 @@ def main() -> None:
     ap.add_argument("--long-s", type=float, default=600.0)
     ap.add_argument("--k", type=int, default=8, help="tasks per group for the batched run")
     ap.add_argument("--batch-size-s", type=int, default=300)
+    ap.add_argument("--vad-processes", type=int,
+                    help="VAD processes ahead of the lane (default: the worker's default)")
     ap.add_argument("--cpu-batch-size-s", type=int, default=60,
                     help="tingji's bound on a CPU (0: one segment per call, as funasr)")
     ap.add_argument("--source", type=Path, help="16 kHz speech to cut clips from")
@@ -197,6 +205,7 @@ def main() -> None:
     from funasr import AutoModel
 
     from worker.asr import AsrConfig, AsrEngine, resolve_device
+    from worker.main import default_vad_processes
 
     device = resolve_device(a.device)
     gpu = Gpu(device)
@@ -208,16 +217,22 @@ def main() -> None:
     engine = AsrEngine(AsrConfig(model=models["asr"], vad_model=models["vad"],
                                  punc_model=models["punc"], device=device,
                                  batch_size_s=a.batch_size_s,
-                                 cpu_batch_size_s=a.cpu_batch_size_s, ncpu=ncpu))
+                                 cpu_batch_size_s=a.cpu_batch_size_s, ncpu=ncpu,
+                                 vad_processes=(a.vad_processes if a.vad_processes is not None
+                                                else default_vad_processes(device))))
     engine._load()
+    if engine.vad_pool is not None:
+        asyncio.run(engine.vad_pool.start())
     assert engine.batcher is not None
     # warm-up (CUDA context, kernels) on both
     bare.generate(input=str(clips[0]), sentence_timestamp=True)
     asyncio.run(engine.transcribe(clips[0], lambda d, t: None, threading.Event()))
-    log(f"device {device}; warm in {time.perf_counter() - t0:.0f} s")
+    log(f"device {device}; VAD processes {engine.config.vad_processes}; "
+        f"warm in {time.perf_counter() - t0:.0f} s")
 
     figures: dict[str, Any] = {"device": device, "clips": a.clips, "clip_s": a.clip_s,
-                               "long_s": a.long_s, "k": a.k, "repeat": a.repeat}
+                               "long_s": a.long_s, "k": a.k, "repeat": a.repeat,
+                               "vad_processes": engine.config.vad_processes}
 
     def measure(name: str, files: list[Path], k: int | None) -> None:
         """Run a configuration ``--repeat`` times (interleaved with the others by the

@@ -232,3 +232,32 @@ def test_single_segment_out_of_memory_fails_only_its_task(
     assert isinstance(jobs[0].error, RetryableTaskError) and jobs[0].error.retryable
     assert "out of memory" in jobs[0].error.message
     assert all(_same(j.result, r) for j, r in zip(jobs[1:], reference[1:], strict=True))
+
+
+def test_vad_in_a_process_pool_gives_the_same_segments_and_transcripts(
+        engine: Any, clips: list[Path], reference: list[dict[str, Any]],
+        tiny_models: dict[str, str]) -> None:
+    import asyncio
+
+    from worker.asr import AsrConfig
+    from worker.vad import VadPool
+
+    config = AsrConfig(vad_model=tiny_models["vad"], vad_max_end_silence_ms=None)
+    pool = VadPool(tiny_models["vad"], config.vad_kwargs(), 2, config.generate_kw)
+
+    async def detect_all() -> list[Any]:
+        await pool.start()
+        return await asyncio.gather(*(pool.detect(c) for c in clips))
+    try:
+        vads = asyncio.run(detect_all())
+    finally:
+        pool.close()
+    jobs = _jobs(clips)
+    for job, vad in zip(jobs, vads, strict=True):
+        assert vad[0]["value"], vad
+        job.vad = vad
+    engine.batcher.run(jobs)
+    # the lane ran no VAD of its own, and every transcript is stock funasr's
+    assert all(job.vad is vad for job, vad in zip(jobs, vads, strict=True))
+    for job, ref in zip(jobs, reference, strict=True):
+        assert _same(job.result, ref)

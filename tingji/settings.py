@@ -50,6 +50,7 @@ class Settings:
     batch_size_s: int = 300
     cpu_batch_size_s: int = 60
     asr_batch_tasks: int | None = None  # None: 8 on CUDA, 1 on a CPU
+    vad_processes: int | None = None  # None: a quarter of the cores (max 4) on CUDA, 0 on a CPU
     io_concurrency: int = 4
     max_download_mb: int = 4096
     drain_seconds: float = 30.0
@@ -160,6 +161,8 @@ class Settings:
         read("cpu_batch_size_s", _int, lambda v: None if v >= 0 else "must be >= 0")
         read("asr_batch_tasks", lambda r: _int(r) if r else None,
              lambda v: None if v is None or 1 <= v <= 256 else "must be between 1 and 256")
+        read("vad_processes", lambda r: _int(r) if r else None,
+             lambda v: None if v is None or 0 <= v <= 64 else "must be between 0 and 64")
         read("io_concurrency", _int, positive)
         read("max_download_mb", _int, positive)
         read("drain_seconds", _float, lambda v: None if v >= 0 else "must be >= 0")

@@ -27,6 +27,7 @@ from typing import Any
 from db.queue import SegmentRow
 from worker.batching import AsrJob, BatchStats, CrossTaskBatch
 from worker.errors import TaskCancelled
+from worker.vad import VadPool
 
 log = logging.getLogger("tingji.worker.asr")
 
@@ -40,7 +41,18 @@ class AsrConfig:
     batch_size_s: int = 300  # padded seconds per batch on a GPU
     cpu_batch_size_s: int = 60  # ... on a CPU (0: one segment per call, as funasr)
     vad_max_end_silence_ms: int | None = None
+    vad_processes: int = 0  # >0: VAD in that many processes, ahead of the lane
     ncpu: int = max(1, os.cpu_count() or 1)
+
+    def vad_kwargs(self) -> dict[str, Any]:
+        kw: dict[str, Any] = {"max_single_segment_time": 60_000}
+        if self.vad_max_end_silence_ms:
+            kw["max_end_silence_time"] = self.vad_max_end_silence_ms
+        return kw
+
+    @property
+    def generate_kw(self) -> dict[str, Any]:
+        return {"sentence_timestamp": True, "batch_size_s": self.batch_size_s}
 
     @property
     def description(self) -> str:
@@ -78,6 +90,10 @@ class AsrEngine:
         self._load_lock = asyncio.Lock()
         self.busy_seconds = 0.0
         self.batcher: CrossTaskBatch | None = None
+        self.vad_pool: VadPool | None = None
+        if config.vad_processes > 0 and config.vad_model:
+            self.vad_pool = VadPool(config.vad_model, config.vad_kwargs(),
+                                    config.vad_processes, config.generate_kw)
 
     @property
     def loaded(self) -> bool:
@@ -89,9 +105,7 @@ class AsrEngine:
 
         c = self.config
         self.device = resolve_device(c.device)
-        vad_kwargs: dict[str, Any] = {"max_single_segment_time": 60_000}
-        if c.vad_max_end_silence_ms:
-            vad_kwargs["max_end_silence_time"] = c.vad_max_end_silence_ms
+        vad_kwargs = c.vad_kwargs()
         kwargs: dict[str, Any] = dict(model=c.model, device=self.device, ncpu=c.ncpu,
                                       disable_update=True, disable_pbar=True,
                                       log_level="ERROR")
@@ -115,7 +129,7 @@ class AsrEngine:
         self.batcher = CrossTaskBatch(
             model, device=self.device,
             batch_size_s=c.cpu_batch_size_s if self.device == "cpu" else c.batch_size_s,
-            generate_kw={"sentence_timestamp": True, "batch_size_s": c.batch_size_s})
+            generate_kw=c.generate_kw)
         self.model = model
         self.loads += 1
         log.info("loaded %s on %s in %.1f s (predictor %s)", c.description, self.device,
@@ -149,8 +163,15 @@ class AsrEngine:
         await self.transcribe_many([job])
         return transcript_of(job)
 
+    async def detect_vad(self, audio: Path) -> list[dict[str, Any]] | None:
+        """VAD ahead of the lane, in the pool; None when there is no pool (the lane
+        runs VAD itself)."""
+        return await self.vad_pool.detect(audio) if self.vad_pool else None
+
     def close(self) -> None:
         self._lane.shutdown(wait=False, cancel_futures=True)
+        if self.vad_pool is not None:
+            self.vad_pool.close()
 
 
 def transcript_of(job: AsrJob) -> Transcript:

@@ -5,8 +5,8 @@ a GPU on small batches.  The worker sees the whole queue; for a group of ready t
 (``TINGJI_ASR_BATCH_TASKS``) ``run_group`` does, on the model lane:
 
 1. **split** – each task through ``AutoModel.generate`` with the ASR calls intercepted:
-   VAD runs for real and its segments are recorded (the ASR calls get empty answers, so
-   nothing else runs);
+   VAD runs (or is answered from VAD done ahead, ``worker.vad``) and the segments
+   funasr cuts are recorded (the ASR calls get empty answers, so nothing else runs);
 2. **decode** – the union of all tasks' segments, sorted by length, in batches bounded by
    padded seconds (``TINGJI_BATCH_SIZE_S`` on a GPU, as funasr bounds them;
    ``TINGJI_CPU_BATCH_SIZE_S`` on a CPU, where funasr decodes one segment per call: with
@@ -48,12 +48,12 @@ class AsrJob:
     audio: Path
     progress: Callable[[float, float], None] = lambda done, total: None
     stop: threading.Event = field(default_factory=threading.Event)
+    vad: list[dict[str, Any]] | None = None  # funasr's VAD result, when done ahead
     result: dict[str, Any] | None = None  # funasr's result for the file
     error: BaseException | None = None
     seconds: float = 0.0  # model-lane time attributed to this job
     speech_s: float = 0.0
     # set while the group runs
-    vad: list[dict[str, Any]] | None = None
     calls: list[int] = field(default_factory=list)  # inputs per funasr ASR call
     segments: list[Any] = field(default_factory=list)
     decoded: list[dict[str, Any] | None] = field(default_factory=list)
@@ -113,13 +113,11 @@ class _Intercept:
         job, sub = self.job, kw.get("model")
         job.check()
         if sub is not None and sub is self.model.vad_model:
-            if self.replay:
-                return copy.deepcopy(job.vad)
-            res = self.original(input, *args, **kw)
-            job.vad = copy.deepcopy(res)
-            job.speech_s = sum((seg[1] - seg[0]) / 1000.0 for r in res
+            if job.vad is None:  # not done ahead (worker.vad): here
+                job.vad = copy.deepcopy(self.original(input, *args, **kw))
+            job.speech_s = sum((seg[1] - seg[0]) / 1000.0 for r in job.vad
                                for seg in r.get("value", []))
-            return res
+            return copy.deepcopy(job.vad)
         if sub is not None and sub is self.model.model and isinstance(input, list):
             n = len(input)
             if self.replay:

@@ -64,7 +64,9 @@ class Worker:
             model=settings.asr_model, vad_model=settings.vad_model,
             punc_model=settings.punc_model, device=settings.device,
             batch_size_s=settings.batch_size_s, cpu_batch_size_s=settings.cpu_batch_size_s,
-            vad_max_end_silence_ms=settings.vad_max_end_silence_ms))
+            vad_max_end_silence_ms=settings.vad_max_end_silence_ms,
+            vad_processes=(settings.vad_processes if settings.vad_processes is not None
+                           else default_vad_processes(settings.device))))
         self.llm: Llm | None = None
         if settings.llm_configured:
             assert settings.llm_base_url and settings.llm_model
@@ -101,6 +103,9 @@ class Worker:
         for tid, status in recovered:
             log.info("recovered task %s -> %s", tid, status)
         heart = asyncio.create_task(self._heartbeat_loop(), name="heartbeat")
+        vad_start = None
+        if self.asr.vad_pool is not None:  # processes start while the model loads
+            vad_start = asyncio.create_task(self.asr.vad_pool.start(), name="vad-pool")
         try:
             if preload:
                 await self._preload()
@@ -111,6 +116,8 @@ class Worker:
             with contextlib.suppress(asyncio.CancelledError):
                 await heart
             await self.lane.close()
+            if vad_start is not None and not vad_start.done():
+                vad_start.cancel()
             with contextlib.suppress(Exception):
                 await self.queue.stop(self.id)
             if self.llm:
@@ -279,6 +286,14 @@ class Worker:
         if rescue:
             for tid, status in await self.queue.requeue_expired():
                 log.info("requeued expired task %s -> %s", tid, status)
+
+
+def default_vad_processes(device: str) -> int:
+    """``TINGJI_VAD_PROCESSES`` when unset: on CUDA a quarter of the cores (1-4), so VAD
+    keeps up with the GPU; on a CPU none (the cores are busy decoding anyway)."""
+    if not resolve_device(device).startswith("cuda"):
+        return 0
+    return max(1, min(4, (os.cpu_count() or 4) // 4))
 
 
 def default_batch_tasks(device: str) -> int:

@@ -148,13 +148,17 @@ class TaskRun:
 
         # transcribe (in a group of ready tasks, on the model lane)
         tr_cp = cps.get(Stage.TRANSCRIBE)
+        vad = None
+        if tr_cp is None:
+            # VAD ahead of the lane (TINGJI_VAD_PROCESSES), in parallel with other tasks
+            vad = await w.asr.detect_vad(self._abs(fetch_out["audio"]))
         self.fetched = True
         if tr_cp is None:
             ticket = await w.lane.enter(self.id, duration)
             self.waiting_for_model = False
             try:
                 tr_out, seconds["transcribe"] = await self._transcribe(
-                    ticket, self._abs(fetch_out["audio"]))
+                    ticket, self._abs(fetch_out["audio"]), vad)
             finally:
                 ticket.withdraw()
         else:
@@ -233,8 +237,8 @@ class TaskRun:
         notes[stage.value] = {k: v for k, v in out.items() if k != key}
         return str(out[key])
 
-    async def _transcribe(self, ticket: Ticket, audio: Path
-                          ) -> tuple[dict[str, Any], float]:
+    async def _transcribe(self, ticket: Ticket, audio: Path,
+                          vad: list[dict[str, Any]] | None) -> tuple[dict[str, Any], float]:
         """The transcribe stage, run in the lane's group: its time limit scales with the
         audio of the whole group, which is decoded together."""
         w = self.worker
@@ -248,7 +252,7 @@ class TaskRun:
         async def body() -> dict[str, Any]:
             if not w.asr.loaded:
                 self.message = "loading the ASR model"
-            job = AsrJob(audio, progress, self.stop_event)
+            job = AsrJob(audio, progress, self.stop_event, vad=vad)
             ticket.submit(job)
             stats = await ticket.result()
             tr = holder["transcript"] = transcript_of(job)
