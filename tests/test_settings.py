@@ -35,6 +35,7 @@ def test_values_are_parsed() -> None:
     ("TINGJI_ASR_BATCH_TASKS", "0", "between 1 and 256"),
     ("TINGJI_ASR_BATCH_TASKS", "eight", "integer"),
     ("TINGJI_CPU_BATCH_SIZE_S", "-1", ">= 0"),
+    ("TINGJI_VAD_PROCESSES", "-2", "between 0 and 64"),
 ])
 def test_bad_values_name_the_variable(var: str, value: str, why: str) -> None:
     with pytest.raises(SettingsError) as info:
@@ -43,11 +44,13 @@ def test_bad_values_name_the_variable(var: str, value: str, why: str) -> None:
 
 
 def test_asr_batch_tasks_default_follows_the_device() -> None:
-    from worker.main import default_batch_tasks
+    from worker.main import default_batch_tasks, default_vad_processes
 
     assert Settings.from_env({}).asr_batch_tasks is None  # resolved by the worker
     assert Settings.from_env({"TINGJI_ASR_BATCH_TASKS": "4"}).asr_batch_tasks == 4
     assert default_batch_tasks("cpu") == 1 and default_batch_tasks("cuda:0") == 8
+    assert default_vad_processes("cpu") == 0 and 1 <= default_vad_processes("cuda") <= 4
+    assert Settings.from_env({"TINGJI_VAD_PROCESSES": "0"}).vad_processes == 0
     assert Settings.from_env({"TINGJI_CPU_BATCH_SIZE_S": "0"}).cpu_batch_size_s == 0
 
 

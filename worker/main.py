@@ -8,7 +8,8 @@
   the LLM; it claims ahead (a small prefetch) so the model never waits for a download.
 - Cross-task batching: tasks ready for ASR are transcribed in groups of up to
   ``TINGJI_ASR_BATCH_TASKS`` (default 8 on CUDA, 1 on a CPU), their speech decoded in
-  shared batches (``worker.lane``, ``worker.batching``).
+  shared batches (``worker.lane``, ``worker.batching``); their VAD can run ahead, in
+  processes (``TINGJI_VAD_PROCESSES``, ``worker.vad``).
 - SIGTERM/SIGINT: stop claiming; within ``TINGJI_DRAIN_SECONDS`` finish what is
   running, then hand back (release) what is not finished; never leave a task
   ``processing``.  Then mark the worker stopped.
