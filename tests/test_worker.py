@@ -293,6 +293,31 @@ def test_model_that_does_not_load_stops_the_worker_and_keeps_the_tasks(
         assert stack.events(tid)[-1]["event"] == "released"
 
 
+def _children(pid: int) -> set[int]:
+    kids = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            kids.add(int(stat.parent.name))
+    return kids
+
+
+def test_vad_processes_die_with_a_killed_worker(stack_factory: Callable[..., Stack],
+                                                media: dict[str, Path]) -> None:
+    stack = stack_factory(TINGJI_VAD_PROCESSES="2")
+    worker = stack.worker()
+    tid = stack.upload(media["speech"])  # VAD in the pool, then the lane
+    assert stack.finished(tid)["status"] == "completed"
+    kids = _children(worker.pid)
+    assert len(kids) >= 2, kids  # the pool's processes (and multiprocessing's tracker)
+    worker.kill(signal.SIGKILL)
+    stack.wait(lambda: not any(Path(f"/proc/{k}").exists() for k in kids), 15,
+               f"VAD processes {kids} outlived their worker")
+
+
 # ---------------------------------------------------------------- bad inputs
 def test_bad_inputs_fail_clearly_and_affect_nothing_else(
         stack_factory: Callable[..., Stack], media: dict[str, Path], files: FileServer) -> None:

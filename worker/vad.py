@@ -19,6 +19,8 @@ import copy
 import logging
 import multiprocessing
 import os
+import threading
+import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -30,9 +32,20 @@ _MODEL: Any = None
 _GENERATE_KW: dict[str, Any] = {}
 
 
+def _exit_with_parent(parent: int) -> None:
+    """A pool process whose worker died (SIGKILL, OOM killer) must not live on as an
+    orphan holding a model: it exits within a second of its parent."""
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(0)
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 def _init(vad_model: str, vad_kwargs: dict[str, Any], generate_kw: dict[str, Any]) -> None:
     """In each pool process: load the VAD model once, on the CPU, one thread."""
     global _MODEL, _GENERATE_KW
+    _exit_with_parent(os.getppid())
     import logging as _logging
 
     import torch
