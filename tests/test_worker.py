@@ -157,9 +157,9 @@ def test_ready_tasks_are_transcribed_together_with_the_same_results(
     files = [media["speech"], media["mp3"], media["video"], media["speech"]]
     results = {}
     for k in ("1", "3"):
-        # K=3 also runs VAD in a process ahead of the lane; K=1 in the lane
+        # K=3 also runs VAD in processes ahead of the lane; K=1 in the lane
         stack = stack_factory(TINGJI_ASR_BATCH_TASKS=k,
-                              TINGJI_VAD_PROCESSES="1" if k == "3" else "0")
+                              TINGJI_VAD_PROCESSES="2" if k == "3" else "0")
         tids = [stack.upload(f) for f in files]  # all queued before the worker starts
         worker = stack.worker()
         tasks = [stack.finished(t) for t in tids]
@@ -171,8 +171,10 @@ def test_ready_tasks_are_transcribed_together_with_the_same_results(
                if w["pid"] == worker.pid]
         assert w["model_loads"] == 1
     assert results["1"][2] == [None] * 4  # one task per group
+    # tasks become ready as their VAD ends, so how they group depends on timing; they
+    # are grouped (the lane waits briefly for tasks still in VAD), never more than K
     groups = results["3"][2]
-    assert any(g and g["tasks"] == 3 for g in groups), groups
+    assert any(g and g["tasks"] >= 2 for g in groups), groups
     assert all(g is None or g["tasks"] <= 3 for g in groups)
     # the same text and segment timestamps as one task at a time
     assert results["3"][0] == results["1"][0]
