@@ -32,7 +32,6 @@ import asyncio  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import statistics  # noqa: E402
-import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
@@ -44,17 +43,6 @@ SR = 16_000
 
 def log(msg: str) -> None:
     print(msg, flush=True)
-
-
-def build_models(root: Path) -> dict[str, str]:
-    full, tiny = root / "full", root / "tiny"
-    if not (full / "asr" / "model.pt").exists():
-        subprocess.run([sys.executable, "-m", "tests.helpers.tiny_funasr", str(full), "--size",
-                        "full", "--only", "asr"], cwd=ROOT, check=True)
-    if not (tiny / "punc" / "model.pt").exists():
-        subprocess.run([sys.executable, "-m", "tests.helpers.tiny_funasr", str(tiny), "--only",
-                        "vad", "--only", "punc"], cwd=ROOT, check=True)
-    return {"asr": str(full / "asr"), "vad": str(tiny / "vad"), "punc": str(tiny / "punc")}
 
 
 def make_clips(source: Path | None, work: Path, n: int, clip_s: float,
@@ -197,7 +185,8 @@ def main() -> None:
     a = ap.parse_args()
 
     t0 = time.perf_counter()
-    models = build_models(a.models)
+    from tests.helpers.tiny_funasr import build_bench_models  # torch: slow
+    models = build_bench_models(str(a.models))
     work = Path(tempfile.mkdtemp(prefix="tingji-gpu-"))
     clips, long = make_clips(a.source, work, a.clips, a.clip_s, a.long_s)
     log(f"models and media ready in {time.perf_counter() - t0:.0f} s")

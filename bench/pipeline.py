@@ -35,17 +35,6 @@ from tests.helpers.servers import LlmStub, StubBehaviour  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def build_models(root: Path) -> dict[str, str]:
-    full, tiny = root / "full", root / "tiny"
-    if not (full / "asr" / "model.pt").exists():
-        subprocess.run([sys.executable, "-m", "tests.helpers.tiny_funasr", str(full), "--size",
-                        "full", "--only", "asr"], cwd=ROOT, check=True)
-    if not (tiny / "punc" / "model.pt").exists():
-        subprocess.run([sys.executable, "-m", "tests.helpers.tiny_funasr", str(tiny)],
-                       cwd=ROOT, check=True)
-    return {"asr": str(full / "asr"), "vad": str(tiny / "vad"), "punc": str(tiny / "punc")}
-
-
 BARE = r"""
 import json, os, sys, time
 from funasr import AutoModel
@@ -91,7 +80,8 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     a = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="tingji-pipe-"))
-    models = build_models(Path(a.models))
+    from tests.helpers.tiny_funasr import build_bench_models  # torch: slow
+    models = build_bench_models(str(a.models))
     speech = m.speech_wav(work / "speech.wav", m.SENTENCES)
     loops = max(0, int(a.clip_min * 60 / 41.2) - 1)
     clip = m.convert(speech, work / "clip.wav", "-filter_complex",

@@ -150,17 +150,8 @@ class TingjiCifPredictorV3(CifPredictorV3):
             return super().forward(hidden, target_label, mask, ignore_id,
                                    mask_chunk_predictor, target_label_length)
         hidden = _zero_padding(hidden, mask)
-        context = hidden.transpose(1, 2)
-        output = torch.relu(self.cif_conv1d(self.pad(context)))
-        _output = output if self.use_cif1_cnn else context
-        output2 = self._upsampled(_output, mask)
-        alphas2 = torch.sigmoid(self.cif_output2(output2))
-        alphas2 = torch.nn.functional.relu(alphas2 * self.smooth_factor2 - self.noise_threshold2)
-        if mask is not None:
-            mask2 = (mask.repeat(1, self.upsample_times, 1).transpose(-1, -2)
-                     .reshape(alphas2.shape[0], -1)).unsqueeze(-1)
-            alphas2 = alphas2 * mask2
-        token_num2 = alphas2.squeeze(-1).sum(-1)
+        output, alphas2 = self._conv_and_timestamp_alphas(hidden, mask)
+        token_num2 = alphas2.sum(-1)
 
         output = self.cif_output(output.transpose(1, 2))
         alphas = torch.sigmoid(output)
@@ -191,6 +182,22 @@ class TingjiCifPredictorV3(CifPredictorV3):
             acoustic_embeds = acoustic_embeds[:, :token_num_int, :]
         return acoustic_embeds, token_num, alphas, cif_peak, token_num2
 
+    def _conv_and_timestamp_alphas(self, hidden: torch.Tensor, mask: torch.Tensor | None
+                                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The part ``forward`` and ``get_upsample_timestamp`` share: the CIF conv's
+        output ``(B, D, T)`` and the timestamp head's firing weights ``(B, T * upsample)``,
+        zero on padded frames."""
+        context = hidden.transpose(1, 2)
+        output = torch.relu(self.cif_conv1d(self.pad(context)))
+        output2 = self._upsampled(output if self.use_cif1_cnn else context, mask)
+        alphas2 = torch.sigmoid(self.cif_output2(output2))
+        alphas2 = torch.nn.functional.relu(alphas2 * self.smooth_factor2 - self.noise_threshold2)
+        if mask is not None:
+            mask2 = (mask.repeat(1, self.upsample_times, 1).transpose(-1, -2)
+                     .reshape(alphas2.shape[0], -1)).unsqueeze(-1)
+            alphas2 = alphas2 * mask2
+        return output, alphas2.squeeze(-1)
+
     def _upsampled(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         if self.upsample_type == "cnn":
             return self.upsample_cnn(x).transpose(1, 2)  # type: ignore[no-any-return]
@@ -208,17 +215,7 @@ class TingjiCifPredictorV3(CifPredictorV3):
         the same order."""
         hidden = _zero_padding(hidden, mask)
         b = hidden.shape[0]
-        context = hidden.transpose(1, 2)
-        output = torch.relu(self.cif_conv1d(self.pad(context)))
-        _output = output if self.use_cif1_cnn else context
-        output2 = self._upsampled(_output, mask)
-        alphas2 = torch.sigmoid(self.cif_output2(output2))
-        alphas2 = torch.nn.functional.relu(alphas2 * self.smooth_factor2 - self.noise_threshold2)
-        if mask is not None:
-            mask2 = (mask.repeat(1, self.upsample_times, 1).transpose(-1, -2)
-                     .reshape(alphas2.shape[0], -1)).unsqueeze(-1)
-            alphas2 = alphas2 * mask2
-        alphas2 = alphas2.squeeze(-1)
+        _, alphas2 = self._conv_and_timestamp_alphas(hidden, mask)
         _token_num = alphas2.sum(-1)
         if token_num is not None:
             alphas2 *= (token_num / _token_num)[:, None].repeat(1, alphas2.size(1))

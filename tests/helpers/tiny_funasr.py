@@ -315,6 +315,21 @@ def build_all(out_dir: str, size: str = "tiny", seed: int = 0) -> dict[str, str]
     return dirs
 
 
+def build_bench_models(root: str) -> dict[str, str]:
+    """The benchmarks' models under ``root`` (built once): the full-size random-weight
+    SeACo-Paraformer (paraformer-zh dimensions) with the tiny VAD and punctuation."""
+    full, tiny = os.path.join(root, "full", "asr"), os.path.join(root, "tiny")
+    if not os.path.exists(os.path.join(full, "model.pt")):
+        n, v = build_asr(full, "seaco", "full")
+        print(f"asr: {full} params={n:,} vocab={v} (full size, random weights)", flush=True)
+    dirs = {"asr": full}
+    for which, build in (("vad", build_vad), ("punc", build_punc)):
+        d = dirs[which] = os.path.join(tiny, which)
+        if not os.path.exists(os.path.join(d, "model.pt")):
+            build(d)
+    return dirs
+
+
 def check_loaded(module, folder: str) -> None:
     """Every tensor saved in ``folder``/model.pt equals the loaded module's."""
     saved = torch.load(os.path.join(folder, "model.pt"), map_location="cpu")
