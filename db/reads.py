@@ -14,7 +14,16 @@ from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from db.engine import reader
-from db.models import Segment, Stage, Task, TaskEvent, TaskStage, TaskStatus, Worker
+from db.models import (
+    Segment,
+    Stage,
+    Task,
+    TaskEvent,
+    TaskKind,
+    TaskStage,
+    TaskStatus,
+    Worker,
+)
 from db.queue import SegmentRow
 
 T, E, S, SEG, W = (Task.__table__, TaskEvent.__table__, TaskStage.__table__,
@@ -66,6 +75,15 @@ class Reads:
                                        .order_by(T.c.created_at.desc(), T.c.id.desc())
                                        .limit(limit).offset(offset))).all()
         return [Task(**r._mapping) for r in rows], int(total)
+
+    async def upload_names(self) -> set[str]:
+        """The stored file names of every upload a task still refers to."""
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(select(T.c.payload).where(
+                T.c.kind == TaskKind.UPLOAD))).scalars().all()
+        return {str(p["upload"]["stored_name"]) for p in rows
+                if isinstance(p, dict) and isinstance(p.get("upload"), dict)
+                and p["upload"].get("stored_name")}
 
     async def events(self, task_id: str) -> list[TaskEvent]:
         async with self.engine.connect() as conn:

@@ -7,7 +7,9 @@ funasr or yt-dlp.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,10 +26,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from db.engine import make_engine
 from db.queue import Queue
 from db.reads import Reads
+from server.boundary import make_boundary, security_headers
 from server.errors import handle
+from server.uploads import sweep_orphans
 from tingji import __version__
 from tingji.settings import Settings
 
+log = logging.getLogger("tingji.server")
+SWEEP_SECONDS = 3600.0
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 
 
@@ -62,7 +68,23 @@ def create_app(settings: Settings) -> Litestar:
                          pool_size=10)
     svc = Services(settings, engine, Queue.from_settings(engine, settings), Reads(engine))
 
+    async def sweep_uploads() -> None:
+        while True:
+            try:
+                for name in await sweep_orphans(settings.uploads_dir, svc.reads.upload_names):
+                    log.info("removed orphaned upload %s (no task refers to it)", name)
+            except Exception as exc:  # noqa: BLE001  (a database hiccup: next round)
+                log.warning("sweeping orphaned uploads failed: %s", exc)
+            await asyncio.sleep(SWEEP_SECONDS)
+
+    sweeper: list[asyncio.Task[None]] = []
+
+    async def on_startup() -> None:
+        sweeper.append(asyncio.create_task(sweep_uploads(), name="sweep-uploads"))
+
     async def on_shutdown() -> None:
+        for t in sweeper:
+            t.cancel()
         await engine.dispose()
 
     api = Router(path="/api/v1", guards=[token_guard],
@@ -73,6 +95,9 @@ def create_app(settings: Settings) -> Litestar:
     return Litestar(
         route_handlers=[api, static, *system.open_handlers],
         exception_handlers={Exception: handle},
+        middleware=[make_boundary(settings.host, settings.allowed_hosts)],
+        before_send=[security_headers],
+        on_startup=[on_startup],
         on_shutdown=[on_shutdown],
         state=State({"services": svc}),
         openapi_config=OpenAPIConfig(title="tingji", version=__version__, path="/schema"),

@@ -24,7 +24,7 @@ from litestar.status_codes import (
     HTTP_500_INTERNAL_SERVER_ERROR,
     HTTP_503_SERVICE_UNAVAILABLE,
 )
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DataError, DBAPIError, OperationalError
 
 from db.errors import (
     IdempotencyConflict,
@@ -101,6 +101,15 @@ def handle(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
         code = {405: "method_not_allowed", 413: "too_large", 415: "unsupported_media_type"}\
             .get(exc.status_code, "http_error" if exc.status_code >= 500 else "bad_request")
         return _respond(exc.status_code, code, str(exc.detail), exc.headers)
+    if isinstance(exc, RecursionError | UnicodeDecodeError):
+        # the request body: JSON nested too deep, or bytes that are not UTF-8
+        return _respond(HTTP_400_BAD_REQUEST, "malformed_body",
+                        "the request body is not valid UTF-8 JSON of reasonable depth")
+    if isinstance(exc, DataError):
+        # a value that slipped past validation and the database cannot store
+        log.warning("value refused by the database on %s: %s", request.url.path, exc)
+        return _respond(HTTP_400_BAD_REQUEST, "validation_error",
+                        "a value in the request cannot be stored (control characters?)")
     if isinstance(exc, OperationalError | DBAPIError | ConnectionError | TimeoutError):
         log.warning("database unavailable: %s", exc)
         return _respond(HTTP_503_SERVICE_UNAVAILABLE, "unavailable",

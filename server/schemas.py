@@ -11,13 +11,20 @@ import msgspec
 
 from db.models import Task, TaskStatus
 from server.errors import bad_request
-from tingji.urls import MAX_URL_LENGTH, url_problem
+from tingji.settings import Settings
+from tingji.urls import MAX_URL_LENGTH, has_control_chars, url_problem
 
 MAX_BATCH = 500
 
 
 class TaskOptions(msgspec.Struct, forbid_unknown_fields=True):
     """Options common to every way of submitting."""
+
+    def __post_init__(self) -> None:
+        for name in ("llm_model", "idempotency_key"):
+            value = getattr(self, name)
+            if value is not None and has_control_chars(value):
+                raise ValueError(f"{name}: control characters are not allowed")
 
     polish: bool | None = None
     summarize: bool = False
@@ -160,15 +167,27 @@ def check_task_id(value: str, field: str = "task_id") -> str:
         raise bad_request(f"{field}: {value[:60]!r} is not a UUID") from None
 
 
-def options_payload(opts: TaskOptions, llm_configured: bool) -> dict[str, Any]:
+def options_payload(opts: TaskOptions, settings: Settings) -> dict[str, Any]:
+    """Validated options as stored in the task's payload.  What costs the operator money
+    is bounded here: ``max_tokens`` by ``TINGJI_LLM_MAX_TOKENS``, ``llm_model`` by the
+    configured model and ``TINGJI_LLM_MODELS``."""
+    if opts.max_tokens is not None and opts.max_tokens > settings.llm_max_tokens:
+        raise bad_request(f"max_tokens: at most {settings.llm_max_tokens} on this server "
+                          "(TINGJI_LLM_MAX_TOKENS)")
+    if opts.llm_model is not None and not settings.llm_model_allowed(opts.llm_model):
+        allowed = [m for m in (settings.llm_model, *settings.llm_models) if m]
+        raise bad_request(f"llm_model: {opts.llm_model[:100]!r} is not allowed on this server; "
+                          + (f"allowed: {', '.join(allowed)} (TINGJI_LLM_MODELS adds more)"
+                             if allowed else "no LLM is configured"))
     return {
-        "polish": llm_configured if opts.polish is None else opts.polish,
+        "polish": settings.llm_configured if opts.polish is None else opts.polish,
         "summarize": opts.summarize, "llm_model": opts.llm_model,
         "temperature": opts.temperature, "max_tokens": opts.max_tokens,
     }
 
 
 _FORM_FIELDS = {f for f in TaskOptions.__struct_fields__}
+FORM_FIELDS = frozenset({*_FORM_FIELDS, "batch_id"})  # what the upload form may carry
 
 
 def options_from_form(fields: dict[str, str]) -> TaskOptions:

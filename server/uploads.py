@@ -7,8 +7,9 @@ and nothing is enqueued.  The client's file name is kept only as metadata.
 from __future__ import annotations
 
 import os
+import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -18,6 +19,7 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from server.errors import ApiError, bad_request
+from tingji.urls import strip_control_chars
 
 MAX_FIELD_BYTES = 64 * 1024
 _SAFE_SUFFIX = frozenset(".mp3 .mp4 .m4a .aac .wav .flac .ogg .opus .webm .mkv .mov .avi "
@@ -43,8 +45,8 @@ def too_large(limit_mb: int) -> ApiError:
 class _Receiver:
     """Callbacks for python-multipart's streaming parser."""
 
-    def __init__(self, uploads: Path, limit: int) -> None:
-        self.uploads, self.limit = uploads, limit
+    def __init__(self, uploads: Path, limit: int, field_names: frozenset[str]) -> None:
+        self.uploads, self.limit, self.field_names = uploads, limit, field_names
         self.fields: dict[str, str] = {}
         self.file: IO[bytes] | None = None
         self.upload: StoredUpload | None = None
@@ -81,6 +83,13 @@ class _Receiver:
         name = params.get(b"name", b"").decode("utf-8", "replace")
         self._name = name
         if b"filename" not in params:
+            # Known fields only, each once, checked before their data arrives: memory
+            # stays bounded by (number of fields) x MAX_FIELD_BYTES.
+            if name not in self.field_names:
+                self.error = bad_request(f"unknown form field {name[:60]!r}; known fields: "
+                                         f"file, {', '.join(sorted(self.field_names))}")
+            elif name in self.fields:
+                self.error = bad_request(f"{name}: given more than once")
             return
         if name != "file":
             self.error = bad_request(f"unexpected file field {name!r}; send it as 'file'")
@@ -90,7 +99,8 @@ class _Receiver:
             return
         self._is_file = True
         filename = params[b"filename"].decode("utf-8", "replace")
-        filename = filename.replace("\\", "/").rsplit("/", 1)[-1][:255] or "upload"
+        filename = filename.replace("\\", "/").rsplit("/", 1)[-1]
+        filename = strip_control_chars(filename)[:255].strip() or "upload"
         suffix = Path(filename).suffix.lower()
         stored = f"{uuid.uuid4()}{suffix if suffix in _SAFE_SUFFIX else ''}"
         ctype = self._headers.get(b"content-type")
@@ -119,8 +129,6 @@ class _Receiver:
             self.file.close()
             self.file = None
         elif self._name is not None and not self.error:
-            if self._name in self.fields:
-                self.error = bad_request(f"{self._name}: given more than once")
             try:
                 self.fields[self._name] = self._field_buf.decode("utf-8")
             except UnicodeDecodeError:
@@ -135,14 +143,14 @@ class _Receiver:
 
 
 async def receive_upload(content_type: str, stream: AsyncIterator[bytes], uploads: Path,
-                         limit_bytes: int) -> StoredUpload:
+                         limit_bytes: int, field_names: frozenset[str]) -> StoredUpload:
     """Parse a multipart body as it arrives; returns the stored file and the form fields."""
     ctype, params = parse_options_header(content_type.encode("latin-1"))
     if ctype != b"multipart/form-data" or b"boundary" not in params:
         raise bad_request("send the file as multipart/form-data with a 'file' field",
                           code="unsupported_media_type")
     uploads.mkdir(parents=True, exist_ok=True)
-    rx = _Receiver(uploads, limit_bytes)
+    rx = _Receiver(uploads, limit_bytes, field_names)
     parser = MultipartParser(params[b"boundary"], rx.callbacks())
     try:
         async for chunk in stream:
@@ -165,3 +173,25 @@ async def receive_upload(content_type: str, stream: AsyncIterator[bytes], upload
     except BaseException:
         rx.cleanup()
         raise
+
+
+ORPHAN_AGE_S = 3600.0  # an upload still being written has a fresh mtime
+
+
+async def sweep_orphans(uploads: Path, referenced: Callable[[], Awaitable[set[str]]], *,
+                        min_age_s: float = ORPHAN_AGE_S) -> list[str]:
+    """Delete uploaded files no task refers to (the API died between writing the file
+    and committing its task), once they are ``min_age_s`` old.  Returns their names."""
+    if not uploads.is_dir():
+        return []
+    cutoff = time.time() - min_age_s
+    old = {p.name: p for p in uploads.iterdir() if p.is_file() and p.stat().st_mtime < cutoff}
+    if not old:
+        return []
+    known = await referenced()
+    removed = []
+    for name, path in old.items():
+        if name not in known:
+            path.unlink(missing_ok=True)
+            removed.append(name)
+    return removed

@@ -160,7 +160,8 @@ def test_upload_rejected_leaves_nothing(client: httpx.Client, data_dir: Path,
 
 
 def test_upload_needs_multipart(client: httpx.Client) -> None:
-    error_of(client.post("/api/v1/process/audio", json={"file": "x"}), 400)
+    err = error_of(client.post("/api/v1/process/audio", json={"file": "x"}), 415)
+    assert err["code"] == "unsupported_media_type"
 
 
 def test_upload_over_limit_is_413_and_leaves_nothing(client: httpx.Client,

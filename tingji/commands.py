@@ -19,6 +19,7 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn
 from rich.table import Table
 
 from tingji.client import Client, ClientError
+from tingji.formats import safe_filename
 from tingji.urls import looks_like_url, url_problem
 
 TERMINAL = ("completed", "failed", "cancelled")
@@ -358,11 +359,17 @@ def cmd_result(client: Client, args: Any) -> int:
 
 
 def _filename(disposition: str, tid: str, fmt: str | None) -> str:
+    """The server's suggested file name, reduced to a plain name inside the target
+    folder: the server is not trusted to choose where a file goes."""
     from urllib.parse import unquote
 
+    ext = fmt or "zip"
+    fallback = f"tingji-{short(tid)}"
+    name = ""
     if "filename*=UTF-8''" in disposition:
-        return unquote(disposition.split("filename*=UTF-8''", 1)[1].split(";")[0])
-    return f"tingji-{short(tid)}.{fmt or 'zip'}"
+        name = unquote(disposition.split("filename*=UTF-8''", 1)[1].split(";")[0])
+    stem = name[: -len(ext) - 1] if name.lower().endswith(f".{ext}") else name
+    return f"{safe_filename(stem, fallback)}.{ext}"
 
 
 COMMANDS: dict[str, Callable[[Client, Any], int]] = {

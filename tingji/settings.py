@@ -7,7 +7,9 @@ is reported at once, in one message, before anything starts.
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -42,6 +44,9 @@ class Settings:
     port: int = 8000
     api_token: str | None = None
     max_upload_mb: int = 2048
+    # Host names (besides loopback names, IP literals and the bind host) the API answers
+    # to: a reverse proxy's public name.  "*" turns the check off.
+    allowed_hosts: tuple[str, ...] = ()
     # worker
     asr_model: str = "paraformer-zh"
     vad_model: str | None = "fsmn-vad"
@@ -53,6 +58,10 @@ class Settings:
     vad_processes: int | None = None  # None: a quarter of the cores (max 4) on CUDA, 0 on a CPU
     io_concurrency: int = 4
     max_download_mb: int = 4096
+    max_duration_s: float = 6 * 3600.0
+    # networks URL tasks may reach although they are not public (loopback, private,
+    # link-local...): "1" allows every address, or a list such as 192.168.1.10/32
+    allow_private_urls: tuple[str, ...] = ()
     drain_seconds: float = 30.0
     worker_nice: int = 10
     heartbeat_seconds: float = 2.0
@@ -68,12 +77,17 @@ class Settings:
     llm_max_retries: int = 4
     llm_chunk_chars: int = 1500
     llm_max_tokens: int = 4096
+    llm_models: tuple[str, ...] = ()  # models a task may ask for besides llm_model; "*": any
     # derived, not read from the environment
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
     def llm_configured(self) -> bool:
         return bool(self.llm_base_url and self.llm_model)
+
+    def llm_model_allowed(self, model: str) -> bool:
+        """Whether a task may ask for ``model`` (it is billed to the operator's key)."""
+        return model == self.llm_model or model in self.llm_models or "*" in self.llm_models
 
     @property
     def is_sqlite(self) -> bool:
@@ -153,6 +167,7 @@ class Settings:
         read("port", _int, port)
         read("api_token", optional)
         read("max_upload_mb", _int, positive)
+        read("allowed_hosts", _names)
         read("asr_model", lambda r: r or _raise("must name a model id or a folder"))
         read("vad_model", optional)
         read("punc_model", optional)
@@ -165,6 +180,8 @@ class Settings:
              lambda v: None if v is None or 0 <= v <= 64 else "must be between 0 and 64")
         read("io_concurrency", _int, positive)
         read("max_download_mb", _int, positive)
+        read("max_duration_s", _float, positive)
+        read("allow_private_urls", _networks)
         read("drain_seconds", _float, lambda v: None if v >= 0 else "must be >= 0")
         read("worker_nice", _int, lambda v: None if 0 <= v <= 19 else "must be 0-19")
         read("heartbeat_seconds", _float, lambda v: None if 0.1 <= v <= 60 else
@@ -181,6 +198,7 @@ class Settings:
         read("llm_max_retries", _int, lambda v: None if 0 <= v <= 20 else "must be 0-20")
         read("llm_chunk_chars", _int, lambda v: None if v >= 50 else "must be at least 50")
         read("llm_max_tokens", _int, positive)
+        read("llm_models", _names)
 
         if values.get("llm_base_url") and not values.get("llm_model"):
             problems.append("TINGJI_LLM_MODEL must be set when TINGJI_LLM_BASE_URL is set")
@@ -211,6 +229,36 @@ def _int(raw: str) -> int:
         return int(raw)
     except ValueError:
         raise ValueError("must be an integer") from None
+
+
+def _bool(raw: str) -> bool:
+    low = raw.lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError("must be true or false (1/0, yes/no, on/off)")
+
+
+def _networks(raw: str) -> tuple[str, ...]:
+    """true/false, or a list of IP networks (``10.0.0.0/8, 192.168.1.10``)."""
+    try:
+        return ("0.0.0.0/0", "::/0") if _bool(raw) else ()
+    except ValueError:
+        pass
+    out = []
+    for name in _names(raw):
+        try:
+            out.append(str(ipaddress.ip_network(name, strict=False)))
+        except ValueError:
+            raise ValueError(f"{name!r} is not an IP network; give 1/0 or a list such as "
+                             "192.168.1.0/24, 10.0.0.5") from None
+    return tuple(out)
+
+
+def _names(raw: str) -> tuple[str, ...]:
+    """A comma- or space-separated list, e.g. ``transcribe.example.org, other.example``."""
+    return tuple(n for n in re.split(r"[,\s]+", raw) if n)
 
 
 def _float(raw: str) -> float:

@@ -1,4 +1,5 @@
-"""Which URLs tingji accepts as sources: shared by the API and the command line."""
+"""Which URLs tingji accepts as sources (shared by the API and the command line), and the
+control-character rule for any text that comes from outside."""
 
 from __future__ import annotations
 
@@ -7,6 +8,18 @@ from urllib.parse import urlsplit
 
 MAX_URL_LENGTH = 2048
 _WS = re.compile(r"\s")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def has_control_chars(text: str) -> bool:
+    """NUL and other C0 control characters: never valid in a URL, a name or a key (and
+    PostgreSQL cannot store NUL in text)."""
+    return _CONTROL.search(text) is not None
+
+
+def strip_control_chars(text: str) -> str:
+    """Text from outside (a file name, a page title) made safe to store and show."""
+    return _CONTROL.sub("", text)
 
 
 def url_problem(url: str) -> str | None:
@@ -15,6 +28,8 @@ def url_problem(url: str) -> str | None:
         return f"URL longer than {MAX_URL_LENGTH} characters"
     if _WS.search(url):
         return "URL contains whitespace"
+    if has_control_chars(url):
+        return "URL contains control characters"
     try:
         parts = urlsplit(url)
         port = parts.port  # raises on a malformed port

@@ -4,19 +4,31 @@ retries, a size cap) or an uploaded file, normalized by ffmpeg to 16 kHz mono WA
 Bilibili multi-part videos ("分P"): a link that names no part (no ``?p=``) yields all
 parts, downloaded in order and joined into one recording; each part becomes a chapter
 (title and start time) in the result.  A link with ``?p=N`` fetches that part only.
+
+What a URL may cost: connections only to public addresses (``worker.egress``), at most
+``max_bytes`` downloaded per task, counted across all parts as the bytes arrive (with
+or without a Content-Length), yt-dlp's own downloaders only (no external programs, no
+ffmpeg "fixups" on downloaded files), and the media boundary of ``worker.media`` for
+what was downloaded.  A permanent failure removes what was downloaded.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import shutil
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from tingji.urls import strip_control_chars
+from worker.egress import guarded
 from worker.errors import PermanentTaskError, RetryableTaskError, TaskCancelled
-from worker.media import concat_wavs, ffmpeg_dir, normalize
+from worker.media import concat_wavs, ffmpeg_dir, normalize, too_long
+
+log = logging.getLogger("tingji.worker.fetch")
 
 MAX_PARTS = 200
 
@@ -30,8 +42,14 @@ class Fetched:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
+NETWORK_ERROR = ("download failed: a network error (the host could not be reached, or the "
+                 "connection broke)")
+
+
 def _classify(message: str) -> PermanentTaskError | RetryableTaskError:
-    """yt-dlp's error text -> permanent or transient, with a message for people."""
+    """yt-dlp's error text -> permanent or transient, with a message for people.  Network
+    errors get one text whatever their cause (refused, reset, timed out), so task errors
+    cannot be used to map which ports answer."""
     msg = message.replace("ERROR: ", "").strip()
     low = msg.lower()
     for code in ("404", "410", "403", "401", "400"):
@@ -47,20 +65,49 @@ def _classify(message: str) -> PermanentTaskError | RetryableTaskError:
                                   type="Unavailable")
     if "no video formats" in low or "requested format is not available" in low:
         return PermanentTaskError(f"no downloadable audio: {msg[:200]}", type="NoAudio")
-    return RetryableTaskError(f"download failed: {msg[:300]}", type="FetchFailed")
+    log.info("download failed (will retry): %s", msg[:500])
+    return RetryableTaskError(NETWORK_ERROR, type="FetchFailed")
 
 
-def _ydl_options(url: str, dest: Path, max_bytes: int, cancel: threading.Event,
-                 ffmpeg_location: str) -> dict[str, Any]:
-    from yt_dlp.utils import DownloadCancelled
+@dataclass
+class _Budget:
+    """Bytes downloaded per file, summed per task, checked as each block arrives."""
 
-    def hook(_status: dict[str, Any]) -> None:
-        if cancel.is_set():
+    max_bytes: int
+    cancel: threading.Event
+    by_file: dict[str, int] = field(default_factory=dict)
+    exceeded: bool = False
+
+    def hook(self, status: dict[str, Any]) -> None:
+        from yt_dlp.utils import DownloadCancelled
+
+        if self.cancel.is_set():
             raise DownloadCancelled("cancelled")
+        name = str(status.get("tmpfilename") or status.get("filename") or "")
+        self.by_file[name] = max(self.by_file.get(name, 0),
+                                 int(status.get("downloaded_bytes") or 0))
+        if sum(self.by_file.values()) > self.max_bytes:
+            self.exceeded = True
+            raise DownloadCancelled("over the download limit")
 
+    def too_large(self) -> PermanentTaskError:
+        return PermanentTaskError(
+            f"the media is larger than the download limit of {self.max_bytes // 2**20} MB "
+            "per task (TINGJI_MAX_DOWNLOAD_MB)", type="TooLarge")
+
+
+def _ydl_options(url: str, dest: Path, budget: _Budget, ffmpeg_location: str
+                 ) -> dict[str, Any]:
     explicit_part = "p" in parse_qs(urlsplit(url).query)
     return {
-        "format": "bestaudio/best",
+        # yt-dlp's own HTTP, HLS and DASH downloaders only: an external program (ffmpeg,
+        # rtmpdump) would make connections the egress policy does not see.
+        "format": ("bestaudio[protocol^=http]/bestaudio[protocol^=m3u8]/"
+                   "best[protocol^=http]/best[protocol^=m3u8]"),
+        "external_downloader": {"default": "native"},
+        "hls_prefer_native": True,
+        "concurrent_fragment_downloads": 1,  # one thread: the egress guard is per thread
+        "fixup": "never",  # no ffmpeg run on a downloaded file before the media boundary
         "outtmpl": {"default": str(dest / "part%(playlist_index|0)03d.%(ext)s")},
         "paths": {"home": str(dest), "temp": str(dest)},
         "noplaylist": explicit_part,
@@ -69,11 +116,11 @@ def _ydl_options(url: str, dest: Path, max_bytes: int, cancel: threading.Event,
         "retries": 5,
         "fragment_retries": 5,
         "extractor_retries": 3,
-        "max_filesize": max_bytes,
+        "max_filesize": budget.max_bytes,
         "quiet": True,
         "no_warnings": True,
         "noprogress": True,
-        "progress_hooks": [hook],
+        "progress_hooks": [budget.hook],
         "ffmpeg_location": ffmpeg_location,
         "restrictfilenames": True,
         "windowsfilenames": True,
@@ -94,21 +141,33 @@ class _QuietLogger:
 
 
 def _download(url: str, dest: Path, max_bytes: int, cancel: threading.Event,
-              ffmpeg_location: str) -> tuple[dict[str, Any], list[tuple[str, Path]]]:
+              ffmpeg_location: str, allow_private: tuple[str, ...]
+              ) -> tuple[dict[str, Any], list[tuple[str, Path]]]:
     """Blocking: run yt-dlp; returns its info and the downloaded files in order."""
     import yt_dlp
+    from yt_dlp.networking.exceptions import RequestError, UnsupportedRequest
     from yt_dlp.utils import DownloadCancelled, DownloadError
 
-    opts = _ydl_options(url, dest, max_bytes, cancel, ffmpeg_location)
-    try:
-        with yt_dlp.YoutubeDL(opts) as ydl:  # type: ignore[arg-type]
-            info = ydl.extract_info(url, download=True)
-    except DownloadCancelled:
-        raise TaskCancelled() from None
-    except DownloadError as exc:
-        if cancel.is_set():
-            raise TaskCancelled() from None
-        raise _classify(str(exc)) from None
+    budget = _Budget(max_bytes, cancel)
+    opts = _ydl_options(url, dest, budget, ffmpeg_location)
+    with guarded(allow_private) as refused:
+        try:
+            with yt_dlp.YoutubeDL(opts) as ydl:  # type: ignore[arg-type]
+                info = ydl.extract_info(url, download=True)
+        except (DownloadCancelled, DownloadError, RequestError) as exc:
+            if cancel.is_set():
+                raise TaskCancelled() from None
+            if budget.exceeded:
+                raise budget.too_large() from None
+            if refused.hosts:
+                raise PermanentTaskError(refused.message(), type="EgressRefused") from None
+            if isinstance(exc, UnsupportedRequest) or "unsupported url scheme" in str(exc).lower():
+                raise PermanentTaskError("the URL (or a redirect) leads to a scheme tingji does "
+                                         "not fetch; only http(s) is", type="UnsupportedURL"
+                                         ) from None
+            if isinstance(exc, DownloadCancelled):
+                raise TaskCancelled() from None
+            raise _classify(str(exc)) from None
     if info is None:
         raise PermanentTaskError("yt-dlp found nothing to download at this URL",
                                  type="UnsupportedURL")
@@ -119,58 +178,78 @@ def _download(url: str, dest: Path, max_bytes: int, cancel: threading.Event,
         for dl in entry.get("requested_downloads") or []:
             path = Path(dl.get("filepath") or dl.get("filename") or "")
             if path.is_file():
-                files.append((entry.get("title") or path.stem, path))
+                files.append((_text(entry.get("title")) or path.stem, path))
                 break
         else:
             size = entry.get("filesize") or entry.get("filesize_approx")
             if size and size > max_bytes:
-                raise PermanentTaskError(
-                    f"the media is larger than the download limit of {max_bytes // 2**20} MB "
-                    "(TINGJI_MAX_DOWNLOAD_MB)", type="TooLarge")
+                raise budget.too_large()
     if not files:
         raise PermanentTaskError("nothing was downloaded (the file may exceed "
                                  f"{max_bytes // 2**20} MB or have no media)", type="FetchFailed")
     return info, files
 
 
-async def fetch_url(url: str, work: Path, *, max_bytes: int, cancel: threading.Event
-                    ) -> Fetched:
+async def fetch_url(url: str, work: Path, *, max_bytes: int, max_duration_s: float,
+                    allow_private: tuple[str, ...], cancel: threading.Event) -> Fetched:
     dest = work / "download"
     dest.mkdir(parents=True, exist_ok=True)
     loc = ffmpeg_dir(work.parent)
-    info, files = await asyncio.to_thread(_download, url, dest, max_bytes, cancel, loc)
-    title = str(info.get("title") or files[0][0])
+    try:
+        info, files = await asyncio.to_thread(_download, url, dest, max_bytes, cancel, loc,
+                                              allow_private)
+    except PermanentTaskError:
+        shutil.rmtree(dest, ignore_errors=True)
+        raise
+    title = _text(info.get("title")) or files[0][0]
     if len(files) == 1:
         audio = work / "audio.wav"
-        duration = await normalize(files[0][1], audio)
+        duration = await normalize(files[0][1], audio, max_duration_s=max_duration_s)
         return Fetched(audio, duration, title, meta=_meta(info, url))
     parts: list[Path] = []
     chapters: list[dict[str, Any]] = []
     start = 0.0
-    for i, (part_title, path) in enumerate(files, 1):
-        wav = work / f"part{i:03d}.wav"
-        dur = await normalize(path, wav)
-        parts.append(wav)
-        chapters.append({"index": i, "title": part_title, "start_s": round(start, 3),
-                         "duration_s": round(dur, 3)})
-        start += dur
-    audio = work / "audio.wav"
-    await concat_wavs(parts, audio)
-    for p in parts:
-        p.unlink(missing_ok=True)
+    try:
+        for i, (part_title, path) in enumerate(files, 1):
+            wav = work / f"part{i:03d}.wav"
+            # the duration limit holds for the parts together
+            if start >= max_duration_s:
+                raise too_long(max_duration_s)
+            try:
+                dur = await normalize(path, wav, max_duration_s=max_duration_s - start)
+            except PermanentTaskError as exc:
+                raise too_long(max_duration_s) if exc.type == "TooLong" else exc from None
+            parts.append(wav)
+            chapters.append({"index": i, "title": part_title, "start_s": round(start, 3),
+                             "duration_s": round(dur, 3)})
+            start += dur
+        audio = work / "audio.wav"
+        await asyncio.to_thread(concat_wavs, parts, audio)
+    finally:
+        for p in parts:
+            p.unlink(missing_ok=True)
     return Fetched(audio, start, title, chapters, _meta(info, url))
 
 
+def _text(value: Any, limit: int = 500) -> str:
+    """A title or name from a web page: text without control characters."""
+    return strip_control_chars(str(value or ""))[:limit].strip()
+
+
 def _meta(info: dict[str, Any], url: str) -> dict[str, Any]:
-    keep = ("id", "extractor", "uploader", "upload_date", "webpage_url", "duration")
-    return {"url": url, **{k: info.get(k) for k in keep if info.get(k) is not None}}
+    keep = ("id", "extractor", "uploader", "upload_date", "webpage_url")
+    meta: dict[str, Any] = {"url": url, **{k: _text(info[k]) for k in keep if info.get(k)}}
+    if isinstance(info.get("duration"), int | float):
+        meta["duration"] = info["duration"]
+    return meta
 
 
-async def fetch_upload(path: Path, filename: str, work: Path) -> Fetched:
+async def fetch_upload(path: Path, filename: str, work: Path, *, max_duration_s: float
+                       ) -> Fetched:
     if not path.is_file():
         raise PermanentTaskError("the uploaded file is gone from the uploads folder",
                                  type="MissingUpload")
     audio = work / "audio.wav"
-    duration = await normalize(path, audio)
+    duration = await normalize(path, audio, max_duration_s=max_duration_s)
     return Fetched(audio, duration, Path(filename).stem or filename,
                    meta={"filename": filename})

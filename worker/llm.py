@@ -102,7 +102,9 @@ class Llm:
             model=payload_options.get("llm_model") or self.config.model,
             temperature=payload_options["temperature"]
             if payload_options.get("temperature") is not None else self.config.temperature,
-            max_tokens=payload_options.get("max_tokens") or self.config.max_tokens)
+            # the API refuses more; tasks queued before a lower limit was set are capped
+            max_tokens=min(payload_options.get("max_tokens") or self.config.max_tokens,
+                           self.config.max_tokens))
 
     async def _chat(self, system: str, text: str, opts: LlmOptions) -> tuple[str, str]:
         import openai

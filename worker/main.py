@@ -19,11 +19,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
 import os
 import signal
 import socket
 import uuid
+from dataclasses import dataclass
+from typing import Any
 
 from db.engine import make_engine
 from db.errors import LeaseLost
@@ -40,6 +43,31 @@ log = logging.getLogger("tingji.worker")
 
 PREFETCH = 2  # tasks fetched (or fetching) ahead of the model
 EXIT_FATAL = 3  # the worker cannot work at all (the model does not load): do not restart
+# How long an outcome write is retried through database errors before falling back:
+# while running, while stopping (the drain must end), and for each fallback.
+OUTCOME_PATIENCE_S = 60.0
+STOP_PATIENCE_S = 8.0
+FALLBACK_PATIENCE_S = 4.0
+
+
+class Outcome(enum.Enum):
+    """How a run ended, as recorded (or not) in the queue."""
+
+    COMPLETED = "completed"
+    FAILED = "failed"  # failed for good
+    RETRY = "will be retried"  # a retryable failure went back to pending
+    CANCEL = "cancelled"
+    SHUTDOWN = "handed back"  # released to pending: the worker is stopping
+    LOST = "lost"  # the lease was taken away: nothing to write
+    ABANDONED = "abandoned"  # nothing could be written: the lease will expire
+
+
+@dataclass(frozen=True, slots=True)
+class Ended:
+    outcome: Outcome
+    error: TaskError | None = None
+    result: dict[str, Any] | None = None
+    reason: str = "worker stopping"
 
 
 def pid_alive(pid: int) -> bool:
@@ -186,74 +214,123 @@ class Worker:
             idle = min(1.0, idle * 1.5)
 
     async def _drain(self) -> None:
-        if self.runs:
-            log.info("draining %d task(s)", len(self.runs))
+        """Let running tasks finish for up to ``TINGJI_DRAIN_SECONDS``, then stop the rest
+        (each records its own outcome: handed back, or cancelled)."""
+        if self.executions:
+            log.info("draining %d task(s)", len(self.executions))
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.settings.drain_seconds):
-                    while self.runs:
+                    while self.executions:
                         await asyncio.wait(set(self.executions), return_when="FIRST_COMPLETED")
         for run in list(self.runs.values()):
             run.stop("shutdown")
-        if self.executions:
+        if self.executions:  # outcome writes are bounded by STOP_PATIENCE_S + fallbacks
             await asyncio.wait(set(self.executions), timeout=30)
 
     # ------------------------------------------------------------------ one task
     async def _execute(self, run: TaskRun) -> None:
-        """Run one task and record how it ended; the only place outcomes are written."""
-        q, tid = self.queue, run.id
-        inner = asyncio.create_task(run.run(), name=f"pipeline-{tid}")
-        run.inner = inner
-        outcome = "completed"
+        """Run one task, then record how it ended (``_record``): the one place outcomes
+        are written.  The run leaves ``self.runs`` however that goes."""
         try:
-            await inner
+            outcome = await self._outcome_of(run)
+            written = await self._record(run, outcome)
+            if written in (Outcome.COMPLETED, Outcome.FAILED, Outcome.CANCEL):
+                await asyncio.to_thread(run.cleanup_files,
+                                        upload=written is Outcome.COMPLETED)
+            log.info("task %s: %s", run.id, written.value)
+        finally:
+            self.runs.pop(run.id, None)
+            self.wake.set()
+
+    async def _outcome_of(self, run: TaskRun) -> Ended:
+        """Run the pipeline; how it ended, as the outcome to record."""
+        inner = asyncio.create_task(run.run(), name=f"pipeline-{run.id}")
+        run.inner = inner
+        try:
+            return Ended(Outcome.COMPLETED, result=await inner)
         except asyncio.CancelledError:
             if not inner.cancelled():
                 raise  # this coroutine itself was cancelled
-            outcome = run.stop_reason or "shutdown"
+            reason = run.stop_reason or "shutdown"
         except TaskCancelled:
-            outcome = run.stop_reason or "cancel"
+            reason = run.stop_reason or "cancel"
         except LeaseLost:
-            outcome = "lost"
+            reason = "lost"
         except ModelLoadError as exc:
             self.fatal = str(exc)
-            outcome = "shutdown"
             self.request_stop()
+            reason = "shutdown"
         except TaskFailure as exc:
-            await self._record_failure(run, TaskError(exc.type, exc.message, exc.retryable))
-            outcome = "failed"
+            return Ended(Outcome.FAILED, TaskError(exc.type, exc.message, exc.retryable))
         except Exception as exc:  # noqa: BLE001  (a bug: fail visibly, keep the worker up)
-            log.exception("task %s crashed", tid)
-            await self._record_failure(run, TaskError(
+            log.exception("task %s crashed", run.id)
+            return Ended(Outcome.FAILED, TaskError(
                 "InternalError", f"internal error: {type(exc).__name__}: {str(exc)[:300]}",
                 True))
-            outcome = "failed"
-        try:
-            if outcome == "cancel":
-                await q.mark_cancelled(tid, self.id)
-            elif outcome == "shutdown":
-                await q.release(tid, self.id, reason="worker stopping")
-            elif outcome == "timeout":
-                await self._record_failure(run, TaskError(
-                    "Timeout", "the task took longer than its time limit", True))
-        except LeaseLost:
-            outcome = "lost"
-        except Exception:  # noqa: BLE001
-            log.exception("could not record the end of task %s", tid)
-        if outcome == "lost":
-            log.warning("task %s was taken away from this worker (lease lost)", tid)
-        if run.completed:
-            await asyncio.to_thread(run.cleanup_files)
-        log.info("task %s: %s", tid, outcome)
-        self.runs.pop(tid, None)
-        self.wake.set()
+        if reason == "timeout":
+            return Ended(Outcome.FAILED, TaskError(
+                "Timeout", "the task took longer than its time limit", True))
+        return Ended({"cancel": Outcome.CANCEL, "lost": Outcome.LOST}.get(
+            reason, Outcome.SHUTDOWN))
 
-    async def _record_failure(self, run: TaskRun, error: TaskError) -> None:
-        try:
-            status = await self.queue.fail(run.id, self.id, error)
-            log.info("task %s %s: %s", run.id, "will be retried" if status == "pending"
-                     else "failed", error.message)
-        except LeaseLost:
-            pass
+    async def _write(self, run: TaskRun, ended: Ended) -> Outcome:
+        q, tid, me = self.queue, run.id, self.id
+        if ended.outcome is Outcome.COMPLETED:
+            assert ended.result is not None
+            await q.complete(tid, me, ended.result)
+        elif ended.outcome is Outcome.FAILED:
+            assert ended.error is not None
+            status = await q.fail(tid, me, ended.error)
+            log.info("task %s %s: %s", tid, "will be retried" if status == "pending"
+                     else "failed", ended.error.message)
+            if status == "pending":
+                return Outcome.RETRY
+        elif ended.outcome is Outcome.CANCEL:
+            await q.mark_cancelled(tid, me)
+        elif ended.outcome is Outcome.SHUTDOWN:
+            if await q.release(tid, me, reason=ended.reason) == "cancelled":
+                return Outcome.CANCEL
+        return ended.outcome
+
+    async def _record(self, run: TaskRun, ended: Ended) -> Outcome:
+        """Write the outcome, retrying through database errors (locked past the busy
+        timeout, a full disk, a PostgreSQL failover) with backoff.  If it cannot be
+        written in time, fall back step by step -- a result that cannot be stored
+        becomes a retryable failure, anything else hands the task back -- and as a last
+        resort leave it: the heartbeat stops, so its lease expires and the task is
+        requeued.  The run is never left in ``self.runs``."""
+        if ended.outcome is Outcome.LOST:
+            log.warning("task %s was taken away from this worker (lease lost)", run.id)
+            return Outcome.LOST
+        ladder = [ended]
+        if ended.outcome is Outcome.COMPLETED:
+            ladder.append(Ended(Outcome.FAILED, TaskError(
+                "InternalError", "the result could not be stored in the database", True)))
+        if ended.outcome is not Outcome.SHUTDOWN:
+            ladder.append(Ended(Outcome.SHUTDOWN, reason="the worker could not record the "
+                                "outcome in the database"))
+        loop = asyncio.get_running_loop()
+        for step in ladder:
+            started, delay = loop.time(), 0.25
+            while True:
+                try:
+                    return await asyncio.shield(self._write(run, step))
+                except LeaseLost:
+                    log.warning("task %s was taken away from this worker (lease lost)", run.id)
+                    return Outcome.LOST
+                except Exception as exc:  # noqa: BLE001  (database trouble: retry, then fall back)
+                    patience = (FALLBACK_PATIENCE_S if step is not ended else STOP_PATIENCE_S
+                                if self.stopping.is_set() else OUTCOME_PATIENCE_S)
+                    left = started + patience - loop.time()
+                    log.warning("task %s: could not record %s: %s: %s", run.id,
+                                step.outcome.value, type(exc).__name__, str(exc)[:300])
+                    if left <= 0:
+                        break
+                    await asyncio.sleep(min(delay, left))
+                    delay = min(delay * 2, 5.0)
+        log.error("task %s: no outcome could be recorded; leaving it to expire its lease "
+                  "and be requeued", run.id)
+        return Outcome.ABANDONED
 
     # ------------------------------------------------------------------ heartbeats
     async def _heartbeat_loop(self) -> None:

@@ -50,8 +50,7 @@ class TaskRun:
     message: str | None = None
     waiting_for_model: bool = True  # claimed, not yet admitted to the model lane
     fetched: bool = False  # ready for ASR (or past it)
-    inner: asyncio.Task[None] | None = None
-    completed: bool = False
+    inner: asyncio.Task[dict[str, Any]] | None = None
 
     @property
     def id(self) -> str:
@@ -119,18 +118,22 @@ class TaskRun:
             if self.task.kind == TaskKind.URL:
                 fetched = await fetch_url(payload["video_url"], self.work_dir,
                                           max_bytes=s.max_download_mb * 2**20,
+                                          max_duration_s=s.max_duration_s,
+                                          allow_private=s.allow_private_urls,
                                           cancel=self.stop_event)
             else:
                 up = payload["upload"]
                 fetched = await fetch_upload(s.uploads_dir / up["stored_name"], up["filename"],
-                                             self.work_dir)
+                                             self.work_dir, max_duration_s=s.max_duration_s)
         download = self.work_dir / "download"
         if download.exists():  # the normalized WAV is all later stages need
             shutil.rmtree(download, ignore_errors=True)
         return {"audio": self._rel(fetched.audio), "duration_s": round(fetched.duration_s, 3),
                 "title": fetched.title, "chapters": fetched.chapters, "meta": fetched.meta}
 
-    async def run(self) -> None:
+    async def run(self) -> dict[str, Any]:
+        """Run the stages that are not checkpointed yet; returns the task's result (the
+        worker records the outcome)."""
         w = self.worker
         cps: dict[Stage, Checkpoint] = await w.reads.checkpoints(self.id)
         seconds = {st.value: round(cp.seconds or 0.0, 3) for st, cp in cps.items()}
@@ -206,8 +209,7 @@ class TaskRun:
         exp_out, seconds["export"] = await self._stage(Stage.EXPORT, export)
         result["files"] = exp_out["files"]
         result["stage_seconds"] = seconds
-        await asyncio.shield(w.queue.complete(self.id, w.id, result))
-        self.completed = True
+        return result
 
     async def _llm_stage(self, stage: Stage, key: str, cps: dict[Stage, Checkpoint], text: str,
                          opts: LlmOptions | None, notes: dict[str, Any],
@@ -277,12 +279,13 @@ class TaskRun:
         self.progress = value
         self.message = None
 
-    def cleanup_files(self) -> None:
-        """After completion: the normalized audio and the upload are no longer needed
-        (the transcript lives in the database, the results under results/)."""
+    def cleanup_files(self, *, upload: bool) -> None:
+        """Once the task is finished: the work files (a retry fetches again).  The upload
+        too once it completed (the transcript lives in the database, the results under
+        results/); a failed or cancelled upload keeps it for a retry."""
         shutil.rmtree(self.work_dir, ignore_errors=True)
         up = self.task.payload.get("upload")
-        if up:
+        if up and upload:
             with contextlib.suppress(OSError):
                 (self.worker.settings.uploads_dir / up["stored_name"]).unlink()
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
@@ -23,8 +24,10 @@ from litestar.response import ServerSentEvent, ServerSentEventMessage
 
 from db.models import TaskStatus
 from server.app import services
+from server.errors import bad_request
 from server.schemas import task_view
 
+_EVENT_ID = re.compile(r"[0-9]{1,18}")  # ASCII digits only: str.isdigit() takes "²"
 POLL_SECONDS = 0.5
 KEEPALIVE_SECONDS = 15.0
 BACKLOG = 500
@@ -41,8 +44,11 @@ async def events(
         "resume after this event id (the Last-Event-ID header does the same)"))] = None,
 ) -> ServerSentEvent:
     reads = services(request).reads
-    header = request.headers.get("last-event-id", "")
-    if since is None and header.isdigit():
+    header = request.headers.get("last-event-id", "").strip()
+    if since is None and header:
+        if not _EVENT_ID.fullmatch(header):
+            raise bad_request("Last-Event-ID: expected an event id (digits), got "
+                              f"{header[:40]!r}")
         since = int(header)
     last_id = await reads.last_event_id() if since is None else since
 

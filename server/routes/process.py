@@ -14,6 +14,7 @@ from db.queue import Enqueued, NewTask
 from server.app import services
 from server.errors import bad_request
 from server.schemas import (
+    FORM_FIELDS,
     MAX_BATCH,
     BatchRequest,
     BatchSubmitted,
@@ -46,13 +47,13 @@ async def process_url(request: Request[Any, Any, Any], data: BilibiliRequest
     url = check_url(data.video_url)
     enq = await svc.queue.enqueue(NewTask(
         TaskKind.URL, {"video_url": url,
-                       "options": options_payload(data, svc.settings.llm_configured)},
+                       "options": options_payload(data, svc.settings)},
         priority=data.priority, idempotency_key=data.idempotency_key))
     return _accepted(enq)
 
 
 @post("/process/audio", status_code=HTTP_202_ACCEPTED, summary="Transcribe an uploaded file",
-      request_max_body_size=None)
+      request_max_body_size=None, opt={"body": "multipart"})
 async def process_upload(request: Request[Any, Any, Any]) -> Response[Submitted]:
     """multipart/form-data: ``file`` (audio or video) plus the options as form fields;
     an optional ``batch_id`` (a UUID) files the task under a batch."""
@@ -62,7 +63,7 @@ async def process_upload(request: Request[Any, Any, Any]) -> Response[Submitted]
     if announced and announced.isdigit() and int(announced) > limit + 2**20:
         raise too_large(svc.settings.max_upload_mb)
     upload = await receive_upload(request.headers.get("content-type", ""), request.stream(),
-                                  svc.settings.uploads_dir, limit)
+                                  svc.settings.uploads_dir, limit, FORM_FIELDS)
     try:
         batch_id = upload.fields.pop("batch_id", None)
         if batch_id is not None:
@@ -72,7 +73,7 @@ async def process_upload(request: Request[Any, Any, Any]) -> Response[Submitted]
             TaskKind.UPLOAD,
             {"upload": {"stored_name": upload.stored_name, "filename": upload.filename,
                         "size": upload.size, "content_type": upload.content_type},
-             "options": options_payload(opts, svc.settings.llm_configured)},
+             "options": options_payload(opts, svc.settings)},
             priority=opts.priority, idempotency_key=opts.idempotency_key), batch_id=batch_id)
     except BaseException:
         upload.path.unlink(missing_ok=True)
@@ -101,7 +102,7 @@ async def process_batch(request: Request[Any, Any, Any], data: BatchRequest
         problems.append("duplicate URLs: " + ", ".join(repr(u[:100]) for u in dupes))
     if problems:
         raise bad_request("; ".join(problems))
-    options = options_payload(data, svc.settings.llm_configured)
+    options = options_payload(data, svc.settings)
     key = data.idempotency_key
     batch_id, tasks = await svc.queue.enqueue_many([
         NewTask(TaskKind.URL, {"video_url": u.strip(), "options": options},

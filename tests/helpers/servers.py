@@ -102,3 +102,65 @@ class LlmStub:
     def close(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+class TrapServer:
+    """Hostile answers for the egress and download-cap tests, on 127.0.0.1 (or another
+    loopback address): ``/endless.mp3`` streams ``endless_bytes`` of MP3-looking data
+    chunked, without a Content-Length; ``/redirect?to=URL`` redirects; ``/secret.html``
+    is an "internal" page with an ``og:title``.  ``sent`` counts the bytes streamed."""
+
+    SECRET_TITLE = "INTERNAL-ADMIN-PAGE-TITLE"
+
+    def __init__(self, host: str = "127.0.0.1", endless_bytes: int = 300 * 2**20) -> None:
+        trap = self
+        self.sent = 0
+        self.requests: list[str] = []
+
+        class Handler(SimpleHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None: ...
+
+            def do_GET(self) -> None:  # noqa: N802
+                from urllib.parse import parse_qs, urlsplit
+
+                trap.requests.append(self.path)
+                parts = urlsplit(self.path)
+                if parts.path == "/redirect":
+                    self.send_response(302)
+                    self.send_header("Location", parse_qs(parts.query)["to"][0])
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                elif parts.path == "/secret.html":
+                    page = (f"<html><head><meta property='og:title' content='{trap.SECRET_TITLE}'>"
+                            "</head><body><video src='/endless.mp3'></video></body></html>")
+                    data = page.encode()
+                    self.send_response(200)
+                    self.send_header("Content-Type", "text/html")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                elif parts.path == "/endless.mp3":
+                    self.send_response(200)
+                    self.send_header("Content-Type", "audio/mpeg")
+                    self.send_header("Transfer-Encoding", "chunked")
+                    self.end_headers()
+                    block = b"\xff\xfb\x90\x64" + bytes(64 * 1024 - 4)
+                    try:
+                        while trap.sent < endless_bytes:
+                            self.wfile.write(b"%x\r\n%s\r\n" % (len(block), block))
+                            trap.sent += len(block)
+                        self.wfile.write(b"0\r\n\r\n")
+                    except OSError:
+                        pass  # the client stopped reading
+                else:
+                    self.send_error(404)
+
+        self.httpd = ThreadingHTTPServer((host, 0), Handler)
+        self.url = f"http://{host}:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()

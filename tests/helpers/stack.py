@@ -25,7 +25,10 @@ class Stack:
             "TINGJI_VAD_MODEL": models["vad"], "TINGJI_PUNC_MODEL": models["punc"],
             "TINGJI_VAD_MAX_END_SILENCE_MS": "800", "TINGJI_LEASE_SECONDS": "10",
             "TINGJI_HEARTBEAT_SECONDS": "0.5", "TINGJI_RETRY_BACKOFF_SECONDS": "0.5",
-            "TINGJI_DRAIN_SECONDS": "20", **env})
+            "TINGJI_DRAIN_SECONDS": "20",
+            # the tests' media and LLM servers are on 127.0.0.1 (test_security keeps the
+            # egress policy on)
+            "TINGJI_ALLOW_PRIVATE_URLS": "1", **env})
         self.server = start_server(self.env, root / "server.log")
         self.http = httpx.Client(base_url=self.server.url, timeout=30)
         self.workers: list[Proc] = []
