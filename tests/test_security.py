@@ -222,6 +222,17 @@ def test_orphaned_upload_is_swept_at_start(stack_factory: Callable[..., Stack],
     assert again.task(tid)["status"] == "pending"
 
 
+def test_cli_result_name_stays_in_the_target_folder() -> None:
+    from tingji.commands import _filename
+
+    for hostile in ("..%2F..%2F.bashrc", "%2Fetc%2Fcron.d%2Fx", "..", "a%00b"):
+        name = _filename(f"attachment; filename*=UTF-8''{hostile}", "0" * 36, "srt")
+        assert "/" not in name and "\x00" not in name and not name.startswith(".")
+        assert name.endswith(".srt")
+    assert _filename("attachment; filename*=UTF-8''%E8%AE%B2%E5%BA%A7.srt", "0" * 36,
+                     "srt") == "讲座.srt"
+
+
 # ------------------------------------------------------------------ egress (SSRF)
 @pytest.mark.parametrize("address,kind", [
     ("127.0.0.1", "loopback"), ("::1", "loopback"), ("10.1.2.3", "private"),
@@ -311,6 +322,11 @@ def test_redirect_to_loopback_is_refused(stack_factory: Callable[..., Stack],
         assert "127.0.0.1" in task["error"]["message"]  # ... its redirect was not followed
         ok = stack.submit_url(f"{allowed.url}/redirect?to={allowed.url}/no-such.mp4")
         assert stack.finished(ok, 60)["error"]["type"] != "EgressRefused"
+        # a redirect to another scheme: classified, permanent (not an internal error)
+        local = stack.finished(stack.submit_url(
+            f"{allowed.url}/redirect?to=file:///etc/passwd"), 60)
+        assert local["status"] == "failed" and local["attempts"] == 1, local
+        assert local["error"]["type"] == "UnsupportedURL"
     finally:
         allowed.close()
 
@@ -438,10 +454,14 @@ def inject(db_url: str, when: str | None) -> None:
     asyncio.run(run())
 
 
-@pytest.mark.parametrize("write", ["complete", "fail", "release"])
+@pytest.mark.parametrize("write,db_url", [
+    ("complete", "sqlite"), ("complete", "postgresql"), ("fail", "sqlite"),
+    ("release", "sqlite")], indirect=["db_url"])
 def test_outcome_writes_survive_database_errors(stack_factory: Callable[..., Stack],
                                                 media: dict[str, Path], db_url: str,
                                                 write: str) -> None:
+    """The worker's code is the same on both backends and the injection differs, so one
+    case runs on PostgreSQL too."""
     env = {"TINGJI_DRAIN_SECONDS": "0"}
     if not db_url.startswith("sqlite"):
         env["TINGJI_DATABASE_URL"] = db_url

@@ -145,7 +145,7 @@ def _download(url: str, dest: Path, max_bytes: int, cancel: threading.Event,
               ) -> tuple[dict[str, Any], list[tuple[str, Path]]]:
     """Blocking: run yt-dlp; returns its info and the downloaded files in order."""
     import yt_dlp
-    from yt_dlp.networking.exceptions import RequestError, UnsupportedRequest
+    from yt_dlp.networking.exceptions import HTTPError, RequestError, TransportError
     from yt_dlp.utils import DownloadCancelled, DownloadError
 
     budget = _Budget(max_bytes, cancel)
@@ -161,7 +161,9 @@ def _download(url: str, dest: Path, max_bytes: int, cancel: threading.Event,
                 raise budget.too_large() from None
             if refused.hosts:
                 raise PermanentTaskError(refused.message(), type="EgressRefused") from None
-            if isinstance(exc, UnsupportedRequest) or "unsupported url scheme" in str(exc).lower():
+            if isinstance(exc, RequestError) and not isinstance(exc, TransportError | HTTPError):
+                # not the network: the request itself cannot be made (e.g. a redirect to
+                # file://, which yt-dlp's requests handler refuses)
                 raise PermanentTaskError("the URL (or a redirect) leads to a scheme tingji does "
                                          "not fetch; only http(s) is", type="UnsupportedURL"
                                          ) from None

@@ -326,11 +326,20 @@ class Worker:
                                 step.outcome.value, type(exc).__name__, str(exc)[:300])
                     if left <= 0:
                         break
-                    await asyncio.sleep(min(delay, left))
+                    await self._pause(min(delay, left))
                     delay = min(delay * 2, 5.0)
         log.error("task %s: no outcome could be recorded; leaving it to expire its lease "
                   "and be requeued", run.id)
         return Outcome.ABANDONED
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep, but wake up when the worker starts stopping (patience shrinks then)."""
+        if self.stopping.is_set():
+            await asyncio.sleep(seconds)
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self.stopping.wait()
 
     # ------------------------------------------------------------------ heartbeats
     async def _heartbeat_loop(self) -> None:
