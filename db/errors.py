@@ -27,6 +27,14 @@ class InvalidTransition(QueueError):
         super().__init__(f"cannot {action} task {task_id}: it is {status}")
 
 
+class TransitionNotAllowed(RuntimeError):
+    """A bug: code asked the queue for a status change that ``TRANSITIONS`` does not list
+    (a programming error, not a user's request: never mapped to an HTTP status)."""
+
+    def __init__(self, src: str, dst: str) -> None:
+        super().__init__(f"transition {src} -> {dst} is not in db.models.TRANSITIONS")
+
+
 class LeaseLost(QueueError):
     """A worker wrote to a task it no longer holds (lease expired, requeued or cancelled).
 

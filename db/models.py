@@ -41,7 +41,6 @@ class TaskStatus(enum.StrEnum):
 
 
 TERMINAL = frozenset({TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED})
-LIVE = frozenset({TaskStatus.PENDING, TaskStatus.PROCESSING})
 
 # Every status change the queue may make; db/queue.py asserts against this table.
 TRANSITIONS: frozenset[tuple[TaskStatus, TaskStatus]] = frozenset({
@@ -68,8 +67,6 @@ class Stage(enum.StrEnum):
     SUMMARIZE = "summarize"
     EXPORT = "export"
 
-
-STAGE_ORDER: tuple[Stage, ...] = tuple(Stage)
 
 
 class EventType(enum.StrEnum):

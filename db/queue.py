@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Row, delete, func, insert, select, update
+from sqlalchemy import Row, Select, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -32,6 +32,7 @@ from db.errors import (
     LeaseLost,
     QueueFull,
     TaskNotFound,
+    TransitionNotAllowed,
 )
 from db.models import (
     TERMINAL,
@@ -41,11 +42,11 @@ from db.models import (
     Stage,
     Task,
     TaskEvent,
-    TaskKind,
     TaskStage,
     TaskStatus,
     Worker,
 )
+from db.values import Enqueued, LeaseBeat, NewTask, SegmentRow, TaskError
 
 T = Task.__table__
 E = TaskEvent.__table__
@@ -59,40 +60,6 @@ COMPLETED, FAILED, CANCELLED = TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStat
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-@dataclass(frozen=True, slots=True)
-class TaskError:
-    """What went wrong, as users see it: never a traceback."""
-
-    type: str
-    message: str
-    retryable: bool
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"type": self.type, "message": self.message, "retryable": self.retryable}
-
-
-@dataclass(frozen=True, slots=True)
-class NewTask:
-    kind: TaskKind
-    payload: dict[str, Any]
-    priority: int = 0
-    idempotency_key: str | None = None
-    max_attempts: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Enqueued:
-    task: Task
-    created: bool  # False: an idempotency key matched a live task, which is returned
-
-
-@dataclass(frozen=True, slots=True)
-class SegmentRow:
-    start_ms: int
-    end_ms: int
-    text: str
 
 
 @dataclass(slots=True)
@@ -112,7 +79,11 @@ def _task(row: Row[Any]) -> Task:
 
 
 def _check(src: TaskStatus, dst: TaskStatus) -> None:
-    assert (src, dst) in TRANSITIONS, f"transition {src} -> {dst} is not in TRANSITIONS"
+    if (src, dst) not in TRANSITIONS:
+        raise TransitionNotAllowed(src, dst)
+
+
+_NO_LEASE = {"lease_owner": None, "lease_expires_at": None}
 
 
 class Queue:
@@ -153,11 +124,13 @@ class Queue:
                 "to_status": dst.value if dst else None,
                 "worker_id": worker_id, "detail": detail}
 
+    def _lock(self, stmt: Select[Any], *, skip_locked: bool = False) -> Select[Any]:
+        """Row locks for a read-then-write on PostgreSQL.  SQLite needs none: every write
+        transaction there is ``BEGIN IMMEDIATE`` (``db.engine``), serialized whole."""
+        return stmt.with_for_update(skip_locked=skip_locked) if self._pg else stmt
+
     async def _locked(self, conn: AsyncConnection, task_id: str) -> Row[Any]:
-        stmt = select(T).where(T.c.id == task_id)
-        if self._pg:
-            stmt = stmt.with_for_update()
-        row = (await conn.execute(stmt)).first()
+        row = (await conn.execute(self._lock(select(T).where(T.c.id == task_id)))).first()
         if row is None:
             raise TaskNotFound(task_id)
         return row
@@ -172,6 +145,36 @@ class Queue:
         row = (await conn.execute(stmt)).first()
         if row is None:
             raise LeaseLost(task_id, worker_id)
+        return row
+
+    async def _transition(self, conn: AsyncConnection, task_id: str, src: TaskStatus,
+                          dst: TaskStatus, event: EventType, now: datetime, *,
+                          worker_id: str | None = None, values: dict[str, Any] | None = None,
+                          detail: dict[str, Any] | None = None,
+                          returning: Sequence[Any] = ()) -> Row[Any] | None:
+        """The one status change: checked against ``TRANSITIONS``, guarded by ``status =
+        src`` (and, for a worker, ``lease_owner = worker_id``: ``LeaseLost`` when that
+        no longer holds), the lease cleared when leaving ``processing``,
+        ``completed_at`` set when entering a terminal status, and the event written in
+        the same transaction.  Returns the updated row (``returning`` columns), or None
+        when a user-side guard matched nothing."""
+        _check(src, dst)
+        vals: dict[str, Any] = {"status": dst, "updated_at": now}
+        if src is PROCESSING and dst is not PROCESSING:
+            vals.update(_NO_LEASE)
+        if dst in TERMINAL:
+            vals["completed_at"] = now
+        vals.update(values or {})
+        stmt = update(T).where(T.c.id == task_id, T.c.status == src)
+        if worker_id is not None:
+            stmt = stmt.where(T.c.lease_owner == worker_id)
+        row = (await conn.execute(stmt.values(**vals).returning(*(returning or [T.c.id]))
+                                  )).first()
+        if row is None:
+            if worker_id is not None:
+                raise LeaseLost(task_id, worker_id)
+            return None
+        await self._events(conn, [self._ev(task_id, event, now, src, dst, worker_id, detail)])
         return row
 
     # ------------------------------------------------------------------ enqueue
@@ -248,8 +251,7 @@ class Queue:
                  .where(T.c.status == PENDING, T.c.run_after <= now)
                  .order_by(T.c.priority.desc(), T.c.created_at, T.c.id)
                  .limit(n))
-        if self._pg:
-            ready = ready.with_for_update(skip_locked=True)
+        ready = self._lock(ready, skip_locked=True)
         # A materialized CTE: PostgreSQL may otherwise re-run a LIMITed SKIP LOCKED
         # sub-select per outer row and lease more than n tasks.
         ready_cte = ready.cte("ready").prefix_with("MATERIALIZED", dialect="postgresql")
@@ -281,6 +283,35 @@ class Queue:
         async with self.engine.begin() as conn:
             row = await self._owned(conn, task_id, worker_id, values, [T.c.cancel_requested])
         return bool(row.cancel_requested)
+
+    async def beat(self, worker_id: str, leases: Sequence[LeaseBeat], *,
+                   current_task_id: str | None = None, now: datetime | None = None
+                   ) -> tuple[set[str], set[str]]:
+        """A worker's whole heartbeat in one transaction: its registry row, and the lease
+        and progress of every task it holds.  Returns the ids whose cancellation was
+        requested and the ids it no longer holds (``LeaseLost`` for those)."""
+        now = now or utcnow()
+        cancel: set[str] = set()
+        lost: set[str] = set()
+        async with self.engine.begin() as conn:
+            await conn.execute(update(W).where(W.c.id == worker_id)
+                               .values(heartbeat_at=now, current_task_id=current_task_id))
+            for lease in leases:
+                values: dict[str, Any] = {"lease_expires_at": self._lease(now),
+                                          "updated_at": now}
+                if lease.progress is not None:
+                    values["progress"] = min(1.0, max(0.0, lease.progress))
+                if lease.message is not None:
+                    values["message"] = lease.message
+                try:
+                    row = await self._owned(conn, lease.task_id, worker_id, values,
+                                            [T.c.cancel_requested])
+                except LeaseLost:
+                    lost.add(lease.task_id)
+                    continue
+                if row.cancel_requested:
+                    cancel.add(lease.task_id)
+        return cancel, lost
 
     async def stage_started(self, task_id: str, worker_id: str, stage: Stage, *,
                             message: str | None = None, now: datetime | None = None) -> bool:
@@ -327,14 +358,12 @@ class Queue:
     async def complete(self, task_id: str, worker_id: str, result: dict[str, Any], *,
                        now: datetime | None = None) -> None:
         now = now or utcnow()
-        _check(PROCESSING, COMPLETED)
         async with self.engine.begin() as conn:
-            await self._owned(conn, task_id, worker_id, {
-                "status": COMPLETED, "stage": None, "progress": 1.0, "result": result,
-                "error": None, "message": None, "completed_at": now, "updated_at": now,
-                "lease_owner": None, "lease_expires_at": None, "cancel_requested": False})
-            await self._events(conn, [self._ev(task_id, EventType.COMPLETED, now, PROCESSING,
-                                               COMPLETED, worker_id)])
+            await self._transition(conn, task_id, PROCESSING, COMPLETED, EventType.COMPLETED,
+                                   now, worker_id=worker_id, values={
+                                       "stage": None, "progress": 1.0, "result": result,
+                                       "error": None, "message": None,
+                                       "cancel_requested": False})
 
     async def fail(self, task_id: str, worker_id: str, error: TaskError, *,
                    now: datetime | None = None) -> TaskStatus:
@@ -342,101 +371,80 @@ class Queue:
         permanent errors (and exhausted retries) fail the task.  Returns the new status."""
         now = now or utcnow()
         async with self.engine.begin() as conn:
-            row = await self._locked(conn, task_id)
-            if row.status != PROCESSING or row.lease_owner != worker_id:
-                raise LeaseLost(task_id, worker_id)
+            row = await self._held(conn, task_id, worker_id)
             if error.retryable and row.attempts < row.max_attempts:
-                _check(PROCESSING, PENDING)
                 run_after = now + self.backoff(row.attempts)
-                await self._owned(conn, task_id, worker_id, {
-                    "status": PENDING, "error": error.as_dict(), "run_after": run_after,
-                    "lease_owner": None, "lease_expires_at": None, "updated_at": now,
-                    "message": f"retry scheduled: {error.message}"})
-                await self._events(conn, [self._ev(
-                    task_id, EventType.RETRY_SCHEDULED, now, PROCESSING, PENDING, worker_id,
-                    {"error": error.as_dict(), "run_after": run_after.isoformat(),
-                     "attempt": row.attempts})])
+                await self._transition(
+                    conn, task_id, PROCESSING, PENDING, EventType.RETRY_SCHEDULED, now,
+                    worker_id=worker_id, values={
+                        "error": error.as_dict(), "run_after": run_after,
+                        "message": f"retry scheduled: {error.message}"},
+                    detail={"error": error.as_dict(), "run_after": run_after.isoformat(),
+                            "attempt": row.attempts})
                 return PENDING
-            _check(PROCESSING, FAILED)
-            await self._owned(conn, task_id, worker_id, {
-                "status": FAILED, "error": error.as_dict(), "completed_at": now,
-                "lease_owner": None, "lease_expires_at": None, "updated_at": now,
-                "message": error.message})
-            await self._events(conn, [self._ev(task_id, EventType.FAILED, now, PROCESSING,
-                                               FAILED, worker_id,
-                                               {"error": error.as_dict(),
-                                                "attempt": row.attempts})])
+            await self._transition(
+                conn, task_id, PROCESSING, FAILED, EventType.FAILED, now, worker_id=worker_id,
+                values={"error": error.as_dict(), "message": error.message},
+                detail={"error": error.as_dict(), "attempt": row.attempts})
             return FAILED
 
     async def mark_cancelled(self, task_id: str, worker_id: str, *,
                              now: datetime | None = None) -> None:
         """The worker stopped a task whose cancellation was requested."""
         now = now or utcnow()
-        _check(PROCESSING, CANCELLED)
         async with self.engine.begin() as conn:
-            await self._owned(conn, task_id, worker_id, {
-                "status": CANCELLED, "completed_at": now, "updated_at": now,
-                "lease_owner": None, "lease_expires_at": None, "message": "cancelled"})
-            await self._events(conn, [self._ev(task_id, EventType.CANCELLED, now, PROCESSING,
-                                               CANCELLED, worker_id)])
+            await self._transition(conn, task_id, PROCESSING, CANCELLED, EventType.CANCELLED,
+                                   now, worker_id=worker_id, values={"message": "cancelled"})
 
     async def release(self, task_id: str, worker_id: str, *, reason: str = "worker stopping",
                       now: datetime | None = None) -> TaskStatus:
         """A draining worker hands its task back (or finishes a requested cancel)."""
         now = now or utcnow()
         async with self.engine.begin() as conn:
-            row = await self._locked(conn, task_id)
-            if row.status != PROCESSING or row.lease_owner != worker_id:
-                raise LeaseLost(task_id, worker_id)
-            dst = CANCELLED if row.cancel_requested else PENDING
-            _check(PROCESSING, dst)
-            values: dict[str, Any] = {"status": dst, "lease_owner": None,
-                                      "lease_expires_at": None, "updated_at": now,
-                                      "message": reason}
-            if dst is PENDING:
-                values["run_after"] = now
-            else:
-                values["completed_at"] = now
-            await self._owned(conn, task_id, worker_id, values)
-            event = EventType.RELEASED if dst is PENDING else EventType.CANCELLED
-            await self._events(conn, [self._ev(task_id, event, now, PROCESSING, dst, worker_id,
-                                               {"reason": reason})])
-        return dst
+            row = await self._held(conn, task_id, worker_id)
+            if row.cancel_requested:
+                await self._transition(conn, task_id, PROCESSING, CANCELLED,
+                                       EventType.CANCELLED, now, worker_id=worker_id,
+                                       values={"message": reason}, detail={"reason": reason})
+                return CANCELLED
+            await self._transition(conn, task_id, PROCESSING, PENDING, EventType.RELEASED, now,
+                                   worker_id=worker_id,
+                                   values={"message": reason, "run_after": now},
+                                   detail={"reason": reason})
+            return PENDING
+
+    async def _held(self, conn: AsyncConnection, task_id: str, worker_id: str) -> Row[Any]:
+        """The task's row, locked on PostgreSQL; ``LeaseLost`` unless this worker holds it."""
+        row = await self._locked(conn, task_id)
+        if row.status != PROCESSING or row.lease_owner != worker_id:
+            raise LeaseLost(task_id, worker_id)
+        return row
 
     # ------------------------------------------------------------------ rescue
     async def _expire(self, conn: AsyncConnection, rows: Sequence[Row[Any]], now: datetime,
                       reason: str) -> list[tuple[str, TaskStatus]]:
         out: list[tuple[str, TaskStatus]] = []
-        events = []
         for r in rows:
             if r.cancel_requested:
-                dst, values = CANCELLED, {"completed_at": now, "message": "cancelled"}
+                dst, values = CANCELLED, {"message": "cancelled"}
             elif r.attempts >= r.max_attempts:
                 err = TaskError("LeaseExpired", f"the worker stopped responding ({reason}) "
                                 f"and all {r.max_attempts} attempts are used", False)
-                dst, values = FAILED, {"completed_at": now, "error": err.as_dict(),
-                                       "message": err.message}
+                dst, values = FAILED, {"error": err.as_dict(), "message": err.message}
             else:
                 dst, values = PENDING, {"run_after": now, "message": f"requeued: {reason}"}
-            _check(PROCESSING, dst)
-            await conn.execute(
-                update(T).where(T.c.id == r.id, T.c.status == PROCESSING,
-                                T.c.lease_owner == r.lease_owner)
-                .values(status=dst, lease_owner=None, lease_expires_at=None, updated_at=now,
-                        **values))
-            events.append(self._ev(r.id, EventType.LEASE_EXPIRED, now, PROCESSING, dst,
-                                   r.lease_owner, {"reason": reason, "attempt": r.attempts}))
+            await self._transition(conn, r.id, PROCESSING, dst, EventType.LEASE_EXPIRED, now,
+                                   worker_id=r.lease_owner, values=values,
+                                   detail={"reason": reason, "attempt": r.attempts})
             out.append((r.id, dst))
-        await self._events(conn, events)
         return out
 
     async def requeue_expired(self, *, now: datetime | None = None
                               ) -> list[tuple[str, TaskStatus]]:
         """Expired leases go back to pending, or fail once their attempts are used up."""
         now = now or utcnow()
-        stmt = select(T).where(T.c.status == PROCESSING, T.c.lease_expires_at < now)
-        if self._pg:
-            stmt = stmt.with_for_update(skip_locked=True)
+        stmt = self._lock(select(T).where(T.c.status == PROCESSING,
+                                          T.c.lease_expires_at < now), skip_locked=True)
         async with self.engine.begin() as conn:
             rows = (await conn.execute(stmt)).all()
             return await self._expire(conn, rows, now, "lease expired")
@@ -453,9 +461,8 @@ class Queue:
             dead = [w.id for w in workers if w.id != exclude and not is_alive(w.pid)]
             if not dead:
                 return []
-            stmt = select(T).where(T.c.status == PROCESSING, T.c.lease_owner.in_(dead))
-            if self._pg:
-                stmt = stmt.with_for_update(skip_locked=True)
+            stmt = self._lock(select(T).where(T.c.status == PROCESSING,
+                                              T.c.lease_owner.in_(dead)), skip_locked=True)
             rows = (await conn.execute(stmt)).all()
             out = await self._expire(conn, rows, now, "worker process gone")
             await conn.execute(update(W).where(W.c.id.in_(dead))
@@ -473,20 +480,19 @@ class Queue:
                 raise InvalidTransition(task_id, status, "cancel")
             if status is PROCESSING and row.cancel_requested:
                 return _task(row)
+            await self._events(conn, [self._ev(task_id, EventType.CANCEL_REQUESTED, now,
+                                               status, status, row.lease_owner)])
             if status is PENDING:
-                _check(PENDING, CANCELLED)
-                values = {"status": CANCELLED, "cancel_requested": True, "completed_at": now,
-                          "updated_at": now, "message": "cancelled"}
-                events = [self._ev(task_id, EventType.CANCEL_REQUESTED, now, PENDING, PENDING),
-                          self._ev(task_id, EventType.CANCELLED, now, PENDING, CANCELLED)]
-            else:
-                values = {"cancel_requested": True, "updated_at": now,
-                          "message": "cancel requested"}
-                events = [self._ev(task_id, EventType.CANCEL_REQUESTED, now, PROCESSING,
-                                   PROCESSING, row.lease_owner)]
-            new = (await conn.execute(update(T).where(T.c.id == task_id, T.c.status == status)
-                                      .values(**values).returning(*T.c))).one()
-            await self._events(conn, events)
+                new = await self._transition(
+                    conn, task_id, PENDING, CANCELLED, EventType.CANCELLED, now,
+                    values={"cancel_requested": True, "message": "cancelled"}, returning=T.c)
+            else:  # not a status change: the worker sees the flag at its next heartbeat
+                new = (await conn.execute(
+                    update(T).where(T.c.id == task_id, T.c.status == PROCESSING)
+                    .values(cancel_requested=True, updated_at=now, message="cancel requested")
+                    .returning(*T.c))).first()
+            if new is None:  # not possible under the row lock / BEGIN IMMEDIATE
+                raise InvalidTransition(task_id, status, "cancel")
             return _task(new)
 
     async def retry(self, task_id: str, *, now: datetime | None = None) -> Task:
@@ -499,16 +505,15 @@ class Queue:
                 status = TaskStatus(row.status)
                 if status not in (FAILED, CANCELLED):
                     raise InvalidTransition(task_id, status, "retry")
-                _check(status, PENDING)
-                new = (await conn.execute(
-                    update(T).where(T.c.id == task_id, T.c.status == status)
-                    .values(status=PENDING, error=None, cancel_requested=False, run_after=now,
-                            completed_at=None, updated_at=now, stage=None, progress=0.0,
-                            message="retry requested",
-                            max_attempts=row.attempts + self.config.max_attempts)
-                    .returning(*T.c))).one()
-                await self._events(conn, [self._ev(task_id, EventType.RETRIED, now, status,
-                                                   PENDING)])
+                new = await self._transition(
+                    conn, task_id, status, PENDING, EventType.RETRIED, now, values={
+                        "error": None, "cancel_requested": False, "run_after": now,
+                        "completed_at": None, "stage": None, "progress": 0.0,
+                        "message": "retry requested",
+                        "max_attempts": row.attempts + self.config.max_attempts},
+                    returning=T.c)
+                if new is None:
+                    raise InvalidTransition(task_id, status, "retry")
                 return _task(new)
         except IntegrityError:
             raise IdempotencyConflict(row.idempotency_key or "") from None
@@ -561,4 +566,5 @@ class Queue:
                                .values(stopped_at=now, heartbeat_at=now, current_task_id=None))
 
 
-__all__ = ["Enqueued", "NewTask", "Queue", "QueueConfig", "SegmentRow", "TaskError", "utcnow"]
+__all__ = ["Enqueued", "LeaseBeat", "NewTask", "Queue", "QueueConfig", "SegmentRow", "TaskError",
+           "utcnow"]

@@ -24,7 +24,7 @@ from db.models import (
     TaskStatus,
     Worker,
 )
-from db.queue import SegmentRow
+from db.values import SegmentRow
 
 T, E, S, SEG, W = (Task.__table__, TaskEvent.__table__, TaskStage.__table__,
                    Segment.__table__, Worker.__table__)

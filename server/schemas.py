@@ -12,6 +12,7 @@ import msgspec
 from db.models import Task, TaskStatus
 from server.errors import bad_request
 from tingji.settings import Settings
+from tingji.taskfiles import source_of
 from tingji.urls import MAX_URL_LENGTH, has_control_chars, url_problem
 
 MAX_BATCH = 500
@@ -128,11 +129,6 @@ class EventView(msgspec.Struct):
     detail: dict[str, Any] | None
 
 
-def source_of(task: Task) -> str | None:
-    payload = task.payload or {}
-    return payload.get("video_url") or (payload.get("upload") or {}).get("filename")
-
-
 def task_view(task: Task) -> TaskView:
     err = task.error
     return TaskView(
@@ -144,7 +140,7 @@ def task_view(task: Task) -> TaskView:
         result=task.result if task.status == TaskStatus.COMPLETED else None,
         created_at=task.created_at, started_at=task.started_at,
         completed_at=task.completed_at, updated_at=task.updated_at, batch_id=task.batch_id,
-        source=source_of(task), title=task.title, cancel_requested=task.cancel_requested)
+        source=source_of(task.payload), title=task.title, cancel_requested=task.cancel_requested)
 
 
 def check_url(url: Any, field: str = "video_url") -> str:

@@ -338,3 +338,58 @@ async def test_status_check_constraint_rejects_unknown_status(queue: Queue) -> N
         async with queue.engine.begin() as conn:
             await conn.execute(text("UPDATE tasks SET status = 'running' WHERE id = :id"),
                                {"id": tid})
+
+
+async def test_transition_helper_checks_guards_and_clears_the_lease(queue: Queue) -> None:
+    from db.errors import TransitionNotAllowed
+    from db.models import EventType
+
+    tid = (await queue.enqueue(item(), now=T0)).task.id
+    async with queue.engine.begin() as conn:
+        with pytest.raises(TransitionNotAllowed):  # a bug, not a 409
+            await queue._transition(conn, tid, TaskStatus.PENDING, TaskStatus.COMPLETED,
+                                    EventType.COMPLETED, T0)
+        # the status guard: the task is not processing, so a user-side change matches nothing
+        assert await queue._transition(conn, tid, TaskStatus.FAILED, TaskStatus.PENDING,
+                                       EventType.RETRIED, T0) is None
+    await claimed(queue)
+    async with queue.engine.begin() as conn:
+        with pytest.raises(LeaseLost):  # the lease guard
+            await queue._transition(conn, tid, TaskStatus.PROCESSING, TaskStatus.FAILED,
+                                    EventType.FAILED, T0, worker_id=W2)
+    later = T0 + timedelta(seconds=5)
+    async with queue.engine.begin() as conn:
+        await queue._transition(conn, tid, TaskStatus.PROCESSING, TaskStatus.FAILED,
+                                EventType.FAILED, later, worker_id=W1,
+                                values={"message": "x"})
+    task = await Reads(queue.engine).task(tid)
+    assert task is not None and task.status == TaskStatus.FAILED
+    assert task.lease_owner is None and task.lease_expires_at is None
+    assert task.completed_at == later and task.message == "x"
+    assert (await events(queue, tid))[-1] == ("failed", "processing", "failed")
+
+
+async def test_one_heartbeat_for_all_leases(queue: Queue) -> None:
+    from db.queue import LeaseBeat
+
+    for i in range(3):
+        await queue.enqueue(item(i), now=T0)
+    a, b, c = [t.id for t in await queue.claim_next(W1, n=3, now=T0)]
+    await queue.register(W1, "host", 1, now=T0)
+    await queue.request_cancel(b, now=T0)
+    await queue.requeue_expired(now=T0 + timedelta(seconds=60))  # all three expire ...
+    d = (await queue.claim_next(W1, n=3, now=T0 + timedelta(seconds=61)))  # ... a and c back
+    assert {t.id for t in d} == {a, c}
+    now = T0 + timedelta(seconds=62)
+    cancel, lost = await queue.beat(W1, [LeaseBeat(a, 0.5, "half"), LeaseBeat(b),
+                                         LeaseBeat(c, 2.0)], current_task_id=a, now=now)
+    assert cancel == set() and lost == {b}  # b was cancelled when its lease expired
+    ta, tc = (await Reads(queue.engine).task(a)), (await Reads(queue.engine).task(c))
+    assert ta is not None and tc is not None
+    assert ta.progress == 0.5 and ta.message == "half" and tc.progress == 1.0
+    assert ta.lease_expires_at == now + timedelta(seconds=30)
+    [w] = await Reads(queue.engine).workers(now=now)
+    assert w.heartbeat_at == now and w.current_task_id == a
+    await queue.request_cancel(c, now=now)
+    cancel, lost = await queue.beat(W1, [LeaseBeat(c)], now=now)
+    assert cancel == {c} and lost == set()

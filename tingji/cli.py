@@ -36,11 +36,11 @@ def cmd_prune(args: argparse.Namespace) -> int:
     """Delete finished tasks older than N days, with their results, work files and
     uploads.  Talks to the database directly (like `tingji db`)."""
     import asyncio
-    import shutil
     from datetime import timedelta
 
     from db.engine import make_engine
     from db.queue import Queue
+    from tingji.taskfiles import TaskFiles
 
     settings = _settings()
     if args.older_than < 0:
@@ -58,24 +58,24 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
     pruned = asyncio.run(run())
     for task_id, payload in pruned:
-        shutil.rmtree(settings.results_dir / task_id, ignore_errors=True)
-        shutil.rmtree(settings.work_dir / task_id, ignore_errors=True)
-        stored = (payload.get("upload") or {}).get("stored_name")
-        if stored:
-            (settings.uploads_dir / stored).unlink(missing_ok=True)
+        TaskFiles.of(settings.data_dir, task_id, payload).remove(upload=True, results=True)
     print(f"pruned {len(pruned)} finished task(s) older than {args.older_than} day(s)")
     return 0
 
 
-def _is_loopback(host: str) -> bool:
+def _refuse_public_without_token(host: str, settings: Settings) -> bool:
+    """A listener off loopback needs TINGJI_API_TOKEN; says so and returns True if not."""
     import ipaddress
 
-    if host == "localhost":
-        return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
     except ValueError:
+        loopback = False
+    if loopback or settings.api_token:
         return False
+    print(f"tingji: refusing to listen on {host} without TINGJI_API_TOKEN; "
+          "set a token or bind 127.0.0.1", file=sys.stderr)
+    return True
 
 
 def _prepare(settings: Settings) -> None:
@@ -93,9 +93,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings()
     settings = dataclasses.replace(settings, host=args.host or settings.host,
                                    port=args.port or settings.port)
-    if not _is_loopback(settings.host) and not settings.api_token:
-        print(f"tingji: refusing to listen on {settings.host} without TINGJI_API_TOKEN; "
-              "set a token or bind 127.0.0.1", file=sys.stderr)
+    if _refuse_public_without_token(settings.host, settings):
         return 2
     _prepare(settings)
     import uvicorn
@@ -134,9 +132,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     settings = _settings()
     host, port = args.host or settings.host, args.port or settings.port
-    if not _is_loopback(host) and not settings.api_token:
-        print(f"tingji: refusing to listen on {host} without TINGJI_API_TOKEN; "
-              "set a token or bind 127.0.0.1", file=sys.stderr)
+    if _refuse_public_without_token(host, settings):
         return 2
     _prepare(settings)
     _logging()

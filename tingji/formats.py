@@ -1,6 +1,8 @@
 """Result files: plain text, Markdown, JSON and SRT, rendered from the stored result and
-segments.  Pure functions: the worker's export stage writes them to disk and the API
-renders the same bytes for downloads, so subtitles can be regenerated without ASR.
+segments.  Pure functions: the worker's export stage writes them to disk, and the API
+renders downloads with them from the same stored result and segments (so subtitles can
+be regenerated without ASR); a download's JSON adds the task's created and completed
+times, which the export stage cannot know yet.
 """
 
 from __future__ import annotations

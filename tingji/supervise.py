@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 log = logging.getLogger("tingji.run")
-EXIT_FATAL = 3
+EXIT_FATAL = 3  # a worker that cannot work at all (its model does not load): do not restart
 
 
 def _tingji() -> list[str]:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from db.queue import SegmentRow
+from db.values import SegmentRow
 from worker.batching import AsrJob, BatchStats, CrossTaskBatch
 from worker.errors import TaskCancelled
 from worker.vad import VadPool
@@ -84,11 +84,9 @@ class AsrEngine:
         self.config = config
         self.model: Any = None
         self.device = "cpu"
-        self.loads = 0
         # The model lane: every call into the model happens on this one thread.
-        self._lane = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tingji-model")
+        self._model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tingji-model")
         self._load_lock = asyncio.Lock()
-        self.busy_seconds = 0.0
         self.batcher: CrossTaskBatch | None = None
         self.vad_pool: VadPool | None = None
         if config.vad_processes > 0 and config.vad_model:
@@ -131,7 +129,6 @@ class AsrEngine:
             batch_size_s=c.cpu_batch_size_s if self.device == "cpu" else c.batch_size_s,
             generate_kw=c.generate_kw)
         self.model = model
-        self.loads += 1
         log.info("loaded %s on %s in %.1f s (predictor %s)", c.description, self.device,
                  time.perf_counter() - t, predictor or "stock")
 
@@ -140,13 +137,12 @@ class AsrEngine:
         async with self._load_lock:
             if self.model is not None:
                 return False
-            await asyncio.get_running_loop().run_in_executor(self._lane, self._load)
+            await asyncio.get_running_loop().run_in_executor(self._model_thread, self._load)
             return True
 
     def _run_group(self, jobs: list[AsrJob]) -> BatchStats:
         assert self.batcher is not None
         stats = self.batcher.run(jobs)
-        self.busy_seconds += stats.seconds
         return stats
 
     async def transcribe_many(self, jobs: list[AsrJob]) -> BatchStats:
@@ -154,7 +150,7 @@ class AsrEngine:
         (or its ``stop`` set).  Loads the model first if needed."""
         await self.ensure_loaded()
         return await asyncio.get_running_loop().run_in_executor(
-            self._lane, self._run_group, jobs)
+            self._model_thread, self._run_group, jobs)
 
     async def transcribe(self, audio: Path, progress: Callable[[float, float], None],
                          stop: threading.Event) -> Transcript:
@@ -169,7 +165,7 @@ class AsrEngine:
         return await self.vad_pool.detect(audio) if self.vad_pool else None
 
     def close(self) -> None:
-        self._lane.shutdown(wait=False, cancel_futures=True)
+        self._model_thread.shutdown(wait=False, cancel_futures=True)
         if self.vad_pool is not None:
             self.vad_pool.close()
 

@@ -2,7 +2,7 @@
 
 funasr batches VAD segments only inside one file, so a queue of one-minute clips keeps
 a GPU on small batches.  The worker sees the whole queue; for a group of ready tasks
-(``TINGJI_ASR_BATCH_TASKS``) ``run_group`` does, on the model lane:
+(``TINGJI_ASR_BATCH_TASKS``) ``CrossTaskBatch.run`` does, on the model thread:
 
 1. **split** – each task through ``AutoModel.generate`` with the ASR calls intercepted:
    VAD runs (or is answered from VAD done ahead, ``worker.vad``) and the segments

@@ -32,8 +32,3 @@ class RetryableTaskError(TaskFailure):
 
 class TaskCancelled(Exception):
     """The user cancelled the task; the worker stops it at the next check."""
-
-
-class TaskTakenAway(Exception):
-    """The worker lost the lease (expired and requeued, or stopping): drop the task
-    without writing anything more."""

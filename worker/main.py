@@ -8,7 +8,7 @@
   the LLM; it claims ahead (a small prefetch) so the model never waits for a download.
 - Cross-task batching: tasks ready for ASR are transcribed in groups of up to
   ``TINGJI_ASR_BATCH_TASKS`` (default 8 on CUDA, 1 on a CPU), their speech decoded in
-  shared batches (``worker.lane``, ``worker.batching``); their VAD can run ahead, in
+  shared batches (``worker.scheduler``, ``worker.batching``); their VAD can run ahead, in
   processes (``TINGJI_VAD_PROCESSES``, ``worker.vad``).
 - SIGTERM/SIGINT: stop claiming; within ``TINGJI_DRAIN_SECONDS`` finish what is
   running, then hand back (release) what is not finished; never leave a task
@@ -30,19 +30,20 @@ from typing import Any
 
 from db.engine import make_engine
 from db.errors import LeaseLost
-from db.queue import Queue, TaskError
+from db.queue import Queue
 from db.reads import Reads
+from db.values import LeaseBeat, TaskError
 from tingji.settings import Settings
+from tingji.supervise import EXIT_FATAL
 from worker.asr import AsrConfig, AsrEngine, ModelLoadError, resolve_device
 from worker.errors import TaskCancelled, TaskFailure
-from worker.lane import AsrLane
 from worker.llm import Llm, LlmConfig
-from worker.pipeline import TaskRun
+from worker.pipeline import Phase, RunContext, TaskRun
+from worker.scheduler import AsrScheduler
 
 log = logging.getLogger("tingji.worker")
 
 PREFETCH = 2  # tasks fetched (or fetching) ahead of the model
-EXIT_FATAL = 3  # the worker cannot work at all (the model does not load): do not restart
 # How long an outcome write is retried through database errors before falling back:
 # while running, while stopping (the drain must end), and for each fallback.
 OUTCOME_PATIENCE_S = 60.0
@@ -108,8 +109,10 @@ class Worker:
         self.batch_tasks = settings.asr_batch_tasks or default_batch_tasks(settings.device)
         # enough tasks fetched ahead to fill the next group while one runs
         self.prefetch = PREFETCH if self.batch_tasks == 1 else 2 * self.batch_tasks
-        self.lane = AsrLane(self.asr, self.batch_tasks, fetching=self._fetching,
-                            on_loaded=self.on_model_loaded)
+        self.scheduler = AsrScheduler(self.asr, self.batch_tasks, fetching=self._fetching,
+                                      on_loaded=self.on_model_loaded)
+        self.ctx = RunContext(self.id, settings, self.queue, self.reads, self.asr, self.scheduler,
+                              self.llm, self.io_sem)
         self.runs: dict[str, TaskRun] = {}
         self.executions: set[asyncio.Task[None]] = set()
         self.stopping = asyncio.Event()
@@ -144,7 +147,7 @@ class Worker:
             heart.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await heart
-            await self.lane.close()
+            await self.scheduler.close()
             if vad_start is not None and not vad_start.done():
                 vad_start.cancel()
             with contextlib.suppress(Exception):
@@ -160,8 +163,7 @@ class Worker:
 
     async def _preload(self) -> None:
         try:
-            if await self.asr.ensure_loaded():
-                await self.on_model_loaded()
+            await self.scheduler.load()
         except ModelLoadError as exc:
             self.fatal = str(exc)
             self.stopping.set()
@@ -180,12 +182,13 @@ class Worker:
     def _can_claim(self) -> bool:
         if len(self.runs) >= self.max_active:
             return False
-        ahead = sum(1 for r in self.runs.values() if r.waiting_for_model)
+        ahead = sum(1 for r in self.runs.values() if r.phase in (Phase.FETCHING, Phase.READY))
         return ahead < self.prefetch
 
     def _fetching(self) -> int:
-        """Claimed tasks still before the ASR stage (the lane may wait for them)."""
-        return sum(1 for r in self.runs.values() if not r.fetched and not r.stop_reason)
+        """Claimed tasks still before the ASR stage (the scheduler may wait for them)."""
+        return sum(1 for r in self.runs.values()
+                   if r.phase is Phase.FETCHING and not r.stop_reason)
 
     async def _claim_loop(self) -> None:
         idle = 0.25
@@ -199,7 +202,7 @@ class Worker:
                     tasks = []
                 for task in tasks:
                     claimed = True
-                    run = TaskRun(task, self)
+                    run = TaskRun(task, self.ctx)
                     self.runs[task.id] = run
                     ex = asyncio.create_task(self._execute(run), name=f"task-{task.id}")
                     self.executions.add(ex)
@@ -267,9 +270,6 @@ class Worker:
             return Ended(Outcome.FAILED, TaskError(
                 "InternalError", f"internal error: {type(exc).__name__}: {str(exc)[:300]}",
                 True))
-        if reason == "timeout":
-            return Ended(Outcome.FAILED, TaskError(
-                "Timeout", "the task took longer than its time limit", True))
         return Ended({"cancel": Outcome.CANCEL, "lost": Outcome.LOST}.get(
             reason, Outcome.SHUTDOWN))
 
@@ -355,19 +355,16 @@ class Worker:
                 log.warning("heartbeat failed: %s", exc)
 
     async def _beat(self, rescue: bool) -> None:
-        current = self.lane.current[0].task_id if self.lane.current else \
+        current = self.scheduler.current[0].task_id if self.scheduler.current else \
             next(iter(self.runs), None)
-        await self.queue.worker_heartbeat(self.id, current_task_id=current)
-        for run in list(self.runs.values()):
-            if run.stop_reason:
-                continue
-            try:
-                cancel = await self.queue.heartbeat(run.id, self.id, progress=run.progress,
-                                                    message=run.message)
-            except LeaseLost:
+        runs = [r for r in self.runs.values() if not r.stop_reason]
+        cancel, lost = await self.queue.beat(
+            self.id, [LeaseBeat(r.id, r.progress, r.message) for r in runs],
+            current_task_id=current)
+        for run in runs:
+            if run.id in lost:
                 run.stop("lost")
-                continue
-            if cancel:
+            elif run.id in cancel:
                 log.info("task %s: cancel requested", run.id)
                 run.stop("cancel")
         if rescue:

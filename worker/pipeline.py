@@ -10,7 +10,7 @@ download is never fetched again and a finished transcript never re-transcribed
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import enum
 import logging
 import shutil
 import threading
@@ -21,20 +21,49 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from db.models import Stage, Task, TaskKind
-from db.queue import SegmentRow
 from db.reads import Checkpoint
+from db.values import SegmentRow
 from tingji.formats import render_all
-from worker.asr import Transcript, transcript_of
+from tingji.taskfiles import TaskFiles, source_of
+from worker.asr import transcript_of
 from worker.batching import AsrJob
-from worker.errors import RetryableTaskError, TaskCancelled, TaskTakenAway
+from worker.errors import RetryableTaskError, TaskCancelled
 from worker.fetch import fetch_upload, fetch_url
 from worker.llm import LlmOptions
 
 if TYPE_CHECKING:
-    from worker.lane import Ticket
-    from worker.main import Worker
+    from db.queue import Queue
+    from db.reads import Reads
+    from tingji.settings import Settings
+    from worker.asr import AsrEngine
+    from worker.llm import Llm
+    from worker.scheduler import AsrScheduler
 
 log = logging.getLogger("tingji.worker.pipeline")
+
+
+@dataclass(frozen=True, slots=True)
+class RunContext:
+    """What a task's run may use of its worker: built once by the worker, shared by its
+    runs.  A run never sees the ``Worker`` itself."""
+
+    worker_id: str
+    settings: Settings
+    queue: Queue
+    reads: Reads
+    asr: AsrEngine
+    scheduler: AsrScheduler
+    llm: Llm | None
+    io_sem: asyncio.Semaphore
+
+
+class Phase(enum.Enum):
+    """Where a run is, as its worker schedules claims and groups."""
+
+    FETCHING = "fetching"  # claimed: downloading, normalizing, VAD ahead of the model
+    READY = "ready"  # fetched, waiting for the scheduler to admit it to a group
+    TRANSCRIBING = "transcribing"  # admitted to a group
+    FINISHING = "finishing"  # past ASR (LLM stages, export) or resumed after it
 
 
 @dataclass
@@ -42,14 +71,13 @@ class TaskRun:
     """A claimed task while this worker holds it."""
 
     task: Task
-    worker: Worker
+    ctx: RunContext
     stop_event: threading.Event = field(default_factory=threading.Event)
     stop_reason: str | None = None  # "cancel" | "shutdown" | "lost" | "timeout"
     stage: Stage | None = None
     progress: float = 0.0
     message: str | None = None
-    waiting_for_model: bool = True  # claimed, not yet admitted to the model lane
-    fetched: bool = False  # ready for ASR (or past it)
+    phase: Phase = Phase.FETCHING
     inner: asyncio.Task[dict[str, Any]] | None = None
 
     @property
@@ -67,54 +95,69 @@ class TaskRun:
 
     # ------------------------------------------------------------------ helpers
     @property
+    def files(self) -> TaskFiles:
+        return TaskFiles.of(self.ctx.settings.data_dir, self.id, self.task.payload)
+
+    @property
     def work_dir(self) -> Path:
-        return self.worker.settings.work_dir / self.id
+        return self.files.work
 
     def _rel(self, path: Path) -> str:
-        return str(path.relative_to(self.worker.settings.data_dir))
+        return str(path.relative_to(self.ctx.settings.data_dir))
 
     def _abs(self, rel: str) -> Path:
-        return self.worker.settings.data_dir / rel
+        return self.ctx.settings.data_dir / rel
 
     def timeout_for(self, duration_s: float) -> float:
-        s = self.worker.settings
+        s = self.ctx.settings
         return s.task_timeout_base_s + s.task_timeout_factor * duration_s
 
-    async def _stage(self, stage: Stage, body: Callable[[], Awaitable[dict[str, Any]]], *,
-                     timeout: float | None = None, title: str | None = None,
-                     segments: Callable[[], list[SegmentRow] | None] | None = None
-                     ) -> tuple[dict[str, Any], float]:
-        q, wid = self.worker.queue, self.worker.id
+    async def _begin(self, stage: Stage) -> float:
+        """Record that ``stage`` starts (a requested cancel stops the run here); returns
+        the start time for ``_finish``."""
         if self.stop_event.is_set():
             raise TaskCancelled()
         self.stage, self.progress, self.message = stage, 0.0, None
-        if await asyncio.shield(q.stage_started(self.id, wid, stage)):
+        if await asyncio.shield(self.ctx.queue.stage_started(self.id, self.ctx.worker_id,
+                                                             stage)):
             self.stop("cancel")
             raise TaskCancelled()
-        t = time.perf_counter()
+        return time.perf_counter()
+
+    async def _finish(self, stage: Stage, output: dict[str, Any], started: float, *,
+                      title: str | None = None, segments: list[SegmentRow] | None = None
+                      ) -> float:
+        """Checkpoint a finished stage; returns its seconds."""
+        seconds = time.perf_counter() - started
+        # Shielded: a cancel arriving now must not cut a checkpoint's transaction short.
+        await asyncio.shield(self.ctx.queue.checkpoint(
+            self.id, self.ctx.worker_id, stage, output, seconds=seconds, segments=segments,
+            title=output.get("title") if stage == Stage.FETCH else title))
+        self.progress = 1.0
+        return seconds
+
+    def _timed_out(self, stage: Stage, timeout: float | None) -> RetryableTaskError:
+        self.stop_reason = self.stop_reason or "timeout"
+        self.stop_event.set()  # an ASR batch in progress stops at its end
+        return RetryableTaskError(f"the {stage.value} stage timed out after "
+                                  f"{timeout or 0:.0f} s", type="Timeout")
+
+    async def _stage(self, stage: Stage, body: Callable[[], Awaitable[dict[str, Any]]], *,
+                     timeout: float | None = None) -> tuple[dict[str, Any], float]:
+        started = await self._begin(stage)
         try:
             async with asyncio.timeout(timeout):
                 output = await body()
         except TimeoutError:
-            self.stop_reason = self.stop_reason or "timeout"
-            self.stop_event.set()
-            raise RetryableTaskError(f"the {stage.value} stage timed out after {timeout:.0f} s",
-                                     type="Timeout") from None
-        seconds = time.perf_counter() - t
-        # Shielded: a cancel arriving now must not cut a checkpoint's transaction short.
-        await asyncio.shield(q.checkpoint(
-            self.id, wid, stage, output, seconds=seconds,
-            segments=segments() if segments else None,
-            title=output.get("title") if stage == Stage.FETCH else title))
-        self.progress = 1.0
-        return output, seconds
+            raise self._timed_out(stage, timeout) from None
+        return output, await self._finish(stage, output, started)
 
     # ------------------------------------------------------------------ stages
     async def _fetch(self) -> dict[str, Any]:
         payload = self.task.payload
         self.work_dir.mkdir(parents=True, exist_ok=True)
-        s = self.worker.settings
-        async with self.worker.io_sem:
+        s = self.ctx.settings
+        async with self.ctx.io_sem:
             if self.task.kind == TaskKind.URL:
                 fetched = await fetch_url(payload["video_url"], self.work_dir,
                                           max_bytes=s.max_download_mb * 2**20,
@@ -122,8 +165,9 @@ class TaskRun:
                                           allow_private=s.allow_private_urls,
                                           cancel=self.stop_event)
             else:
-                up = payload["upload"]
-                fetched = await fetch_upload(s.uploads_dir / up["stored_name"], up["filename"],
+                up, path = payload["upload"], self.files.upload
+                assert path is not None
+                fetched = await fetch_upload(path, up["filename"],
                                              self.work_dir, max_duration_s=s.max_duration_s)
         download = self.work_dir / "download"
         if download.exists():  # the normalized WAV is all later stages need
@@ -134,7 +178,7 @@ class TaskRun:
     async def run(self) -> dict[str, Any]:
         """Run the stages that are not checkpointed yet; returns the task's result (the
         worker records the outcome)."""
-        w = self.worker
+        w = self.ctx
         cps: dict[Stage, Checkpoint] = await w.reads.checkpoints(self.id)
         seconds = {st.value: round(cp.seconds or 0.0, 3) for st, cp in cps.items()}
         opts = self.task.payload.get("options") or {}
@@ -149,24 +193,17 @@ class TaskRun:
         duration = float(fetch_out["duration_s"])
         title = str(fetch_out.get("title") or self.id)
 
-        # transcribe (in a group of ready tasks, on the model lane)
+        # transcribe (in a group of ready tasks, on the model thread)
         tr_cp = cps.get(Stage.TRANSCRIBE)
-        vad = None
         if tr_cp is None:
-            # VAD ahead of the lane (TINGJI_VAD_PROCESSES), in parallel with other tasks
-            vad = await w.asr.detect_vad(self._abs(fetch_out["audio"]))
-        self.fetched = True
-        if tr_cp is None:
-            ticket = await w.lane.enter(self.id, duration)
-            self.waiting_for_model = False
-            try:
-                tr_out, seconds["transcribe"] = await self._transcribe(
-                    ticket, self._abs(fetch_out["audio"]), vad)
-            finally:
-                ticket.withdraw()
+            audio = self._abs(fetch_out["audio"])
+            # VAD ahead of the model (TINGJI_VAD_PROCESSES), in parallel with other tasks
+            vad = await w.asr.detect_vad(audio)
+            self.phase = Phase.READY
+            tr_out, seconds["transcribe"] = await self._transcribe(audio, duration, vad)
         else:
             tr_out = tr_cp.output
-        self.waiting_for_model = False
+        self.phase = Phase.FINISHING
         text = str(tr_out.get("text", ""))
 
         # polish, summarize (optional, per task)
@@ -198,9 +235,8 @@ class TaskRun:
         }
 
         async def export() -> dict[str, Any]:
-            out_dir = w.settings.results_dir / self.id
-            source = self.task.payload.get("video_url") or \
-                (self.task.payload.get("upload") or {}).get("filename") or ""
+            out_dir = self.files.results
+            source = source_of(self.task.payload) or ""
             files = render_all(task_id=self.id, title=title, source=source,
                                result={**result, "stage_seconds": seconds}, segments=segments)
             await asyncio.to_thread(_write_files, out_dir, files)
@@ -239,41 +275,44 @@ class TaskRun:
         notes[stage.value] = {k: v for k, v in out.items() if k != key}
         return str(out[key])
 
-    async def _transcribe(self, ticket: Ticket, audio: Path,
+    async def _transcribe(self, audio: Path, duration: float,
                           vad: list[dict[str, Any]] | None) -> tuple[dict[str, Any], float]:
-        """The transcribe stage, run in the lane's group: its time limit scales with the
-        audio of the whole group, which is decoded together."""
-        w = self.worker
+        """The transcribe stage: it starts when the scheduler admits the task to a group,
+        and its time limit scales with the audio of the whole group, decoded together."""
+        ctx = self.ctx
         loop = asyncio.get_running_loop()
-        holder: dict[str, Transcript] = {}
 
-        def progress(done: float, total: float) -> None:  # called on the model lane
+        def progress(done: float, total: float) -> None:  # called on the model thread
             if total > 0:
                 loop.call_soon_threadsafe(self._set_progress, min(1.0, done / total))
 
-        async def body() -> dict[str, Any]:
-            if not w.asr.loaded:
-                self.message = "loading the ASR model"
-            job = AsrJob(audio, progress, self.stop_event, vad=vad)
-            ticket.submit(job)
-            stats = await ticket.result()
-            tr = holder["transcript"] = transcript_of(job)
-            self.message = None
-            out: dict[str, Any] = {
-                "text": tr.text, "segments": len(tr.segments),
-                "speech_s": round(tr.speech_s, 3), "model": w.asr.config.description,
-                "device": w.asr.device, "asr_seconds": round(tr.seconds, 3)}
-            if stats is not None and ticket.group_size > 1:
-                out["asr_group"] = stats.summary()
-            return out
-
-        def segments() -> list[SegmentRow] | None:
-            tr = holder.get("transcript")
-            return tr.segments if tr is not None else None
-
-        return await self._stage(Stage.TRANSCRIBE, body,
-                                 timeout=self.timeout_for(ticket.group_duration_s),
-                                 segments=segments)
+        job = AsrJob(audio, progress, self.stop_event, vad=vad)
+        started, limit_s = 0.0, None
+        async with asyncio.timeout(None) as limit:
+            async def on_admitted(group_audio_s: float) -> None:
+                nonlocal started, limit_s
+                self.phase = Phase.TRANSCRIBING
+                started = await self._begin(Stage.TRANSCRIBE)
+                if not ctx.asr.loaded:
+                    self.message = "loading the ASR model"
+                limit_s = self.timeout_for(group_audio_s)
+                limit.reschedule(loop.time() + limit_s)
+            try:
+                done = await ctx.scheduler.transcribe(self.id, duration, job,
+                                                      on_admitted=on_admitted)
+            except TimeoutError:
+                if limit.expired():
+                    raise self._timed_out(Stage.TRANSCRIBE, limit_s) from None
+                raise
+        tr = transcript_of(job)
+        self.message = None
+        out: dict[str, Any] = {
+            "text": tr.text, "segments": len(tr.segments),
+            "speech_s": round(tr.speech_s, 3), "model": ctx.asr.config.description,
+            "device": ctx.asr.device, "asr_seconds": round(tr.seconds, 3)}
+        if done.stats is not None and done.group_size > 1:
+            out["asr_group"] = done.stats.summary()
+        return out, await self._finish(Stage.TRANSCRIBE, out, started, segments=tr.segments)
 
     def _set_progress(self, value: float) -> None:
         self.progress = value
@@ -283,11 +322,7 @@ class TaskRun:
         """Once the task is finished: the work files (a retry fetches again).  The upload
         too once it completed (the transcript lives in the database, the results under
         results/); a failed or cancelled upload keeps it for a retry."""
-        shutil.rmtree(self.work_dir, ignore_errors=True)
-        up = self.task.payload.get("upload")
-        if up and upload:
-            with contextlib.suppress(OSError):
-                (self.worker.settings.uploads_dir / up["stored_name"]).unlink()
+        self.files.remove(upload=upload)
 
 
 def _write_files(out_dir: Path, files: dict[str, str]) -> None:
@@ -298,4 +333,4 @@ def _write_files(out_dir: Path, files: dict[str, str]) -> None:
         tmp.replace(out_dir / f"result.{ext}")
 
 
-__all__ = ["TaskRun", "TaskTakenAway"]
+__all__ = ["RunContext", "TaskRun"]

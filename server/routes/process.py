@@ -10,8 +10,8 @@ from litestar import Request, Response, post
 from litestar.status_codes import HTTP_202_ACCEPTED
 
 from db.models import TaskKind
-from db.queue import Enqueued, NewTask
-from server.app import services
+from db.values import Enqueued, NewTask
+from server.deps import QueueDep, SettingsDep
 from server.errors import bad_request
 from server.schemas import (
     FORM_FIELDS,
@@ -40,40 +40,39 @@ def _accepted(enq: Enqueued) -> Response[Submitted]:
 
 
 @post("/process/bilibili", status_code=HTTP_202_ACCEPTED, summary="Transcribe a URL")
-async def process_url(request: Request[Any, Any, Any], data: BilibiliRequest
+async def process_url(data: BilibiliRequest, queue: QueueDep, settings: SettingsDep
                       ) -> Response[Submitted]:
     """Any http(s) URL yt-dlp handles: Bilibili BV/av links, b23.tv, direct media files."""
-    svc = services(request)
     url = check_url(data.video_url)
-    enq = await svc.queue.enqueue(NewTask(
+    enq = await queue.enqueue(NewTask(
         TaskKind.URL, {"video_url": url,
-                       "options": options_payload(data, svc.settings)},
+                       "options": options_payload(data, settings)},
         priority=data.priority, idempotency_key=data.idempotency_key))
     return _accepted(enq)
 
 
 @post("/process/audio", status_code=HTTP_202_ACCEPTED, summary="Transcribe an uploaded file",
       request_max_body_size=None, opt={"body": "multipart"})
-async def process_upload(request: Request[Any, Any, Any]) -> Response[Submitted]:
+async def process_upload(request: Request[Any, Any, Any], queue: QueueDep, settings: SettingsDep
+                         ) -> Response[Submitted]:
     """multipart/form-data: ``file`` (audio or video) plus the options as form fields;
     an optional ``batch_id`` (a UUID) files the task under a batch."""
-    svc = services(request)
-    limit = svc.settings.max_upload_mb * 2**20
+    limit = settings.max_upload_mb * 2**20
     announced = request.headers.get("content-length")
     if announced and announced.isdigit() and int(announced) > limit + 2**20:
-        raise too_large(svc.settings.max_upload_mb)
+        raise too_large(settings.max_upload_mb)
     upload = await receive_upload(request.headers.get("content-type", ""), request.stream(),
-                                  svc.settings.uploads_dir, limit, FORM_FIELDS)
+                                  settings.uploads_dir, limit, FORM_FIELDS)
     try:
         batch_id = upload.fields.pop("batch_id", None)
         if batch_id is not None:
             batch_id = check_task_id(batch_id.strip(), "batch_id") if batch_id.strip() else None
         opts = options_from_form(upload.fields)
-        enq = await svc.queue.enqueue(NewTask(
+        enq = await queue.enqueue(NewTask(
             TaskKind.UPLOAD,
             {"upload": {"stored_name": upload.stored_name, "filename": upload.filename,
                         "size": upload.size, "content_type": upload.content_type},
-             "options": options_payload(opts, svc.settings)},
+             "options": options_payload(opts, settings)},
             priority=opts.priority, idempotency_key=opts.idempotency_key), batch_id=batch_id)
     except BaseException:
         upload.path.unlink(missing_ok=True)
@@ -84,10 +83,9 @@ async def process_upload(request: Request[Any, Any, Any]) -> Response[Submitted]
 
 
 @post("/process/batch", status_code=HTTP_202_ACCEPTED, summary="Transcribe a list of URLs")
-async def process_batch(request: Request[Any, Any, Any], data: BatchRequest
+async def process_batch(data: BatchRequest, queue: QueueDep, settings: SettingsDep
                         ) -> Response[BatchSubmitted]:
     """One durable task per URL, inserted in one transaction: all or nothing."""
-    svc = services(request)
     if not data.urls:
         raise bad_request("urls: the list is empty")
     if len(data.urls) > MAX_BATCH:
@@ -102,9 +100,9 @@ async def process_batch(request: Request[Any, Any, Any], data: BatchRequest
         problems.append("duplicate URLs: " + ", ".join(repr(u[:100]) for u in dupes))
     if problems:
         raise bad_request("; ".join(problems))
-    options = options_payload(data, svc.settings)
+    options = options_payload(data, settings)
     key = data.idempotency_key
-    batch_id, tasks = await svc.queue.enqueue_many([
+    batch_id, tasks = await queue.enqueue_many([
         NewTask(TaskKind.URL, {"video_url": u.strip(), "options": options},
                 priority=data.priority, idempotency_key=f"{key}/{i}" if key else None)
         for i, u in enumerate(data.urls)])

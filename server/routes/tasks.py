@@ -8,13 +8,13 @@ import zipfile
 from typing import Annotated, Any
 from urllib.parse import quote
 
-from litestar import Request, Response, get, post
+from litestar import Response, get, post
 from litestar.params import Parameter
 from litestar.status_codes import HTTP_202_ACCEPTED, HTTP_409_CONFLICT
 
 from db.errors import TaskNotFound
 from db.models import Task, TaskStatus
-from server.app import services
+from server.deps import QueueDep, ReadsDep
 from server.errors import ApiError, bad_request
 from server.schemas import (
     CancelResult,
@@ -22,45 +22,45 @@ from server.schemas import (
     TaskList,
     TaskView,
     check_task_id,
-    source_of,
     task_view,
 )
 from tingji.formats import CONTENT_TYPES, FORMATS, render_all, safe_filename
+from tingji.taskfiles import source_of, title_of
 
 _PREFIX = re.compile(r"[0-9a-f-]{4,36}")
 
 
-async def _task(request: Request[Any, Any, Any], task_id: str) -> Task:
+async def _task(reads: ReadsDep, task_id: str) -> Task:
     tid = check_task_id(task_id)
-    task = await services(request).reads.task(tid)
+    task = await reads.task(tid)
     if task is None:
         raise TaskNotFound(tid)
     return task
 
 
 @get("/task/{task_id:str}", summary="One task's status, progress and result")
-async def get_task(request: Request[Any, Any, Any], task_id: str) -> TaskView:
-    return task_view(await _task(request, task_id))
+async def get_task(reads: ReadsDep, task_id: str) -> TaskView:
+    return task_view(await _task(reads, task_id))
 
 
 @get("/task/{task_id:str}/events", summary="A task's whole history, oldest first")
-async def get_events(request: Request[Any, Any, Any], task_id: str) -> list[EventView]:
-    task = await _task(request, task_id)
+async def get_events(reads: ReadsDep, task_id: str) -> list[EventView]:
+    task = await _task(reads, task_id)
     return [EventView(id=e.id, at=e.at, event=e.event, from_status=e.from_status,
                       to_status=e.to_status, worker_id=e.worker_id, detail=e.detail)
-            for e in await services(request).reads.events(task.id)]
+            for e in await reads.events(task.id)]
 
 
 @get("/task/{task_id:str}/segments", summary="Timed transcript sentences")
-async def get_segments(request: Request[Any, Any, Any], task_id: str) -> list[dict[str, Any]]:
-    task = await _task(request, task_id)
+async def get_segments(reads: ReadsDep, task_id: str) -> list[dict[str, Any]]:
+    task = await _task(reads, task_id)
     return [{"start_ms": s.start_ms, "end_ms": s.end_ms, "text": s.text}
-            for s in await services(request).reads.segments(task.id)]
+            for s in await reads.segments(task.id)]
 
 
 @get("/tasks", summary="Tasks, newest first")
 async def list_tasks(
-    request: Request[Any, Any, Any],
+    reads: ReadsDep,
     status: str | None = None,
     batch_id: str | None = None,
     id_prefix: Annotated[str | None, Parameter(
@@ -79,7 +79,7 @@ async def list_tasks(
         batch_id = check_task_id(batch_id, "batch_id")
     if id_prefix is not None and not _PREFIX.fullmatch(id_prefix.lower()):
         raise bad_request("id_prefix: give at least 4 characters of a task id (0-9, a-f, -)")
-    tasks, total = await services(request).reads.list_tasks(
+    tasks, total = await reads.list_tasks(
         status=st, batch_id=batch_id, id_prefix=id_prefix.lower() if id_prefix else None,
         limit=limit, offset=offset)
     return TaskList(tasks=[task_view(t) for t in tasks], total=total, limit=limit,
@@ -87,32 +87,32 @@ async def list_tasks(
 
 
 @post("/task/{task_id:str}/cancel", status_code=200, summary="Cancel a task")
-async def cancel_task(request: Request[Any, Any, Any], task_id: str) -> CancelResult:
+async def cancel_task(queue: QueueDep, task_id: str) -> CancelResult:
     """Pending tasks are cancelled at once; a processing task stops at its worker's next
     check (its status then moves to ``cancelled``)."""
-    task = await services(request).queue.request_cancel(check_task_id(task_id))
+    task = await queue.request_cancel(check_task_id(task_id))
     return CancelResult(task_id=task.id, status=str(task.status))
 
 
 @post("/task/{task_id:str}/retry", status_code=HTTP_202_ACCEPTED, summary="Retry a task")
-async def retry_task(request: Request[Any, Any, Any], task_id: str) -> CancelResult:
+async def retry_task(queue: QueueDep, task_id: str) -> CancelResult:
     """Failed or cancelled tasks only; work resumes at the first unfinished stage."""
-    task = await services(request).queue.retry(check_task_id(task_id))
+    task = await queue.retry(check_task_id(task_id))
     return CancelResult(task_id=task.id, status=str(task.status))
 
 
 @get("/download/{task_id:str}", summary="Download the result (txt, md, json, srt or zip)")
-async def download(request: Request[Any, Any, Any], task_id: str,
+async def download(reads: ReadsDep, task_id: str,
                    format: str | None = None) -> Response[bytes]:  # noqa: A002
     if format is not None and format not in FORMATS:
         raise bad_request(f"format: must be one of {', '.join(FORMATS)} (or absent for a zip)")
-    task = await _task(request, task_id)
+    task = await _task(reads, task_id)
     if task.status != TaskStatus.COMPLETED or task.result is None:
         raise ApiError(HTTP_409_CONFLICT, "not_completed",
                        f"task {task.id} is {task.status}; results exist once it is completed")
-    segments = await services(request).reads.segments(task.id)
-    title = task.title or (task.payload.get("upload") or {}).get("filename") or task.id
-    files = render_all(task_id=task.id, title=title, source=source_of(task) or "",
+    segments = await reads.segments(task.id)
+    title = title_of(task.id, task.title, task.payload)
+    files = render_all(task_id=task.id, title=title, source=source_of(task.payload) or "",
                        result=task.result, segments=segments,
                        meta={"created_at": task.created_at.isoformat(),
                              "completed_at": task.completed_at.isoformat()

@@ -1,0 +1,52 @@
+"""The values the queue takes and gives: plain frozen dataclasses, so the worker and the
+API can name them without importing the queue."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from db.models import Task, TaskKind
+
+
+@dataclass(frozen=True, slots=True)
+class TaskError:
+    """What went wrong, as users see it: never a traceback."""
+
+    type: str
+    message: str
+    retryable: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"type": self.type, "message": self.message, "retryable": self.retryable}
+
+
+@dataclass(frozen=True, slots=True)
+class NewTask:
+    kind: TaskKind
+    payload: dict[str, Any]
+    priority: int = 0
+    idempotency_key: str | None = None
+    max_attempts: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Enqueued:
+    task: Task
+    created: bool  # False: an idempotency key matched a live task, which is returned
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentRow:
+    start_ms: int
+    end_ms: int
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseBeat:
+    """One held task in a worker's heartbeat."""
+
+    task_id: str
+    progress: float | None = None
+    message: str | None = None
