@@ -115,6 +115,33 @@ def test_compiled_cif_loops_equal_funasr_bit_for_bit(seed: int) -> None:
     assert torch.equal(cif_wo_hidden(up, 1.0 - 1e-4), fast_cif_wo_hidden(up, 1.0 - 1e-4))
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_compiled_timestamp_fallback_equals_funasr(seed: int) -> None:
+    """funasr's ``ts_prediction_lfr6_standard`` with its fallback loop compiled: the same
+    timestamps; outside the block funasr is stock again."""
+    import torch
+    from funasr.utils import timestamp_tools
+
+    from worker.paraformer import compiled_timestamp_fallback, fast_cif_wo_hidden
+
+    g = torch.Generator().manual_seed(100 + seed)
+    frames = 60 + 150 * seed
+    tokens = [chr(0x4E00 + i) for i in range(5 + 7 * seed)]
+    alphas = torch.rand(1, frames, generator=g) * 0.3
+    peaks = torch.rand(1, frames, generator=g)  # fires that do not match the tokens:
+    assert (peaks >= 1.0 - 1e-4).sum() != len(tokens) + 1  # the fallback runs
+
+    def predict() -> Any:
+        return timestamp_tools.ts_prediction_lfr6_standard(
+            alphas.clone(), peaks.clone(), list(tokens), force_time_shift=-3.0)
+    stock = predict()
+    with compiled_timestamp_fallback():
+        assert timestamp_tools.cif_wo_hidden is fast_cif_wo_hidden
+        fast = predict()
+    assert timestamp_tools.cif_wo_hidden is not fast_cif_wo_hidden
+    assert fast == stock and len(stock[1]) >= len(tokens)
+
+
 # ---------------------------------------------------------------- groups
 def test_group_gives_every_task_its_own_transcript(engine: Any, clips: list[Path],
                                                    reference: list[dict[str, Any]]) -> None:

@@ -289,8 +289,11 @@ class CrossTaskBatch:
         kwargs = kw.pop("kwargs", None) or self.model.kwargs
         kwargs["batch_size"] = max(int(kwargs.get("batch_size") or 1), len(segments))
         kw.pop("model", None)
-        res = self.model.inference(segments, input_len=None, model=self.model.model,
-                                   kwargs=kwargs, **kw)
+        from worker.paraformer import compiled_timestamp_fallback  # funasr: model thread
+
+        with compiled_timestamp_fallback():
+            res = self.model.inference(segments, input_len=None, model=self.model.model,
+                                       kwargs=kwargs, **kw)
         if not res:
             # funasr answers a batch whose segments all decode to no tokens with [];
             # per segment that is an empty text

@@ -30,6 +30,8 @@ the model's own.  Nothing in site-packages is edited.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import numba
@@ -105,6 +107,26 @@ def fast_cif_wo_hidden(alphas: torch.Tensor, threshold: float) -> torch.Tensor:
     a = alphas.detach().to("cpu").contiguous().numpy()
     t = np.float32(threshold)
     return torch.from_numpy(_fires_kernel(a, t, t)).to(alphas.device)
+
+
+@contextlib.contextmanager
+def compiled_timestamp_fallback() -> Iterator[None]:
+    """While active, funasr's ``ts_prediction_lfr6_standard`` runs its fallback (taken
+    whenever the timestamp head's peaks do not number tokens + 1: for every segment of
+    an untrained model, for some of a trained one) through ``fast_cif_wo_hidden`` instead
+    of a per-frame Python loop of tensor operations: the same values.
+
+    Scoped on purpose: tingji enters it around its own decode calls on the model thread
+    (``worker.batching``), the only thread that runs the model, so funasr outside them
+    (stock funasr in ``bench/``) stays stock."""
+    from funasr.utils import timestamp_tools
+
+    stock = timestamp_tools.cif_wo_hidden
+    timestamp_tools.cif_wo_hidden = fast_cif_wo_hidden
+    try:
+        yield
+    finally:
+        timestamp_tools.cif_wo_hidden = stock
 
 
 def fast_cif(hidden: torch.Tensor, alphas: torch.Tensor, threshold: float
@@ -262,5 +284,6 @@ def make_padding_invariant(model: Any) -> str | None:
     return sub.__name__
 
 
-__all__ = ["TingjiCifPredictorV2", "TingjiCifPredictorV3", "fast_cif", "fast_cif_wo_hidden",
+__all__ = ["TingjiCifPredictorV2", "TingjiCifPredictorV3", "compiled_timestamp_fallback",
+           "fast_cif", "fast_cif_wo_hidden",
            "make_padding_invariant"]
