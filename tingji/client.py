@@ -6,7 +6,9 @@ not running is one clear line that says how to start it.
 
 from __future__ import annotations
 
+import json
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +55,32 @@ class Client:
                 raise ClientError(f"HTTP {resp.status_code} from {self.base_url}{path}",
                                   resp.status_code) from None
         return resp
+
+    def follow(self, since: int | None = None) -> Iterator[tuple[str, int | None, Any]]:
+        """The live feed (``GET /api/v1/events``): (event, id, data) as they come; the
+        first is ``hello`` with the last event id.  Ends when the stream does."""
+        params = {"since": since} if since is not None else {}
+        try:
+            with self.http.stream("GET", "/api/v1/events", params=params,
+                                  timeout=httpx.Timeout(60.0, connect=3.0)) as resp:
+                if resp.status_code >= 400:
+                    resp.read()
+                    raise ClientError(f"HTTP {resp.status_code} from the event stream",
+                                      resp.status_code)
+                event, eid, data = "message", None, []
+                for line in resp.iter_lines():
+                    if not line:
+                        if data:
+                            yield event, eid, json.loads("\n".join(data))
+                        event, eid, data = "message", None, []
+                    elif line.startswith("event:"):
+                        event = line[6:].strip()
+                    elif line.startswith("id:"):
+                        eid = int(line[3:].strip())
+                    elif line.startswith("data:"):
+                        data.append(line[5:].strip())
+        except httpx.ConnectError:
+            raise ClientError(f"cannot reach the tingji service at {self.base_url}") from None
 
     def get(self, path: str, **params: Any) -> Any:
         clean = {k: v for k, v in params.items() if v is not None}

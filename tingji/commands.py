@@ -13,6 +13,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 from rich.console import Console
 from rich.live import Live
 from rich.progress import BarColumn, Progress, TaskID, TextColumn
@@ -283,30 +284,61 @@ def cmd_show(client: Client, args: Any) -> int:
 
 
 def cmd_watch(client: Client, args: Any) -> int:
+    """Follows the API's live feed (one stream, no polling per task); reconnects from
+    the last event id when the stream breaks."""
     batch_id = _resolve_batch(client, args.batch)
 
-    def snapshot() -> list[dict[str, Any]]:
-        if batch_id:
-            return client.all_tasks(batch_id=batch_id)
-        return [t for s in ("processing", "pending") for t in client.all_tasks(status=s)]
+    def snapshot() -> dict[str, dict[str, Any]]:
+        tasks = client.all_tasks(batch_id=batch_id) if batch_id else [
+            t for s in ("processing", "pending") for t in client.all_tasks(status=s)]
+        return {t["task_id"]: t for t in tasks}
 
+    def render(live: Live, tasks: dict[str, dict[str, Any]]) -> bool:
+        active = [t for t in tasks.values() if t["status"] not in TERMINAL]
+        table = _table(list(tasks.values()) if batch_id else active)
+        table.caption = f"{len(active)} running or waiting, {len(tasks) - len(active)} " \
+                        "finished (Ctrl-C stops watching; the tasks keep running)"
+        live.update(table, refresh=True)
+        return bool(active)
+
+    tasks: dict[str, dict[str, Any]] = {}
+    since: int | None = None
     try:
         with Live(console=out, auto_refresh=False) as live:
             while True:
-                tasks = snapshot()
-                active = [t for t in tasks if t["status"] not in TERMINAL]
-                done = len(tasks) - len(active)
-                table = _table(tasks if batch_id else active)
-                table.caption = f"{len(active)} running or waiting, {done} finished " \
-                                f"(Ctrl-C stops watching; the tasks keep running)"
-                live.update(table, refresh=True)
-                if not active:
+                try:
+                    stream = client.follow(since)
+                    _, _, hello = next(stream)  # subscribed: now the snapshot is safe
+                    since = hello["last_event_id"] if since is None else since
+                    tasks = snapshot()
+                    if not render(live, tasks):
+                        break
+                    for kind, eid, data in stream:
+                        if kind == "task":
+                            since = eid
+                            t = data["task"]
+                            if batch_id is None or t.get("batch_id") == batch_id:
+                                tasks[t["task_id"]] = t
+                        elif kind == "progress" and data["task_id"] in tasks:
+                            tasks[data["task_id"]].update(
+                                stage=data["stage"], progress=data["progress"],
+                                message=data["message"], status="processing")
+                        if not render(live, tasks):
+                            break
+                    else:
+                        continue  # the stream ended: reconnect
                     break
-                time.sleep(1.0)
+                except (ClientError, httpx.HTTPError, StopIteration) as exc:
+                    if isinstance(exc, ClientError) and (since is None
+                                                         or exc.status is not None):
+                        raise  # never connected, or refused: say so
+                    if since is None:
+                        raise ClientError(f"the event stream failed: {exc!r}") from None
+                    time.sleep(1.0)  # the service restarts: reconnect from `since`
     except KeyboardInterrupt:
         err.print("stopped watching; the tasks keep running")
         return 130
-    failed = [t for t in tasks if t["status"] == "failed"]
+    failed = [t for t in tasks.values() if t["status"] == "failed"]
     for t in failed:
         err.print(f"{t['task_id']} failed: {(t.get('error') or {}).get('message', '')}")
     return 1 if failed else 0
