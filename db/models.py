@@ -232,6 +232,9 @@ class Worker(Base):
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     hostname: Mapped[str] = mapped_column(String(255))
     pid: Mapped[int] = mapped_column(Integer)
+    # the host's boot (Linux: /proc/sys/kernel/random/boot_id): a worker of another boot
+    # is dead whatever its pid, which a new boot may reuse
+    boot_id: Mapped[str | None] = mapped_column(String(64))
     started_at: Mapped[datetime]
     heartbeat_at: Mapped[datetime]
     stopped_at: Mapped[datetime | None]

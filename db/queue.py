@@ -397,8 +397,11 @@ class Queue:
                                    now, worker_id=worker_id, values={"message": "cancelled"})
 
     async def release(self, task_id: str, worker_id: str, *, reason: str = "worker stopping",
-                      now: datetime | None = None) -> TaskStatus:
-        """A draining worker hands its task back (or finishes a requested cancel)."""
+                      count_attempt: bool = False, now: datetime | None = None
+                      ) -> TaskStatus:
+        """A draining worker hands its task back (or finishes a requested cancel).  A
+        graceful stop does not use up one of the task's attempts (only a crash, a lease
+        expiry or a failure does) unless ``count_attempt``."""
         now = now or utcnow()
         async with self.engine.begin() as conn:
             row = await self._held(conn, task_id, worker_id)
@@ -407,10 +410,14 @@ class Queue:
                                        EventType.CANCELLED, now, worker_id=worker_id,
                                        values={"message": reason}, detail={"reason": reason})
                 return CANCELLED
+            values: dict[str, Any] = {"message": reason, "run_after": now}
+            if not count_attempt:
+                values["attempts"] = func.max(T.c.attempts - 1, 0) if not self._pg \
+                    else func.greatest(T.c.attempts - 1, 0)
             await self._transition(conn, task_id, PROCESSING, PENDING, EventType.RELEASED, now,
-                                   worker_id=worker_id,
-                                   values={"message": reason, "run_after": now},
-                                   detail={"reason": reason})
+                                   worker_id=worker_id, values=values,
+                                   detail={"reason": reason, "attempt": row.attempts,
+                                           "counted": count_attempt})
             return PENDING
 
     async def _held(self, conn: AsyncConnection, task_id: str, worker_id: str) -> Row[Any]:
@@ -450,15 +457,19 @@ class Queue:
             return await self._expire(conn, rows, now, "lease expired")
 
     async def requeue_dead_workers(self, hostname: str, is_alive: Callable[[int], bool], *,
-                                   exclude: str | None = None, now: datetime | None = None
+                                   boot_id: str | None = None, exclude: str | None = None,
+                                   now: datetime | None = None
                                    ) -> list[tuple[str, TaskStatus]]:
-        """Recover at once the tasks of workers on this host whose process is gone,
-        instead of waiting for their leases to expire."""
+        """Recover at once the tasks of workers on this host whose process is gone (or
+        that ran in a previous boot of it), instead of waiting for their leases to
+        expire."""
         now = now or utcnow()
         async with self.engine.begin() as conn:
-            workers = (await conn.execute(select(W.c.id, W.c.pid).where(
+            workers = (await conn.execute(select(W.c.id, W.c.pid, W.c.boot_id).where(
                 W.c.hostname == hostname, W.c.stopped_at.is_(None)))).all()
-            dead = [w.id for w in workers if w.id != exclude and not is_alive(w.pid)]
+            dead = [w.id for w in workers if w.id != exclude and (
+                (boot_id is not None and w.boot_id is not None and w.boot_id != boot_id)
+                or not is_alive(w.pid))]
             if not dead:
                 return []
             stmt = self._lock(select(T).where(T.c.status == PROCESSING,
@@ -533,11 +544,13 @@ class Queue:
 
     # ------------------------------------------------------------------ worker registry
     async def register(self, worker_id: str, hostname: str, pid: int, *,
-                       model: str | None = None, now: datetime | None = None) -> None:
+                       boot_id: str | None = None, model: str | None = None,
+                       now: datetime | None = None) -> None:
         now = now or utcnow()
         async with self.engine.begin() as conn:
             await conn.execute(insert(W), [{
-                "id": worker_id, "hostname": hostname, "pid": pid, "started_at": now,
+                "id": worker_id, "hostname": hostname, "pid": pid, "boot_id": boot_id,
+                "started_at": now,
                 "heartbeat_at": now, "stopped_at": None, "model": model,
                 "model_loaded_at": None, "model_loads": 0, "current_task_id": None}])
 

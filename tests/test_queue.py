@@ -176,9 +176,18 @@ async def test_release_returns_task_to_pending(queue: Queue) -> None:
     assert await queue.release(tid, W1, now=T0 + timedelta(seconds=2)) == TaskStatus.PENDING
     assert (await events(queue, tid))[-1] == ("released", "processing", "pending")
     [again] = await queue.claim_next(W2, now=T0 + timedelta(seconds=2))
-    assert again.id == tid and again.attempts == 2
+    assert again.id == tid and again.attempts == 1  # a graceful stop costs no attempt
     with pytest.raises(LeaseLost):
         await queue.release(tid, W1, now=T0)
+    # five graceful stops in a row, then a permanent failure: still its first attempt
+    for i in range(5):
+        await queue.release(tid, W2, now=T0 + timedelta(seconds=3 + i))
+        [again] = await queue.claim_next(W2, now=T0 + timedelta(seconds=3 + i))
+    assert again.attempts == 1
+    # a hand-back that must count (the worker could not record an outcome) does
+    await queue.release(tid, W2, count_attempt=True, now=T0 + timedelta(seconds=9))
+    [again] = await queue.claim_next(W2, now=T0 + timedelta(seconds=9))
+    assert again.attempts == 2
 
 
 async def test_release_of_cancel_requested_task_cancels_it(queue: Queue) -> None:
@@ -219,6 +228,18 @@ async def test_requeue_dead_workers_on_this_host(queue: Queue) -> None:
     assert got == [(tid, TaskStatus.PENDING)]
     ws = {w.id: w for w in await Reads(queue.engine).workers(now=T0)}
     assert ws[W1].stopped_at is not None and ws[W2].stopped_at is None
+
+
+async def test_a_previous_boots_workers_are_dead_whatever_their_pid(queue: Queue) -> None:
+    await queue.register(W1, "host-a", 111, boot_id="boot-1", now=T0)
+    tid = (await queue.enqueue(item(), now=T0)).task.id
+    await claimed(queue, T0, W1)
+    alive = lambda pid: True  # noqa: E731  (pid 111 was reused after the reboot)
+    assert await queue.requeue_dead_workers("host-a", alive, boot_id="boot-1",
+                                            now=T0) == []
+    got = await queue.requeue_dead_workers("host-a", alive, boot_id="boot-2", exclude=W2,
+                                           now=T0 + timedelta(seconds=1))
+    assert got == [(tid, TaskStatus.PENDING)]  # at once, not when the lease runs out
 
 
 async def test_retry_failed_and_cancelled_only(queue: Queue) -> None:

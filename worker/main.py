@@ -1,7 +1,7 @@
 """The worker process: lifecycle, claiming, heartbeats, pipelining and draining.
 
 - Registers a fresh worker id; at start-up recovers at once the tasks of dead workers
-  on this host (their pid is gone) and any expired leases.
+  on this host (their pid is gone, or they ran in a previous boot) and any expired leases.
 - Heartbeats every ``TINGJI_HEARTBEAT_SECONDS``: the worker row, and the lease and
   progress of every task it holds (a heartbeat also tells it about cancellations).
 - Pipelining: the model works on its own thread while other tasks download and talk to
@@ -26,6 +26,7 @@ import signal
 import socket
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from db.engine import make_engine
@@ -69,6 +70,18 @@ class Ended:
     error: TaskError | None = None
     result: dict[str, Any] | None = None
     reason: str = "worker stopping"
+    count_attempt: bool = False  # a hand-back that uses up an attempt (not a graceful stop)
+
+
+def boot_id() -> str | None:
+    """This boot of the host (Linux); None elsewhere (then the pid alone decides)."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip() or None
+    except OSError:
+        return None
+
+
+BOOT_ID = boot_id()
 
 
 def pid_alive(pid: int) -> bool:
@@ -125,12 +138,12 @@ class Worker:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
-        await self.queue.register(self.id, self.hostname, os.getpid(),
+        await self.queue.register(self.id, self.hostname, os.getpid(), boot_id=BOOT_ID,
                                   model=self.asr.config.description)
         log.info("worker %s started (pid %d, model %s, up to %d task(s) per ASR group)",
                  self.id, os.getpid(), self.asr.config.description, self.batch_tasks)
         recovered = await self.queue.requeue_dead_workers(self.hostname, pid_alive,
-                                                          exclude=self.id)
+                                                          boot_id=BOOT_ID, exclude=self.id)
         recovered += await self.queue.requeue_expired()
         for tid, status in recovered:
             log.info("recovered task %s -> %s", tid, status)
@@ -288,7 +301,8 @@ class Worker:
         elif ended.outcome is Outcome.CANCEL:
             await q.mark_cancelled(tid, me)
         elif ended.outcome is Outcome.SHUTDOWN:
-            if await q.release(tid, me, reason=ended.reason) == "cancelled":
+            if await q.release(tid, me, reason=ended.reason,
+                               count_attempt=ended.count_attempt) == "cancelled":
                 return Outcome.CANCEL
         return ended.outcome
 
@@ -308,7 +322,7 @@ class Worker:
                 "InternalError", "the result could not be stored in the database", True)))
         if ended.outcome is not Outcome.SHUTDOWN:
             ladder.append(Ended(Outcome.SHUTDOWN, reason="the worker could not record the "
-                                "outcome in the database"))
+                                "outcome in the database", count_attempt=True))
         loop = asyncio.get_running_loop()
         for step in ladder:
             started, delay = loop.time(), 0.25
