@@ -37,6 +37,8 @@ def test_values_are_parsed() -> None:
     ("TINGJI_ASR_BATCH_TASKS", "eight", "integer"),
     ("TINGJI_CPU_BATCH_SIZE_S", "-1", ">= 0"),
     ("TINGJI_VAD_PROCESSES", "-2", "between 0 and 64"),
+    ("TINGJI_YTDLP_COOKIES", "/nonexistent/cookies.txt", "no such file"),
+    ("TINGJI_ALLOW_PRIVATE_URLS", "maybe", "not an IP network"),
 ])
 def test_bad_values_name_the_variable(var: str, value: str, why: str) -> None:
     with pytest.raises(SettingsError) as info:

@@ -180,6 +180,11 @@ class Settings:
     vad_processes: int | None = _setting(None, _optional_int, _between(0, 64, optional=True))
     io_concurrency: int = _setting(4, _int, _positive)
     max_download_mb: int = _setting(4096, _int, _positive)
+    # a Netscape cookies file for yt-dlp (members-only or high-quality Bilibili audio);
+    # its contents never reach logs, errors or the database
+    ytdlp_cookies: Path | None = _setting(None, lambda r: Path(r).expanduser() if r else None,
+                                          lambda p: None if p is None or p.is_file()
+                                          else "no such file")
     max_duration_s: float = _setting(6 * 3600.0, _float, _positive)
     # networks URL tasks may reach although they are not public (loopback, private,
     # link-local...): "1" allows every address, or a list such as 192.168.1.10/32

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import shutil
 import threading
 from dataclasses import dataclass, field
@@ -140,16 +141,40 @@ class _QuietLogger:
     def error(self, msg: str) -> None: ...
 
 
+def _private_cookies(cookies: Path, dest: Path) -> Path:
+    """A copy of the user's cookies file only this task uses: yt-dlp writes its cookie jar
+    back to the file on exit, and tasks run concurrently."""
+    copy = dest / ".cookies.txt"
+    fd = os.open(copy, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(cookies.read_bytes())
+    return copy
+
+
 def _download(url: str, dest: Path, max_bytes: int, cancel: threading.Event,
-              ffmpeg_location: str, allow_private: tuple[str, ...]
+              ffmpeg_location: str, allow_private: tuple[str, ...],
+              cookies: Path | None = None
               ) -> tuple[dict[str, Any], list[tuple[str, Path]]]:
     """Blocking: run yt-dlp; returns its info and the downloaded files in order."""
+    budget = _Budget(max_bytes, cancel)
+    opts = _ydl_options(url, dest, budget, ffmpeg_location)
+    if cookies is None:
+        return _run_ytdlp(url, opts, budget, cancel, allow_private)
+    opts["cookiefile"] = str(_private_cookies(cookies, dest))
+    try:
+        return _run_ytdlp(url, opts, budget, cancel, allow_private)
+    finally:
+        Path(opts["cookiefile"]).unlink(missing_ok=True)
+
+
+def _run_ytdlp(url: str, opts: dict[str, Any], budget: _Budget, cancel: threading.Event,
+               allow_private: tuple[str, ...]
+               ) -> tuple[dict[str, Any], list[tuple[str, Path]]]:
     import yt_dlp
     from yt_dlp.networking.exceptions import HTTPError, RequestError, TransportError
     from yt_dlp.utils import DownloadCancelled, DownloadError
 
-    budget = _Budget(max_bytes, cancel)
-    opts = _ydl_options(url, dest, budget, ffmpeg_location)
+    max_bytes = budget.max_bytes
     with guarded(allow_private) as refused:
         try:
             with yt_dlp.YoutubeDL(opts) as ydl:  # type: ignore[arg-type]
@@ -193,13 +218,14 @@ def _download(url: str, dest: Path, max_bytes: int, cancel: threading.Event,
 
 
 async def fetch_url(url: str, work: Path, *, max_bytes: int, max_duration_s: float,
-                    allow_private: tuple[str, ...], cancel: threading.Event) -> Fetched:
+                    allow_private: tuple[str, ...], cancel: threading.Event,
+                    cookies: Path | None = None) -> Fetched:
     dest = work / "download"
     dest.mkdir(parents=True, exist_ok=True)
     loc = ffmpeg_dir(work.parent)
     try:
         info, files = await asyncio.to_thread(_download, url, dest, max_bytes, cancel, loc,
-                                              allow_private)
+                                              allow_private, cookies)
     except PermanentTaskError:
         shutil.rmtree(dest, ignore_errors=True)
         raise

@@ -163,7 +163,7 @@ class TaskRun:
                                           max_bytes=s.max_download_mb * 2**20,
                                           max_duration_s=s.max_duration_s,
                                           allow_private=s.allow_private_urls,
-                                          cancel=self.stop_event)
+                                          cancel=self.stop_event, cookies=s.ytdlp_cookies)
             else:
                 up, path = payload["upload"], self.files.upload
                 assert path is not None

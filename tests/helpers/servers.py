@@ -112,7 +112,8 @@ class TrapServer:
 
     SECRET_TITLE = "INTERNAL-ADMIN-PAGE-TITLE"
 
-    def __init__(self, host: str = "127.0.0.1", endless_bytes: int = 300 * 2**20) -> None:
+    def __init__(self, host: str = "127.0.0.1", endless_bytes: int = 300 * 2**20,
+                 members: tuple[Path, str] | None = None) -> None:
         trap = self
         self.sent = 0
         self.requests: list[str] = []
@@ -132,6 +133,17 @@ class TrapServer:
                     self.send_header("Location", parse_qs(parts.query)["to"][0])
                     self.send_header("Content-Length", "0")
                     self.end_headers()
+                elif parts.path == "/members.mp3" and members is not None:
+                    media, cookie = members  # served only with that cookie
+                    if cookie not in (self.headers.get("Cookie") or ""):
+                        self.send_error(403)
+                        return
+                    data = media.read_bytes()
+                    self.send_response(200)
+                    self.send_header("Content-Type", "audio/mpeg")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
                 elif parts.path == "/secret.html":
                     page = (f"<html><head><meta property='og:title' content='{trap.SECRET_TITLE}'>"
                             "</head><body><video src='/endless.mp3'></video></body></html>")
