@@ -56,6 +56,17 @@ class QueueFull(QueueError):
                          f"retry in {retry_after} s")
 
 
+class IdempotencyMismatch(QueueError):
+    """The key already names a task (or batch) made from a different request."""
+
+    code = "idempotency_key_reused"
+
+    def __init__(self, key: str, task_id: str) -> None:
+        self.key, self.task_id = key, task_id
+        super().__init__(f"idempotency key {key[:200]!r} already names task {task_id}, which "
+                         "was submitted with a different request; use another key")
+
+
 class IdempotencyConflict(QueueError):
     code = "conflict"
 

@@ -167,10 +167,8 @@ class Task(Base):
         Index("ix_tasks_lease", "lease_expires_at",
               sqlite_where=text("status = 'processing'"),
               postgresql_where=text("status = 'processing'")),
-        # An idempotency key names at most one live task; finished ones may share it.
-        Index("uq_tasks_idempotency_live", "idempotency_key", unique=True,
-              sqlite_where=text("status IN ('pending', 'processing')"),
-              postgresql_where=text("status IN ('pending', 'processing')")),
+        # An idempotency key names one task for as long as the task exists.
+        Index("uq_tasks_idempotency_key", "idempotency_key", unique=True),
         Index("ix_tasks_batch_id", "batch_id"),
         # No plain index on status: SQLite's planner would pick it for the claim and
         # sort every pending row, instead of walking ix_tasks_claim in order.

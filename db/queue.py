@@ -28,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from db.errors import (
     IdempotencyConflict,
+    IdempotencyMismatch,
     InvalidTransition,
     LeaseLost,
     QueueFull,
@@ -46,7 +47,7 @@ from db.models import (
     TaskStatus,
     Worker,
 )
-from db.values import Enqueued, LeaseBeat, NewTask, SegmentRow, TaskError
+from db.values import Enqueued, LeaseBeat, NewTask, SegmentRow, TaskError, request_of
 
 T = Task.__table__
 E = TaskEvent.__table__
@@ -196,21 +197,29 @@ class Queue:
         if pending + adding > self.config.max_pending:
             raise QueueFull(pending, self.config.max_pending, self.config.queue_full_retry_after)
 
-    async def _live_by_key(self, conn: AsyncConnection, key: str) -> Row[Any] | None:
-        return (await conn.execute(select(T).where(
-            T.c.idempotency_key == key, T.c.status.in_([PENDING, PROCESSING])))).first()
+    async def _by_key(self, conn: AsyncConnection, item: NewTask) -> Row[Any] | None:
+        """The task ``item``'s idempotency key names (any status); ``IdempotencyMismatch``
+        when that task was made from a different request."""
+        if not item.idempotency_key:
+            return None
+        row = (await conn.execute(select(T).where(
+            T.c.idempotency_key == item.idempotency_key))).first()
+        if row is not None and request_of(row.payload) != request_of(item.payload):
+            raise IdempotencyMismatch(item.idempotency_key, row.id)
+        return row
 
     async def enqueue(self, item: NewTask, *, batch_id: str | None = None,
                       now: datetime | None = None) -> Enqueued:
-        """Insert one pending task; an idempotency key that names a live task returns it."""
+        """Insert one pending task.  An idempotency key names one task for as long as it
+        exists: the same key returns that task (whatever its status), or raises
+        ``IdempotencyMismatch`` if it was made from a different request."""
         now = now or utcnow()
         for _ in range(2):
             try:
                 async with self.engine.begin() as conn:
-                    if item.idempotency_key:
-                        existing = await self._live_by_key(conn, item.idempotency_key)
-                        if existing is not None:
-                            return Enqueued(_task(existing), created=False)
+                    existing = await self._by_key(conn, item)
+                    if existing is not None:
+                        return Enqueued(_task(existing), created=False)
                     await self._capacity(conn, 1)
                     row = self._new_row(item, now, batch_id)
                     await conn.execute(insert(T), [row])
@@ -224,13 +233,25 @@ class Queue:
         raise IdempotencyConflict(item.idempotency_key or "")
 
     async def enqueue_many(self, items: Sequence[NewTask], *, batch_id: str | None = None,
-                           now: datetime | None = None) -> tuple[str, list[Task]]:
-        """Insert several tasks as one batch, all or nothing."""
+                           now: datetime | None = None) -> tuple[str, list[Task], bool]:
+        """Insert several tasks as one batch, all or nothing; returns (batch id, tasks,
+        created).  When every item's key names an existing task made from the same
+        request, that batch is returned (created False); when only some do, or one was
+        made from another request, ``IdempotencyMismatch``."""
         now = now or utcnow()
         batch_id = batch_id or str(uuid.uuid4())
         rows = [self._new_row(item, now, batch_id) for item in items]
         try:
             async with self.engine.begin() as conn:
+                existing = [await self._by_key(conn, item) for item in items]
+                if any(e is not None for e in existing):
+                    missing = next((i for i, e in zip(items, existing, strict=True)
+                                    if e is None), None)
+                    if missing is not None:
+                        first = next(e for e in existing if e is not None)
+                        raise IdempotencyMismatch(missing.idempotency_key or "", first.id)
+                    found = [_task(e) for e in existing if e is not None]
+                    return found[0].batch_id or batch_id, found, False
                 await self._capacity(conn, len(rows))
                 await conn.execute(insert(T), rows)
                 await self._events(conn, [
@@ -239,7 +260,7 @@ class Queue:
         except IntegrityError:
             keys = ", ".join(i.idempotency_key for i in items if i.idempotency_key)
             raise IdempotencyConflict(keys or "(none)") from None
-        return batch_id, [Task(**r) for r in rows]
+        return batch_id, [Task(**r) for r in rows], True
 
     # ------------------------------------------------------------------ worker side
     async def claim_next(self, worker_id: str, *, n: int = 1,

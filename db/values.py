@@ -21,6 +21,13 @@ class TaskError:
         return {"type": self.type, "message": self.message, "retryable": self.retryable}
 
 
+def request_of(payload: dict[str, Any] | None) -> Any:
+    """What identifies a submission, for idempotency: its ``request`` digest when the API
+    stored one (an upload's generated file name differs on every try), else the payload."""
+    payload = payload or {}
+    return payload.get("request", payload)
+
+
 @dataclass(frozen=True, slots=True)
 class NewTask:
     kind: TaskKind

@@ -28,6 +28,7 @@ from sqlalchemy.exc import DataError, DBAPIError, OperationalError
 
 from db.errors import (
     IdempotencyConflict,
+    IdempotencyMismatch,
     InvalidTransition,
     LeaseLost,
     QueueError,
@@ -65,6 +66,7 @@ _QUEUE_STATUS: dict[type[QueueError], int] = {
     TaskNotFound: HTTP_404_NOT_FOUND,
     InvalidTransition: HTTP_409_CONFLICT,
     IdempotencyConflict: HTTP_409_CONFLICT,
+    IdempotencyMismatch: HTTP_409_CONFLICT,
     LeaseLost: HTTP_409_CONFLICT,
     QueueFull: HTTP_429_TOO_MANY_REQUESTS,
 }

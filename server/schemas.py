@@ -38,6 +38,7 @@ class TaskOptions(msgspec.Struct, forbid_unknown_fields=True):
 
 class BilibiliRequest(TaskOptions, forbid_unknown_fields=True):
     video_url: str = ""
+    batch_id: str | None = None  # file the task under a batch (a UUID)
 
 
 class BatchRequest(TaskOptions, forbid_unknown_fields=True):
@@ -49,12 +50,14 @@ class Submitted(msgspec.Struct):
     status: str
     message: str
     created_at: datetime
+    created: bool = True  # False: the idempotency key named an existing task
 
 
 class BatchSubmitted(msgspec.Struct):
     batch_id: str
     task_ids: list[str]
     status: str = "pending"
+    created: bool = True  # False: the idempotency key named this existing batch
 
 
 class ErrorInfo(msgspec.Struct):

@@ -6,6 +6,7 @@ and nothing is enqueued.  The client's file name is kept only as metadata.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 import uuid
@@ -34,6 +35,7 @@ class StoredUpload:
     content_type: str | None
     size: int
     fields: dict[str, str] = field(default_factory=dict)
+    sha256: str = ""  # of the stored bytes, computed while they arrive
 
 
 def too_large(limit_mb: int) -> ApiError:
@@ -57,6 +59,7 @@ class _Receiver:
         self._name: str | None = None
         self._field_buf = bytearray()
         self._is_file = False
+        self.hash = hashlib.sha256()
 
     def callbacks(self) -> dict[str, Any]:
         return {"on_part_begin": self.part_begin, "on_part_data": self.part_data,
@@ -117,6 +120,7 @@ class _Receiver:
                 self.error = too_large(self.limit // 2**20)
                 return
             self.file.write(data[start:end])
+            self.hash.update(data[start:end])
         else:
             self._field_buf += data[start:end]
             if len(self._field_buf) > MAX_FIELD_BYTES:
@@ -166,6 +170,7 @@ async def receive_upload(content_type: str, stream: AsyncIterator[bytes], upload
         if rx.upload.size == 0:
             raise bad_request("file: the uploaded file is empty")
         rx.upload.fields = rx.fields
+        rx.upload.sha256 = rx.hash.hexdigest()
         return rx.upload
     except MultipartParseError as exc:
         rx.cleanup()

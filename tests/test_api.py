@@ -117,8 +117,46 @@ def test_malformed_json_is_400(client: httpx.Client) -> None:
 
 def test_idempotency_key_returns_same_task(client: httpx.Client) -> None:
     a = submit(client, "https://x.org/idem.mp4", idempotency_key="nightly-42")
-    b = submit(client, "https://x.org/idem.mp4", idempotency_key="nightly-42")
-    assert a["task_id"] == b["task_id"]
+    again = client.post("/api/v1/process/bilibili",
+                        json={"video_url": "https://x.org/idem.mp4"},
+                        headers={"Idempotency-Key": "nightly-42"})  # the standard header
+    assert again.status_code == 200 and again.json()["task_id"] == a["task_id"]
+    assert a["created"] is True and again.json()["created"] is False
+    # the same key for another request: 409 naming the key
+    err = error_of(client.post("/api/v1/process/bilibili", json={
+        "video_url": "https://x.org/other.mp4", "idempotency_key": "nightly-42"}), 409)
+    assert err["code"] == "idempotency_key_reused" and "nightly-42" in err["message"]
+    error_of(client.post("/api/v1/process/bilibili", json={
+        "video_url": "https://x.org/idem.mp4", "idempotency_key": "nightly-42",
+        "priority": 5}), 409)
+    # body and header must agree
+    error_of(client.post("/api/v1/process/bilibili", json={
+        "video_url": "https://x.org/idem.mp4", "idempotency_key": "a"},
+        headers={"Idempotency-Key": "b"}), 400)
+    # a batch key returns the original batch
+    body = {"urls": ["https://x.org/n1.mp4", "https://x.org/n2.mp4"],
+            "idempotency_key": "night-7"}
+    first = client.post("/api/v1/process/batch", json=body)
+    second = client.post("/api/v1/process/batch", json=body)
+    assert first.status_code == 202 and second.status_code == 200
+    assert first.json()["batch_id"] == second.json()["batch_id"]
+    assert first.json()["task_ids"] == second.json()["task_ids"]
+    error_of(client.post("/api/v1/process/batch", json={**body, "urls": body["urls"][:1]}),
+             409)
+
+
+def test_the_same_upload_with_a_key_is_one_task(client: httpx.Client,
+                                                data_dir: Path) -> None:
+    payload = os.urandom(50_000)
+    sent = [client.post("/api/v1/process/audio", files={"file": ("a.mp3", payload)},
+                        data={"idempotency_key": "upload-1"}) for _ in range(2)]
+    assert [r.status_code for r in sent] == [202, 200]
+    assert sent[0].json()["task_id"] == sent[1].json()["task_id"]
+    stored = [p for p in (data_dir / "uploads").iterdir() if p.read_bytes() == payload]
+    assert len(stored) == 1  # the second copy was not kept
+    other = client.post("/api/v1/process/audio", files={"file": ("a.mp3", payload[::-1])},
+                        data={"idempotency_key": "upload-1"})
+    assert error_of(other, 409)["code"] == "idempotency_key_reused"
 
 
 def test_upload_streams_to_uploads_dir(client: httpx.Client, data_dir: Path) -> None:

@@ -137,9 +137,23 @@ def test_overnight_batch_survives_a_sigkilled_worker(stack_factory: Callable[...
     stack.wait(lambda: (t := stack.task(long_id))["stage"] == "transcribe"
                and t["progress"] > 0.05, 90, "the long task never started transcribing")
     first.kill(signal.SIGKILL)
+    # after the crash the user runs the same file again: nothing is submitted twice
+    again = stack.cli("batch", str(links))
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.strip() == batch_id and again.stderr.count("already submitted (") == 4
     stack.worker()
     watch = stack.cli("watch", "--batch", batch_id[:8], timeout=300)
     assert watch.returncode == 0, watch.stderr
     listed = json.loads(stack.cli("list", "--batch", batch_id, "--json").stdout)
     assert [t["status"] for t in listed["tasks"]] == ["completed"] * 4
     assert stack.task(long_id)["attempts"] == 2
+    # a line added to the file: only that one is new, in the same batch
+    with links.open("a", encoding="utf-8") as fh:
+        fh.write("https://x.org/added.mp4\n")
+    more = stack.cli("batch", str(links))
+    assert more.returncode == 0 and "1 task(s) queued, 4 already submitted" in more.stderr
+    assert stack.http.get("/api/v1/tasks").json()["total"] == 5
+    # --no-dedupe: new tasks whatever was submitted before
+    forced = stack.cli("submit", str(media["speech"]), "--no-dedupe")
+    assert forced.returncode == 0 and "already" not in forced.stdout
+    assert stack.http.get("/api/v1/tasks").json()["total"] == 6

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import inspect, text
@@ -131,3 +132,34 @@ def test_unreachable_database_is_one_clear_line(tmp_path: Path) -> None:
                          capture_output=True, text=True, timeout=60)
     assert res.returncode != 0
     assert "cannot reach the database" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_upgrade_to_durable_keys_keeps_every_task(empty_url: str) -> None:
+    """0003 makes idempotency keys unique over all tasks: where finished tasks shared a
+    key (allowed before), the key stays on the live or newest task; no row is lost."""
+    migrate.upgrade(empty_url, "0002")
+
+    def row(tid: str, status: str, key: str, minute: int) -> str:
+        return (f"('{tid}', 'url', '{status}', 0, 0, '{{}}', 1, 3, "
+                f"'2026-11-2{minute % 10} 08:0{minute}:00', false, '{key}', "
+                f"'2026-11-20 08:0{minute}:00', '2026-11-20 08:0{minute}:00')")
+    rows = [row("t1", "completed", "k-a", 1), row("t2", "failed", "k-a", 2),
+            row("t3", "completed", "k-b", 3), row("t4", "pending", "k-b", 1),
+            row("t5", "completed", "k-c", 4)]
+
+    async def run(sql: str) -> list[Any]:
+        engine = make_engine(empty_url)
+        try:
+            async with engine.begin() as conn:
+                res = await conn.execute(text(sql))
+                return list(res.all()) if res.returns_rows else []
+        finally:
+            await engine.dispose()
+    asyncio.run(run(
+        "INSERT INTO tasks (id, kind, status, progress, priority, payload, attempts, "
+        "max_attempts, run_after, cancel_requested, idempotency_key, created_at, updated_at) "
+        "VALUES " + ", ".join(rows)))
+    assert migrate.upgrade(empty_url) == migrate.head_revision()
+    got = dict(asyncio.run(run("SELECT id, idempotency_key FROM tasks ORDER BY id")))
+    assert got == {"t1": None, "t2": "k-a", "t3": None, "t4": "k-b", "t5": "k-c"}
+    migrate.check(empty_url)

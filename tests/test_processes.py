@@ -32,7 +32,7 @@ def spawn(*args: str) -> subprocess.Popen[str]:
 async def fill(queue: Queue, n: int) -> set[str]:
     ids: set[str] = set()
     for start in range(0, n, 100):
-        _, tasks = await queue.enqueue_many(
+        _, tasks, _ = await queue.enqueue_many(
             [NewTask(TaskKind.URL, {"video_url": f"https://x/{i}"})
              for i in range(start, min(n, start + 100))])
         ids.update(t.id for t in tasks)

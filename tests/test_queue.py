@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from db.errors import InvalidTransition, LeaseLost, QueueFull, TaskNotFound
+from db.errors import IdempotencyMismatch, InvalidTransition, LeaseLost, QueueFull, TaskNotFound
 from db.models import Stage, TaskKind, TaskStatus
 from db.queue import NewTask, Queue, SegmentRow, TaskError
 from db.reads import Reads
@@ -279,7 +279,8 @@ async def test_capacity_limit(queue: Queue) -> None:
 
 async def test_enqueue_many_is_all_or_nothing(queue: Queue) -> None:
     queue.config.max_pending = 5
-    batch_id, tasks = await queue.enqueue_many([item(n) for n in range(4)], now=T0)
+    batch_id, tasks, created = await queue.enqueue_many([item(n) for n in range(4)], now=T0)
+    assert created
     assert len(tasks) == 4 and all(t.batch_id == batch_id for t in tasks)
     with pytest.raises(QueueFull):
         await queue.enqueue_many([item(n) for n in range(2)], now=T0)
@@ -296,8 +297,25 @@ async def test_idempotency_key_returns_the_live_task(queue: Queue) -> None:
     assert (await queue.enqueue(item(key, idempotency_key="k-1"), now=T0)).task.id == \
         first.task.id
     await queue.complete(first.task.id, W1, {}, now=T0)
-    fresh = await queue.enqueue(item(key, idempotency_key="k-1"), now=T0)
-    assert fresh.created and fresh.task.id != first.task.id
+    # durable: a finished task keeps its key (re-running a night's batch redoes nothing)
+    after = await queue.enqueue(item(key, idempotency_key="k-1"), now=T0)
+    assert not after.created and after.task.id == first.task.id
+    assert after.task.status == TaskStatus.COMPLETED
+    # the same key for another request: refused, naming the key
+    with pytest.raises(IdempotencyMismatch) as info:
+        await queue.enqueue(item(2, idempotency_key="k-1"), now=T0)
+    assert "k-1" in str(info.value) and first.task.id in str(info.value)
+
+
+async def test_a_batch_key_returns_the_original_batch(queue: Queue) -> None:
+    items = [item(n, idempotency_key=f"night/{n}") for n in range(3)]
+    batch_id, tasks, created = await queue.enqueue_many(items, now=T0)
+    again_id, again, again_created = await queue.enqueue_many(items, now=T0)
+    assert created and not again_created
+    assert again_id == batch_id and [t.id for t in again] == [t.id for t in tasks]
+    with pytest.raises(IdempotencyMismatch):  # part of it, with another entry
+        await queue.enqueue_many([items[0], item(9, idempotency_key="night/9")], now=T0)
+    assert (await Reads(queue.engine).counts())["pending"] == 3
 
 
 async def test_checkpoints_and_segments(queue: Queue) -> None:

@@ -159,6 +159,10 @@ def _task_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--priority", type=int, default=0, help="higher runs first (default 0)")
     p.add_argument("--wait", action="store_true",
                    help="show live progress; exit 0 only if every task completed")
+    p.add_argument("--no-dedupe", action="store_true",
+                   help="submit new tasks even for sources already submitted with the same "
+                        "options (by default each source gets a stable idempotency key, so "
+                        "running the same command again submits only what is missing)")
 
 
 def build_parser() -> argparse.ArgumentParser:

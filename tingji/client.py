@@ -87,9 +87,13 @@ class Client:
         return self.request("GET", path, params=clean).json()
 
     # ------------------------------------------------------------------ tasks
-    def submit_url(self, url: str, options: dict[str, Any]) -> dict[str, Any]:
+    def submit_url(self, url: str, options: dict[str, Any],
+                   batch_id: str | None = None) -> dict[str, Any]:
+        body = {"video_url": url, **options}
+        if batch_id:
+            body["batch_id"] = batch_id
         return self.request("POST", "/api/v1/process/bilibili",  # type: ignore[no-any-return]
-                            json={"video_url": url, **options}).json()
+                            json=body).json()
 
     def submit_file(self, path: Path, options: dict[str, Any],
                     batch_id: str | None = None) -> dict[str, Any]:

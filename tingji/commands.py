@@ -5,6 +5,7 @@ survives reboots."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 import time
@@ -56,6 +57,28 @@ def options(args: Any) -> dict[str, Any]:
     if args.no_polish:
         opts["polish"] = False
     return opts
+
+
+def source_key(kind: str, src: str | Path, opts: dict[str, Any]) -> str:
+    """A stable idempotency key for one source with these options: the URL, or the
+    file's contents (hashed in 1 MiB blocks), so the same command again names the same
+    tasks; a moved or renamed file is still the same source."""
+    h = hashlib.sha256(json.dumps([kind, opts], sort_keys=True).encode())
+    if kind == "url":
+        h.update(str(src).encode())
+    else:
+        with open(src, "rb") as fh:
+            while block := fh.read(2**20):
+                h.update(block)
+    return f"cli-{kind}-{h.hexdigest()[:40]}"
+
+
+def _submitted(got: dict[str, Any], src: str | Path) -> None:
+    """One line per source: the task id, and whether it was already there."""
+    if got.get("created", True):
+        out.print(f"{got['task_id']}  {src}")
+    else:
+        out.print(f"{got['task_id']}  {src}  (already submitted: {got['status']})")
 
 
 def short(task_id: str) -> str:
@@ -130,11 +153,13 @@ def cmd_submit(client: Client, args: Any) -> int:
     ids: list[str] = []
     labels: dict[str, str] = {}
     for kind, src in sources:
-        got = client.submit_url(str(src), opts) if kind == "url" else \
-            client.submit_file(Path(src), opts)
+        o = opts if args.no_dedupe else {**opts,
+                                         "idempotency_key": source_key(kind, src, opts)}
+        got = client.submit_url(str(src), o) if kind == "url" else \
+            client.submit_file(Path(src), o)
         ids.append(got["task_id"])
         labels[got["task_id"]] = str(src)
-        out.print(f"{got['task_id']}  {src}")
+        _submitted(got, src)
     sys.stdout.flush()
     return wait_for(client, ids, labels) if args.wait else 0
 
@@ -176,6 +201,8 @@ def cmd_batch(client: Client, args: Any) -> int:
         err.print(f"tingji batch: {args.file}:\n{exc}\nnothing submitted")
         return 2
     opts = options(args)
+    if not args.no_dedupe:
+        return _batch_deduped(client, args, entries, opts)
     urls = [str(src) for _, kind, src in entries if kind == "url"]
     ids: list[str] = []
     labels: dict[str, str] = {}
@@ -201,6 +228,41 @@ def cmd_batch(client: Client, args: Any) -> int:
     out.print(batch_id)
     err.print(f"{len(ids)} task(s) queued in batch {batch_id}; follow them with "
               f"`tingji watch --batch {short(batch_id)}`")
+    sys.stdout.flush()
+    return wait_for(client, ids, labels) if args.wait else 0
+
+
+def _batch_deduped(client: Client, args: Any, entries: list[tuple[int, str, str | Path]],
+                   opts: dict[str, Any]) -> int:
+    """Each line its own stable key, the batch a stable id (from the file's path and the
+    options): running the same file again, after a crash or a reboot, submits only the
+    lines that are missing and reports the others' status."""
+    import uuid
+
+    batch_id = str(uuid.uuid5(uuid.NAMESPACE_URL, "tingji-batch:" + json.dumps(
+        [str(Path(args.file).resolve()), opts], sort_keys=True)))
+    ids: list[str] = []
+    labels: dict[str, str] = {}
+    already = 0
+    for n, kind, src in entries:
+        o = {**opts, "idempotency_key": source_key(kind, src, opts)}
+        try:
+            got = client.submit_url(str(src), o, batch_id=batch_id) if kind == "url" else \
+                client.submit_file(Path(src), o, batch_id=batch_id)
+        except ClientError as exc:
+            err.print(f"line {n}: {src}: {exc} (the other {len(ids)} task(s) are in batch "
+                      f"{batch_id}; run the same command again to retry the rest)")
+            out.print(batch_id)
+            return 1
+        ids.append(got["task_id"])
+        labels[got["task_id"]] = str(src)
+        if not got.get("created", True):
+            already += 1
+            err.print(f"line {n}: {src}: already submitted ({got['status']}, "
+                      f"{short(got['task_id'])})")
+    out.print(batch_id)
+    err.print(f"{len(ids) - already} task(s) queued, {already} already submitted, in batch "
+              f"{batch_id}; follow them with `tingji watch --batch {short(batch_id)}`")
     sys.stdout.flush()
     return wait_for(client, ids, labels) if args.wait else 0
 

@@ -3,11 +3,13 @@ with the durable task's id as soon as its row is committed."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections import Counter
 from typing import Any
 
 from litestar import Request, Response, post
-from litestar.status_codes import HTTP_202_ACCEPTED
+from litestar.status_codes import HTTP_200_OK, HTTP_202_ACCEPTED
 
 from db.models import TaskKind
 from db.values import Enqueued, NewTask
@@ -26,28 +28,56 @@ from server.schemas import (
     options_payload,
 )
 from server.uploads import receive_upload, too_large
-from tingji.urls import url_problem
+from tingji.urls import has_control_chars, url_problem
 
 
 def _accepted(enq: Enqueued) -> Response[Submitted]:
+    """202 for a new task; 200 for the task an idempotency key already names."""
     task = enq.task
     message = ("task queued" if enq.created
-               else "a live task with this idempotency key already exists")
+               else f"already submitted with this idempotency key (task is {task.status})")
     return Response(
         Submitted(task_id=task.id, status=str(task.status), message=message,
-                  created_at=task.created_at),
-        status_code=HTTP_202_ACCEPTED, headers={"Location": f"/api/v1/task/{task.id}"})
+                  created_at=task.created_at, created=enq.created),
+        status_code=HTTP_202_ACCEPTED if enq.created else HTTP_200_OK,
+        headers={"Location": f"/api/v1/task/{task.id}"})
+
+
+def _key(request: Request[Any, Any, Any], body_key: str | None) -> str | None:
+    """The idempotency key: the body's field or the standard ``Idempotency-Key`` header
+    (they must agree when both are given)."""
+    header = request.headers.get("idempotency-key")
+    if header is None:
+        return body_key
+    header = header.strip()
+    if not header or len(header) > 200 or has_control_chars(header):
+        raise bad_request("Idempotency-Key: 1 to 200 characters, no control characters")
+    if body_key is not None and body_key != header:
+        raise bad_request("idempotency_key and the Idempotency-Key header disagree")
+    return header
+
+
+def request_digest(kind: str, source: Any, options: dict[str, Any], priority: int) -> str:
+    """What makes two submissions the same request (the same key with another request is
+    a 409): the source (URL, or the uploaded file's name, size and SHA-256), the options
+    and the priority."""
+    blob = json.dumps([kind, source, options, priority], sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(blob.encode()).hexdigest()
 
 
 @post("/process/bilibili", status_code=HTTP_202_ACCEPTED, summary="Transcribe a URL")
-async def process_url(data: BilibiliRequest, queue: QueueDep, settings: SettingsDep
-                      ) -> Response[Submitted]:
-    """Any http(s) URL yt-dlp handles: Bilibili BV/av links, b23.tv, direct media files."""
+async def process_url(request: Request[Any, Any, Any], data: BilibiliRequest, queue: QueueDep,
+                      settings: SettingsDep) -> Response[Submitted]:
+    """Any http(s) URL yt-dlp handles: Bilibili BV/av links, b23.tv, direct media files.
+    An optional ``batch_id`` (a UUID) files the task under a batch."""
     url = check_url(data.video_url)
+    batch_id = check_task_id(data.batch_id, "batch_id") if data.batch_id else None
+    options = options_payload(data, settings)
     enq = await queue.enqueue(NewTask(
-        TaskKind.URL, {"video_url": url,
-                       "options": options_payload(data, settings)},
-        priority=data.priority, idempotency_key=data.idempotency_key))
+        TaskKind.URL, {"video_url": url, "options": options,
+                       "request": request_digest("url", url, options, data.priority)},
+        priority=data.priority, idempotency_key=_key(request, data.idempotency_key)),
+        batch_id=batch_id)
     return _accepted(enq)
 
 
@@ -68,12 +98,17 @@ async def process_upload(request: Request[Any, Any, Any], queue: QueueDep, setti
         if batch_id is not None:
             batch_id = check_task_id(batch_id.strip(), "batch_id") if batch_id.strip() else None
         opts = options_from_form(upload.fields)
+        options = options_payload(opts, settings)
+        digest = request_digest("upload", [upload.filename, upload.size, upload.sha256],
+                                options, opts.priority)
         enq = await queue.enqueue(NewTask(
             TaskKind.UPLOAD,
             {"upload": {"stored_name": upload.stored_name, "filename": upload.filename,
-                        "size": upload.size, "content_type": upload.content_type},
-             "options": options_payload(opts, settings)},
-            priority=opts.priority, idempotency_key=opts.idempotency_key), batch_id=batch_id)
+                        "size": upload.size, "sha256": upload.sha256,
+                        "content_type": upload.content_type},
+             "options": options, "request": digest},
+            priority=opts.priority, idempotency_key=_key(request, opts.idempotency_key)),
+            batch_id=batch_id)
     except BaseException:
         upload.path.unlink(missing_ok=True)
         raise
@@ -83,9 +118,10 @@ async def process_upload(request: Request[Any, Any, Any], queue: QueueDep, setti
 
 
 @post("/process/batch", status_code=HTTP_202_ACCEPTED, summary="Transcribe a list of URLs")
-async def process_batch(data: BatchRequest, queue: QueueDep, settings: SettingsDep
-                        ) -> Response[BatchSubmitted]:
-    """One durable task per URL, inserted in one transaction: all or nothing."""
+async def process_batch(request: Request[Any, Any, Any], data: BatchRequest, queue: QueueDep,
+                        settings: SettingsDep) -> Response[BatchSubmitted]:
+    """One durable task per URL, inserted in one transaction: all or nothing.  With an
+    idempotency key, the same request again returns the original batch (200)."""
     if not data.urls:
         raise bad_request("urls: the list is empty")
     if len(data.urls) > MAX_BATCH:
@@ -101,13 +137,17 @@ async def process_batch(data: BatchRequest, queue: QueueDep, settings: SettingsD
     if problems:
         raise bad_request("; ".join(problems))
     options = options_payload(data, settings)
-    key = data.idempotency_key
-    batch_id, tasks = await queue.enqueue_many([
-        NewTask(TaskKind.URL, {"video_url": u.strip(), "options": options},
+    key = _key(request, data.idempotency_key)
+    urls = [u.strip() for u in data.urls]
+    # every task carries the whole list's digest: the same key with another list is a 409
+    digest = request_digest("batch", urls, options, data.priority)
+    batch_id, tasks, created = await queue.enqueue_many([
+        NewTask(TaskKind.URL, {"video_url": u, "options": options, "request": digest},
                 priority=data.priority, idempotency_key=f"{key}/{i}" if key else None)
-        for i, u in enumerate(data.urls)])
-    return Response(BatchSubmitted(batch_id=batch_id, task_ids=[t.id for t in tasks]),
-                    status_code=HTTP_202_ACCEPTED,
+        for i, u in enumerate(urls)])
+    return Response(BatchSubmitted(batch_id=batch_id, task_ids=[t.id for t in tasks],
+                                   created=created),
+                    status_code=HTTP_202_ACCEPTED if created else HTTP_200_OK,
                     headers={"Location": f"/api/v1/tasks?batch_id={batch_id}"})
 
 

@@ -368,7 +368,7 @@ function upload(file, opts) {
       bar.hidden = true;
       let body = null;
       try { body = JSON.parse(xhr.responseText); } catch (_) { /* not JSON */ }
-      if (xhr.status === 202) resolve(body);
+      if (xhr.status === 202 || xhr.status === 200) resolve(body);  // 200: already submitted
       else reject(new Error(body && body.error ? `${file.name}: ${body.error.message}`
                                                : `${file.name}: HTTP ${xhr.status}`));
     };
