@@ -6,6 +6,7 @@ import json
 import signal
 import sqlite3
 import subprocess
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -157,3 +158,32 @@ def test_overnight_batch_survives_a_sigkilled_worker(stack_factory: Callable[...
     forced = stack.cli("submit", str(media["speech"]), "--no-dedupe")
     assert forced.returncode == 0 and "already" not in forced.stdout
     assert stack.http.get("/api/v1/tasks").json()["total"] == 6
+
+
+def test_watch_follows_the_live_feed_across_an_api_restart(
+        stack_factory: Callable[..., Stack], media: dict[str, Path]) -> None:
+    from tests.helpers.procs import start_server
+
+    stack = stack_factory()  # no worker yet: the task waits
+    tid = stack.upload(media["speech"])
+    port = int(stack.server.url.rsplit(":", 1)[1])
+    watch = subprocess.Popen([TINGJI, "watch"], env={**stack.env, "TINGJI_URL": stack.server.url},
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert watch.stderr is not None
+    errors: list[str] = []
+    reader = threading.Thread(target=lambda: errors.extend(watch.stderr), daemon=True)
+    reader.start()
+    try:
+        stack.wait(lambda: any("following the live feed" in e for e in errors), 30,
+                   "watch did not connect")
+        stack.server.stop()  # the stream breaks; watch keeps trying
+        stack.server = start_server(stack.env, stack.root / "server2.log", port=port)
+        stack.worker()
+        out, _ = watch.communicate(timeout=120)
+    finally:
+        if watch.poll() is None:
+            watch.kill()
+    reader.join(5)
+    assert watch.returncode == 0, "".join(errors)
+    assert stack.task(tid)["status"] == "completed"
+    assert "0 running or waiting" in out

@@ -371,6 +371,9 @@ def cmd_watch(client: Client, args: Any) -> int:
                 try:
                     stream = client.follow(since)
                     _, _, hello = next(stream)  # subscribed: now the snapshot is safe
+                    if since is None:
+                        err.print("following the live feed (Ctrl-C stops watching; the "
+                                  "tasks keep running)")
                     since = hello["last_event_id"] if since is None else since
                     tasks = snapshot()
                     if not render(live, tasks):
