@@ -129,10 +129,18 @@ def test_idempotency_key_returns_same_task(client: httpx.Client) -> None:
     error_of(client.post("/api/v1/process/bilibili", json={
         "video_url": "https://x.org/idem.mp4", "idempotency_key": "nightly-42",
         "priority": 5}), 409)
-    # body and header must agree
+    # body and header must agree; a hostile header or batch id is a 400, nothing stored
+    before = client.get("/api/v1/tasks").json()["total"]
     error_of(client.post("/api/v1/process/bilibili", json={
         "video_url": "https://x.org/idem.mp4", "idempotency_key": "a"},
         headers={"Idempotency-Key": "b"}), 400)
+    for header in ("k" * 201,):  # (httpx itself will not send control characters)
+        error_of(client.post("/api/v1/process/bilibili", json={"video_url": "https://x.org/h"},
+                             headers={"Idempotency-Key": header}), 400)
+    for batch_id in ("../../etc", "not-a-uuid", "1" * 5000):
+        assert "batch_id" in error_of(client.post("/api/v1/process/bilibili", json={
+            "video_url": "https://x.org/b", "batch_id": batch_id}), 400)["message"]
+    assert client.get("/api/v1/tasks").json()["total"] == before
     # a batch key returns the original batch
     body = {"urls": ["https://x.org/n1.mp4", "https://x.org/n2.mp4"],
             "idempotency_key": "night-7"}
