@@ -8,16 +8,35 @@ takes the write lock up front and waits in ``busy_timeout`` instead of failing a
 once with "database is locked" when a deferred read upgrades to a write.  Engines
 derived with ``reader(engine)`` begin with a plain deferred BEGIN (WAL readers never
 block and are never blocked).
+
+Write transactions go through ``transactor(engine)``: a transaction is a plain
+function of a synchronous ``Connection``, run whole.  On PostgreSQL that is
+``AsyncConnection.run_sync`` (asyncpg underneath).  On SQLite it is one dedicated
+writer thread per engine holding a pysqlite connection, so a transaction costs one
+hop between the event loop and a thread instead of one per statement and cursor call
+(aiosqlite's), and the writes of one process never wait on each other's busy timeout.
+A transaction that has started runs to its end even if its caller is cancelled.
+There, statements marked with ``hot()`` (the queue's per-transition statements) are
+compiled once by SQLAlchemy from the models and then run on the DBAPI cursor, with
+SQLAlchemy's own type processors for parameters and results: the statement text and
+types still come from the models, only the per-execution bookkeeping is skipped.
 """
 
 from __future__ import annotations
 
+import asyncio
+import weakref
+from collections import namedtuple
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import event
+from sqlalchemy import Connection, Engine, create_engine, event, exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+R = TypeVar("R")
 
 BUSY_TIMEOUT_MS = 15_000
 _READONLY = "tingji_readonly"
@@ -53,8 +72,13 @@ def make_engine(url: str, *, sqlite_synchronous: str = "FULL", pool_size: int = 
     path.parent.mkdir(parents=True, exist_ok=True)
     engine = create_async_engine(target, **kwargs)
     sync = sqlite_synchronous.upper()
+    _configure_sqlite(engine.sync_engine, sync)
+    _SQLITE[engine.sync_engine] = (path, sync)
+    return engine
 
-    @event.listens_for(engine.sync_engine, "connect")
+
+def _configure_sqlite(engine: Engine, sync: str) -> None:
+    @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         # We emit BEGIN ourselves (see _on_begin); pysqlite must not.
         dbapi_conn.isolation_level = None
@@ -65,14 +89,14 @@ def make_engine(url: str, *, sqlite_synchronous: str = "FULL", pool_size: int = 
         cur.execute("PRAGMA foreign_keys = ON")
         cur.close()
 
-    @event.listens_for(engine.sync_engine, "begin")
+    @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
+        if conn.connection.driver_connection.in_transaction:
+            return  # the SQLite writer began it (SqliteWriter._run)
         if conn.get_execution_options().get(_READONLY):
             conn.exec_driver_sql("BEGIN")
         else:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
-
-    return engine
 
 
 def reader(engine: AsyncEngine) -> AsyncEngine:
@@ -82,3 +106,181 @@ def reader(engine: AsyncEngine) -> AsyncEngine:
 
 def is_sqlite(engine: AsyncEngine) -> bool:
     return engine.dialect.name == "sqlite"
+
+
+# The SQLite file and ``synchronous`` of each engine made here, and its writer thread.
+_SQLITE: weakref.WeakKeyDictionary[Engine, tuple[Path, str]] = weakref.WeakKeyDictionary()
+_WRITERS: weakref.WeakKeyDictionary[Engine, SqliteWriter] = weakref.WeakKeyDictionary()
+
+
+class Transactor:
+    """Runs write transactions, each a function of a synchronous ``Connection``, through
+    the async engine (``run_sync``)."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    async def __call__(self, fn: Callable[..., R], *args: Any) -> R:
+        async with self.engine.begin() as conn:
+            return await conn.run_sync(fn, *args)
+
+
+# Statements run straight on the SQLite cursor by the writer (see ``hot``), with their
+# compiled plans per set of parameter names.
+_HOT: dict[Any, dict[tuple[str, ...] | None, _Plan]] = {}
+
+
+def hot(stmt: Any) -> Any:
+    """Mark a long-lived statement (no expanding ``IN``, no Python-side defaults left to
+    fill) to be run by the SQLite writer on the DBAPI cursor.  Returns it."""
+    _HOT.setdefault(stmt, {})
+    return stmt
+
+
+class _Rows(list[Any]):
+    """The part of SQLAlchemy's ``Result`` the queue uses."""
+
+    def first(self) -> Any:
+        return self[0] if self else None
+
+    def all(self) -> list[Any]:
+        return list(self)
+
+    def one(self) -> Any:
+        if len(self) != 1:
+            raise (exc.NoResultFound if not self else exc.MultipleResultsFound)(
+                f"expected one row, got {len(self)}")
+        return self[0]
+
+    def scalar_one(self) -> Any:
+        return self.one()[0]
+
+
+class _Plan:
+    """One hot statement compiled for SQLite: its SQL text, the order of its parameters
+    with their bind processors, and its result columns with their result processors."""
+
+    def __init__(self, stmt: Any, dialect: Any, keys: tuple[str, ...] | None) -> None:
+        self.compiled = stmt.compile(dialect=dialect, column_keys=list(keys) if keys else None)
+        self.sql = self.compiled.string
+        self.names = list(self.compiled.positiontup or ())
+        # values fixed in the statement (literals SQLAlchemy made into parameters)
+        self.fixed = {n: self.compiled.binds[n].effective_value for n in self.names}
+        self.binds = [self._proc(self.compiled.binds[n].type, dialect, "bind")
+                      for n in self.names]
+        cols = list(getattr(stmt, "selected_columns", None)
+                    or getattr(stmt, "exported_columns", None) or ())
+        self.results = [self._proc(c.type, dialect, "result") for c in cols]
+        base = namedtuple("Row", [c.name for c in cols], rename=True) if cols else None  # noqa: PYI024
+        self.row = type("Row", (base,), {"__slots__": (), "_mapping": property(
+            lambda r: r._asdict())}) if base else None
+
+    @staticmethod
+    def _proc(type_: Any, dialect: Any, kind: str) -> Callable[[Any], Any] | None:
+        impl = type_.dialect_impl(dialect)
+        return (impl.bind_processor(dialect) if kind == "bind"
+                else impl.result_processor(dialect, None))
+
+    def args(self, params: dict[str, Any] | None) -> tuple[Any, ...]:
+        given = params or {}
+        out = []
+        for n, p in zip(self.names, self.binds, strict=True):
+            v = given[n] if n in given else self.fixed[n]
+            out.append(p(v) if p else v)
+        return tuple(out)
+
+    def rows(self, raw: Sequence[Sequence[Any]]) -> _Rows:
+        assert self.row is not None
+        return _Rows(self.row(*(p(v) if p else v for v, p in zip(r, self.results, strict=True)))
+                     for r in raw)
+
+
+class _WriterConnection:
+    """What a transaction function gets from the SQLite writer: a SQLAlchemy
+    ``Connection`` whose hot statements skip SQLAlchemy's execution machinery."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+        self.dialect = conn.dialect
+        self._cursor = conn.connection.driver_connection.cursor()
+
+    def execute(self, stmt: Any, params: Any = None) -> Any:
+        plans = _HOT.get(stmt)
+        if plans is None:
+            return self._conn.execute(stmt, params)
+        many = isinstance(params, list)
+        keys = tuple(params[0]) if many and params else None
+        plan = plans.get(keys)
+        if plan is None:
+            plan = plans[keys] = _Plan(stmt, self.dialect, keys)
+        try:
+            if many:
+                self._cursor.executemany(plan.sql, [plan.args(p) for p in params])
+                return _Rows()
+            self._cursor.execute(plan.sql, plan.args(params))
+            return plan.rows(self._cursor.fetchall()) if plan.row else _Rows()
+        except self.dialect.loaded_dbapi.Error as e:
+            raise exc.DBAPIError.instance(plan.sql, params, e,
+                                          self.dialect.loaded_dbapi.Error) from e
+
+
+class SqliteWriter:
+    """One thread, one pysqlite connection: a process's writes to one SQLite file, in
+    order.  Same pragmas and ``BEGIN IMMEDIATE`` as the async engine it serves."""
+
+    def __init__(self, path: Path, sync: str) -> None:
+        self._sync = create_engine(f"sqlite:///{path}", pool_size=1, max_overflow=0,
+                                   connect_args={"check_same_thread": False})
+        _configure_sqlite(self._sync, sync)
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="tingji-sqlite-writer")
+        self._conn: Connection | None = None  # held open, used only on the thread
+
+    def _run(self, fn: Callable[..., R], args: tuple[Any, ...]) -> R:
+        # BEGIN IMMEDIATE and COMMIT go straight to the driver; a statement that is not
+        # hot makes SQLAlchemy join the open transaction (see _on_begin).
+        if self._conn is None:
+            self._conn = self._sync.connect()
+        conn = self._conn
+        driver = conn.connection.driver_connection
+        driver.execute("BEGIN IMMEDIATE")
+        try:
+            out = fn(_WriterConnection(conn), *args)
+        except BaseException:
+            if conn.in_transaction():
+                conn.rollback()
+            elif driver.in_transaction:
+                driver.rollback()
+            raise
+        if conn.in_transaction():
+            conn.commit()
+        else:
+            driver.commit()
+        return out
+
+    async def __call__(self, fn: Callable[..., R], *args: Any) -> R:
+        return await asyncio.get_running_loop().run_in_executor(
+            self._thread, self._run, fn, args)
+
+    def close(self, *_: Any) -> None:
+        """Close the connection once the transactions handed over are done (a later
+        transaction opens a new one)."""
+        self._thread.submit(self._dispose)
+
+    def _dispose(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        self._sync.dispose()
+
+
+def transactor(engine: AsyncEngine) -> Transactor | SqliteWriter:
+    """How write transactions run on ``engine``: its SQLite writer thread (made on first
+    use, closed with the engine) or ``run_sync``."""
+    where = _SQLITE.get(engine.sync_engine)
+    if where is None:
+        return Transactor(engine)
+    writer = _WRITERS.get(engine.sync_engine)
+    if writer is None:
+        writer = _WRITERS[engine.sync_engine] = SqliteWriter(*where)
+        event.listen(engine.sync_engine, "engine_disposed", writer.close)
+    return writer

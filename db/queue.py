@@ -22,10 +22,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Row, Select, delete, func, insert, select, update
+from sqlalchemy import Column, Row, Select, bindparam, delete, func, insert, select, update
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.sql.elements import ClauseElement
 
+from db.engine import hot, transactor
 from db.errors import (
     IdempotencyConflict,
     IdempotencyMismatch,
@@ -86,12 +89,51 @@ def _check(src: TaskStatus, dst: TaskStatus) -> None:
 
 _NO_LEASE = {"lease_owner": None, "lease_expires_at": None}
 
+# Statements are built once per shape and reused with new parameters: SQLAlchemy then
+# computes their cache key and compiled form once, not per call, and the SQLite writer
+# runs them on its cursor (``db.engine.hot``).  Building, keying and executing
+# statements through SQLAlchemy was most of a transition's cost on SQLite.
+_PREPARED: dict[tuple[Any, ...], Any] = {}
+_INSERT_TASK = hot(insert(T))
+_INSERT_EVENT = hot(insert(E))
+_COUNT_PENDING = hot(select(func.count()).select_from(T).where(T.c.status == PENDING))
+_BY_KEY = hot(select(T).where(T.c.idempotency_key == bindparam("key")))
+
+
+def _prepared(key: tuple[Any, ...], build: Callable[[], Any]) -> Any:
+    stmt = _PREPARED.get(key)
+    if stmt is None:
+        stmt = _PREPARED[key] = hot(build())
+    return stmt
+
+
+def _update_task(conn: Connection, where: dict[str, Any], values: dict[str, Any],
+                 returning: Sequence[Column[Any]]) -> Row[Any] | None:
+    """``UPDATE tasks SET values WHERE column = value AND ... RETURNING``, prepared once
+    per shape (values that are SQL expressions make a one-off statement)."""
+    exprs = {k: v for k, v in values.items() if isinstance(v, ClauseElement)}
+    params = {"w_" + k: v for k, v in where.items()}
+    params.update(("v_" + k, v) for k, v in values.items() if k not in exprs)
+
+    def build() -> Any:
+        return (update(T).where(*(T.c[k] == bindparam("w_" + k) for k in where))
+                .values({**{k: bindparam("v_" + k) for k in values if k not in exprs},
+                         **exprs})
+                .returning(*returning))
+
+    shape = ("update", *params, "|", *(c.key for c in returning))
+    stmt = build() if exprs else _prepared(shape, build)
+    return conn.execute(stmt, params).first()
+
 
 class Queue:
     def __init__(self, engine: AsyncEngine, config: QueueConfig | None = None) -> None:
         self.engine = engine
         self.config = config or QueueConfig()
         self._pg = engine.dialect.name == "postgresql"
+        # Every method below is one transaction: a plain function of a sync Connection,
+        # run whole by the engine's transactor (db.engine).
+        self._tx = transactor(engine)
 
     @classmethod
     def from_settings(cls, engine: AsyncEngine, settings: Any) -> Queue:
@@ -111,10 +153,10 @@ class Queue:
         return timedelta(seconds=delay / 2 + c.rng.random() * delay / 2)
 
     @staticmethod
-    async def _events(conn: AsyncConnection, rows: Iterable[dict[str, Any]]) -> None:
+    def _events(conn: Connection, rows: Iterable[dict[str, Any]]) -> None:
         rows = list(rows)
         if rows:
-            await conn.execute(insert(E), rows)
+            conn.execute(_INSERT_EVENT, rows)
 
     @staticmethod
     def _ev(task_id: str, event: EventType, now: datetime, src: TaskStatus | None = None,
@@ -130,29 +172,28 @@ class Queue:
         transaction there is ``BEGIN IMMEDIATE`` (``db.engine``), serialized whole."""
         return stmt.with_for_update(skip_locked=skip_locked) if self._pg else stmt
 
-    async def _locked(self, conn: AsyncConnection, task_id: str) -> Row[Any]:
-        row = (await conn.execute(self._lock(select(T).where(T.c.id == task_id)))).first()
+    def _locked(self, conn: Connection, task_id: str) -> Row[Any]:
+        stmt = _prepared(("locked", self._pg),
+                         lambda: self._lock(select(T).where(T.c.id == bindparam("id"))))
+        row = conn.execute(stmt, {"id": task_id}).first()
         if row is None:
             raise TaskNotFound(task_id)
         return row
 
-    async def _owned(self, conn: AsyncConnection, task_id: str, worker_id: str,
-                     values: dict[str, Any], returning: Sequence[Any] = ()) -> Row[Any]:
+    def _owned(self, conn: Connection, task_id: str, worker_id: str,
+               values: dict[str, Any], returning: Sequence[Any] = ()) -> Row[Any]:
         """Update a task this worker holds; ``LeaseLost`` when it no longer does."""
-        stmt = (update(T)
-                .where(T.c.id == task_id, T.c.status == PROCESSING, T.c.lease_owner == worker_id)
-                .values(**values)
-                .returning(T.c.id, *returning))
-        row = (await conn.execute(stmt)).first()
+        row = _update_task(conn, {"id": task_id, "status": PROCESSING, "lease_owner": worker_id},
+                           values, (T.c.id, *returning))
         if row is None:
             raise LeaseLost(task_id, worker_id)
         return row
 
-    async def _transition(self, conn: AsyncConnection, task_id: str, src: TaskStatus,
-                          dst: TaskStatus, event: EventType, now: datetime, *,
-                          worker_id: str | None = None, values: dict[str, Any] | None = None,
-                          detail: dict[str, Any] | None = None,
-                          returning: Sequence[Any] = ()) -> Row[Any] | None:
+    def _transition(self, conn: Connection, task_id: str, src: TaskStatus,
+                    dst: TaskStatus, event: EventType, now: datetime, *,
+                    worker_id: str | None = None, values: dict[str, Any] | None = None,
+                    detail: dict[str, Any] | None = None,
+                    returning: Sequence[Any] = ()) -> Row[Any] | None:
         """The one status change: checked against ``TRANSITIONS``, guarded by ``status =
         src`` (and, for a worker, ``lease_owner = worker_id``: ``LeaseLost`` when that
         no longer holds), the lease cleared when leaving ``processing``,
@@ -166,16 +207,15 @@ class Queue:
         if dst in TERMINAL:
             vals["completed_at"] = now
         vals.update(values or {})
-        stmt = update(T).where(T.c.id == task_id, T.c.status == src)
+        where: dict[str, Any] = {"id": task_id, "status": src}
         if worker_id is not None:
-            stmt = stmt.where(T.c.lease_owner == worker_id)
-        row = (await conn.execute(stmt.values(**vals).returning(*(returning or [T.c.id]))
-                                  )).first()
+            where["lease_owner"] = worker_id
+        row = _update_task(conn, where, vals, tuple(returning or [T.c.id]))
         if row is None:
             if worker_id is not None:
                 raise LeaseLost(task_id, worker_id)
             return None
-        await self._events(conn, [self._ev(task_id, event, now, src, dst, worker_id, detail)])
+        self._events(conn, [self._ev(task_id, event, now, src, dst, worker_id, detail)])
         return row
 
     # ------------------------------------------------------------------ enqueue
@@ -191,19 +231,17 @@ class Queue:
             "completed_at": None, "updated_at": now,
         }
 
-    async def _capacity(self, conn: AsyncConnection, adding: int) -> None:
-        pending = (await conn.execute(
-            select(func.count()).select_from(T).where(T.c.status == PENDING))).scalar_one()
+    def _capacity(self, conn: Connection, adding: int) -> None:
+        pending = conn.execute(_COUNT_PENDING).scalar_one()
         if pending + adding > self.config.max_pending:
             raise QueueFull(pending, self.config.max_pending, self.config.queue_full_retry_after)
 
-    async def _by_key(self, conn: AsyncConnection, item: NewTask) -> Row[Any] | None:
+    def _by_key(self, conn: Connection, item: NewTask) -> Row[Any] | None:
         """The task ``item``'s idempotency key names (any status); ``IdempotencyMismatch``
         when that task was made from a different request."""
         if not item.idempotency_key:
             return None
-        row = (await conn.execute(select(T).where(
-            T.c.idempotency_key == item.idempotency_key))).first()
+        row = conn.execute(_BY_KEY, {"key": item.idempotency_key}).first()
         if row is not None and request_of(row.payload) != request_of(item.payload):
             raise IdempotencyMismatch(item.idempotency_key, row.id)
         return row
@@ -214,18 +252,20 @@ class Queue:
         exists: the same key returns that task (whatever its status), or raises
         ``IdempotencyMismatch`` if it was made from a different request."""
         now = now or utcnow()
+
+        def tx(conn: Connection) -> Enqueued:
+            existing = self._by_key(conn, item)
+            if existing is not None:
+                return Enqueued(_task(existing), created=False)
+            self._capacity(conn, 1)
+            row = self._new_row(item, now, batch_id)
+            conn.execute(_INSERT_TASK, [row])
+            self._events(conn, [self._ev(row["id"], EventType.ENQUEUED, now, None, PENDING)])
+            return Enqueued(Task(**row), created=True)
+
         for _ in range(2):
             try:
-                async with self.engine.begin() as conn:
-                    existing = await self._by_key(conn, item)
-                    if existing is not None:
-                        return Enqueued(_task(existing), created=False)
-                    await self._capacity(conn, 1)
-                    row = self._new_row(item, now, batch_id)
-                    await conn.execute(insert(T), [row])
-                    await self._events(conn, [self._ev(row["id"], EventType.ENQUEUED, now,
-                                                       None, PENDING)])
-                    return Enqueued(Task(**row), created=True)
+                return await self._tx(tx)
             except IntegrityError:
                 # PostgreSQL: a concurrent enqueue with the same key won the race.
                 if not item.idempotency_key:
@@ -241,26 +281,29 @@ class Queue:
         now = now or utcnow()
         batch_id = batch_id or str(uuid.uuid4())
         rows = [self._new_row(item, now, batch_id) for item in items]
+
+        def tx(conn: Connection) -> tuple[str, list[Task], bool]:
+            existing = [self._by_key(conn, item) for item in items]
+            if any(e is not None for e in existing):
+                missing = next((i for i, e in zip(items, existing, strict=True)
+                                if e is None), None)
+                if missing is not None:
+                    first = next(e for e in existing if e is not None)
+                    raise IdempotencyMismatch(missing.idempotency_key or "", first.id)
+                found = [_task(e) for e in existing if e is not None]
+                return found[0].batch_id or batch_id, found, False
+            self._capacity(conn, len(rows))
+            conn.execute(_INSERT_TASK, rows)
+            self._events(conn, [
+                self._ev(r["id"], EventType.ENQUEUED, now, None, PENDING,
+                         detail={"batch_id": batch_id}) for r in rows])
+            return batch_id, [Task(**r) for r in rows], True
+
         try:
-            async with self.engine.begin() as conn:
-                existing = [await self._by_key(conn, item) for item in items]
-                if any(e is not None for e in existing):
-                    missing = next((i for i, e in zip(items, existing, strict=True)
-                                    if e is None), None)
-                    if missing is not None:
-                        first = next(e for e in existing if e is not None)
-                        raise IdempotencyMismatch(missing.idempotency_key or "", first.id)
-                    found = [_task(e) for e in existing if e is not None]
-                    return found[0].batch_id or batch_id, found, False
-                await self._capacity(conn, len(rows))
-                await conn.execute(insert(T), rows)
-                await self._events(conn, [
-                    self._ev(r["id"], EventType.ENQUEUED, now, None, PENDING,
-                             detail={"batch_id": batch_id}) for r in rows])
+            return await self._tx(tx)
         except IntegrityError:
             keys = ", ".join(i.idempotency_key for i in items if i.idempotency_key)
             raise IdempotencyConflict(keys or "(none)") from None
-        return batch_id, [Task(**r) for r in rows], True
 
     # ------------------------------------------------------------------ worker side
     async def claim_next(self, worker_id: str, *, n: int = 1,
@@ -268,29 +311,39 @@ class Queue:
         """Atomically lease up to ``n`` ready tasks, highest priority first, oldest first."""
         now = now or utcnow()
         _check(PENDING, PROCESSING)
+        stmt = _prepared(("claim", n, self._pg), lambda: self._claim_statement(n))
+        params = {"c_now": now, "c_lease": self._lease(now), "c_worker": worker_id}
+
+        def tx(conn: Connection) -> list[Row[Any]]:
+            rows = conn.execute(stmt, params).all()
+            self._events(conn, [
+                self._ev(r.id, EventType.CLAIMED, now, PENDING, PROCESSING, worker_id,
+                         {"attempt": r.attempts}) for r in rows])
+            return rows
+
+        tasks = [_task(r) for r in await self._tx(tx)]
+        tasks.sort(key=lambda t: (-t.priority, t.created_at, t.id))
+        return tasks
+
+    def _claim_statement(self, n: int) -> Any:
+        when = T.c.updated_at.type
         ready = (select(T.c.id)
-                 .where(T.c.status == PENDING, T.c.run_after <= now)
+                 .where(T.c.status == PENDING, T.c.run_after <= bindparam("c_now", type_=when))
                  .order_by(T.c.priority.desc(), T.c.created_at, T.c.id)
                  .limit(n))
         ready = self._lock(ready, skip_locked=True)
         # A materialized CTE: PostgreSQL may otherwise re-run a LIMITed SKIP LOCKED
         # sub-select per outer row and lease more than n tasks.
         ready_cte = ready.cte("ready").prefix_with("MATERIALIZED", dialect="postgresql")
-        stmt = (update(T)
+        return (update(T)
                 .where(T.c.id.in_(select(ready_cte.c.id)), T.c.status == PENDING)
-                .values(status=PROCESSING, lease_owner=worker_id,
-                        lease_expires_at=self._lease(now), attempts=T.c.attempts + 1,
-                        started_at=func.coalesce(T.c.started_at, now), updated_at=now,
-                        message=None)
+                .values(status=PROCESSING, lease_owner=bindparam("c_worker"),
+                        lease_expires_at=bindparam("c_lease", type_=when),
+                        attempts=T.c.attempts + 1,
+                        started_at=func.coalesce(T.c.started_at,
+                                                 bindparam("c_now", type_=when)),
+                        updated_at=bindparam("c_now", type_=when), message=None)
                 .returning(*T.c))
-        async with self.engine.begin() as conn:
-            rows = (await conn.execute(stmt)).all()
-            await self._events(conn, [
-                self._ev(r.id, EventType.CLAIMED, now, PENDING, PROCESSING, worker_id,
-                         {"attempt": r.attempts}) for r in rows])
-        tasks = [_task(r) for r in rows]
-        tasks.sort(key=lambda t: (-t.priority, t.created_at, t.id))
-        return tasks
 
     async def heartbeat(self, task_id: str, worker_id: str, *, progress: float | None = None,
                         message: str | None = None, now: datetime | None = None) -> bool:
@@ -301,8 +354,7 @@ class Queue:
             values["progress"] = min(1.0, max(0.0, progress))
         if message is not None:
             values["message"] = message
-        async with self.engine.begin() as conn:
-            row = await self._owned(conn, task_id, worker_id, values, [T.c.cancel_requested])
+        row = await self._tx(self._owned, task_id, worker_id, values, [T.c.cancel_requested])
         return bool(row.cancel_requested)
 
     async def beat(self, worker_id: str, leases: Sequence[LeaseBeat], *,
@@ -312,11 +364,12 @@ class Queue:
         and progress of every task it holds.  Returns the ids whose cancellation was
         requested and the ids it no longer holds (``LeaseLost`` for those)."""
         now = now or utcnow()
-        cancel: set[str] = set()
-        lost: set[str] = set()
-        async with self.engine.begin() as conn:
-            await conn.execute(update(W).where(W.c.id == worker_id)
-                               .values(heartbeat_at=now, current_task_id=current_task_id))
+
+        def tx(conn: Connection) -> tuple[set[str], set[str]]:
+            cancel: set[str] = set()
+            lost: set[str] = set()
+            conn.execute(update(W).where(W.c.id == worker_id)
+                         .values(heartbeat_at=now, current_task_id=current_task_id))
             for lease in leases:
                 values: dict[str, Any] = {"lease_expires_at": self._lease(now),
                                           "updated_at": now}
@@ -325,27 +378,31 @@ class Queue:
                 if lease.message is not None:
                     values["message"] = lease.message
                 try:
-                    row = await self._owned(conn, lease.task_id, worker_id, values,
+                    row = self._owned(conn, lease.task_id, worker_id, values,
                                             [T.c.cancel_requested])
                 except LeaseLost:
                     lost.add(lease.task_id)
                     continue
                 if row.cancel_requested:
                     cancel.add(lease.task_id)
-        return cancel, lost
+            return cancel, lost
+
+        return await self._tx(tx)
 
     async def stage_started(self, task_id: str, worker_id: str, stage: Stage, *,
                             message: str | None = None, now: datetime | None = None) -> bool:
         """Record that ``stage`` began; returns whether cancel was requested."""
         now = now or utcnow()
-        async with self.engine.begin() as conn:
-            row = await self._owned(conn, task_id, worker_id, {
+
+        def tx(conn: Connection) -> bool:
+            row = self._owned(conn, task_id, worker_id, {
                 "stage": stage, "progress": 0.0, "message": message, "updated_at": now,
                 "lease_expires_at": self._lease(now)}, [T.c.cancel_requested])
-            await self._events(conn, [self._ev(task_id, EventType.STAGE_STARTED, now,
-                                               worker_id=worker_id,
-                                               detail={"stage": stage.value})])
-        return bool(row.cancel_requested)
+            self._events(conn, [self._ev(task_id, EventType.STAGE_STARTED, now,
+                                         worker_id=worker_id, detail={"stage": stage.value})])
+            return bool(row.cancel_requested)
+
+        return await self._tx(tx)
 
     async def checkpoint(self, task_id: str, worker_id: str, stage: Stage,
                          output: dict[str, Any], *, seconds: float | None = None,
@@ -358,44 +415,47 @@ class Queue:
                                   "lease_expires_at": self._lease(now)}
         if title is not None:
             values["title"] = title
-        async with self.engine.begin() as conn:
-            await self._owned(conn, task_id, worker_id, values)
-            await conn.execute(delete(S).where(S.c.task_id == task_id, S.c.stage == stage))
-            await conn.execute(insert(S), [{"task_id": task_id, "stage": stage,
+
+        def tx(conn: Connection) -> None:
+            self._owned(conn, task_id, worker_id, values)
+            conn.execute(delete(S).where(S.c.task_id == task_id, S.c.stage == stage))
+            conn.execute(insert(S), [{"task_id": task_id, "stage": stage,
                                             "completed_at": now, "seconds": seconds,
                                             "worker_id": worker_id, "output": output}])
             if segments is not None:
-                await conn.execute(delete(SEG).where(SEG.c.task_id == task_id))
+                conn.execute(delete(SEG).where(SEG.c.task_id == task_id))
                 if segments:
-                    await conn.execute(insert(SEG), [
+                    conn.execute(insert(SEG), [
                         {"task_id": task_id, "idx": i, "start_ms": s.start_ms,
                          "end_ms": s.end_ms, "text": s.text} for i, s in enumerate(segments)])
             detail: dict[str, Any] = {"stage": stage.value}
             if seconds is not None:
                 detail["seconds"] = round(seconds, 3)
-            await self._events(conn, [self._ev(task_id, EventType.STAGE_COMPLETED, now,
-                                               worker_id=worker_id, detail=detail)])
+            self._events(conn, [self._ev(task_id, EventType.STAGE_COMPLETED, now,
+                                         worker_id=worker_id, detail=detail)])
+
+        await self._tx(tx)
 
     async def complete(self, task_id: str, worker_id: str, result: dict[str, Any], *,
                        now: datetime | None = None) -> None:
         now = now or utcnow()
-        async with self.engine.begin() as conn:
-            await self._transition(conn, task_id, PROCESSING, COMPLETED, EventType.COMPLETED,
-                                   now, worker_id=worker_id, values={
-                                       "stage": None, "progress": 1.0, "result": result,
-                                       "error": None, "message": None,
-                                       "cancel_requested": False})
+        await self._tx(lambda conn: self._transition(
+            conn, task_id, PROCESSING, COMPLETED, EventType.COMPLETED, now,
+            worker_id=worker_id, values={"stage": None, "progress": 1.0, "result": result,
+                                         "error": None, "message": None,
+                                         "cancel_requested": False}))
 
     async def fail(self, task_id: str, worker_id: str, error: TaskError, *,
                    now: datetime | None = None) -> TaskStatus:
         """Retryable errors go back to pending after a backoff while attempts remain;
         permanent errors (and exhausted retries) fail the task.  Returns the new status."""
         now = now or utcnow()
-        async with self.engine.begin() as conn:
-            row = await self._held(conn, task_id, worker_id)
+
+        def tx(conn: Connection) -> TaskStatus:
+            row = self._held(conn, task_id, worker_id)
             if error.retryable and row.attempts < row.max_attempts:
                 run_after = now + self.backoff(row.attempts)
-                await self._transition(
+                self._transition(
                     conn, task_id, PROCESSING, PENDING, EventType.RETRY_SCHEDULED, now,
                     worker_id=worker_id, values={
                         "error": error.as_dict(), "run_after": run_after,
@@ -403,19 +463,21 @@ class Queue:
                     detail={"error": error.as_dict(), "run_after": run_after.isoformat(),
                             "attempt": row.attempts})
                 return PENDING
-            await self._transition(
+            self._transition(
                 conn, task_id, PROCESSING, FAILED, EventType.FAILED, now, worker_id=worker_id,
                 values={"error": error.as_dict(), "message": error.message},
                 detail={"error": error.as_dict(), "attempt": row.attempts})
             return FAILED
 
+        return await self._tx(tx)
+
     async def mark_cancelled(self, task_id: str, worker_id: str, *,
                              now: datetime | None = None) -> None:
         """The worker stopped a task whose cancellation was requested."""
         now = now or utcnow()
-        async with self.engine.begin() as conn:
-            await self._transition(conn, task_id, PROCESSING, CANCELLED, EventType.CANCELLED,
-                                   now, worker_id=worker_id, values={"message": "cancelled"})
+        await self._tx(lambda conn: self._transition(
+            conn, task_id, PROCESSING, CANCELLED, EventType.CANCELLED, now,
+            worker_id=worker_id, values={"message": "cancelled"}))
 
     async def release(self, task_id: str, worker_id: str, *, reason: str = "worker stopping",
                       count_attempt: bool = False, now: datetime | None = None
@@ -424,10 +486,11 @@ class Queue:
         graceful stop does not use up one of the task's attempts (only a crash, a lease
         expiry or a failure does) unless ``count_attempt``."""
         now = now or utcnow()
-        async with self.engine.begin() as conn:
-            row = await self._held(conn, task_id, worker_id)
+
+        def tx(conn: Connection) -> TaskStatus:
+            row = self._held(conn, task_id, worker_id)
             if row.cancel_requested:
-                await self._transition(conn, task_id, PROCESSING, CANCELLED,
+                self._transition(conn, task_id, PROCESSING, CANCELLED,
                                        EventType.CANCELLED, now, worker_id=worker_id,
                                        values={"message": reason}, detail={"reason": reason})
                 return CANCELLED
@@ -435,22 +498,24 @@ class Queue:
             if not count_attempt:
                 values["attempts"] = func.max(T.c.attempts - 1, 0) if not self._pg \
                     else func.greatest(T.c.attempts - 1, 0)
-            await self._transition(conn, task_id, PROCESSING, PENDING, EventType.RELEASED, now,
+            self._transition(conn, task_id, PROCESSING, PENDING, EventType.RELEASED, now,
                                    worker_id=worker_id, values=values,
                                    detail={"reason": reason, "attempt": row.attempts,
                                            "counted": count_attempt})
             return PENDING
 
-    async def _held(self, conn: AsyncConnection, task_id: str, worker_id: str) -> Row[Any]:
+        return await self._tx(tx)
+
+    def _held(self, conn: Connection, task_id: str, worker_id: str) -> Row[Any]:
         """The task's row, locked on PostgreSQL; ``LeaseLost`` unless this worker holds it."""
-        row = await self._locked(conn, task_id)
+        row = self._locked(conn, task_id)
         if row.status != PROCESSING or row.lease_owner != worker_id:
             raise LeaseLost(task_id, worker_id)
         return row
 
     # ------------------------------------------------------------------ rescue
-    async def _expire(self, conn: AsyncConnection, rows: Sequence[Row[Any]], now: datetime,
-                      reason: str) -> list[tuple[str, TaskStatus]]:
+    def _expire(self, conn: Connection, rows: Sequence[Row[Any]], now: datetime,
+                reason: str) -> list[tuple[str, TaskStatus]]:
         out: list[tuple[str, TaskStatus]] = []
         for r in rows:
             if r.cancel_requested:
@@ -461,7 +526,7 @@ class Queue:
                 dst, values = FAILED, {"error": err.as_dict(), "message": err.message}
             else:
                 dst, values = PENDING, {"run_after": now, "message": f"requeued: {reason}"}
-            await self._transition(conn, r.id, PROCESSING, dst, EventType.LEASE_EXPIRED, now,
+            self._transition(conn, r.id, PROCESSING, dst, EventType.LEASE_EXPIRED, now,
                                    worker_id=r.lease_owner, values=values,
                                    detail={"reason": reason, "attempt": r.attempts})
             out.append((r.id, dst))
@@ -473,9 +538,8 @@ class Queue:
         now = now or utcnow()
         stmt = self._lock(select(T).where(T.c.status == PROCESSING,
                                           T.c.lease_expires_at < now), skip_locked=True)
-        async with self.engine.begin() as conn:
-            rows = (await conn.execute(stmt)).all()
-            return await self._expire(conn, rows, now, "lease expired")
+        return await self._tx(
+            lambda conn: self._expire(conn, conn.execute(stmt).all(), now, "lease expired"))
 
     async def requeue_dead_workers(self, hostname: str, is_alive: Callable[[int], bool], *,
                                    boot_id: str | None = None, exclude: str | None = None,
@@ -485,8 +549,9 @@ class Queue:
         that ran in a previous boot of it), instead of waiting for their leases to
         expire."""
         now = now or utcnow()
-        async with self.engine.begin() as conn:
-            workers = (await conn.execute(select(W.c.id, W.c.pid, W.c.boot_id).where(
+
+        def tx(conn: Connection) -> list[tuple[str, TaskStatus]]:
+            workers = (conn.execute(select(W.c.id, W.c.pid, W.c.boot_id).where(
                 W.c.hostname == hostname, W.c.stopped_at.is_(None)))).all()
             dead = [w.id for w in workers if w.id != exclude and (
                 (boot_id is not None and w.boot_id is not None and w.boot_id != boot_id)
@@ -495,31 +560,34 @@ class Queue:
                 return []
             stmt = self._lock(select(T).where(T.c.status == PROCESSING,
                                               T.c.lease_owner.in_(dead)), skip_locked=True)
-            rows = (await conn.execute(stmt)).all()
-            out = await self._expire(conn, rows, now, "worker process gone")
-            await conn.execute(update(W).where(W.c.id.in_(dead))
-                               .values(stopped_at=now, current_task_id=None))
+            rows = (conn.execute(stmt)).all()
+            out = self._expire(conn, rows, now, "worker process gone")
+            conn.execute(update(W).where(W.c.id.in_(dead))
+                         .values(stopped_at=now, current_task_id=None))
             return out
+
+        return await self._tx(tx)
 
     # ------------------------------------------------------------------ user side
     async def request_cancel(self, task_id: str, *, now: datetime | None = None) -> Task:
         """Pending -> cancelled at once; processing -> flagged for its worker to stop."""
         now = now or utcnow()
-        async with self.engine.begin() as conn:
-            row = await self._locked(conn, task_id)
+
+        def tx(conn: Connection) -> Task:
+            row = self._locked(conn, task_id)
             status = TaskStatus(row.status)
             if status in TERMINAL:
                 raise InvalidTransition(task_id, status, "cancel")
             if status is PROCESSING and row.cancel_requested:
                 return _task(row)
-            await self._events(conn, [self._ev(task_id, EventType.CANCEL_REQUESTED, now,
+            self._events(conn, [self._ev(task_id, EventType.CANCEL_REQUESTED, now,
                                                status, status, row.lease_owner)])
             if status is PENDING:
-                new = await self._transition(
+                new = self._transition(
                     conn, task_id, PENDING, CANCELLED, EventType.CANCELLED, now,
                     values={"cancel_requested": True, "message": "cancelled"}, returning=T.c)
             else:  # not a status change: the worker sees the flag at its next heartbeat
-                new = (await conn.execute(
+                new = (conn.execute(
                     update(T).where(T.c.id == task_id, T.c.status == PROCESSING)
                     .values(cancel_requested=True, updated_at=now, message="cancel requested")
                     .returning(*T.c))).first()
@@ -527,28 +595,36 @@ class Queue:
                 raise InvalidTransition(task_id, status, "cancel")
             return _task(new)
 
+        return await self._tx(tx)
+
     async def retry(self, task_id: str, *, now: datetime | None = None) -> Task:
         """Failed or cancelled -> pending; the worker resumes at the first unfinished
         stage.  The task gets a fresh allowance of attempts."""
         now = now or utcnow()
+        key = ""
+
+        def tx(conn: Connection) -> Task:
+            nonlocal key
+            row = self._locked(conn, task_id)
+            key = row.idempotency_key or ""
+            status = TaskStatus(row.status)
+            if status not in (FAILED, CANCELLED):
+                raise InvalidTransition(task_id, status, "retry")
+            new = self._transition(
+                conn, task_id, status, PENDING, EventType.RETRIED, now, values={
+                    "error": None, "cancel_requested": False, "run_after": now,
+                    "completed_at": None, "stage": None, "progress": 0.0,
+                    "message": "retry requested",
+                    "max_attempts": row.attempts + self.config.max_attempts},
+                returning=T.c)
+            if new is None:
+                raise InvalidTransition(task_id, status, "retry")
+            return _task(new)
+
         try:
-            async with self.engine.begin() as conn:
-                row = await self._locked(conn, task_id)
-                status = TaskStatus(row.status)
-                if status not in (FAILED, CANCELLED):
-                    raise InvalidTransition(task_id, status, "retry")
-                new = await self._transition(
-                    conn, task_id, status, PENDING, EventType.RETRIED, now, values={
-                        "error": None, "cancel_requested": False, "run_after": now,
-                        "completed_at": None, "stage": None, "progress": 0.0,
-                        "message": "retry requested",
-                        "max_attempts": row.attempts + self.config.max_attempts},
-                    returning=T.c)
-                if new is None:
-                    raise InvalidTransition(task_id, status, "retry")
-                return _task(new)
+            return await self._tx(tx)
         except IntegrityError:
-            raise IdempotencyConflict(row.idempotency_key or "") from None
+            raise IdempotencyConflict(key) from None
 
     async def prune(self, older_than: timedelta, *, now: datetime | None = None
                     ) -> list[tuple[str, dict[str, Any]]]:
@@ -556,11 +632,10 @@ class Queue:
         checkpoints and segments); returns their ids and payloads so callers can remove
         their files."""
         now = now or utcnow()
-        async with self.engine.begin() as conn:
-            rows = (await conn.execute(
-                delete(T).where(T.c.status.in_(list(TERMINAL)),
+        stmt = (delete(T).where(T.c.status.in_(list(TERMINAL)),
                                 T.c.completed_at < now - older_than)
-                .returning(T.c.id, T.c.payload))).all()
+                .returning(T.c.id, T.c.payload))
+        rows = await self._tx(lambda conn: conn.execute(stmt).all())
         return [(r.id, r.payload) for r in rows]
 
     # ------------------------------------------------------------------ worker registry
@@ -568,36 +643,33 @@ class Queue:
                        boot_id: str | None = None, model: str | None = None,
                        now: datetime | None = None) -> None:
         now = now or utcnow()
-        async with self.engine.begin() as conn:
-            await conn.execute(insert(W), [{
-                "id": worker_id, "hostname": hostname, "pid": pid, "boot_id": boot_id,
-                "started_at": now,
-                "heartbeat_at": now, "stopped_at": None, "model": model,
-                "model_loaded_at": None, "model_loads": 0, "current_task_id": None}])
+        row = {"id": worker_id, "hostname": hostname, "pid": pid, "boot_id": boot_id,
+               "started_at": now, "heartbeat_at": now, "stopped_at": None, "model": model,
+               "model_loaded_at": None, "model_loads": 0, "current_task_id": None}
+        await self._tx(lambda conn: conn.execute(insert(W), [row]))
 
     async def worker_heartbeat(self, worker_id: str, *, current_task_id: str | None = None,
                                now: datetime | None = None) -> None:
         now = now or utcnow()
-        async with self.engine.begin() as conn:
-            await conn.execute(update(W).where(W.c.id == worker_id)
-                               .values(heartbeat_at=now, current_task_id=current_task_id))
+        stmt = (update(W).where(W.c.id == worker_id)
+                .values(heartbeat_at=now, current_task_id=current_task_id))
+        await self._tx(lambda conn: conn.execute(stmt))
 
     async def record_model_load(self, worker_id: str, model: str, *,
                                 now: datetime | None = None) -> int:
         now = now or utcnow()
-        async with self.engine.begin() as conn:
-            row = (await conn.execute(
-                update(W).where(W.c.id == worker_id)
+        stmt = (update(W).where(W.c.id == worker_id)
                 .values(model=model, model_loaded_at=now, model_loads=W.c.model_loads + 1,
                         heartbeat_at=now)
-                .returning(W.c.model_loads))).one()
+                .returning(W.c.model_loads))
+        row = await self._tx(lambda conn: conn.execute(stmt).one())
         return int(row.model_loads)
 
     async def stop(self, worker_id: str, *, now: datetime | None = None) -> None:
         now = now or utcnow()
-        async with self.engine.begin() as conn:
-            await conn.execute(update(W).where(W.c.id == worker_id)
-                               .values(stopped_at=now, heartbeat_at=now, current_task_id=None))
+        stmt = (update(W).where(W.c.id == worker_id)
+                .values(stopped_at=now, heartbeat_at=now, current_task_id=None))
+        await self._tx(lambda conn: conn.execute(stmt))
 
 
 __all__ = ["Enqueued", "LeaseBeat", "NewTask", "Queue", "QueueConfig", "SegmentRow", "TaskError",

@@ -384,23 +384,25 @@ async def test_transition_helper_checks_guards_and_clears_the_lease(queue: Queue
     from db.models import EventType
 
     tid = (await queue.enqueue(item(), now=T0)).task.id
-    async with queue.engine.begin() as conn:
+
+    def refused(conn):
         with pytest.raises(TransitionNotAllowed):  # a bug, not a 409
-            await queue._transition(conn, tid, TaskStatus.PENDING, TaskStatus.COMPLETED,
-                                    EventType.COMPLETED, T0)
+            queue._transition(conn, tid, TaskStatus.PENDING, TaskStatus.COMPLETED,
+                              EventType.COMPLETED, T0)
         # the status guard: the task is not processing, so a user-side change matches nothing
-        assert await queue._transition(conn, tid, TaskStatus.FAILED, TaskStatus.PENDING,
-                                       EventType.RETRIED, T0) is None
+        return queue._transition(conn, tid, TaskStatus.FAILED, TaskStatus.PENDING,
+                                 EventType.RETRIED, T0)
+
+    assert await queue._tx(refused) is None
     await claimed(queue)
-    async with queue.engine.begin() as conn:
-        with pytest.raises(LeaseLost):  # the lease guard
-            await queue._transition(conn, tid, TaskStatus.PROCESSING, TaskStatus.FAILED,
-                                    EventType.FAILED, T0, worker_id=W2)
+    with pytest.raises(LeaseLost):  # the lease guard
+        await queue._tx(lambda conn: queue._transition(
+            conn, tid, TaskStatus.PROCESSING, TaskStatus.FAILED, EventType.FAILED, T0,
+            worker_id=W2))
     later = T0 + timedelta(seconds=5)
-    async with queue.engine.begin() as conn:
-        await queue._transition(conn, tid, TaskStatus.PROCESSING, TaskStatus.FAILED,
-                                EventType.FAILED, later, worker_id=W1,
-                                values={"message": "x"})
+    await queue._tx(lambda conn: queue._transition(
+        conn, tid, TaskStatus.PROCESSING, TaskStatus.FAILED, EventType.FAILED, later,
+        worker_id=W1, values={"message": "x"}))
     task = await Reads(queue.engine).task(tid)
     assert task is not None and task.status == TaskStatus.FAILED
     assert task.lease_owner is None and task.lease_expires_at is None
@@ -432,3 +434,43 @@ async def test_one_heartbeat_for_all_leases(queue: Queue) -> None:
     await queue.request_cancel(c, now=now)
     cancel, lost = await queue.beat(W1, [LeaseBeat(c)], now=now)
     assert cancel == {c} and lost == set()
+
+
+async def test_a_database_error_mid_transaction_rolls_it_all_back(queue: Queue) -> None:
+    """A statement refused in the middle of a transition (here the event insert, by a
+    trigger) raises SQLAlchemy's error class, whichever path ran the statement (the
+    SQLite writer runs hot statements on its cursor), and leaves nothing half-written."""
+    from sqlalchemy import text
+    from sqlalchemy.exc import IntegrityError
+
+    kept = (await queue.enqueue(item(1), now=T0)).task.id
+    async with queue.engine.begin() as conn:
+        if queue.engine.dialect.name == "sqlite":
+            await conn.execute(text(
+                "CREATE TRIGGER refuse_claims BEFORE INSERT ON task_events "
+                "WHEN NEW.event = 'claimed' BEGIN SELECT RAISE(ABORT, 'refused'); END"))
+        else:
+            await conn.execute(text(
+                "CREATE FUNCTION refuse_claims() RETURNS trigger AS $$ BEGIN "
+                "IF NEW.event = 'claimed' THEN RAISE unique_violation USING MESSAGE = "
+                "'refused'; END IF; RETURN NEW; END $$ LANGUAGE plpgsql"))
+            await conn.execute(text(
+                "CREATE TRIGGER refuse_claims BEFORE INSERT ON task_events "
+                "FOR EACH ROW EXECUTE FUNCTION refuse_claims()"))
+    try:
+        with pytest.raises(IntegrityError):
+            await queue.claim_next(W1, now=T0)
+        assert await status(queue, kept) == TaskStatus.PENDING  # the UPDATE rolled back
+        assert await events(queue, kept) == [("enqueued", None, "pending")]
+        # the connection is usable afterwards, for hot and other statements alike
+        other = (await queue.enqueue(item(2), now=T0)).task.id
+        assert await queue.prune(timedelta(days=1), now=T0) == []
+        assert await status(queue, other) == TaskStatus.PENDING
+    finally:
+        async with queue.engine.begin() as conn:
+            await conn.execute(text("DROP TRIGGER refuse_claims" + (
+                "" if queue.engine.dialect.name == "sqlite" else " ON task_events")))
+            if queue.engine.dialect.name != "sqlite":
+                await conn.execute(text("DROP FUNCTION refuse_claims()"))
+    got = await queue.claim_next(W1, n=5, now=T0)
+    assert {t.id for t in got} == {kept, other}
