@@ -82,6 +82,16 @@ class EventType(enum.StrEnum):
     FAILED = "failed"
     COMPLETED = "completed"
     RETRIED = "retried"  # a user asked to run a failed/cancelled task again
+    # webhooks (db.queue's outbox): one event per delivery attempt's outcome
+    WEBHOOK_DELIVERED = "webhook_delivered"
+    WEBHOOK_RETRY = "webhook_retry"
+    WEBHOOK_FAILED = "webhook_failed"
+
+
+class DeliveryStatus(enum.StrEnum):
+    PENDING = "pending"  # waiting for its next attempt (or leased by a dispatcher)
+    DELIVERED = "delivered"  # the receiver answered 2xx
+    FAILED = "failed"  # every attempt was refused; kept for the record
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -242,3 +252,36 @@ class Worker(Base):
     current_task_id: Mapped[str | None] = mapped_column(String(36))
 
     __table_args__ = (Index("ix_workers_heartbeat_at", "heartbeat_at"),)
+
+
+class WebhookDelivery(Base):
+    """The webhook outbox: one row per message to one receiver, written in the same
+    transaction as the status change it reports, then sent (and retried) by a worker's
+    dispatcher.  Its id is the stable delivery id receivers dedupe on."""
+
+    __tablename__ = "webhook_deliveries"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    # the task whose final status this reports (for a batch: the task that finished it)
+    task_id: Mapped[str] = mapped_column(String(36),
+                                         ForeignKey("tasks.id", ondelete="CASCADE"))
+    batch_id: Mapped[str | None] = mapped_column(String(36))
+    event: Mapped[str] = mapped_column(String(32))  # task.completed, batch.finished, ...
+    url: Mapped[str] = mapped_column(Text)
+    body: Mapped[dict[str, Any]]
+    status: Mapped[DeliveryStatus] = mapped_column(_enum(DeliveryStatus, "delivery_status"))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime]
+    lease_owner: Mapped[str | None] = mapped_column(String(36))
+    lease_expires_at: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime]
+    delivered_at: Mapped[datetime | None]
+
+    __table_args__ = (
+        # the dispatcher's scan: pending deliveries by when they are due
+        Index("ix_webhook_deliveries_due", "next_attempt_at",
+              sqlite_where=text("status = 'pending'"),
+              postgresql_where=text("status = 'pending'")),
+        Index("ix_webhook_deliveries_task_id", "task_id"),
+    )

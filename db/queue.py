@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 from sqlalchemy import Column, Row, Select, bindparam, delete, func, insert, select, update
 from sqlalchemy.engine import Connection
@@ -41,6 +42,7 @@ from db.errors import (
 from db.models import (
     TERMINAL,
     TRANSITIONS,
+    DeliveryStatus,
     EventType,
     Segment,
     Stage,
@@ -48,6 +50,7 @@ from db.models import (
     TaskEvent,
     TaskStage,
     TaskStatus,
+    WebhookDelivery,
     Worker,
 )
 from db.values import Enqueued, LeaseBeat, NewTask, SegmentRow, TaskError, request_of
@@ -57,6 +60,7 @@ E = TaskEvent.__table__
 S = TaskStage.__table__
 SEG = Segment.__table__
 W = Worker.__table__
+D = WebhookDelivery.__table__
 
 PENDING, PROCESSING = TaskStatus.PENDING, TaskStatus.PROCESSING
 COMPLETED, FAILED, CANCELLED = TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED
@@ -74,6 +78,9 @@ class QueueConfig:
     backoff_base_seconds: float = 10.0
     backoff_cap_seconds: float = 600.0
     queue_full_retry_after: int = 30
+    webhook_url: str | None = None  # every task's final status goes there too
+    webhook_max_attempts: int = 12
+    webhook_backoff_seconds: float = 10.0
     rng: random.Random = field(default_factory=random.Random)
 
 
@@ -96,6 +103,27 @@ _NO_LEASE = {"lease_owner": None, "lease_expires_at": None}
 _PREPARED: dict[tuple[Any, ...], Any] = {}
 _INSERT_TASK = hot(insert(T))
 _INSERT_EVENT = hot(insert(E))
+_INSERT_DELIVERY = hot(insert(D))
+MAX_BATCH_BODY = 500  # tasks listed in a batch.finished message
+
+
+def _origin(url: str) -> str:
+    """scheme://host[:port] of a receiver: what events show (a path or query may carry
+    the receiver's own secret)."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
+
+
+def _task_body(row: Row[Any]) -> dict[str, Any]:
+    """A task as a webhook message carries it."""
+    payload = row.payload or {}
+    upload = payload.get("upload") or {}
+    return {"task_id": row.id, "kind": str(row.kind), "status": str(row.status),
+            "title": row.title, "source": payload.get("video_url") or upload.get("filename"),
+            "batch_id": row.batch_id, "attempts": row.attempts, "error": row.error,
+            "created_at": row.created_at.isoformat(),
+            "completed_at": row.completed_at.isoformat() if row.completed_at else None,
+            "result_url": f"/api/v1/download/{row.id}"}
 _COUNT_PENDING = hot(select(func.count()).select_from(T).where(T.c.status == PENDING))
 _BY_KEY = hot(select(T).where(T.c.idempotency_key == bindparam("key")))
 
@@ -140,16 +168,20 @@ class Queue:
         return cls(engine, QueueConfig(
             lease_seconds=settings.lease_seconds, max_attempts=settings.max_attempts,
             max_pending=settings.max_pending,
-            backoff_base_seconds=settings.retry_backoff_seconds))
+            backoff_base_seconds=settings.retry_backoff_seconds,
+            webhook_url=settings.webhook_url,
+            webhook_max_attempts=settings.webhook_max_attempts,
+            webhook_backoff_seconds=settings.webhook_retry_seconds))
 
     # ------------------------------------------------------------------ helpers
     def _lease(self, now: datetime) -> datetime:
         return now + timedelta(seconds=self.config.lease_seconds)
 
-    def backoff(self, attempts: int) -> timedelta:
+    def backoff(self, attempts: int, base: float | None = None) -> timedelta:
         """Exponential backoff with equal jitter: half fixed, half random."""
         c = self.config
-        delay = min(c.backoff_cap_seconds, c.backoff_base_seconds * 2 ** max(0, attempts - 1))
+        base = c.backoff_base_seconds if base is None else base
+        delay = min(c.backoff_cap_seconds, base * 2 ** max(0, attempts - 1))
         return timedelta(seconds=delay / 2 + c.rng.random() * delay / 2)
 
     @staticmethod
@@ -210,13 +242,116 @@ class Queue:
         where: dict[str, Any] = {"id": task_id, "status": src}
         if worker_id is not None:
             where["lease_owner"] = worker_id
-        row = _update_task(conn, where, vals, tuple(returning or [T.c.id]))
+        final = dst in TERMINAL  # the webhook outbox needs the whole row
+        row = _update_task(conn, where, vals, tuple(T.c) if final else
+                           tuple(returning or [T.c.id]))
         if row is None:
             if worker_id is not None:
                 raise LeaseLost(task_id, worker_id)
             return None
         self._events(conn, [self._ev(task_id, event, now, src, dst, worker_id, detail)])
+        if final:
+            self._outbox(conn, row, now)
         return row
+
+    # ------------------------------------------------------------------ webhook outbox
+    def _outbox(self, conn: Connection, row: Row[Any], now: datetime) -> None:
+        """Queue the webhook messages a task's final status calls for, in the status
+        change's own transaction: one to ``TINGJI_WEBHOOK_URL`` and one to the task's
+        ``callback_url``, and, when it was the last live task of its batch, the batch's
+        summary to the same receivers."""
+        options = (row.payload or {}).get("options") or {}
+        urls = list(dict.fromkeys(u for u in (self.config.webhook_url,
+                                              options.get("callback_url")) if u))
+        if not urls:
+            return
+        rows = [self._delivery(row, f"task.{row.status}", url, {"task": _task_body(row)}, now)
+                for url in urls]
+        if row.batch_id:
+            batch = self._batch_summary(conn, row.batch_id)
+            if batch is not None:
+                rows += [self._delivery(row, "batch.finished", url, {"batch": batch}, now)
+                         for url in urls]
+        conn.execute(_INSERT_DELIVERY, rows)
+
+    @staticmethod
+    def _delivery(row: Row[Any], event: str, url: str, body: dict[str, Any],
+                  now: datetime) -> dict[str, Any]:
+        delivery_id = str(uuid.uuid4())
+        return {"id": delivery_id, "task_id": row.id, "batch_id": row.batch_id,
+                "event": event, "url": url,
+                "body": {"event": event, "delivery_id": delivery_id,
+                         "occurred_at": now.isoformat(), **body},
+                "status": DeliveryStatus.PENDING, "attempts": 0, "next_attempt_at": now,
+                "lease_owner": None, "lease_expires_at": None, "last_error": None,
+                "created_at": now, "delivered_at": None}
+
+    def _batch_summary(self, conn: Connection, batch_id: str) -> dict[str, Any] | None:
+        """The batch's summary if none of its tasks is live any more, else None."""
+        if self._pg:  # two last tasks finishing at once: one of them must see the other
+            conn.execute(select(func.pg_advisory_xact_lock(func.hashtext(batch_id))))
+        tasks = conn.execute(
+            select(T.c.id, T.c.status, T.c.title).where(T.c.batch_id == batch_id)
+            .order_by(T.c.created_at, T.c.id)).all()
+        if any(TaskStatus(t.status) not in TERMINAL for t in tasks):
+            return None
+        counts = {str(s): sum(1 for t in tasks if t.status == s) for s in TERMINAL}
+        return {"batch_id": batch_id, "total": len(tasks), **counts,
+                "tasks": [{"task_id": t.id, "status": str(t.status), "title": t.title}
+                          for t in tasks[:MAX_BATCH_BODY]]}
+
+    async def claim_deliveries(self, owner: str, *, limit: int = 8, lease_seconds: float = 60,
+                               now: datetime | None = None) -> list[Row[Any]]:
+        """Lease up to ``limit`` due webhook deliveries for one dispatcher."""
+        now = now or utcnow()
+        due = (select(D.c.id)
+               .where(D.c.status == DeliveryStatus.PENDING, D.c.next_attempt_at <= now,
+                      (D.c.lease_expires_at.is_(None)) | (D.c.lease_expires_at < now))
+               .order_by(D.c.next_attempt_at, D.c.id).limit(limit))
+        due_cte = self._lock(due, skip_locked=True).cte("due").prefix_with(
+            "MATERIALIZED", dialect="postgresql")
+        stmt = (update(D).where(D.c.id.in_(select(due_cte.c.id)))
+                .values(lease_owner=owner,
+                        lease_expires_at=now + timedelta(seconds=lease_seconds))
+                .returning(*D.c))
+        return await self._tx(lambda conn: conn.execute(stmt).all())
+
+    async def delivery_result(self, delivery: Row[Any], owner: str, *, ok: bool,
+                              detail: str, permanent: bool = False,
+                              now: datetime | None = None) -> DeliveryStatus | None:
+        """Record one attempt: delivered, retried later with backoff, or failed for good
+        (attempts used up, or ``permanent``).  Each outcome is an event of the task.
+        None when the lease was lost (another dispatcher owns the delivery now)."""
+        now = now or utcnow()
+        attempt = delivery.attempts + 1
+        detail_of = {"delivery_id": delivery.id, "webhook": delivery.event,
+                     "receiver": _origin(delivery.url), "attempt": attempt}
+        values: dict[str, Any] = {"attempts": attempt, "lease_owner": None,
+                                  "lease_expires_at": None}
+        if ok:
+            status, event = DeliveryStatus.DELIVERED, EventType.WEBHOOK_DELIVERED
+            values |= {"status": status, "delivered_at": now, "last_error": None}
+            detail_of["response"] = detail
+        elif permanent or attempt >= self.config.webhook_max_attempts:
+            status, event = DeliveryStatus.FAILED, EventType.WEBHOOK_FAILED
+            values |= {"status": status, "last_error": detail}
+            detail_of["error"] = detail
+        else:
+            status, event = DeliveryStatus.PENDING, EventType.WEBHOOK_RETRY
+            when = now + self.backoff(attempt, self.config.webhook_backoff_seconds)
+            values |= {"next_attempt_at": when, "last_error": detail}
+            detail_of |= {"error": detail, "next_attempt_at": when.isoformat()}
+
+        def tx(conn: Connection) -> DeliveryStatus | None:
+            done = conn.execute(update(D).where(
+                D.c.id == delivery.id, D.c.lease_owner == owner,
+                D.c.status == DeliveryStatus.PENDING).values(**values).returning(D.c.id)).first()
+            if done is None:
+                return None
+            self._events(conn, [self._ev(delivery.task_id, event, now, detail=detail_of)])
+            return status
+
+        return await self._tx(tx)
 
     # ------------------------------------------------------------------ enqueue
     def _new_row(self, item: NewTask, now: datetime, batch_id: str | None) -> dict[str, Any]:

@@ -34,6 +34,8 @@ class TaskOptions(msgspec.Struct, forbid_unknown_fields=True):
     max_tokens: Annotated[int, msgspec.Meta(gt=0, le=1_000_000)] | None = None
     priority: Annotated[int, msgspec.Meta(ge=-1000, le=1000)] = 0
     idempotency_key: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] | None = None
+    # POSTed (signed) when the task reaches its final status, and when its batch ends
+    callback_url: str | None = None
 
 
 class BilibiliRequest(TaskOptions, forbid_unknown_fields=True):
@@ -178,11 +180,14 @@ def options_payload(opts: TaskOptions, settings: Settings) -> dict[str, Any]:
         raise bad_request(f"llm_model: {opts.llm_model[:100]!r} is not allowed on this server; "
                           + (f"allowed: {', '.join(allowed)} (TINGJI_LLM_MODELS adds more)"
                              if allowed else "no LLM is configured"))
-    return {
+    options = {
         "polish": settings.llm_configured if opts.polish is None else opts.polish,
         "summarize": opts.summarize, "llm_model": opts.llm_model,
         "temperature": opts.temperature, "max_tokens": opts.max_tokens,
     }
+    if opts.callback_url is not None:  # reached under the egress policy, like media URLs
+        options["callback_url"] = check_url(opts.callback_url, "callback_url")
+    return options
 
 
 _FORM_FIELDS = {f for f in TaskOptions.__struct_fields__}

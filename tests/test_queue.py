@@ -474,3 +474,98 @@ async def test_a_database_error_mid_transaction_rolls_it_all_back(queue: Queue) 
                 await conn.execute(text("DROP FUNCTION refuse_claims()"))
     got = await queue.claim_next(W1, n=5, now=T0)
     assert {t.id for t in got} == {kept, other}
+
+
+# ---------------------------------------------------------------- webhook outbox
+HOOK = "http://127.0.0.1:9/hook"
+
+
+def hooked(n: int, callback: str | None = None) -> NewTask:
+    options = {"callback_url": callback} if callback else {}
+    return NewTask(kind=TaskKind.URL, payload={"video_url": f"https://example.com/{n}.mp4",
+                                               "options": options})
+
+
+async def deliveries(q: Queue) -> list[dict[str, object]]:
+    from sqlalchemy import select
+
+    from db.models import WebhookDelivery
+    D = WebhookDelivery.__table__
+    async with q.engine.connect() as conn:
+        rows = (await conn.execute(select(D).order_by(D.c.created_at, D.c.event))).all()
+    return [dict(r._mapping) for r in rows]
+
+
+async def test_final_statuses_write_webhook_deliveries_in_the_same_transaction(
+        queue: Queue) -> None:
+    queue.config.webhook_url = HOOK
+    plain = (await queue.enqueue(hooked(0), now=T0)).task.id
+    own = (await queue.enqueue(hooked(1, "http://127.0.0.1:9/own?token=s3cret"), now=T0)).task.id
+    assert await deliveries(queue) == []  # nothing until a final status
+    for _ in range(2):
+        await queue.complete(await claimed(queue), W1, {"text": "x"}, now=T0)
+    rows = await deliveries(queue)
+    assert sorted((r["task_id"], r["url"]) for r in rows) == sorted(
+        [(plain, HOOK), (own, HOOK), (own, "http://127.0.0.1:9/own?token=s3cret")])
+    body = rows[0]["body"]
+    assert isinstance(body, dict) and body["event"] == "task.completed"
+    assert body["delivery_id"] == rows[0]["id"] and body["task"]["status"] == "completed"
+    # a cancelled pending task and an expired lease with no attempts left report too
+    gone = (await queue.enqueue(hooked(2), now=T0)).task.id
+    await queue.request_cancel(gone, now=T0)
+    assert any(r["task_id"] == gone and r["event"] == "task.cancelled"
+               for r in await deliveries(queue))
+
+
+async def test_a_batch_reports_once_when_its_last_task_ends(queue: Queue) -> None:
+    queue.config.webhook_url = HOOK
+    batch_id, tasks, _ = await queue.enqueue_many([hooked(i) for i in range(3)], now=T0)
+    got = await queue.claim_next(W1, n=3, now=T0)
+    await queue.complete(got[0].id, W1, {}, now=T0)
+    await queue.fail(got[1].id, W1, TaskError("Bad", "no", False), now=T0)
+    assert [r["event"] for r in await deliveries(queue)] == ["task.completed", "task.failed"]
+    await queue.complete(got[2].id, W1, {}, now=T0)
+    rows = await deliveries(queue)
+    batch = [r for r in rows if r["event"] == "batch.finished"]
+    assert len(batch) == 1 and batch[0]["batch_id"] == batch_id
+    summary = batch[0]["body"]["batch"]  # type: ignore[index]
+    assert summary["total"] == 3 and summary["completed"] == 2 and summary["failed"] == 1
+    assert {t["task_id"] for t in summary["tasks"]} == {t.id for t in tasks}
+
+
+async def test_delivery_attempts_back_off_then_fail_and_show_in_the_events(
+        queue: Queue) -> None:
+    from db.models import DeliveryStatus
+
+    queue.config.webhook_url = HOOK
+    queue.config.webhook_max_attempts = 3
+    tid = (await queue.enqueue(hooked(0), now=T0)).task.id
+    await queue.complete(await claimed(queue), W1, {}, now=T0)
+    [d] = await queue.claim_deliveries("d1", now=T0)
+    assert await queue.claim_deliveries("d2", now=T0) == []  # leased
+    assert await queue.delivery_result(d, "d1", ok=False, detail="HTTP 500",
+                                       now=T0) == DeliveryStatus.PENDING
+    assert await queue.claim_deliveries("d1", now=T0) == []  # backing off
+    later = T0 + timedelta(seconds=queue.config.webhook_backoff_seconds + 1)
+    [d] = await queue.claim_deliveries("d1", now=later)
+    assert d.attempts == 1
+    # a dispatcher that lost its lease records nothing
+    assert await queue.delivery_result(d, "someone-else", ok=True, detail="HTTP 200",
+                                       now=later) is None
+    assert await queue.delivery_result(d, "d1", ok=False, detail="HTTP 500",
+                                       now=later) == DeliveryStatus.PENDING
+    much_later = later + timedelta(hours=2)
+    [d] = await queue.claim_deliveries("d1", now=much_later)
+    assert await queue.delivery_result(d, "d1", ok=False, detail="HTTP 500",
+                                       now=much_later) == DeliveryStatus.FAILED
+    assert await queue.claim_deliveries("d1", now=much_later + timedelta(days=1)) == []
+    hooks = [e for e in await Reads(queue.engine).events(tid) if e.event.startswith("webhook")]
+    assert [e.event for e in hooks] == ["webhook_retry", "webhook_retry", "webhook_failed"]
+    assert hooks[0].detail is not None and hooks[0].detail["receiver"] == "http://127.0.0.1:9"
+    assert hooks[0].detail["delivery_id"] == d.id
+
+
+async def test_no_webhook_configured_writes_nothing(queue: Queue) -> None:
+    await queue.enqueue(hooked(0), now=T0)
+    await queue.complete(await claimed(queue), W1, {}, now=T0)
+    assert await deliveries(queue) == []

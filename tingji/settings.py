@@ -208,6 +208,11 @@ class Settings:
     llm_max_tokens: int = _setting(4096, _int, _positive)
     # models a task may ask for besides llm_model; "*": any
     llm_models: tuple[str, ...] = _setting((), _names)
+    # webhooks: each task's final status and each batch's end, POSTed and signed
+    webhook_url: str | None = _setting(None, _http_url)
+    webhook_secret: str | None = _setting(None, _optional)
+    webhook_max_attempts: int = _setting(12, _int, _between(1, 100))
+    webhook_retry_seconds: float = _setting(10.0, _float, _between(0))
 
     @property
     def llm_configured(self) -> bool:

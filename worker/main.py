@@ -41,6 +41,7 @@ from worker.errors import TaskCancelled, TaskFailure
 from worker.llm import Llm, LlmConfig
 from worker.pipeline import Phase, RunContext, TaskRun
 from worker.scheduler import AsrScheduler
+from worker.webhooks import Dispatcher
 
 log = logging.getLogger("tingji.worker")
 
@@ -132,6 +133,8 @@ class Worker:
         self.wake = asyncio.Event()
         self.fatal: str | None = None
         self.max_active = settings.io_concurrency + self.prefetch
+        self.webhooks = Dispatcher(self.queue, self.id, secret=settings.webhook_secret,
+                                   allow_private=settings.allow_private_urls)
 
     # ------------------------------------------------------------------ lifecycle
     async def run(self, *, preload: bool = False) -> int:
@@ -148,6 +151,7 @@ class Worker:
         for tid, status in recovered:
             log.info("recovered task %s -> %s", tid, status)
         heart = asyncio.create_task(self._heartbeat_loop(), name="heartbeat")
+        webhooks = asyncio.create_task(self.webhooks.run(), name="webhooks")
         vad_start = None
         if self.asr.vad_pool is not None:  # processes start while the model loads
             vad_start = asyncio.create_task(self.asr.vad_pool.start(), name="vad-pool")
@@ -157,9 +161,10 @@ class Worker:
             await self._claim_loop()
             await self._drain()
         finally:
-            heart.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await heart
+            for loop_task in (heart, webhooks):
+                loop_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await loop_task
             await self.scheduler.close()
             if vad_start is not None and not vad_start.done():
                 vad_start.cancel()
@@ -303,7 +308,10 @@ class Worker:
         elif ended.outcome is Outcome.SHUTDOWN:
             if await q.release(tid, me, reason=ended.reason,
                                count_attempt=ended.count_attempt) == "cancelled":
+                self.webhooks.wake.set()
                 return Outcome.CANCEL
+            return ended.outcome
+        self.webhooks.wake.set()  # a final status may have queued a webhook message
         return ended.outcome
 
     async def _record(self, run: TaskRun, ended: Ended) -> Outcome:

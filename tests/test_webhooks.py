@@ -1,0 +1,173 @@
+"""Webhooks: one signed message per task's final status and per batch, at least once,
+through SIGKILLs of the API and the worker, retried with backoff.  Real processes, a
+real receiver on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from tests.helpers.procs import start_server
+from tests.helpers.stack import Stack
+from worker.webhooks import Dispatcher, verify
+
+SECRET = "a webhook secret"
+
+
+class Receiver:
+    """Records every request; answers ``status`` (settable while it runs)."""
+
+    def __init__(self) -> None:
+        self.status = 500
+        self.got: list[dict[str, Any]] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None: ...
+
+            def do_POST(self) -> None:  # noqa: N802
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                status = outer.status
+                outer.got.append({"path": self.path, "headers": dict(self.headers.items()),
+                                  "body": body, "status": status, "at": time.monotonic()})
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def accepted(self) -> list[dict[str, Any]]:
+        return [g for g in self.got if g["status"] == 200]
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    r = Receiver()
+    yield r
+    r.close()
+
+
+def test_signed_deliveries_survive_sigkill_and_refusals(
+        stack_factory: Callable[..., Stack], media: dict[str, Path], receiver: Receiver
+) -> None:
+    stack = stack_factory(TINGJI_WEBHOOK_URL=receiver.url + "/all",
+                          TINGJI_WEBHOOK_SECRET=SECRET, TINGJI_WEBHOOK_RETRY_SECONDS="0.5")
+    worker = stack.worker()
+    batch = str(uuid.uuid4())
+    in_batch = [stack.upload(media["speech"], batch_id=batch),
+                stack.upload(media["mp3"], batch_id=batch)]
+    own = stack.upload(media["speech"], callback_url=receiver.url + "/own?token=t0k3n",
+                       idempotency_key="own")
+    for tid in (*in_batch, own):
+        assert stack.finished(tid)["status"] == "completed"
+    # the receiver refuses (500): every message is retried with backoff
+    stack.wait(lambda: any(n >= 4 for n in _attempts(receiver).values()), 60,
+               "a message was not retried 4 times")
+    refused_ids = set(_attempts(receiver))
+    # both processes die between the status changes and the deliveries
+    worker.kill()
+    stack.server.kill()
+    receiver.status = 200
+    stack.server = start_server(stack.env, stack.root / "server2.log")
+    stack.http.base_url = stack.server.url  # type: ignore[misc]
+    stack.worker()
+    stack.wait(lambda: len(receiver.accepted()) >= 5, 90, "not every message arrived")
+    time.sleep(2)  # anything sent twice would arrive now
+
+    accepted = receiver.accepted()
+    ids = [g["headers"]["X-Tingji-Delivery"] for g in accepted]
+    assert len(ids) == len(set(ids)) == 5, "one accepted delivery per message"
+    assert refused_ids <= set(ids)  # the same delivery ids after the restart
+    seen = set()
+    for g in accepted:
+        assert verify(SECRET, {k.lower(): v for k, v in g["headers"].items()}, g["body"])
+        assert not verify("another secret", {k.lower(): v for k, v in g["headers"].items()},
+                          g["body"])
+        doc = json.loads(g["body"])
+        assert doc["delivery_id"] == g["headers"]["X-Tingji-Delivery"]
+        assert doc["event"] == g["headers"]["X-Tingji-Event"]
+        subject = doc["task"]["task_id"] if "task" in doc else doc["batch"]["batch_id"]
+        seen.add((g["path"], doc["event"], subject))
+    assert seen == {("/all", "task.completed", in_batch[0]),
+                    ("/all", "task.completed", in_batch[1]),
+                    ("/all", "batch.finished", batch),
+                    ("/all", "task.completed", own),
+                    ("/own?token=t0k3n", "task.completed", own)}
+    summary = next(json.loads(g["body"])["batch"] for g in accepted
+                   if json.loads(g["body"])["event"] == "batch.finished")
+    assert summary["total"] == 2 and summary["completed"] == 2
+    assert {t["task_id"] for t in summary["tasks"]} == set(in_batch)
+
+    # each attempt is in the task's history; the delays double (0.5 s base, jittered
+    # between half and all of it), and the receiver's path and query are not shown
+    events = stack.events(own)
+    retries = [e for e in events if e["event"] == "webhook_retry"
+               and e["detail"]["receiver"] == receiver.url]
+    by_delivery: dict[str, list[dict[str, Any]]] = {}
+    for e in retries:
+        by_delivery.setdefault(e["detail"]["delivery_id"], []).append(e)
+    for attempts in by_delivery.values():
+        for e in attempts:
+            k = e["detail"]["attempt"]
+            delay = (datetime.fromisoformat(e["detail"]["next_attempt_at"])
+                     - datetime.fromisoformat(e["at"])).total_seconds()
+            assert 0.5 * 2 ** (k - 1) / 2 - 0.01 <= delay <= 0.5 * 2 ** (k - 1) + 0.01, e
+    assert "t0k3n" not in json.dumps(events)
+    delivered = [e for e in events if e["event"] == "webhook_delivered"]
+    assert len(delivered) == 2 and all(e["detail"]["response"] == "HTTP 200"
+                                       for e in delivered)
+
+
+def _attempts(receiver: Receiver) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for g in list(receiver.got):
+        d = g["headers"]["X-Tingji-Delivery"]
+        counts[d] = counts.get(d, 0) + 1
+    return counts
+
+
+def test_callback_urls_obey_the_egress_policy(receiver: Receiver) -> None:
+    """Without TINGJI_ALLOW_PRIVATE_URLS a callback to 127.0.0.1 is refused for good,
+    before any request leaves; with it, the same message is delivered."""
+    delivery = SimpleNamespace(id=str(uuid.uuid4()), event="task.completed",
+                               url=receiver.url + "/x", body={"event": "task.completed"})
+    ok, detail, permanent = Dispatcher(None, "d", secret=None)._post(  # type: ignore[arg-type]
+        delivery)
+    assert (ok, permanent) == (False, True) and "loopback" in detail
+    assert receiver.got == []
+    receiver.status = 204
+    allowed = Dispatcher(None, "d", secret=None, allow_private=("127.0.0.0/8",))  # type: ignore[arg-type]
+    assert allowed._post(delivery) == (True, "HTTP 204", False)
+    assert len(receiver.got) == 1 and "X-Tingji-Signature" not in receiver.got[0]["headers"]
+
+
+def test_a_hostile_callback_url_is_a_400_and_stores_nothing(
+        stack_factory: Callable[..., Stack], media: dict[str, Path]) -> None:
+    stack = stack_factory()
+    for bad in ["file:///etc/passwd", "ftp://example.com/x", "http://exa mple.com/",
+                "http://x\x00y/", "http://example.com/" + "x" * 5000, ""]:
+        resp = stack.http.post("/api/v1/process/bilibili", json={
+            "video_url": "https://example.com/a.mp4", "callback_url": bad})
+        assert resp.status_code == 400, resp.text
+        assert "callback_url" in resp.json()["error"]["message"], resp.text
+    with open(media["speech"], "rb") as fh:  # the upload form's field too
+        resp = stack.http.post("/api/v1/process/audio", files={"file": ("a.wav", fh)},
+                               data={"callback_url": "gopher://example.com/"})
+    assert resp.status_code == 400 and "callback_url" in resp.json()["error"]["message"]
+    assert stack.http.get("/api/v1/tasks").json()["total"] == 0
