@@ -58,6 +58,7 @@ TRANSITIONS: frozenset[tuple[TaskStatus, TaskStatus]] = frozenset({
 class TaskKind(enum.StrEnum):
     URL = "url"
     UPLOAD = "upload"
+    LIST = "list"  # a playlist URL: its worker adds one URL task per entry (a batch)
 
 
 class Stage(enum.StrEnum):

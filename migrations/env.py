@@ -42,6 +42,12 @@ def _include_object(sqlite: bool):  # noqa: ANN202
 
 def _configure(connection: Connection) -> None:
     sqlite = connection.dialect.name == "sqlite"
+    if sqlite:
+        # A migration that rebuilds a table (the only way to change a constraint on
+        # SQLite) must not cascade its DROP to the rows that refer to it: foreign keys
+        # are off for migrations, and checked before the transaction commits.  The
+        # pragma only takes effect outside a transaction: hence the driver's cursor.
+        connection.connection.dbapi_connection.cursor().execute("PRAGMA foreign_keys=OFF")
     context.configure(
         connection=connection,
         target_metadata=target_metadata,
@@ -52,6 +58,10 @@ def _configure(connection: Connection) -> None:
     )
     with context.begin_transaction():
         context.run_migrations()
+        if sqlite:
+            broken = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+            if broken:
+                raise RuntimeError(f"the migration broke foreign keys: {broken[:5]}")
 
 
 async def _run_async() -> None:

@@ -41,6 +41,10 @@ class TaskOptions(msgspec.Struct, forbid_unknown_fields=True):
 class BilibiliRequest(TaskOptions, forbid_unknown_fields=True):
     video_url: str = ""
     batch_id: str | None = None  # file the task under a batch (a UUID)
+    # a list (favourites, collection, series, playlist): one task per entry, as a batch;
+    # None: decided by the URL (Bilibili and YouTube list pages)
+    expand: bool | None = None
+    parts: list[int] | None = None  # of a multi-part video (default: every part)
 
 
 class BatchRequest(TaskOptions, forbid_unknown_fields=True):
@@ -53,6 +57,8 @@ class Submitted(msgspec.Struct):
     message: str
     created_at: datetime
     created: bool = True  # False: the idempotency key named an existing task
+    kind: str = "url"
+    batch_id: str | None = None  # a list task's batch: its entries' tasks join it
 
 
 class BatchSubmitted(msgspec.Struct):
@@ -60,6 +66,21 @@ class BatchSubmitted(msgspec.Struct):
     task_ids: list[str]
     status: str = "pending"
     created: bool = True  # False: the idempotency key named this existing batch
+
+
+class Part(msgspec.Struct):
+    number: int
+    title: str
+    url: str | None
+    duration_s: float | None
+
+
+class PartsView(msgspec.Struct):
+    url: str
+    title: str
+    is_list: bool  # True: a list (each entry a video); False: one video and its parts
+    count: int
+    parts: list[Part]
 
 
 class ErrorInfo(msgspec.Struct):

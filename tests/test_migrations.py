@@ -20,7 +20,7 @@ from db.engine import make_engine
 from tests.conftest import PG_URL
 
 TINGJI = str(Path(sys.executable).with_name("tingji"))
-TABLES = {"tasks", "task_events", "task_stages", "segments", "workers"}
+TABLES = {"tasks", "task_events", "task_stages", "segments", "workers", "webhook_deliveries"}
 
 
 def _admin(sql: str) -> None:
@@ -163,3 +163,51 @@ def test_upgrade_to_durable_keys_keeps_every_task(empty_url: str) -> None:
     got = dict(asyncio.run(run("SELECT id, idempotency_key FROM tasks ORDER BY id")))
     assert got == {"t1": None, "t2": "k-a", "t3": None, "t4": "k-b", "t5": "k-c"}
     migrate.check(empty_url)
+
+
+def test_rebuilding_tasks_for_list_kinds_keeps_every_dependent_row(empty_url: str) -> None:
+    """0005 rebuilds ``tasks`` on SQLite (a CHECK constraint cannot change in place); the
+    rows that refer to tasks (events, checkpoints, segments, webhook deliveries) must
+    survive the old table's DROP, and the new constraint must take ``list``."""
+    migrate.upgrade(empty_url, "0004")
+
+    async def run(*sqls: str) -> list[Any]:
+        engine = make_engine(empty_url)
+        out: list[Any] = []
+        try:
+            async with engine.begin() as conn:
+                for sql in sqls:
+                    res = await conn.execute(text(sql))
+                    out = list(res.all()) if res.returns_rows else []
+        finally:
+            await engine.dispose()
+        return out
+    when = "'2026-11-20 08:00:00'"
+    asyncio.run(run(
+        "INSERT INTO tasks (id, kind, status, progress, priority, payload, attempts, "
+        "max_attempts, run_after, cancel_requested, idempotency_key, batch_id, created_at,"
+        f" updated_at) VALUES ('t1', 'url', 'completed', 1, 0, '{{}}', 1, 3, {when}, false,"
+        f" 'k1', 'b1', {when}, {when})",
+        f"INSERT INTO task_events (task_id, at, event) VALUES ('t1', {when}, 'enqueued')",
+        f"INSERT INTO task_stages (task_id, stage, completed_at, output) VALUES "
+        f"('t1', 'fetch', {when}, '{{}}')",
+        "INSERT INTO segments (task_id, idx, start_ms, end_ms, text) VALUES "
+        "('t1', 0, 0, 10, 'x')",
+        "INSERT INTO webhook_deliveries (id, task_id, event, url, body, status, attempts,"
+        f" next_attempt_at, created_at) VALUES ('d1', 't1', 'task.completed', "
+        f"'http://x/', '{{}}', 'pending', 0, {when}, {when})"))
+    assert migrate.upgrade(empty_url) == migrate.head_revision()
+    counts = asyncio.run(run(
+        "SELECT (SELECT count(*) FROM task_events), (SELECT count(*) FROM task_stages), "
+        "(SELECT count(*) FROM segments), (SELECT count(*) FROM webhook_deliveries), "
+        "(SELECT count(*) FROM tasks WHERE idempotency_key = 'k1' AND batch_id = 'b1')"))
+    assert tuple(counts[0]) == (1, 1, 1, 1, 1)
+    asyncio.run(run("UPDATE tasks SET kind = 'list' WHERE id = 't1'"))
+    with pytest.raises(Exception, match="(?i)check"):  # the constraint is still there
+        asyncio.run(run("UPDATE tasks SET kind = 'album' WHERE id = 't1'"))
+    # foreign keys are on again outside migrations: deleting the task cascades
+    asyncio.run(run("DELETE FROM tasks WHERE id = 't1'"))
+    assert tuple(asyncio.run(run("SELECT count(*) FROM task_events"))[0]) == (0,)
+    migrate.check(empty_url)
+    migrate.downgrade(empty_url, "0004")
+    assert migrate.upgrade(empty_url) == migrate.head_revision()

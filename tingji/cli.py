@@ -159,6 +159,9 @@ def _task_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--priority", type=int, default=0, help="higher runs first (default 0)")
     p.add_argument("--wait", action="store_true",
                    help="show live progress; exit 0 only if every task completed")
+    p.add_argument("--callback-url", metavar="URL",
+                   help="a webhook for these tasks (POSTed when each finishes, signed with "
+                        "TINGJI_WEBHOOK_SECRET)")
     p.add_argument("--no-dedupe", action="store_true",
                    help="submit new tasks even for sources already submitted with the same "
                         "options (by default each source gets a stable idempotency key, so "
@@ -202,6 +205,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("submit", help="submit URLs or local files")
     p.add_argument("sources", nargs="+", metavar="SOURCE", help="an http(s) URL or a file")
     _task_options(p)
+    p.add_argument("--parts", metavar="SPEC",
+                   help="parts of a multi-part video, e.g. 2-5,7 (default: all; see "
+                        "`tingji parts URL`)")
+    listing = p.add_mutually_exclusive_group()
+    listing.add_argument("--expand", dest="expand", action="store_true", default=None,
+                         help="the URL is a list (favourites, collection, playlist, feed): "
+                              "one task per entry, as a batch (Bilibili and YouTube list "
+                              "pages are recognised without it)")
+    listing.add_argument("--no-expand", dest="expand", action="store_false",
+                         help="read a list URL as one video (its entries as parts)")
+    p.set_defaults(func=cmd_client)
+
+    p = sub.add_parser("parts", help="list a video's parts, or a list's videos, without "
+                                     "submitting")
+    p.add_argument("url", metavar="URL")
     p.set_defaults(func=cmd_client)
 
     p = sub.add_parser("batch", help="submit every URL or file listed in FILE as one batch")

@@ -22,7 +22,7 @@ from rich.table import Table
 
 from tingji.client import Client, ClientError
 from tingji.formats import safe_filename
-from tingji.urls import looks_like_url, url_problem
+from tingji.urls import looks_like_url, parse_parts, url_problem
 
 TERMINAL = ("completed", "failed", "cancelled")
 # Piped output keeps whole lines (rich would wrap at 80 columns).
@@ -56,6 +56,21 @@ def options(args: Any) -> dict[str, Any]:
     opts: dict[str, Any] = {"summarize": bool(args.summarize), "priority": args.priority}
     if args.no_polish:
         opts["polish"] = False
+    if getattr(args, "callback_url", None):
+        opts["callback_url"] = args.callback_url
+    return opts
+
+
+def url_options(args: Any) -> dict[str, Any]:
+    """What only URL sources take: parts of a multi-part video, and list expansion."""
+    opts: dict[str, Any] = {}
+    if getattr(args, "parts", None):
+        try:
+            opts["parts"] = parse_parts(args.parts)
+        except ValueError as exc:
+            raise UsageError(f"--parts: {exc}") from None
+    if getattr(args, "expand", None) is not None:
+        opts["expand"] = args.expand
     return opts
 
 
@@ -75,7 +90,10 @@ def source_key(kind: str, src: str | Path, opts: dict[str, Any]) -> str:
 
 def _submitted(got: dict[str, Any], src: str | Path) -> None:
     """One line per source: the task id, and whether it was already there."""
-    if got.get("created", True):
+    if got.get("kind") == "list" and got.get("created", True):
+        out.print(f"{got['task_id']}  {src}  (a list: its entries become batch "
+                  f"{got['batch_id']})")
+    elif got.get("created", True):
         out.print(f"{got['task_id']}  {src}")
     else:
         out.print(f"{got['task_id']}  {src}  (already submitted: {got['status']})")
@@ -96,7 +114,10 @@ def _when(iso: str | None) -> str:
 
 
 def _duration(t: dict[str, Any]) -> str:
-    secs = (t.get("result") or {}).get("duration_s")
+    return _clock((t.get("result") or {}).get("duration_s"))
+
+
+def _clock(secs: float | None) -> str:
     if secs is None:
         return ""
     m, s = divmod(int(round(secs)), 60)
@@ -143,9 +164,22 @@ def wait_for(client: Client, ids: list[str], labels: dict[str, str]) -> int:
     return 0 if not failed else 1
 
 
+def cmd_parts(client: Client, args: Any) -> int:
+    doc = client.get("/api/v1/bilibili/parts", url=args.url)
+    kind = "a list: submitting it makes one task per video" if doc["is_list"] else \
+        "one video: submitting it transcribes these parts (choose with --parts)"
+    out.print(f"{doc['title']}  ({doc['count']} entries; {kind})")
+    for part in doc["parts"]:
+        out.print(f"{part['number']:>4}  {_clock(part['duration_s']):>8}  {part['title']}")
+    return 0
+
+
 def cmd_submit(client: Client, args: Any) -> int:
     try:
         sources = [classify(s) for s in args.sources]
+        only_urls = url_options(args)
+        if only_urls and any(kind != "url" for kind, _ in sources):
+            raise UsageError("--parts and --expand apply to URLs, not files")
     except UsageError as exc:
         err.print(f"tingji submit: {exc}; nothing submitted")
         return 2
@@ -153,8 +187,8 @@ def cmd_submit(client: Client, args: Any) -> int:
     ids: list[str] = []
     labels: dict[str, str] = {}
     for kind, src in sources:
-        o = opts if args.no_dedupe else {**opts,
-                                         "idempotency_key": source_key(kind, src, opts)}
+        o = {**opts, **only_urls} if kind == "url" else opts
+        o = o if args.no_dedupe else {**o, "idempotency_key": source_key(kind, src, o)}
         got = client.submit_url(str(src), o) if kind == "url" else \
             client.submit_file(Path(src), o)
         ids.append(got["task_id"])
@@ -470,6 +504,7 @@ def _filename(disposition: str, tid: str, fmt: str | None) -> str:
 
 
 COMMANDS: dict[str, Callable[[Client, Any], int]] = {
-    "submit": cmd_submit, "batch": cmd_batch, "list": cmd_list, "show": cmd_show,
-    "watch": cmd_watch, "cancel": cmd_cancel, "retry": cmd_retry, "result": cmd_result,
+    "submit": cmd_submit, "batch": cmd_batch, "parts": cmd_parts, "list": cmd_list,
+    "show": cmd_show, "watch": cmd_watch, "cancel": cmd_cancel, "retry": cmd_retry,
+    "result": cmd_result,
 }

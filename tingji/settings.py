@@ -186,6 +186,7 @@ class Settings:
                                           lambda p: None if p is None or p.is_file()
                                           else "no such file")
     max_duration_s: float = _setting(6 * 3600.0, _float, _positive)
+    max_list_items: int = _setting(200, _int, _between(1, 10_000))
     # networks URL tasks may reach although they are not public (loopback, private,
     # link-local...): "1" allows every address, or a list such as 192.168.1.10/32
     allow_private_urls: tuple[str, ...] = _setting((), _networks)

@@ -18,20 +18,19 @@ import asyncio
 import logging
 import os
 import shutil
+import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
-from tingji.urls import strip_control_chars
+from tingji.urls import MAX_PARTS, parts_in_url, strip_control_chars
 from worker.egress import guarded
 from worker.errors import PermanentTaskError, RetryableTaskError, TaskCancelled
 from worker.media import concat_wavs, ffmpeg_dir, normalize, too_long
 
 log = logging.getLogger("tingji.worker.fetch")
 
-MAX_PARTS = 200
 
 
 @dataclass
@@ -97,9 +96,8 @@ class _Budget:
             "per task (TINGJI_MAX_DOWNLOAD_MB)", type="TooLarge")
 
 
-def _ydl_options(url: str, dest: Path, budget: _Budget, ffmpeg_location: str
-                 ) -> dict[str, Any]:
-    explicit_part = "p" in parse_qs(urlsplit(url).query)
+def _ydl_options(dest: Path, budget: _Budget, ffmpeg_location: str,
+                 parts: list[int] | None) -> dict[str, Any]:
     return {
         # yt-dlp's own HTTP, HLS and DASH downloaders only: an external program (ffmpeg,
         # rtmpdump) would make connections the egress policy does not see.
@@ -111,8 +109,8 @@ def _ydl_options(url: str, dest: Path, budget: _Budget, ffmpeg_location: str
         "fixup": "never",  # no ffmpeg run on a downloaded file before the media boundary
         "outtmpl": {"default": str(dest / "part%(playlist_index|0)03d.%(ext)s")},
         "paths": {"home": str(dest), "temp": str(dest)},
-        "noplaylist": explicit_part,
-        "playlist_items": f"1:{MAX_PARTS}",
+        # a multi-part video: every part (up to MAX_PARTS), or the parts asked for
+        "playlist_items": ",".join(map(str, parts)) if parts else f"1:{MAX_PARTS}",
         "socket_timeout": 30,
         "retries": 5,
         "fragment_retries": 5,
@@ -153,11 +151,12 @@ def _private_cookies(cookies: Path, dest: Path) -> Path:
 
 def _download(url: str, dest: Path, max_bytes: int, cancel: threading.Event,
               ffmpeg_location: str, allow_private: tuple[str, ...],
-              cookies: Path | None = None
-              ) -> tuple[dict[str, Any], list[tuple[str, Path]]]:
-    """Blocking: run yt-dlp; returns its info and the downloaded files in order."""
+              cookies: Path | None = None, parts: list[int] | None = None
+              ) -> tuple[dict[str, Any], list[tuple[int, str, Path]]]:
+    """Blocking: run yt-dlp; returns its info and the downloaded files in order, each
+    with its part number.  ``parts`` (or the URL's ``?p=``) selects parts."""
     budget = _Budget(max_bytes, cancel)
-    opts = _ydl_options(url, dest, budget, ffmpeg_location)
+    opts = _ydl_options(dest, budget, ffmpeg_location, parts or parts_in_url(url))
     if cookies is None:
         return _run_ytdlp(url, opts, budget, cancel, allow_private)
     opts["cookiefile"] = str(_private_cookies(cookies, dest))
@@ -167,22 +166,22 @@ def _download(url: str, dest: Path, max_bytes: int, cancel: threading.Event,
         Path(opts["cookiefile"]).unlink(missing_ok=True)
 
 
-def _run_ytdlp(url: str, opts: dict[str, Any], budget: _Budget, cancel: threading.Event,
-               allow_private: tuple[str, ...]
-               ) -> tuple[dict[str, Any], list[tuple[str, Path]]]:
+def _extract(url: str, opts: dict[str, Any], allow_private: tuple[str, ...], *,
+             download: bool, cancel: threading.Event | None = None,
+             budget: _Budget | None = None) -> dict[str, Any] | None:
+    """Run yt-dlp under the egress policy; its failures become task errors."""
     import yt_dlp
     from yt_dlp.networking.exceptions import HTTPError, RequestError, TransportError
     from yt_dlp.utils import DownloadCancelled, DownloadError
 
-    max_bytes = budget.max_bytes
     with guarded(allow_private) as refused:
         try:
             with yt_dlp.YoutubeDL(opts) as ydl:  # type: ignore[arg-type]
-                info = ydl.extract_info(url, download=True)
+                return ydl.extract_info(url, download=download)  # type: ignore[no-any-return]
         except (DownloadCancelled, DownloadError, RequestError) as exc:
-            if cancel.is_set():
+            if cancel is not None and cancel.is_set():
                 raise TaskCancelled() from None
-            if budget.exceeded:
+            if budget is not None and budget.exceeded:
                 raise budget.too_large() from None
             if refused.hosts:
                 raise PermanentTaskError(refused.message(), type="EgressRefused") from None
@@ -195,17 +194,62 @@ def _run_ytdlp(url: str, opts: dict[str, Any], budget: _Budget, cancel: threadin
             if isinstance(exc, DownloadCancelled):
                 raise TaskCancelled() from None
             raise _classify(str(exc)) from None
+
+
+def list_url(url: str, *, allow_private: tuple[str, ...], max_items: int,
+             cookies: Path | None = None) -> dict[str, Any]:
+    """Blocking: what a URL holds, without downloading: its title and its entries (the
+    parts of a multi-part video, or the videos of a list), each with its number, title,
+    URL and duration.  Reads at most ``max_items + 1`` entries (``count`` is the total
+    when the site says it)."""
+    opts: dict[str, Any] = {
+        "extract_flat": "in_playlist", "skip_download": True, "playlistend": max_items + 1,
+        "socket_timeout": 30, "retries": 3, "extractor_retries": 2, "quiet": True,
+        "no_warnings": True, "noprogress": True, "logger": _QuietLogger(),
+    }
+    with tempfile.TemporaryDirectory(prefix="tingji-list-") as tmp:
+        if cookies is not None:
+            opts["cookiefile"] = str(_private_cookies(cookies, Path(tmp)))
+        info = _extract(url, opts, allow_private, download=False)
+    if info is None:
+        raise PermanentTaskError("yt-dlp found nothing at this URL", type="UnsupportedURL")
+    raw = [e for e in (info.get("entries") or []) if e] if info.get("_type") == "playlist" \
+        else [info]
+    entries = []
+    for i, e in enumerate(raw, 1):
+        # a flat entry names a page to read later; a resolved one (a generic page's media)
+        # has its own page, or else only its media URL
+        page = e.get("webpage_url")
+        link = (e.get("url") if e.get("_type") in ("url", "url_transparent")
+                else page if page and page != url else e.get("url")) or ""
+        if info.get("_type") != "playlist":
+            link = url
+        entries.append({"number": int(e.get("playlist_index") or i),
+                        "title": _text(e.get("title")) or f"#{i}",
+                        "url": link if link.startswith(("http://", "https://")) else None,
+                        "duration_s": e.get("duration")})
+    return {"title": _text(info.get("title")), "extractor": info.get("extractor_key"),
+            "is_list": info.get("_type") == "playlist",
+            "count": info.get("playlist_count") or len(entries), "entries": entries}
+
+
+def _run_ytdlp(url: str, opts: dict[str, Any], budget: _Budget, cancel: threading.Event,
+               allow_private: tuple[str, ...]
+               ) -> tuple[dict[str, Any], list[tuple[int, str, Path]]]:
+    max_bytes = budget.max_bytes
+    info = _extract(url, opts, allow_private, download=True, cancel=cancel, budget=budget)
     if info is None:
         raise PermanentTaskError("yt-dlp found nothing to download at this URL",
                                  type="UnsupportedURL")
     entries = [e for e in (info.get("entries") or []) if e] if info.get("_type") == "playlist" \
         else [info]
-    files: list[tuple[str, Path]] = []
-    for entry in entries:
+    files: list[tuple[int, str, Path]] = []
+    for n, entry in enumerate(entries, 1):
         for dl in entry.get("requested_downloads") or []:
             path = Path(dl.get("filepath") or dl.get("filename") or "")
             if path.is_file():
-                files.append((_text(entry.get("title")) or path.stem, path))
+                files.append((int(entry.get("playlist_index") or n),
+                              _text(entry.get("title")) or path.stem, path))
                 break
         else:
             size = entry.get("filesize") or entry.get("filesize_approx")
@@ -219,26 +263,26 @@ def _run_ytdlp(url: str, opts: dict[str, Any], budget: _Budget, cancel: threadin
 
 async def fetch_url(url: str, work: Path, *, max_bytes: int, max_duration_s: float,
                     allow_private: tuple[str, ...], cancel: threading.Event,
-                    cookies: Path | None = None) -> Fetched:
+                    cookies: Path | None = None, parts: list[int] | None = None) -> Fetched:
     dest = work / "download"
     dest.mkdir(parents=True, exist_ok=True)
     loc = ffmpeg_dir(work.parent)
     try:
         info, files = await asyncio.to_thread(_download, url, dest, max_bytes, cancel, loc,
-                                              allow_private, cookies)
+                                              allow_private, cookies, parts)
     except PermanentTaskError:
         shutil.rmtree(dest, ignore_errors=True)
         raise
-    title = _text(info.get("title")) or files[0][0]
+    title = _text(info.get("title")) or files[0][1]
     if len(files) == 1:
         audio = work / "audio.wav"
-        duration = await normalize(files[0][1], audio, max_duration_s=max_duration_s)
+        duration = await normalize(files[0][2], audio, max_duration_s=max_duration_s)
         return Fetched(audio, duration, title, meta=_meta(info, url))
     parts: list[Path] = []
     chapters: list[dict[str, Any]] = []
     start = 0.0
     try:
-        for i, (part_title, path) in enumerate(files, 1):
+        for i, (number, part_title, path) in enumerate(files, 1):
             wav = work / f"part{i:03d}.wav"
             # the duration limit holds for the parts together
             if start >= max_duration_s:
@@ -248,7 +292,7 @@ async def fetch_url(url: str, work: Path, *, max_bytes: int, max_duration_s: flo
             except PermanentTaskError as exc:
                 raise too_long(max_duration_s) if exc.type == "TooLong" else exc from None
             parts.append(wav)
-            chapters.append({"index": i, "title": part_title, "start_s": round(start, 3),
+            chapters.append({"index": number, "title": part_title, "start_s": round(start, 3),
                              "duration_s": round(dur, 3)})
             start += dur
         audio = work / "audio.wav"

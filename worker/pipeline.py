@@ -22,13 +22,13 @@ from typing import TYPE_CHECKING, Any
 
 from db.models import Stage, Task, TaskKind
 from db.reads import Checkpoint
-from db.values import SegmentRow
+from db.values import NewTask, SegmentRow
 from tingji.formats import render_all
 from tingji.taskfiles import TaskFiles, source_of
 from worker.asr import transcript_of
 from worker.batching import AsrJob
-from worker.errors import RetryableTaskError, TaskCancelled
-from worker.fetch import fetch_upload, fetch_url
+from worker.errors import PermanentTaskError, RetryableTaskError, TaskCancelled
+from worker.fetch import fetch_upload, fetch_url, list_url
 from worker.llm import LlmOptions
 
 if TYPE_CHECKING:
@@ -163,7 +163,8 @@ class TaskRun:
                                           max_bytes=s.max_download_mb * 2**20,
                                           max_duration_s=s.max_duration_s,
                                           allow_private=s.allow_private_urls,
-                                          cancel=self.stop_event, cookies=s.ytdlp_cookies)
+                                          cancel=self.stop_event, cookies=s.ytdlp_cookies,
+                                          parts=(payload.get("options") or {}).get("parts"))
             else:
                 up, path = payload["upload"], self.files.upload
                 assert path is not None
@@ -175,10 +176,46 @@ class TaskRun:
         return {"audio": self._rel(fetched.audio), "duration_s": round(fetched.duration_s, 3),
                 "title": fetched.title, "chapters": fetched.chapters, "meta": fetched.meta}
 
+    async def _expand(self) -> dict[str, Any]:
+        """A list task: read the list (no download) and add one URL task per entry to
+        the list's batch, with the list's options.  The entries' idempotency keys make
+        a retry after a crash add nothing twice."""
+        s, payload = self.ctx.settings, self.task.payload
+        options = dict(payload.get("options") or {})
+
+        async def body() -> dict[str, Any]:
+            async with self.ctx.io_sem:
+                listing = await asyncio.to_thread(
+                    list_url, payload["video_url"], allow_private=s.allow_private_urls,
+                    max_items=s.max_list_items, cookies=s.ytdlp_cookies)
+            entries = [e for e in listing["entries"] if e["url"]]
+            if len(listing["entries"]) > s.max_list_items:
+                raise PermanentTaskError(
+                    f"the list has {listing['count']} entries; at most {s.max_list_items} "
+                    "become tasks (TINGJI_MAX_LIST_ITEMS)", type="TooManyItems")
+            if not entries:
+                raise PermanentTaskError("the list has no entries tingji can fetch",
+                                         type="EmptyList")
+            batch_id, tasks, _ = await self.ctx.queue.enqueue_many([
+                NewTask(TaskKind.URL, {"video_url": e["url"], "options": options,
+                                       "list": {"task_id": self.id, "number": e["number"]}},
+                        priority=self.task.priority,
+                        idempotency_key=f"list:{self.id}:{e['number']}")
+                for e in entries], batch_id=self.task.batch_id)
+            return {"title": listing["title"] or f"list of {len(tasks)}",
+                    "batch_id": batch_id, "task_ids": [t.id for t in tasks],
+                    "entries": len(tasks)}
+
+        out, secs = await self._stage(Stage.FETCH, body, timeout=s.task_timeout_base_s)
+        return {**out, "seconds": {"fetch": round(secs, 3)}}
+
     async def run(self) -> dict[str, Any]:
         """Run the stages that are not checkpointed yet; returns the task's result (the
         worker records the outcome)."""
         w = self.ctx
+        if self.task.kind == TaskKind.LIST:
+            cp = (await w.reads.checkpoints(self.id)).get(Stage.FETCH)
+            return dict(cp.output) if cp is not None else await self._expand()
         cps: dict[Stage, Checkpoint] = await w.reads.checkpoints(self.id)
         seconds = {st.value: round(cp.seconds or 0.0, 3) for st, cp in cps.items()}
         opts = self.task.payload.get("options") or {}

@@ -3,24 +3,35 @@ with the durable task's id as soon as its row is committed."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+import sys
+import uuid
 from collections import Counter
 from typing import Any
 
-from litestar import Request, Response, post
-from litestar.status_codes import HTTP_200_OK, HTTP_202_ACCEPTED
+from litestar import Request, Response, get, post
+from litestar.status_codes import (
+    HTTP_200_OK,
+    HTTP_202_ACCEPTED,
+    HTTP_422_UNPROCESSABLE_ENTITY,
+    HTTP_502_BAD_GATEWAY,
+    HTTP_504_GATEWAY_TIMEOUT,
+)
 
 from db.models import TaskKind
 from db.values import Enqueued, NewTask
 from server.deps import QueueDep, SettingsDep
-from server.errors import bad_request
+from server.errors import ApiError, bad_request
 from server.schemas import (
     FORM_FIELDS,
     MAX_BATCH,
     BatchRequest,
     BatchSubmitted,
     BilibiliRequest,
+    Part,
+    PartsView,
     Submitted,
     check_task_id,
     check_url,
@@ -28,17 +39,21 @@ from server.schemas import (
     options_payload,
 )
 from server.uploads import receive_upload, too_large
-from tingji.urls import has_control_chars, url_problem
+from tingji.urls import check_parts, has_control_chars, is_list_url, url_problem
 
 
 def _accepted(enq: Enqueued) -> Response[Submitted]:
     """202 for a new task; 200 for the task an idempotency key already names."""
     task = enq.task
-    message = ("task queued" if enq.created
-               else f"already submitted with this idempotency key (task is {task.status})")
+    listed = task.kind == TaskKind.LIST
+    message = ("task queued" if not listed else
+               f"list queued: a worker reads it and adds one task per entry to batch "
+               f"{task.batch_id}") if enq.created \
+        else f"already submitted with this idempotency key (task is {task.status})"
     return Response(
         Submitted(task_id=task.id, status=str(task.status), message=message,
-                  created_at=task.created_at, created=enq.created),
+                  created_at=task.created_at, created=enq.created, kind=str(task.kind),
+                  batch_id=task.batch_id),
         status_code=HTTP_202_ACCEPTED if enq.created else HTTP_200_OK,
         headers={"Location": f"/api/v1/task/{task.id}"})
 
@@ -73,12 +88,59 @@ async def process_url(request: Request[Any, Any, Any], data: BilibiliRequest, qu
     url = check_url(data.video_url)
     batch_id = check_task_id(data.batch_id, "batch_id") if data.batch_id else None
     options = options_payload(data, settings)
+    listed = is_list_url(url) if data.expand is None else data.expand
+    if data.parts is not None:
+        if listed:
+            raise bad_request("parts: a list's entries are all transcribed; parts select "
+                              "parts of one video (expand: false reads the URL as one)")
+        try:
+            options["parts"] = check_parts(data.parts)
+        except ValueError as exc:
+            raise bad_request(f"parts: {exc}") from None
+    kind = TaskKind.LIST if listed else TaskKind.URL
+    if listed:  # its entries' tasks join this batch
+        batch_id = batch_id or str(uuid.uuid4())
     enq = await queue.enqueue(NewTask(
-        TaskKind.URL, {"video_url": url, "options": options,
-                       "request": request_digest("url", url, options, data.priority)},
+        kind, {"video_url": url, "options": options,
+               "request": request_digest(kind.value, url, options, data.priority)},
         priority=data.priority, idempotency_key=_key(request, data.idempotency_key)),
         batch_id=batch_id)
     return _accepted(enq)
+
+
+LIST_TIMEOUT_S = 60.0
+_LISTING = asyncio.Semaphore(2)  # listings at once (each a process running yt-dlp)
+
+
+@get("/bilibili/parts", summary="A video's parts, or a list's entries, without submitting")
+async def list_parts(url: str, settings: SettingsDep) -> PartsView:
+    """Reads the page (no download) under the same egress policy as a task, in a child
+    process the API kills after 60 s: number, title and duration of each part of a
+    multi-part video, or of each video of a list."""
+    url = check_url(url, "url")
+    async with _LISTING:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "worker.lists", url, str(settings.max_list_items),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
+        try:
+            out, _ = await asyncio.wait_for(proc.communicate(), LIST_TIMEOUT_S)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            raise ApiError(HTTP_504_GATEWAY_TIMEOUT, "listing_timed_out",
+                           f"the page did not answer within {LIST_TIMEOUT_S:.0f} s") from None
+    try:
+        doc = json.loads(out)
+    except ValueError:
+        raise ApiError(HTTP_502_BAD_GATEWAY, "listing_failed",
+                       "the page could not be read") from None
+    if "error" in doc:
+        err = doc["error"]
+        raise ApiError(HTTP_502_BAD_GATEWAY if err.get("retryable") else
+                       HTTP_422_UNPROCESSABLE_ENTITY, "listing_failed", str(err["message"]))
+    # is_list: what submitting the URL does by default (one task per entry, or one task)
+    return PartsView(url=url, title=doc["title"], is_list=is_list_url(url), count=doc["count"],
+                     parts=[Part(**e) for e in doc["entries"]])
 
 
 @post("/process/audio", status_code=HTTP_202_ACCEPTED, summary="Transcribe an uploaded file",
@@ -151,4 +213,4 @@ async def process_batch(request: Request[Any, Any, Any], data: BatchRequest, que
                     headers={"Location": f"/api/v1/tasks?batch_id={batch_id}"})
 
 
-handlers = [process_url, process_upload, process_batch]
+handlers = [process_url, process_upload, process_batch, list_parts]
