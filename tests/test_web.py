@@ -195,3 +195,25 @@ def newest_task_id_with_token(stack: Stack) -> str:
                           headers={"Authorization": "Bearer t0ken"})
     tasks = resp.json()["tasks"]
     return str(tasks[0]["task_id"]) if tasks else ""
+
+
+def test_parts_are_offered_as_checkboxes(stack_factory: Callable[..., Stack], page_factory: Any,
+                                         files: FileServer) -> None:
+    """One link, "List parts": a checkbox per part; the parts left ticked are submitted."""
+    stack = stack_factory()  # no worker: the task stays pending with what was asked
+    page = page_factory(stack.server.url)
+    page.goto("/")
+    page.fill("#links", f"{files.url}/parts.html")
+    page.click("#parts-btn")
+    page.wait_for_selector("#parts:not([hidden])", timeout=60_000)
+    boxes = page.locator("#parts-list input[type=checkbox]")
+    assert boxes.count() == 2 and "两集讲座" in page.inner_text("#parts-note")
+    boxes.nth(0).uncheck()
+    page.click("#submit-btn")
+    wait_total(stack, 1)
+    task = stack.http.get("/api/v1/tasks").json()["tasks"][0]
+    stack.worker()
+    done = stack.finished(task["task_id"])
+    # one part left: one file, no chapters (both parts would make two)
+    assert done["status"] == "completed" and done["result"]["chapters"] == [], done
+    assert page.errors == []

@@ -22,6 +22,10 @@ const I18N = {
     heartbeat: "heartbeat", ago: "s ago", nothing: "Give a link or choose a file.",
     queued: "Queued", uploading: "Uploading", live_title: "live updates",
     capacity: "capacity", saved: "Token saved.", not_found: "Task not found.",
+    list_parts: "List parts", choose_parts: "Parts to transcribe", reading: "Reading the page…",
+    one_link: "Give exactly one link to list its parts.",
+    is_list: "A list: each of its videos becomes a task of one batch.",
+    list_queued: "List queued: its videos will join batch",
   },
   zh: {
     token: "API 令牌", token_hint: "TINGJI_API_TOKEN", save: "保存", submit: "提交",
@@ -41,6 +45,10 @@ const I18N = {
     heartbeat: "心跳", ago: " 秒前", nothing: "请填写链接或选择文件。",
     queued: "已加入队列", uploading: "上传中", live_title: "实时更新",
     capacity: "容量", saved: "令牌已保存。", not_found: "找不到该任务。",
+    list_parts: "列出分 P", choose_parts: "要转写的分 P", reading: "正在读取页面…",
+    one_link: "请只填写一个链接来列出分 P。",
+    is_list: "这是一个列表：其中每个视频都会成为同一批次的一个任务。",
+    list_queued: "列表已加入队列：其中的视频将加入批次",
   },
 };
 const LANG = (navigator.language || "en").toLowerCase().startsWith("zh") ? "zh" : "en";
@@ -377,6 +385,40 @@ function upload(file, opts) {
   });
 }
 
+/* Parts of a multi-part video (or the videos of a list), read without submitting. */
+async function listParts() {
+  const links = $("#links").value.split(/\n/).map((s) => s.trim()).filter(Boolean);
+  const box = $("#parts"), list = $("#parts-list"), note = $("#parts-note");
+  box.hidden = true;
+  list.replaceChildren();
+  if (links.length !== 1) { note.textContent = T("one_link"); return; }
+  note.textContent = T("reading");
+  let doc;
+  try {
+    doc = await getJSON(`/api/v1/bilibili/parts?url=${encodeURIComponent(links[0])}`);
+  } catch (e) { note.textContent = ""; flash(e.message); return; }
+  state.partsFor = links[0];
+  note.textContent = `${doc.title} (${doc.count})${doc.is_list ? ` ${T("is_list")}` : ""}`;
+  if (doc.is_list) return;
+  list.replaceChildren(...doc.parts.map((p) => {
+    const label = document.createElement("label");
+    const tick = document.createElement("input");
+    tick.type = "checkbox";
+    tick.checked = true;
+    tick.value = String(p.number);
+    label.append(tick, ` P${p.number} ${p.title}${p.duration_s ? ` (${fmtSeconds(p.duration_s)})` : ""}`);
+    return label;
+  }));
+  box.hidden = doc.parts.length < 2;
+}
+
+function chosenParts(link) {
+  if ($("#parts").hidden || state.partsFor !== link) return null;
+  const boxes = [...$("#parts-list").querySelectorAll("input[type=checkbox]")];
+  const picked = boxes.filter((b) => b.checked).map((b) => Number(b.value));
+  return picked.length === boxes.length ? null : picked;  // all: no selection needed
+}
+
 async function submit(ev) {
   ev.preventDefault();
   const links = $("#links").value.split(/\n/).map((s) => s.trim()).filter(Boolean);
@@ -388,10 +430,15 @@ async function submit(ev) {
   let queued = 0;
   try {
     if (links.length === 1) {
-      const r = await (await api("/api/v1/process/bilibili",
-        { method: "POST", json: { video_url: links[0], ...opts } })).json();
+      const parts = chosenParts(links[0]);
+      const r = await (await api("/api/v1/process/bilibili", {
+        method: "POST", json: { video_url: links[0], ...opts, ...(parts ? { parts } : {}) },
+      })).json();
       await refreshTask(r.task_id);
+      if (r.kind === "list") flash(`${T("list_queued")} ${r.batch_id}`, "info");
       queued += 1;
+      $("#parts").hidden = true;
+      $("#parts-note").textContent = "";
     } else if (links.length > 1) {
       const r = await (await api("/api/v1/process/batch",
         { method: "POST", json: { urls: links, ...opts } })).json();
@@ -530,6 +577,7 @@ async function start() {
     await boot();
   });
   $("#submit-form").addEventListener("submit", submit);
+  $("#parts-btn").addEventListener("click", listParts);
   $("#files").addEventListener("change", (ev) => setFiles(ev.target.files));
   const drop = $("#drop");
   for (const type of ["dragenter", "dragover"]) {
