@@ -11,6 +11,7 @@ import msgspec
 
 from db.models import Task, TaskStatus
 from server.errors import bad_request
+from tingji.hotwords import check_hotwords, split_hotwords
 from tingji.settings import Settings
 from tingji.taskfiles import source_of
 from tingji.urls import MAX_URL_LENGTH, has_control_chars, url_problem
@@ -36,6 +37,7 @@ class TaskOptions(msgspec.Struct, forbid_unknown_fields=True):
     idempotency_key: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] | None = None
     # POSTed (signed) when the task reaches its final status, and when its batch ends
     callback_url: str | None = None
+    hotwords: list[str] | None = None  # names and terms to favour (SeACo bias decoder)
 
 
 class BilibiliRequest(TaskOptions, forbid_unknown_fields=True):
@@ -208,6 +210,11 @@ def options_payload(opts: TaskOptions, settings: Settings) -> dict[str, Any]:
     }
     if opts.callback_url is not None:  # reached under the egress policy, like media URLs
         options["callback_url"] = check_url(opts.callback_url, "callback_url")
+    if opts.hotwords:
+        try:
+            options["hotwords"] = check_hotwords(opts.hotwords)
+        except ValueError as exc:
+            raise bad_request(f"hotwords: {exc}") from None
     return options
 
 
@@ -238,6 +245,8 @@ def options_from_form(fields: dict[str, str]) -> TaskOptions:
                 values[name] = int(raw)
             except ValueError:
                 raise bad_request(f"{name}: expected an integer, got {raw[:40]!r}") from None
+        elif name == "hotwords":  # a form field: words separated by spaces or commas
+            values[name] = split_hotwords(raw)
         elif name == "temperature":
             try:
                 values[name] = float(raw)

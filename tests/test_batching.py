@@ -288,3 +288,44 @@ def test_vad_in_a_process_pool_gives_the_same_segments_and_transcripts(
     assert all(job.vad is vad for job, vad in zip(jobs, vads, strict=True))
     for job, ref in zip(jobs, reference, strict=True):
         assert _same(job.result, ref)
+
+
+# ---------------------------------------------------------------- hotwords
+def test_hotwords_bias_the_decoder_and_groups_keep_them_apart(engine: Any,
+                                                              clips: list[Path]) -> None:
+    """SeACo's bias path runs with the task's hotwords (funasr builds the bias list from
+    the file tingji wrote), changes the text, and a group mixing hotword and plain tasks
+    gives each the text it gets alone."""
+    from worker.batching import AsrJob
+
+    words = ("听记", "转写服务", "Paraformer")
+    seaco = engine.model.model
+    built: list[Any] = []
+    original = seaco.generate_hotwords_list
+
+    def spy(hotwords: Any, **kw: Any) -> Any:
+        out = original(hotwords, **kw)
+        built.append(out)
+        return out
+    seaco.generate_hotwords_list = spy
+    try:
+        alone = {}
+        for clip in clips[1:3]:
+            for hw in ((), words):
+                job = AsrJob(clip, hotwords=hw)
+                engine.batcher.run([job])
+                assert job.error is None
+                alone[clip, hw] = job.result
+        biased = [b for b in built if b is not None]
+        assert biased and all(len(b) == len(words) + 1 for b in biased)  # + funasr's <s>
+        assert any(alone[c, ()]["text"] != alone[c, words]["text"] for c in clips[1:3])
+
+        built.clear()
+        mixed = [AsrJob(c, hotwords=hw) for c in clips[1:3] for hw in (words, ())]
+        engine.batcher.run(mixed)
+        for job in mixed:
+            assert job.error is None
+            assert _same(job.result, alone[job.audio, job.hotwords]), job.audio.name
+        assert any(b is None for b in built) and any(b is not None for b in built)
+    finally:
+        del seaco.generate_hotwords_list

@@ -197,9 +197,10 @@ def newest_task_id_with_token(stack: Stack) -> str:
     return str(tasks[0]["task_id"]) if tasks else ""
 
 
-def test_parts_are_offered_as_checkboxes(stack_factory: Callable[..., Stack], page_factory: Any,
+def test_parts_are_offered_as_checkboxes_and_hotwords_sent(stack_factory: Callable[..., Stack], page_factory: Any,
                                          files: FileServer) -> None:
-    """One link, "List parts": a checkbox per part; the parts left ticked are submitted."""
+    """One link, "List parts": a checkbox per part; the parts left ticked are submitted,
+    with the hotwords typed in."""
     stack = stack_factory()  # no worker: the task stays pending with what was asked
     page = page_factory(stack.server.url)
     page.goto("/")
@@ -209,6 +210,7 @@ def test_parts_are_offered_as_checkboxes(stack_factory: Callable[..., Stack], pa
     boxes = page.locator("#parts-list input[type=checkbox]")
     assert boxes.count() == 2 and "两集讲座" in page.inner_text("#parts-note")
     boxes.nth(0).uncheck()
+    page.fill("#hotwords", "听记， 转写")
     page.click("#submit-btn")
     wait_total(stack, 1)
     task = stack.http.get("/api/v1/tasks").json()["tasks"][0]
@@ -216,4 +218,5 @@ def test_parts_are_offered_as_checkboxes(stack_factory: Callable[..., Stack], pa
     done = stack.finished(task["task_id"])
     # one part left: one file, no chapters (both parts would make two)
     assert done["status"] == "completed" and done["result"]["chapters"] == [], done
+    assert done["result"]["hotwords"] == ["听记", "转写"]
     assert page.errors == []

@@ -159,6 +159,11 @@ def _task_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--priority", type=int, default=0, help="higher runs first (default 0)")
     p.add_argument("--wait", action="store_true",
                    help="show live progress; exit 0 only if every task completed")
+    p.add_argument("--hotwords", metavar="WORDS",
+                   help="names and terms to favour, separated by spaces or commas "
+                        "(\"张三 听记\"); SeACo-Paraformer (paraformer-zh) only")
+    p.add_argument("--hotwords-file", metavar="FILE",
+                   help="hotwords from a file, one or more per line (# comments)")
     p.add_argument("--callback-url", metavar="URL",
                    help="a webhook for these tasks (POSTed when each finishes, signed with "
                         "TINGJI_WEBHOOK_SECRET)")

@@ -157,4 +157,6 @@ class Client:
 def _form(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, list):  # hotwords: the form field separates them with commas
+        return ",".join(str(v) for v in value)
     return str(value)

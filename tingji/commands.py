@@ -22,6 +22,7 @@ from rich.table import Table
 
 from tingji.client import Client, ClientError
 from tingji.formats import safe_filename
+from tingji.hotwords import check_hotwords, read_hotwords_file, split_hotwords
 from tingji.urls import looks_like_url, parse_parts, url_problem
 
 TERMINAL = ("completed", "failed", "cancelled")
@@ -58,6 +59,17 @@ def options(args: Any) -> dict[str, Any]:
         opts["polish"] = False
     if getattr(args, "callback_url", None):
         opts["callback_url"] = args.callback_url
+    words = split_hotwords(getattr(args, "hotwords", None) or "")
+    if getattr(args, "hotwords_file", None):
+        try:
+            words += read_hotwords_file(Path(args.hotwords_file))
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise UsageError(f"--hotwords-file: {exc}") from None
+    if words:
+        try:
+            opts["hotwords"] = check_hotwords(words)
+        except ValueError as exc:
+            raise UsageError(f"--hotwords: {exc}") from None
     return opts
 
 
@@ -180,10 +192,10 @@ def cmd_submit(client: Client, args: Any) -> int:
         only_urls = url_options(args)
         if only_urls and any(kind != "url" for kind, _ in sources):
             raise UsageError("--parts and --expand apply to URLs, not files")
+        opts = options(args)
     except UsageError as exc:
         err.print(f"tingji submit: {exc}; nothing submitted")
         return 2
-    opts = options(args)
     ids: list[str] = []
     labels: dict[str, str] = {}
     for kind, src in sources:
@@ -231,10 +243,10 @@ def parse_batch_file(path: Path) -> list[tuple[int, str, str | Path]]:
 def cmd_batch(client: Client, args: Any) -> int:
     try:
         entries = parse_batch_file(Path(args.file))
+        opts = options(args)
     except UsageError as exc:
         err.print(f"tingji batch: {args.file}:\n{exc}\nnothing submitted")
         return 2
-    opts = options(args)
     if not args.no_dedupe:
         return _batch_deduped(client, args, entries, opts)
     urls = [str(src) for _, kind, src in entries if kind == "url"]

@@ -32,6 +32,18 @@ Parse = Callable[[str], Any]
 Check = Callable[[Any], "str | None"]
 
 
+def _hotwords_file(path: Path | None) -> str | None:
+    if path is None:
+        return None
+    try:
+        from tingji.hotwords import read_hotwords_file
+
+        read_hotwords_file(path)
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        return str(exc)
+    return None
+
+
 def _setting(default: Any, parse: Parse, check: Check | None = None) -> Any:
     """One ``TINGJI_<NAME>`` setting: its default, how its text is parsed (ValueError
     with a reason) and checked (a reason, or None).  ``Settings.from_env`` reads every
@@ -187,6 +199,9 @@ class Settings:
                                           else "no such file")
     max_duration_s: float = _setting(6 * 3600.0, _float, _positive)
     max_list_items: int = _setting(200, _int, _between(1, 10_000))
+    # hotwords every task gets (one or more per line), merged after the task's own
+    hotwords_file: Path | None = _setting(None, lambda r: Path(r).expanduser() if r else None,
+                                          _hotwords_file)
     # networks URL tasks may reach although they are not public (loopback, private,
     # link-local...): "1" allows every address, or a list such as 192.168.1.10/32
     allow_private_urls: tuple[str, ...] = _setting((), _networks)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -49,6 +50,7 @@ class AsrJob:
     progress: Callable[[float, float], None] = lambda done, total: None
     stop: threading.Event = field(default_factory=threading.Event)
     vad: list[dict[str, Any]] | None = None  # funasr's VAD result, when done ahead
+    hotwords: tuple[str, ...] = ()  # the bias for SeACo-Paraformer; groups never mix sets
     result: dict[str, Any] | None = None  # funasr's result for the file
     error: BaseException | None = None
     seconds: float = 0.0  # model-lane time attributed to this job
@@ -149,17 +151,35 @@ class CrossTaskBatch:
         self.generate_kw = generate_kw or {}
         self.decode_hook = decode_hook  # tests: called with each batch before decoding
         self._asr_kw: dict[str, Any] | None = None
+        self._bias: dict[str, str] = {}  # funasr's hotword argument for the sub-group
 
     # ------------------------------------------------------------------ phases
     def run(self, jobs: list[AsrJob]) -> BatchStats:
+        """Decode a group.  Jobs with different hotwords never share a model call: the
+        bias is one per call, so the group runs as one sub-group per hotword set, each
+        giving every task the text it gets alone."""
         t0 = time.perf_counter()
         stats = BatchStats(tasks=len(jobs))
+        by_bias: dict[tuple[str, ...], list[AsrJob]] = {}
+        for job in jobs:
+            by_bias.setdefault(job.hotwords, []).append(job)
+        with tempfile.TemporaryDirectory(prefix="tingji-hotwords-") as tmp:
+            for n, (hotwords, sub) in enumerate(by_bias.items()):
+                self._bias = {}
+                if hotwords:  # a file tingji writes: funasr reads a string as path or URL
+                    path = Path(tmp) / f"hotwords{n}.txt"
+                    path.write_text("\n".join(hotwords) + "\n", encoding="utf-8")
+                    self._bias = {"hotword": str(path)}
+                self._run(sub, stats)
+        stats.seconds = time.perf_counter() - t0
+        return stats
+
+    def _run(self, jobs: list[AsrJob], stats: BatchStats) -> None:
         if getattr(self.model, "vad_model", None) is None:
             # no VAD: funasr decodes each file whole; nothing to share
             for job in jobs:
                 self._whole(job)
-            stats.seconds = time.perf_counter() - t0
-            return stats
+            return
         for job in jobs:
             self._per_job(job, replay=False)
         total = sum(len(s) for j in jobs if j.alive for s in j.segments) / SAMPLE_RATE
@@ -172,8 +192,6 @@ class CrossTaskBatch:
                 job.seconds += decode_s * share
                 self._per_job(job, replay=True)
             job.segments = []  # the audio is no longer needed
-        stats.seconds = time.perf_counter() - t0
-        return stats
 
     def _per_job(self, job: AsrJob, *, replay: bool) -> None:
         if not job.alive:
@@ -183,7 +201,7 @@ class CrossTaskBatch:
         t = time.perf_counter()
         model.inference = hook
         try:
-            res = model.generate(input=str(job.audio), **self.generate_kw)
+            res = model.generate(input=str(job.audio), **self.generate_kw, **self._bias)
             if replay:
                 job.result = res[0] if res else {"text": "", "timestamp": []}
             else:
@@ -202,7 +220,7 @@ class CrossTaskBatch:
             return
         t = time.perf_counter()
         try:
-            res = self.model.generate(input=str(job.audio), **self.generate_kw)
+            res = self.model.generate(input=str(job.audio), **self.generate_kw, **self._bias)
             job.result = res[0] if res else {"text": "", "timestamp": []}
         except Exception as exc:  # noqa: BLE001  (stays with this job)
             job.error = exc

@@ -24,6 +24,7 @@ from db.models import Stage, Task, TaskKind
 from db.reads import Checkpoint
 from db.values import NewTask, SegmentRow
 from tingji.formats import render_all
+from tingji.hotwords import merged
 from tingji.taskfiles import TaskFiles, source_of
 from worker.asr import transcript_of
 from worker.batching import AsrJob
@@ -264,6 +265,7 @@ class TaskRun:
             "segments": len(segments), "duration_s": duration,
             "speech_s": tr_out.get("speech_s"), "chapters": fetch_out.get("chapters") or [],
             "model": tr_out.get("model"), "device": tr_out.get("device"),
+            "hotwords": tr_out.get("hotwords") or [],
             "asr_group": tr_out.get("asr_group"),  # tasks transcribed together, batch sizes
             "asr_rtf": round(seconds.get("transcribe", 0.0) / duration, 4) if duration else None,
             "llm_tokens_in": sum(int(n.get("tokens_in", 0)) for n in llm_notes.values()),
@@ -323,7 +325,12 @@ class TaskRun:
             if total > 0:
                 loop.call_soon_threadsafe(self._set_progress, min(1.0, done / total))
 
-        job = AsrJob(audio, progress, self.stop_event, vad=vad)
+        try:
+            hotwords = merged((self.task.payload.get("options") or {}).get("hotwords") or [],
+                              ctx.settings.hotwords_file)
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise PermanentTaskError(f"TINGJI_HOTWORDS_FILE: {exc}", type="BadSetting") from None
+        job = AsrJob(audio, progress, self.stop_event, vad=vad, hotwords=tuple(hotwords))
         started, limit_s = 0.0, None
         async with asyncio.timeout(None) as limit:
             async def on_admitted(group_audio_s: float) -> None:
@@ -347,6 +354,8 @@ class TaskRun:
             "text": tr.text, "segments": len(tr.segments),
             "speech_s": round(tr.speech_s, 3), "model": ctx.asr.config.description,
             "device": ctx.asr.device, "asr_seconds": round(tr.seconds, 3)}
+        if hotwords:
+            out["hotwords"] = hotwords
         if done.stats is not None and done.group_size > 1:
             out["asr_group"] = done.stats.summary()
         return out, await self._finish(Stage.TRANSCRIBE, out, started, segments=tr.segments)

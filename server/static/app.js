@@ -22,7 +22,7 @@ const I18N = {
     heartbeat: "heartbeat", ago: "s ago", nothing: "Give a link or choose a file.",
     queued: "Queued", uploading: "Uploading", live_title: "live updates",
     capacity: "capacity", saved: "Token saved.", not_found: "Task not found.",
-    list_parts: "List parts", choose_parts: "Parts to transcribe", reading: "Reading the page…",
+    hotwords: "Hotwords", list_parts: "List parts", choose_parts: "Parts to transcribe", reading: "Reading the page…",
     one_link: "Give exactly one link to list its parts.",
     is_list: "A list: each of its videos becomes a task of one batch.",
     list_queued: "List queued: its videos will join batch",
@@ -45,7 +45,7 @@ const I18N = {
     heartbeat: "心跳", ago: " 秒前", nothing: "请填写链接或选择文件。",
     queued: "已加入队列", uploading: "上传中", live_title: "实时更新",
     capacity: "容量", saved: "令牌已保存。", not_found: "找不到该任务。",
-    list_parts: "列出分 P", choose_parts: "要转写的分 P", reading: "正在读取页面…",
+    hotwords: "热词", list_parts: "列出分 P", choose_parts: "要转写的分 P", reading: "正在读取页面…",
     one_link: "请只填写一个链接来列出分 P。",
     is_list: "这是一个列表：其中每个视频都会成为同一批次的一个任务。",
     list_queued: "列表已加入队列：其中的视频将加入批次",
@@ -354,9 +354,11 @@ function setFiles(list) {
 }
 
 function options() {
+  const hotwords = $("#hotwords").value.split(/[\s,，、;；]+/).filter(Boolean);
   return {
     polish: $("#polish").checked, summarize: $("#summarize").checked,
     priority: Number($("#priority").value || 0),
+    ...(hotwords.length ? { hotwords } : {}),  // a form field joins them with commas
   };
 }
 
