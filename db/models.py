@@ -231,6 +231,8 @@ class Segment(Base):
     start_ms: Mapped[int] = mapped_column(Integer)
     end_ms: Mapped[int] = mapped_column(Integer)
     text: Mapped[str] = mapped_column(Text)
+    # [[start_ms, end_ms], ...] per timed token: paraformer-zh, one per spoken character
+    chars: Mapped[list[list[int]] | None] = mapped_column(JSON)
 
     __table_args__ = (CheckConstraint("end_ms >= start_ms", name="segment_order"),)
 

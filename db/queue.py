@@ -562,7 +562,8 @@ class Queue:
                 if segments:
                     conn.execute(insert(SEG), [
                         {"task_id": task_id, "idx": i, "start_ms": s.start_ms,
-                         "end_ms": s.end_ms, "text": s.text} for i, s in enumerate(segments)])
+                         "end_ms": s.end_ms, "text": s.text, "chars": s.chars}
+                        for i, s in enumerate(segments)])
             detail: dict[str, Any] = {"stage": stage.value}
             if seconds is not None:
                 detail["seconds"] = round(seconds, 3)

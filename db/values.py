@@ -48,6 +48,9 @@ class SegmentRow:
     start_ms: int
     end_ms: int
     text: str
+    # [start_ms, end_ms] of each token the model timed: with paraformer-zh one per spoken
+    # Chinese character (punctuation has none)
+    chars: list[list[int]] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -330,7 +330,7 @@ async def test_downloads_of_a_completed_task(client: httpx.Client, queue: Queue)
     task = client.get(f"/api/v1/task/{tid}").json()
     assert task["status"] == "completed" and task["result"]["summary"] == "关于语音识别。"
     expected_types = {"txt": "text/plain", "md": "text/markdown", "json": "application/json",
-                      "srt": "application/x-subrip"}
+                      "srt": "application/x-subrip", "vtt": "text/vtt"}
     for fmt, ctype in expected_types.items():
         resp = client.get(f"/api/v1/download/{tid}", params={"format": fmt})
         assert resp.status_code == 200 and resp.headers["content-type"].startswith(ctype)
@@ -344,10 +344,13 @@ async def test_downloads_of_a_completed_task(client: httpx.Client, queue: Queue)
             assert "# 讲座_ 语音_识别" not in resp.text and "关于语音识别" in resp.text
         if fmt == "srt":
             check_srt(resp.text)
+        if fmt == "vtt":
+            assert check_vtt(resp.text) == check_srt(client.get(
+                f"/api/v1/download/{tid}", params={"format": "srt"}).text)
     resp = client.get(f"/api/v1/download/{tid}")
     assert resp.headers["content-type"] == "application/zip"
     names = zipfile.ZipFile(io.BytesIO(resp.content)).namelist()
-    assert sorted(n.rsplit(".", 1)[1] for n in names) == ["json", "md", "srt", "txt"]
+    assert sorted(n.rsplit(".", 1)[1] for n in names) == ["json", "md", "srt", "txt", "vtt"]
     error_of(client.get(f"/api/v1/download/{tid}", params={"format": "pdf"}), 400)
     error_of(client.post(f"/api/v1/task/{tid}/cancel"), 409)
 
@@ -372,6 +375,20 @@ def check_srt(text: str) -> list[tuple[int, int, str]]:
         assert body and start < end and start >= last_end
         last_end = end
         cues.append((start, end, body))
+    return cues
+
+
+def check_vtt(text: str) -> list[tuple[int, int, str]]:
+    """Parse WebVTT with webvtt-py; assert monotonic, non-empty cues."""
+    import webvtt
+
+    def ms(t: str) -> int:  # webvtt-py's *_in_seconds are whole seconds
+        h, m, s = t.split(":")
+        return round((int(h) * 3600 + int(m) * 60 + float(s)) * 1000)
+    cues = [(ms(c.start), ms(c.end), c.text) for c in webvtt.from_buffer(io.StringIO(text))]
+    assert cues, "empty VTT"
+    for (s1, e1, t1), (s2, _, _) in zip(cues, cues[1:] + [(10**12, 0, "")], strict=True):
+        assert t1.strip() and s1 < e1 <= s2
     return cues
 
 

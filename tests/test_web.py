@@ -197,8 +197,8 @@ def newest_task_id_with_token(stack: Stack) -> str:
     return str(tasks[0]["task_id"]) if tasks else ""
 
 
-def test_parts_are_offered_as_checkboxes_and_hotwords_sent(stack_factory: Callable[..., Stack], page_factory: Any,
-                                         files: FileServer) -> None:
+def test_parts_are_offered_as_checkboxes_and_hotwords_sent(
+        stack_factory: Callable[..., Stack], page_factory: Any, files: FileServer) -> None:
     """One link, "List parts": a checkbox per part; the parts left ticked are submitted,
     with the hotwords typed in."""
     stack = stack_factory()  # no worker: the task stays pending with what was asked

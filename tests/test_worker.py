@@ -15,7 +15,7 @@ import pytest
 
 from tests.helpers.servers import FileServer, LlmStub
 from tests.helpers.stack import Stack
-from tests.test_api import check_srt
+from tests.test_api import check_srt, check_vtt
 
 pytestmark = pytest.mark.slow
 
@@ -34,6 +34,19 @@ def assert_segments_and_srt(stack: Stack, tid: str) -> list[dict[str, Any]]:
     assert srt.status_code == 200
     cues = check_srt(srt.text)
     assert len(cues) >= len(segs)
+    vtt = stack.http.get(f"/api/v1/download/{tid}", params={"format": "vtt"})
+    assert vtt.status_code == 200 and check_vtt(vtt.text) == cues
+    # character timestamps (funasr's per-token times: with paraformer-zh one per Chinese
+    # character; the random-weight model also emits tokens it prints as nothing), inside
+    # their sentence, in order
+    for s in segs:
+        chars = s["chars"]
+        assert chars
+        assert all(a <= b for a, b in chars)
+        assert all(p[1] <= q[0] + 1 for p, q in zip(chars, chars[1:], strict=False))
+        assert s["start_ms"] <= chars[0][0] and chars[-1][1] <= s["end_ms"] + 1
+    doc = stack.http.get(f"/api/v1/download/{tid}", params={"format": "json"}).json()
+    assert [d["chars"] for d in doc["segments"]] == [s["chars"] for s in segs]
     return segs  # type: ignore[no-any-return]
 
 
@@ -54,7 +67,7 @@ def test_upload_to_completed_with_text_segments_and_srt(
     assert segs[-1]["end_ms"] <= result["duration_s"] * 1000 + 50
     out = stack.data / "results" / tid
     assert sorted(p.name for p in out.iterdir()) == [
-        "result.json", "result.md", "result.srt", "result.txt"]
+        "result.json", "result.md", "result.srt", "result.txt", "result.vtt"]
     assert not (stack.data / "work" / tid).exists()  # normalized audio removed
     assert list((stack.data / "uploads").iterdir()) == []
     events = [(e["event"], (e["detail"] or {}).get("stage")) for e in stack.events(tid)]

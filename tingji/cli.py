@@ -6,6 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from tingji.formats import FORMATS
 from tingji.settings import Settings, SettingsError
 
 
@@ -260,8 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("result", help="print or save a completed task's result")
     p.add_argument("id", metavar="ID")
-    p.add_argument("--format", choices=["txt", "md", "json", "srt"],
-                   help="default: txt, or what -o's suffix says (.zip: all four)")
+    p.add_argument("--format", choices=list(FORMATS),
+                   help="default: txt, or what -o's suffix says (.zip: all of them)")
     p.add_argument("-o", "--output", metavar="PATH", help="write to PATH (a file or folder)")
     p.set_defaults(func=cmd_client)
     return parser

@@ -21,7 +21,7 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn
 from rich.table import Table
 
 from tingji.client import Client, ClientError
-from tingji.formats import safe_filename
+from tingji.formats import FORMATS, safe_filename
 from tingji.hotwords import check_hotwords, read_hotwords_file, split_hotwords
 from tingji.urls import looks_like_url, parse_parts, url_problem
 
@@ -482,8 +482,7 @@ def cmd_result(client: Client, args: Any) -> int:
     fmt = args.format
     if fmt is None:
         suffix = Path(args.output).suffix.lstrip(".").lower() if args.output else ""
-        fmt = None if suffix == "zip" else (suffix if suffix in ("txt", "md", "json", "srt")
-                                            else "txt")
+        fmt = None if suffix == "zip" else (suffix if suffix in FORMATS else "txt")
     resp = client.download(tid, fmt)
     if args.output:
         target = Path(args.output)

@@ -1,4 +1,4 @@
-"""Result files: plain text, Markdown, JSON and SRT, rendered from the stored result and
+"""Result files: plain text, Markdown, JSON, SRT and WebVTT, rendered from the stored result and
 segments.  Pure functions: the worker's export stage writes them to disk, and the API
 renders downloads with them from the same stored result and segments (so subtitles can
 be regenerated without ASR); a download's JSON adds the task's created and completed
@@ -13,12 +13,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-FORMATS = ("txt", "md", "json", "srt")
+FORMATS = ("txt", "md", "json", "srt", "vtt")
 CONTENT_TYPES = {
     "txt": "text/plain; charset=utf-8",
     "md": "text/markdown; charset=utf-8",
     "json": "application/json",
     "srt": "application/x-subrip; charset=utf-8",
+    "vtt": "text/vtt; charset=utf-8",
     "zip": "application/zip",
 }
 
@@ -33,6 +34,7 @@ class SegmentLike(Protocol):
     start_ms: int
     end_ms: int
     text: str
+    chars: list[list[int]] | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +106,22 @@ def render_srt(segments: Sequence[SegmentLike]) -> str:
     return "\n".join(blocks)
 
 
+def _vtt_time(ms: int) -> str:
+    return _srt_time(ms).replace(",", ".")
+
+
+def _vtt_text(text: str) -> str:
+    # cue text is markup: &, < and > are escaped (so "-->" cannot end up in a cue)
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def render_vtt(segments: Sequence[SegmentLike]) -> str:
+    """WebVTT: the same cues as the SRT file."""
+    blocks = [f"{_vtt_time(c.start_ms)} --> {_vtt_time(c.end_ms)}\n{_vtt_text(c.text)}\n"
+              for c in srt_cues(segments)]
+    return "WEBVTT\n\n" + "\n".join(blocks)
+
+
 def render_txt(result: dict[str, Any]) -> str:
     polished = result.get("polished_text")
     text = result.get("text") or ""
@@ -128,8 +146,9 @@ def render_json(meta: dict[str, Any], result: dict[str, Any],
                 segments: Sequence[SegmentLike]) -> str:
     doc = {**meta, "text": result.get("text"), "polished_text": result.get("polished_text"),
            "summary": result.get("summary"),
-           "segments": [{"start_ms": s.start_ms, "end_ms": s.end_ms, "text": s.text}
-                        for s in segments],
+           "segments": [{"start_ms": s.start_ms, "end_ms": s.end_ms, "text": s.text,
+                         # [start_ms, end_ms] per timed token (paraformer-zh: per character)
+                         "chars": s.chars} for s in segments],
            "timings": result.get("stage_seconds"), "figures": {
                k: result.get(k) for k in ("duration_s", "asr_rtf", "model", "llm_tokens_in",
                                           "llm_tokens_out") if k in result}}
@@ -141,7 +160,8 @@ def render_all(*, task_id: str, title: str, source: str, result: dict[str, Any],
                ) -> dict[str, str]:
     meta = {"task_id": task_id, "title": title, "source": source, **(meta or {})}
     return {"txt": render_txt(result), "md": render_md(title, source, result),
-            "json": render_json(meta, result, segments), "srt": render_srt(segments)}
+            "json": render_json(meta, result, segments), "srt": render_srt(segments),
+            "vtt": render_vtt(segments)}
 
 
 _UNSAFE = re.compile(r'[\\/:*?"<>|\x00-\x1f\x7f]+')

@@ -183,6 +183,13 @@ def transcript_of(job: AsrJob) -> Transcript:
                       job.seconds)
 
 
+def _chars(stamps: Any) -> list[list[int]] | None:
+    """funasr's per-token [start, end] pairs, as plain integers (None when absent)."""
+    if not stamps:
+        return None
+    return [[int(a), int(b)] for a, b in stamps]
+
+
 def to_segments(result: dict[str, Any]) -> list[SegmentRow]:
     """Sentence segments from funasr's result: ``sentence_info`` when punctuation is on;
     otherwise sentences cut from the character timestamps; otherwise one segment."""
@@ -193,7 +200,8 @@ def to_segments(result: dict[str, Any]) -> list[SegmentRow]:
             text = str(s.get("text", "")).strip()
             if text:
                 start, end = int(s.get("start", 0)), int(s.get("end", 0))
-                out.append(SegmentRow(start, max(start, end), text))
+                out.append(SegmentRow(start, max(start, end), text,
+                                      _chars(s.get("timestamp"))))
         return out
     text = str(result.get("text", "")).replace(" ", "")
     stamps = result.get("timestamp") or []
@@ -205,7 +213,8 @@ def to_segments(result: dict[str, Any]) -> list[SegmentRow]:
             buf += ch
             gap = i + 1 < len(text) and stamps[i + 1][0] - stamps[i][1] > 600
             if len(buf) >= 20 or gap or i + 1 == len(text):
-                out.append(SegmentRow(start, int(stamps[i][1]), buf))
+                out.append(SegmentRow(start, int(stamps[i][1]), buf,
+                                      _chars(stamps[i + 1 - len(buf):i + 1])))
                 buf = ""
                 if i + 1 < len(text):
                     start = int(stamps[i + 1][0])

@@ -54,7 +54,7 @@ async def get_events(reads: ReadsDep, task_id: str) -> list[EventView]:
 @get("/task/{task_id:str}/segments", summary="Timed transcript sentences")
 async def get_segments(reads: ReadsDep, task_id: str) -> list[dict[str, Any]]:
     task = await _task(reads, task_id)
-    return [{"start_ms": s.start_ms, "end_ms": s.end_ms, "text": s.text}
+    return [{"start_ms": s.start_ms, "end_ms": s.end_ms, "text": s.text, "chars": s.chars}
             for s in await reads.segments(task.id)]
 
 
@@ -101,7 +101,7 @@ async def retry_task(queue: QueueDep, task_id: str) -> CancelResult:
     return CancelResult(task_id=task.id, status=str(task.status))
 
 
-@get("/download/{task_id:str}", summary="Download the result (txt, md, json, srt or zip)")
+@get("/download/{task_id:str}", summary="Download the result (txt, md, json, srt, vtt or zip)")
 async def download(reads: ReadsDep, task_id: str,
                    format: str | None = None) -> Response[bytes]:  # noqa: A002
     if format is not None and format not in FORMATS:
