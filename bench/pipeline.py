@@ -9,7 +9,10 @@
 (3) pipelining: that batch's wall time vs the sum of its stage times, with an LLM stub
     that takes 1 s per call (polish + summary on every task);
 (4) model-lane duty cycle over the batch: seconds the model was transcribing / wall
-    seconds from the first transcription's start to the last one's end.
+    seconds from the first transcription's start to the last one's end;
+(5) the cost of hotwords (20 of them) and of speaker labels (full-size CAM++,
+    speakers=auto) per minute of audio: a two-voice clip as a plain task, with hotwords
+    and with speakers, transcribe-stage seconds (median of 2 each), same worker.
 """
 
 from __future__ import annotations
@@ -78,6 +81,9 @@ def main() -> None:
     ap.add_argument("--clip-min", type=float, default=10.0)
     ap.add_argument("--models", default=str(Path(tempfile.gettempdir()) / "tingji-bench-models"))
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--extras-min", type=float, default=3.0,
+                    help="length of the two-voice clip for (5)")
+    ap.add_argument("--skip-batch", action="store_true", help="skip (2)-(4)")
     a = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="tingji-pipe-"))
     from tests.helpers.tiny_funasr import build_bench_models  # torch: slow
@@ -100,6 +106,7 @@ def main() -> None:
     stub = LlmStub(StubBehaviour(delay_s=1.0))
     env = clean_env(TINGJI_DATA_DIR=str(work / "data"), TINGJI_ASR_MODEL=models["asr"],
                     TINGJI_VAD_MODEL=models["vad"], TINGJI_PUNC_MODEL=models["punc"],
+                    TINGJI_SPK_MODEL=models["spk"],
                     TINGJI_VAD_MAX_END_SILENCE_MS="800", TINGJI_DEVICE=a.device,
                     TINGJI_LLM_BASE_URL=stub.base_url, TINGJI_LLM_MODEL="stub")
     server = start_server(env, work / "server.log")
@@ -121,6 +128,30 @@ def main() -> None:
             assert task["status"] == "completed", task
             tingji_task_s.append(ts(task["completed_at"]) - ts(task["started_at"]))
             tingji_asr_s.append(task["result"]["stage_seconds"]["transcribe"])
+
+        # (5) hotwords and speakers: the same two-voice clip three ways
+        dialogue = m.speech_wav(work / "dialogue.wav", m.SENTENCES, pause_s=0.9,
+                                voices=("cmn", "cmn+f4"))
+        d_loops = max(0, int(a.extras_min * 60 / 40) - 1)
+        two = m.convert(dialogue, work / "two.wav", "-filter_complex",
+                        f"aloop=loop={d_loops}:size=2e9", "-ar", "16000", "-ac", "1")
+        words = ",".join(["听记", "转写", "傅里叶", "拉普拉斯", "张老师", "李同学", "语音识别",
+                          "卷积", "注意力", "梯度下降", "向量", "矩阵", "特征值", "概率",
+                          "贝叶斯", "马尔可夫", "熵", "信息论", "编码器", "解码器"])
+        extras: dict[str, list[float]] = {"plain": [], "hotwords": [], "speakers": []}
+        two_s = 0.0
+        for _ in range(2):
+            for name, fields in (("plain", {}), ("hotwords", {"hotwords": words}),
+                                 ("speakers", {"speakers": "auto"})):
+                with open(two, "rb") as fh:
+                    tid = http.post("/api/v1/process/audio", files={"file": ("two.wav", fh)},
+                                    data={"polish": "false", **fields}).json()["task_id"]
+                [task] = wait_done(http, [tid], 1800)
+                assert task["status"] == "completed", task
+                extras[name].append(task["result"]["stage_seconds"]["transcribe"])
+                two_s = task["result"]["duration_s"]
+        if a.skip_batch:
+            return report(a, clip_s, bare_s, tingji_asr_s, tingji_task_s, extras, two_s)
 
         # (2)-(4) a batch of N tasks with polish and summary through the 1 s stub
         t0 = time.time()
@@ -152,7 +183,17 @@ def main() -> None:
         worker.stop()
         server.stop()
         stub.close()
+    report(a, clip_s, bare_s, tingji_asr_s, tingji_task_s, extras, two_s)
+    print(f"(2) {a.tasks} tasks: worker model_loads = {loads}")
+    print(f"(3) batch wall {wall:.1f} s vs sum of stage times {stage_sum:.1f} s "
+          f"(ratio {wall / stage_sum:.2f}); {audio / wall:.1f}x realtime over the batch; "
+          f"LLM calls {len(stub.b.calls)}")
+    print(f"(4) model lane: busy {busy:.1f} s over {span:.1f} s -> duty cycle "
+          f"{busy / span:.3f}")
 
+
+def report(a: argparse.Namespace, clip_s: float, bare_s: float, tingji_asr_s: list[float],
+           tingji_task_s: list[float], extras: dict[str, list[float]], two_s: float) -> None:
     print(f"device {a.device}; full-size SeACo-Paraformer ASR (random weights) + VAD + punc")
     print(f"(1) {clip_s / 60:.1f}-min clip: bare generate median {bare_s:.2f} s "
           f"(RTF {bare_s / clip_s:.4f}, {clip_s / bare_s:.0f}x realtime); tingji transcribe "
@@ -161,12 +202,12 @@ def main() -> None:
     print(f"    overhead ratio: transcribe stage / bare = "
           f"{statistics.median(tingji_asr_s) / bare_s:.3f}; whole task / bare = "
           f"{statistics.median(tingji_task_s) / bare_s:.3f}")
-    print(f"(2) {a.tasks} tasks: worker model_loads = {loads}")
-    print(f"(3) batch wall {wall:.1f} s vs sum of stage times {stage_sum:.1f} s "
-          f"(ratio {wall / stage_sum:.2f}); {audio / wall:.1f}x realtime over the batch; "
-          f"LLM calls {len(stub.b.calls)}")
-    print(f"(4) model lane: busy {busy:.1f} s over {span:.1f} s -> duty cycle "
-          f"{busy / span:.3f}")
+    plain = statistics.median(extras["plain"])
+    print(f"(5) {two_s / 60:.1f}-min two-voice clip, transcribe stage per minute of audio "
+          f"(median of 2):")
+    for name in ("plain", "hotwords", "speakers"):
+        med = statistics.median(extras[name])
+        print(f"    {name:<9} {med / (two_s / 60):6.2f} s/min  ({med / plain:.2f}x plain)")
 
 
 if __name__ == "__main__":

@@ -87,6 +87,7 @@ class EventType(enum.StrEnum):
     WEBHOOK_DELIVERED = "webhook_delivered"
     WEBHOOK_RETRY = "webhook_retry"
     WEBHOOK_FAILED = "webhook_failed"
+    SPEAKERS_NAMED = "speakers_named"  # a user named a completed task's speakers
 
 
 class DeliveryStatus(enum.StrEnum):
@@ -233,6 +234,7 @@ class Segment(Base):
     text: Mapped[str] = mapped_column(Text)
     # [[start_ms, end_ms], ...] per timed token: paraformer-zh, one per spoken character
     chars: Mapped[list[list[int]] | None] = mapped_column(JSON)
+    speaker: Mapped[int | None] = mapped_column(Integer)  # 0, 1, ... (S1, S2, ...)
 
     __table_args__ = (CheckConstraint("end_ms >= start_ms", name="segment_order"),)
 

@@ -562,7 +562,8 @@ class Queue:
                 if segments:
                     conn.execute(insert(SEG), [
                         {"task_id": task_id, "idx": i, "start_ms": s.start_ms,
-                         "end_ms": s.end_ms, "text": s.text, "chars": s.chars}
+                         "end_ms": s.end_ms, "text": s.text, "chars": s.chars,
+                         "speaker": s.speaker}
                         for i, s in enumerate(segments)])
             detail: dict[str, Any] = {"stage": stage.value}
             if seconds is not None:
@@ -761,6 +762,26 @@ class Queue:
             return await self._tx(tx)
         except IntegrityError:
             raise IdempotencyConflict(key) from None
+
+    async def name_speakers(self, task_id: str, names: dict[str, str], *,
+                            now: datetime | None = None) -> Task:
+        """Names for a completed task's speaker labels (``{"S1": "张老师"}``), merged into
+        its result; downloads render them.  Not a status change: an event records it."""
+        now = now or utcnow()
+
+        def tx(conn: Connection) -> Task:
+            row = self._locked(conn, task_id)
+            if row.status != COMPLETED:
+                raise InvalidTransition(task_id, TaskStatus(row.status), "name speakers")
+            result = dict(row.result or {})
+            result["speaker_names"] = {**(result.get("speaker_names") or {}), **names}
+            new = conn.execute(update(T).where(T.c.id == task_id)
+                               .values(result=result, updated_at=now).returning(*T.c)).one()
+            self._events(conn, [self._ev(task_id, EventType.SPEAKERS_NAMED, now,
+                                         detail={"names": names})])
+            return _task(new)
+
+        return await self._tx(tx)
 
     async def prune(self, older_than: timedelta, *, now: datetime | None = None
                     ) -> list[tuple[str, dict[str, Any]]]:

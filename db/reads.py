@@ -112,7 +112,7 @@ class Reads:
         async with self.engine.connect() as conn:
             rows = (await conn.execute(select(SEG).where(SEG.c.task_id == task_id)
                                        .order_by(SEG.c.idx))).all()
-        return [SegmentRow(r.start_ms, r.end_ms, r.text, r.chars) for r in rows]
+        return [SegmentRow(r.start_ms, r.end_ms, r.text, r.chars, r.speaker) for r in rows]
 
     async def counts(self) -> dict[str, int]:
         async with self.engine.connect() as conn:

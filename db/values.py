@@ -51,6 +51,7 @@ class SegmentRow:
     # [start_ms, end_ms] of each token the model timed: with paraformer-zh one per spoken
     # Chinese character (punctuation has none)
     chars: list[list[int]] | None = None
+    speaker: int | None = None  # 0, 1, ...: shown as S1, S2, ... (None: not labelled)
 
 
 @dataclass(frozen=True, slots=True)

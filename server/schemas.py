@@ -38,6 +38,7 @@ class TaskOptions(msgspec.Struct, forbid_unknown_fields=True):
     # POSTed (signed) when the task reaches its final status, and when its batch ends
     callback_url: str | None = None
     hotwords: list[str] | None = None  # names and terms to favour (SeACo bias decoder)
+    speakers: int | str | None = None  # label speakers: "auto", or how many (2-16)
 
 
 class BilibiliRequest(TaskOptions, forbid_unknown_fields=True):
@@ -215,7 +216,43 @@ def options_payload(opts: TaskOptions, settings: Settings) -> dict[str, Any]:
             options["hotwords"] = check_hotwords(opts.hotwords)
         except ValueError as exc:
             raise bad_request(f"hotwords: {exc}") from None
+    if opts.speakers is not None:
+        options["speakers"] = check_speakers(opts.speakers)
     return options
+
+
+MAX_SPEAKERS = 16
+
+
+def check_speakers(value: int | str) -> int | str:
+    """``"auto"`` (the clustering decides) or an expected count, 2 to 16."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        n = 0
+    if not 2 <= n <= MAX_SPEAKERS or isinstance(value, bool):
+        raise bad_request(f"speakers: \"auto\" or a number of speakers from 2 to "
+                          f"{MAX_SPEAKERS}, not {str(value)[:20]!r}")
+    return n
+
+
+def check_speaker_names(names: dict[str, Any], speakers: int) -> dict[str, str]:
+    """``{"S1": "张老师"}``: labels the task has, names of 1-40 characters."""
+    out: dict[str, str] = {}
+    for key, name in names.items():
+        if key not in {f"S{i}" for i in range(1, speakers + 1)}:
+            raise bad_request(f"speakers: {key[:20]!r} is not one of this task's speakers "
+                              f"(S1 to S{speakers})" if speakers else
+                              "speakers: this task has no speaker labels")
+        name = " ".join(str(name).split()) if isinstance(name, str) else ""
+        if not name or len(name) > 40 or has_control_chars(str(names[key])) \
+                or any(c in name for c in "[]"):
+            raise bad_request(f"speakers: the name for {key} must be 1 to 40 characters, "
+                              "without brackets or control characters")
+        out[key] = name
+    return out
 
 
 _FORM_FIELDS = {f for f in TaskOptions.__struct_fields__}

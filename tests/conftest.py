@@ -96,7 +96,7 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     out = tmp_path_factory.mktemp("models")
     subprocess.run([sys.executable, "-m", "tests.helpers.tiny_funasr", str(out)], cwd=ROOT,
                    check=True, capture_output=True, timeout=300)
-    return {k: str(out / k) for k in ("asr", "vad", "punc")}
+    return {k: str(out / k) for k in ("asr", "vad", "punc", "spk")}
 
 
 @pytest.fixture(scope="session")

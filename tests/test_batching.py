@@ -329,3 +329,41 @@ def test_hotwords_bias_the_decoder_and_groups_keep_them_apart(engine: Any,
         assert any(b is None for b in built) and any(b is not None for b in built)
     finally:
         del seaco.generate_hotwords_list
+
+
+# ---------------------------------------------------------------- speakers
+def test_speakers_label_sentences_and_load_only_when_asked(tiny_models: dict[str, str],
+                                                           tmp_path: Path) -> None:
+    """funasr's own diarization (CAM++ embeddings of the sentences, clustered) runs for
+    the tasks that ask for it, loaded the first time one does; a task without speakers
+    in the same group is untouched."""
+    from tests.helpers import media as m
+    from worker.asr import AsrConfig, AsrEngine, to_segments
+    from worker.batching import AsrJob
+
+    two = m.speech_wav(tmp_path / "two.wav", m.SENTENCES[:6], pause_s=0.9,
+                       voices=("cmn", "cmn+f4"))
+    eng = AsrEngine(AsrConfig(model=tiny_models["asr"], vad_model=tiny_models["vad"],
+                              punc_model=tiny_models["punc"], spk_model=tiny_models["spk"],
+                              device="cpu", ncpu=2))
+    eng._load()
+    try:
+        plain = AsrJob(two)
+        eng._run_group([plain])
+        assert eng.batcher.spk is None and eng.spk_loads == 0  # never loaded
+        assert all(s.speaker is None for s in to_segments(plain.result))
+
+        labelled, other = AsrJob(two, speakers=2), AsrJob(two)
+        eng._run_group([labelled, other])
+        assert labelled.error is None and other.error is None
+        assert eng.spk_loads == 1
+        assert {s.speaker for s in to_segments(labelled.result)} == {0, 1}
+        assert all(s.speaker is None for s in to_segments(other.result))
+        assert other.result["text"] == plain.result["text"] == labelled.result["text"]
+
+        auto = AsrJob(two, speakers="auto")
+        eng._run_group([auto])
+        assert all(s.speaker is not None for s in to_segments(auto.result))
+        assert eng.spk_loads == 1  # once per worker
+    finally:
+        eng.close()

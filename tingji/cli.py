@@ -165,6 +165,8 @@ def _task_options(p: argparse.ArgumentParser) -> None:
                         "(\"张三 听记\"); SeACo-Paraformer (paraformer-zh) only")
     p.add_argument("--hotwords-file", metavar="FILE",
                    help="hotwords from a file, one or more per line (# comments)")
+    p.add_argument("--speakers", metavar="N|auto",
+                   help="label who speaks: auto, or the number of speakers (2-16)")
     p.add_argument("--callback-url", metavar="URL",
                    help="a webhook for these tasks (POSTed when each finishes, signed with "
                         "TINGJI_WEBHOOK_SECRET)")

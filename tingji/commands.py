@@ -59,6 +59,9 @@ def options(args: Any) -> dict[str, Any]:
         opts["polish"] = False
     if getattr(args, "callback_url", None):
         opts["callback_url"] = args.callback_url
+    if getattr(args, "speakers", None):
+        opts["speakers"] = args.speakers if args.speakers == "auto" else \
+            int(args.speakers) if args.speakers.isdigit() else args.speakers
     words = split_hotwords(getattr(args, "hotwords", None) or "")
     if getattr(args, "hotwords_file", None):
         try:

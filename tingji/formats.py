@@ -35,6 +35,41 @@ class SegmentLike(Protocol):
     end_ms: int
     text: str
     chars: list[list[int]] | None
+    speaker: int | None
+
+
+Names = dict[str, str]  # "S1" -> the name a user gave that speaker
+
+
+def speaker_label(seg: SegmentLike, names: Names | None = None) -> str | None:
+    """``S1``, ``S2``, ... or the name given to it; None for an unlabelled sentence."""
+    if getattr(seg, "speaker", None) is None:
+        return None
+    key = f"S{seg.speaker + 1}"  # type: ignore[operator]
+    return (names or {}).get(key) or key
+
+
+def turns(segments: Sequence[SegmentLike], names: Names | None = None
+          ) -> list[tuple[str | None, str]]:
+    """Consecutive sentences of one speaker joined: [(label, text)]."""
+    out: list[tuple[str | None, str]] = []
+    for seg in segments:
+        label, text = speaker_label(seg, names), seg.text.strip()
+        if not text:
+            continue
+        if out and out[-1][0] == label:
+            out[-1] = (label, out[-1][1] + text)
+        else:
+            out.append((label, text))
+    return out
+
+
+def labelled_text(segments: Sequence[SegmentLike], names: Names | None = None) -> str | None:
+    """``[S1] ...`` one line per turn; None when no sentence has a speaker."""
+    if not any(getattr(s, "speaker", None) is not None for s in segments):
+        return None
+    return "\n".join(f"[{label}] {text}" if label else text
+                     for label, text in turns(segments, names))
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,9 +97,10 @@ def _split_text(text: str, max_chars: int) -> list[str]:
 
 
 def srt_cues(segments: Sequence[SegmentLike], *, max_chars: int = MAX_CUE_CHARS,
-             max_ms: int = MAX_CUE_MS) -> list[Cue]:
+             max_ms: int = MAX_CUE_MS, names: Names | None = None) -> list[Cue]:
     """Cues from sentence timestamps: long sentences split at punctuation, time shared
-    out by characters; times strictly increasing, no empty or zero-length cue."""
+    out by characters; times strictly increasing, no empty or zero-length cue; a
+    labelled sentence's cues start with ``[S1]`` (or the speaker's name)."""
     cues: list[Cue] = []
     last_end = 0
     for seg in segments:
@@ -82,13 +118,14 @@ def srt_cues(segments: Sequence[SegmentLike], *, max_chars: int = MAX_CUE_CHARS,
                 break
             chars = max(4, chars // 2)
         t = float(start)
+        label = speaker_label(seg, names)
         for i, piece in enumerate(pieces):
             cue_start = round(t)
             t += len(piece) * per_char
             cue_end = end if i == len(pieces) - 1 else round(t)
             if cue_end <= cue_start:
                 cue_end = cue_start + MIN_CUE_MS
-            cues.append(Cue(cue_start, cue_end, piece))
+            cues.append(Cue(cue_start, cue_end, f"[{label}] {piece}" if label else piece))
             last_end = cue_end
     return cues
 
@@ -100,9 +137,9 @@ def _srt_time(ms: int) -> str:
     return f"{h:02d}:{m:02d}:{s:02d},{ms:03d}"
 
 
-def render_srt(segments: Sequence[SegmentLike]) -> str:
+def render_srt(segments: Sequence[SegmentLike], names: Names | None = None) -> str:
     blocks = [f"{i}\n{_srt_time(c.start_ms)} --> {_srt_time(c.end_ms)}\n{c.text}\n"
-              for i, c in enumerate(srt_cues(segments), 1)]
+              for i, c in enumerate(srt_cues(segments, names=names), 1)]
     return "\n".join(blocks)
 
 
@@ -115,40 +152,46 @@ def _vtt_text(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-def render_vtt(segments: Sequence[SegmentLike]) -> str:
+def render_vtt(segments: Sequence[SegmentLike], names: Names | None = None) -> str:
     """WebVTT: the same cues as the SRT file."""
     blocks = [f"{_vtt_time(c.start_ms)} --> {_vtt_time(c.end_ms)}\n{_vtt_text(c.text)}\n"
-              for c in srt_cues(segments)]
+              for c in srt_cues(segments, names=names)]
     return "WEBVTT\n\n" + "\n".join(blocks)
 
 
-def render_txt(result: dict[str, Any]) -> str:
+def render_txt(result: dict[str, Any], segments: Sequence[SegmentLike] = (),
+               names: Names | None = None) -> str:
     polished = result.get("polished_text")
-    text = result.get("text") or ""
+    text = labelled_text(segments, names) or result.get("text") or ""
     if polished:
         return f"{polished}\n\n---- 原始转写 / raw transcript ----\n\n{text}\n"
     return f"{text}\n"
 
 
-def render_md(title: str, source: str, result: dict[str, Any]) -> str:
+def render_md(title: str, source: str, result: dict[str, Any],
+              segments: Sequence[SegmentLike] = (), names: Names | None = None) -> str:
     parts = [f"# {title}\n", f"- 来源 / source: {source}"]
     if result.get("duration_s") is not None:
         parts.append(f"- 时长 / duration: {result['duration_s']:.1f} s")
     parts.append("")
     if result.get("summary"):
         parts += ["## 摘要 / Summary\n", result["summary"].strip(), ""]
-    parts += ["## 正文 / Transcript\n", (result.get("polished_text") or result.get("text")
-                                         or "").strip(), ""]
+    parts.append("## 正文 / Transcript\n")
+    if not result.get("polished_text") and labelled_text(segments):
+        parts += [f"**{label}**：{text}\n" for label, text in turns(segments, names)]
+    else:
+        parts += [(result.get("polished_text") or result.get("text") or "").strip(), ""]
     return "\n".join(parts)
 
 
 def render_json(meta: dict[str, Any], result: dict[str, Any],
-                segments: Sequence[SegmentLike]) -> str:
+                segments: Sequence[SegmentLike], names: Names | None = None) -> str:
     doc = {**meta, "text": result.get("text"), "polished_text": result.get("polished_text"),
            "summary": result.get("summary"),
            "segments": [{"start_ms": s.start_ms, "end_ms": s.end_ms, "text": s.text,
                          # [start_ms, end_ms] per timed token (paraformer-zh: per character)
-                         "chars": s.chars} for s in segments],
+                         "chars": s.chars, "speaker": speaker_label(s, names)}
+                        for s in segments],
            "timings": result.get("stage_seconds"), "figures": {
                k: result.get(k) for k in ("duration_s", "asr_rtf", "model", "llm_tokens_in",
                                           "llm_tokens_out") if k in result}}
@@ -159,9 +202,11 @@ def render_all(*, task_id: str, title: str, source: str, result: dict[str, Any],
                segments: Sequence[SegmentLike], meta: dict[str, Any] | None = None
                ) -> dict[str, str]:
     meta = {"task_id": task_id, "title": title, "source": source, **(meta or {})}
-    return {"txt": render_txt(result), "md": render_md(title, source, result),
-            "json": render_json(meta, result, segments), "srt": render_srt(segments),
-            "vtt": render_vtt(segments)}
+    names: Names = result.get("speaker_names") or {}
+    return {"txt": render_txt(result, segments, names),
+            "md": render_md(title, source, result, segments, names),
+            "json": render_json(meta, result, segments, names),
+            "srt": render_srt(segments, names), "vtt": render_vtt(segments, names)}
 
 
 _UNSAFE = re.compile(r'[\\/:*?"<>|\x00-\x1f\x7f]+')

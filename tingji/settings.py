@@ -183,6 +183,8 @@ class Settings:
     asr_model: str = _setting("paraformer-zh", _required("must name a model id or a folder"))
     vad_model: str | None = _setting("fsmn-vad", _optional)
     punc_model: str | None = _setting("ct-punc", _optional)
+    # labels speakers for tasks that ask (speakers=auto or 2-16); loaded at the first one
+    spk_model: str | None = _setting("cam++", _optional)
     device: str = _setting("auto", _choice(DEVICES, upper=False))
     batch_size_s: int = _setting(300, _int, _positive)
     cpu_batch_size_s: int = _setting(60, _int, _between(0))

@@ -14,6 +14,7 @@ stops when the task is cancelled or timed out, between batches.
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import os
 import threading
@@ -26,7 +27,7 @@ from typing import Any
 
 from db.values import SegmentRow
 from worker.batching import AsrJob, BatchStats, CrossTaskBatch
-from worker.errors import TaskCancelled
+from worker.errors import PermanentTaskError, TaskCancelled
 from worker.vad import VadPool
 
 log = logging.getLogger("tingji.worker.asr")
@@ -42,6 +43,7 @@ class AsrConfig:
     cpu_batch_size_s: int = 60  # ... on a CPU (0: one segment per call, as funasr)
     vad_max_end_silence_ms: int | None = None
     vad_processes: int = 0  # >0: VAD in that many processes, ahead of the lane
+    spk_model: str | None = "cam++"  # loaded the first time a task asks for speakers
     ncpu: int = max(1, os.cpu_count() or 1)
 
     def vad_kwargs(self) -> dict[str, Any]:
@@ -88,6 +90,7 @@ class AsrEngine:
         self._model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tingji-model")
         self._load_lock = asyncio.Lock()
         self.batcher: CrossTaskBatch | None = None
+        self.spk_loads = 0  # the speaker model's loads not yet counted by the worker
         self.vad_pool: VadPool | None = None
         if config.vad_processes > 0 and config.vad_model:
             self.vad_pool = VadPool(config.vad_model, config.vad_kwargs(),
@@ -140,8 +143,44 @@ class AsrEngine:
             await asyncio.get_running_loop().run_in_executor(self._model_thread, self._load)
             return True
 
+    def _load_spk(self) -> None:
+        """The speaker model (CAM++ by default), the first time a task asks for labels:
+        on the model lane, into the loaded AutoModel, as funasr's own ``spk_model``."""
+        assert self.batcher is not None
+        c = self.config
+        if not c.spk_model:
+            raise PermanentTaskError("speaker labels need a speaker model (TINGJI_SPK_MODEL)",
+                                     type="NoSpeakerModel")
+        t = time.perf_counter()
+        try:
+            from funasr.models.campplus.cluster_backend import ClusterBackend
+
+            spk, spk_kwargs = self.model.build_model(
+                model=c.spk_model, model_revision="master", device=self.device, ncpu=c.ncpu,
+                disable_update=True, disable_pbar=True, log_level="ERROR")
+            self.model.cb_model = ClusterBackend().to(self.device)
+        except Exception as exc:
+            first = (str(exc).strip().splitlines() or [""])[0][:300]
+            raise PermanentTaskError(f"cannot load the speaker model {c.spk_model}: "
+                                     f"{type(exc).__name__}: {first}",
+                                     type="SpeakerModelLoad") from exc
+        self.model.spk_mode = "punc_segment"
+        # funasr resets every *kwargs dict to a snapshot taken at construction (when there
+        # was no speaker model) before each call: the snapshot must know this one.
+        self.model._base_kwargs_map["spk_kwargs"] = copy.deepcopy(spk_kwargs)
+        self.batcher.spk = (spk, spk_kwargs)
+        self.spk_loads += 1
+        log.info("loaded speaker model %s in %.1f s", c.spk_model, time.perf_counter() - t)
+
     def _run_group(self, jobs: list[AsrJob]) -> BatchStats:
         assert self.batcher is not None
+        wanting = [j for j in jobs if j.speakers is not None]
+        if wanting and self.batcher.spk is None:
+            try:
+                self._load_spk()
+            except PermanentTaskError as exc:
+                for job in wanting:
+                    job.error = exc
         stats = self.batcher.run(jobs)
         return stats
 
@@ -200,8 +239,9 @@ def to_segments(result: dict[str, Any]) -> list[SegmentRow]:
             text = str(s.get("text", "")).strip()
             if text:
                 start, end = int(s.get("start", 0)), int(s.get("end", 0))
-                out.append(SegmentRow(start, max(start, end), text,
-                                      _chars(s.get("timestamp"))))
+                spk = s.get("spk")
+                out.append(SegmentRow(start, max(start, end), text, _chars(s.get("timestamp")),
+                                      int(spk) if spk is not None else None))
         return out
     text = str(result.get("text", "")).replace(" ", "")
     stamps = result.get("timestamp") or []

@@ -51,6 +51,7 @@ class AsrJob:
     stop: threading.Event = field(default_factory=threading.Event)
     vad: list[dict[str, Any]] | None = None  # funasr's VAD result, when done ahead
     hotwords: tuple[str, ...] = ()  # the bias for SeACo-Paraformer; groups never mix sets
+    speakers: int | str | None = None  # label speakers: "auto" or how many (None: don't)
     result: dict[str, Any] | None = None  # funasr's result for the file
     error: BaseException | None = None
     seconds: float = 0.0  # model-lane time attributed to this job
@@ -152,6 +153,8 @@ class CrossTaskBatch:
         self.decode_hook = decode_hook  # tests: called with each batch before decoding
         self._asr_kw: dict[str, Any] | None = None
         self._bias: dict[str, str] = {}  # funasr's hotword argument for the sub-group
+        # the speaker model (funasr's spk_model and its kwargs), once a task asked for it
+        self.spk: tuple[Any, dict[str, Any]] | None = None
 
     # ------------------------------------------------------------------ phases
     def run(self, jobs: list[AsrJob]) -> BatchStats:
@@ -200,8 +203,12 @@ class CrossTaskBatch:
         hook = _Intercept(model, model.inference, job, replay=replay)
         t = time.perf_counter()
         model.inference = hook
+        # Speakers: only while assembling a task that asked for them (funasr labels the
+        # sentences then; during the split pass its embeddings would be thrown away).
+        extra = self._speakers(job) if replay else {}
         try:
-            res = model.generate(input=str(job.audio), **self.generate_kw, **self._bias)
+            res = model.generate(input=str(job.audio), **self.generate_kw, **self._bias,
+                                 **extra)
             if replay:
                 job.result = res[0] if res else {"text": "", "timestamp": []}
             else:
@@ -213,17 +220,29 @@ class CrossTaskBatch:
             job.error = exc
         finally:
             del model.inference  # back to the class's method
+            model.spk_model = None
             job.seconds += time.perf_counter() - t
+
+    def _speakers(self, job: AsrJob) -> dict[str, Any]:
+        """Attach the speaker model for ``job`` if it asked for labels; its generate
+        arguments (``preset_spk_num`` for a known count)."""
+        if job.speakers is None or self.spk is None:
+            return {}
+        self.model.spk_model, self.model.spk_kwargs = self.spk[0], dict(self.spk[1])
+        return {"preset_spk_num": job.speakers} if isinstance(job.speakers, int) else {}
 
     def _whole(self, job: AsrJob) -> None:
         if not job.alive:
             return
         t = time.perf_counter()
         try:
-            res = self.model.generate(input=str(job.audio), **self.generate_kw, **self._bias)
+            res = self.model.generate(input=str(job.audio), **self.generate_kw, **self._bias,
+                                      **self._speakers(job))
             job.result = res[0] if res else {"text": "", "timestamp": []}
         except Exception as exc:  # noqa: BLE001  (stays with this job)
             job.error = exc
+        finally:
+            self.model.spk_model = None
         job.seconds += time.perf_counter() - t
 
     def _decode_all(self, jobs: list[AsrJob], stats: BatchStats) -> None:

@@ -23,6 +23,12 @@ POLISH_PROMPT = (
     "补全和规范标点、去掉口头禅和重复，并按意思合理分段。不要增加原文没有的内容，不要删减"
     "信息，不要总结，不要加任何说明。只输出润色后的正文。"
 )
+# added when the transcript is labelled by speaker (a task with ``speakers``)
+SPEAKERS_NOTE = (
+    "文字稿每段开头的 [S1]、[S2] 等是说话人标记：保留每个标记和它所在的段落，"
+    "不要合并不同说话人的段落，也不要改动标记。"
+)
+SPEAKER_TAG = re.compile(r"^\[S\d+\] ", re.MULTILINE)
 SUMMARY_PROMPT = (
     "你是会议与课程记录助手。请用中文为下面的文字稿写一份摘要：先用一两句话概括主题，"
     "再用要点列出主要内容和结论。只输出摘要。"
@@ -129,7 +135,8 @@ class Llm:
         return (choice.message.content or "").strip(), choice.finish_reason or "stop"
 
     async def _polish_chunk(self, chunk: str, opts: LlmOptions, depth: int = 0) -> str:
-        out, finish = await self._chat(POLISH_PROMPT, chunk, opts)
+        prompt = POLISH_PROMPT + SPEAKERS_NOTE if SPEAKER_TAG.search(chunk) else POLISH_PROMPT
+        out, finish = await self._chat(prompt, chunk, opts)
         if finish == "length":
             halves = split_text(chunk, max(1, len(chunk) // 2))
             if depth >= 3 or len(halves) < 2 and len(chunk) < 40:

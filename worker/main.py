@@ -106,7 +106,8 @@ class Worker:
         self.reads = Reads(self.engine)
         self.asr = asr or AsrEngine(AsrConfig(
             model=settings.asr_model, vad_model=settings.vad_model,
-            punc_model=settings.punc_model, device=settings.device,
+            punc_model=settings.punc_model, spk_model=settings.spk_model,
+            device=settings.device,
             batch_size_s=settings.batch_size_s, cpu_batch_size_s=settings.cpu_batch_size_s,
             vad_max_end_silence_ms=settings.vad_max_end_silence_ms,
             vad_processes=(settings.vad_processes if settings.vad_processes is not None

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from db.models import Stage, Task, TaskKind
 from db.reads import Checkpoint
 from db.values import NewTask, SegmentRow
-from tingji.formats import render_all
+from tingji.formats import labelled_text, render_all
 from tingji.hotwords import merged
 from tingji.taskfiles import TaskFiles, source_of
 from worker.asr import transcript_of
@@ -242,7 +242,9 @@ class TaskRun:
         else:
             tr_out = tr_cp.output
         self.phase = Phase.FINISHING
-        text = str(tr_out.get("text", ""))
+        segments = await w.reads.segments(self.id)
+        # labelled by speaker: the LLM gets (and keeps) one [S1]-tagged line per turn
+        text = labelled_text(segments) or str(tr_out.get("text", ""))
 
         # polish, summarize (optional, per task)
         llm_notes: dict[str, Any] = {}
@@ -259,13 +261,14 @@ class TaskRun:
                 duration, lambda o: w.llm.summarize(source_text, o))  # type: ignore[union-attr]
 
         # export
-        segments = await w.reads.segments(self.id)
         result: dict[str, Any] = {
             "title": title, "text": text, "polished_text": polished, "summary": summary,
             "segments": len(segments), "duration_s": duration,
             "speech_s": tr_out.get("speech_s"), "chapters": fetch_out.get("chapters") or [],
             "model": tr_out.get("model"), "device": tr_out.get("device"),
             "hotwords": tr_out.get("hotwords") or [],
+            "speakers": tr_out.get("speakers"),  # how many (None: not labelled)
+            "speaker_names": {},  # S1 -> a name (PATCH /api/v1/task/{id}/speakers)
             "asr_group": tr_out.get("asr_group"),  # tasks transcribed together, batch sizes
             "asr_rtf": round(seconds.get("transcribe", 0.0) / duration, 4) if duration else None,
             "llm_tokens_in": sum(int(n.get("tokens_in", 0)) for n in llm_notes.values()),
@@ -330,7 +333,9 @@ class TaskRun:
                               ctx.settings.hotwords_file)
         except (OSError, UnicodeDecodeError, ValueError) as exc:
             raise PermanentTaskError(f"TINGJI_HOTWORDS_FILE: {exc}", type="BadSetting") from None
-        job = AsrJob(audio, progress, self.stop_event, vad=vad, hotwords=tuple(hotwords))
+        speakers = (self.task.payload.get("options") or {}).get("speakers")
+        job = AsrJob(audio, progress, self.stop_event, vad=vad, hotwords=tuple(hotwords),
+                     speakers=speakers)
         started, limit_s = 0.0, None
         async with asyncio.timeout(None) as limit:
             async def on_admitted(group_audio_s: float) -> None:
@@ -348,6 +353,10 @@ class TaskRun:
                 if limit.expired():
                     raise self._timed_out(Stage.TRANSCRIBE, limit_s) from None
                 raise
+        if ctx.asr.spk_loads:  # this group loaded the speaker model: count it
+            ctx.asr.spk_loads = 0
+            await ctx.queue.record_model_load(
+                ctx.worker_id, f"{ctx.asr.config.description} + {ctx.asr.config.spk_model}")
         tr = transcript_of(job)
         self.message = None
         out: dict[str, Any] = {
@@ -356,6 +365,8 @@ class TaskRun:
             "device": ctx.asr.device, "asr_seconds": round(tr.seconds, 3)}
         if hotwords:
             out["hotwords"] = hotwords
+        if speakers is not None:
+            out["speakers"] = len({s.speaker for s in tr.segments if s.speaker is not None})
         if done.stats is not None and done.group_size > 1:
             out["asr_group"] = done.stats.summary()
         return out, await self._finish(Stage.TRANSCRIBE, out, started, segments=tr.segments)

@@ -8,7 +8,7 @@ import zipfile
 from typing import Annotated, Any
 from urllib.parse import quote
 
-from litestar import Response, get, post
+from litestar import Response, get, patch, post
 from litestar.params import Parameter
 from litestar.status_codes import HTTP_202_ACCEPTED, HTTP_409_CONFLICT
 
@@ -21,10 +21,11 @@ from server.schemas import (
     EventView,
     TaskList,
     TaskView,
+    check_speaker_names,
     check_task_id,
     task_view,
 )
-from tingji.formats import CONTENT_TYPES, FORMATS, render_all, safe_filename
+from tingji.formats import CONTENT_TYPES, FORMATS, render_all, safe_filename, speaker_label
 from tingji.taskfiles import source_of, title_of
 
 _PREFIX = re.compile(r"[0-9a-f-]{4,36}")
@@ -54,8 +55,9 @@ async def get_events(reads: ReadsDep, task_id: str) -> list[EventView]:
 @get("/task/{task_id:str}/segments", summary="Timed transcript sentences")
 async def get_segments(reads: ReadsDep, task_id: str) -> list[dict[str, Any]]:
     task = await _task(reads, task_id)
-    return [{"start_ms": s.start_ms, "end_ms": s.end_ms, "text": s.text, "chars": s.chars}
-            for s in await reads.segments(task.id)]
+    names = (task.result or {}).get("speaker_names") or {}
+    return [{"start_ms": s.start_ms, "end_ms": s.end_ms, "text": s.text, "chars": s.chars,
+             "speaker": speaker_label(s, names)} for s in await reads.segments(task.id)]
 
 
 @get("/tasks", summary="Tasks, newest first")
@@ -92,6 +94,19 @@ async def cancel_task(queue: QueueDep, task_id: str) -> CancelResult:
     check (its status then moves to ``cancelled``)."""
     task = await queue.request_cancel(check_task_id(task_id))
     return CancelResult(task_id=task.id, status=str(task.status))
+
+
+@patch("/task/{task_id:str}/speakers", summary="Name a completed task's speakers")
+async def name_speakers(reads: ReadsDep, queue: QueueDep, task_id: str,
+                        data: dict[str, Any]) -> TaskView:
+    """``{"S1": "张老师", "S2": "学生"}``: every download shows the names from then on
+    (the labels stay in the database; names are kept in the result)."""
+    task = await _task(reads, task_id)
+    if task.status != TaskStatus.COMPLETED:
+        raise ApiError(HTTP_409_CONFLICT, "not_completed",
+                       f"task {task.id} is {task.status}; speakers are named once it completed")
+    names = check_speaker_names(data, int((task.result or {}).get("speakers") or 0))
+    return task_view(await queue.name_speakers(task.id, names))
 
 
 @post("/task/{task_id:str}/retry", status_code=HTTP_202_ACCEPTED, summary="Retry a task")
@@ -135,4 +150,5 @@ async def download(reads: ReadsDep, task_id: str,
     return Response(content, media_type=ctype, headers={"Content-Disposition": disposition})
 
 
-handlers = [get_task, get_events, get_segments, list_tasks, cancel_task, retry_task, download]
+handlers = [get_task, get_events, get_segments, list_tasks, cancel_task, retry_task, download,
+            name_speakers]

@@ -15,13 +15,16 @@ SENTENCES = [
 ]
 
 
-def speech_wav(out: Path, sentences: list[str], *, pause_s: float = 1.2) -> Path:
-    """Sentences spoken by espeak-ng, joined with ``pause_s`` of silence, 16 kHz mono."""
+def speech_wav(out: Path, sentences: list[str], *, pause_s: float = 1.2,
+               voices: tuple[str, ...] = ("cmn",)) -> Path:
+    """Sentences spoken by espeak-ng, joined with ``pause_s`` of silence, 16 kHz mono;
+    ``voices`` take turns (``("cmn", "cmn+f4")``: a man and a woman alternating)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     parts: list[Path] = []
     for i, text in enumerate(sentences):
         p = out.with_name(f"{out.stem}.s{i}.wav")
-        subprocess.run(["espeak-ng", "-v", "cmn", "-s", "170", "-w", str(p), text], check=True)
+        subprocess.run(["espeak-ng", "-v", voices[i % len(voices)], "-s", "170", "-w", str(p),
+                        text], check=True)
         parts.append(p)
     inputs: list[str] = []
     filters = []

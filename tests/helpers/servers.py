@@ -66,6 +66,7 @@ class LlmStub:
                 kind = "summary" if "摘要" in system else "polish"
                 with b.lock:
                     b.calls.append({"kind": kind, "chars": len(user), "start": t0,
+                                    "system": system, "user": user,
                                     "end": time.time(), "failed": fail,
                                     "model": body.get("model"),
                                     "max_tokens": body.get("max_tokens")})

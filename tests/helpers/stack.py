@@ -23,6 +23,7 @@ class Stack:
         self.env = clean_env(**{
             "TINGJI_DATA_DIR": str(self.data), "TINGJI_ASR_MODEL": models["asr"],
             "TINGJI_VAD_MODEL": models["vad"], "TINGJI_PUNC_MODEL": models["punc"],
+            "TINGJI_SPK_MODEL": models["spk"],
             "TINGJI_VAD_MAX_END_SILENCE_MS": "800", "TINGJI_LEASE_SECONDS": "10",
             "TINGJI_HEARTBEAT_SECONDS": "0.5", "TINGJI_RETRY_BACKOFF_SECONDS": "0.5",
             "TINGJI_DRAIN_SECONDS": "20",

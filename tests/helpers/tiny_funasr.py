@@ -298,6 +298,25 @@ def build_punc(out, seed=0, configuration_json=True):
     return save(model, out)
 
 
+# ----------------------------------------------------------------------------- speakers
+def build_spk(out, seed=0, configuration_json=True, size="tiny"):
+    """CAM++ (funasr's CAMPPlus, what ``spk_model="cam++"`` loads): random speaker
+    embeddings through the real feature and clustering code; ``tiny`` has narrow layers
+    (32-dimensional embeddings), ``full`` the hub model's dimensions (192)."""
+    torch.manual_seed(seed)
+    conf = {"feat_dim": 80, "embedding_size": 32, "growth_rate": 8, "bn_size": 2,
+            "init_channels": 16} if size == "tiny" else \
+        {"feat_dim": 80, "embedding_size": 192, "growth_rate": 32, "bn_size": 4,
+         "init_channels": 128}
+    cfg = {"model": "CAMPPlus",
+           "model_conf": {**conf, "config_str": "batchnorm-relu", "memory_efficient": True,
+                          "output_level": "segment"}}
+    write_common(out, cfg, configuration_json=configuration_json)
+    model = instantiate(cfg)
+    model.eval()
+    return save(model, out)
+
+
 def build_all(out_dir: str, size: str = "tiny", seed: int = 0) -> dict[str, str]:
     """Build asr/, vad/ and punc/ under ``out_dir`` (skipping folders already built)."""
     dirs = {}
@@ -317,7 +336,8 @@ def build_all(out_dir: str, size: str = "tiny", seed: int = 0) -> dict[str, str]
 
 def build_bench_models(root: str) -> dict[str, str]:
     """The benchmarks' models under ``root`` (built once): the full-size random-weight
-    SeACo-Paraformer (paraformer-zh dimensions) with the tiny VAD and punctuation."""
+    SeACo-Paraformer (paraformer-zh dimensions) and CAM++ with the tiny VAD and
+    punctuation."""
     full, tiny = os.path.join(root, "full", "asr"), os.path.join(root, "tiny")
     if not os.path.exists(os.path.join(full, "model.pt")):
         n, v = build_asr(full, "seaco", "full")
@@ -327,6 +347,9 @@ def build_bench_models(root: str) -> dict[str, str]:
         d = dirs[which] = os.path.join(tiny, which)
         if not os.path.exists(os.path.join(d, "model.pt")):
             build(d)
+    spk = dirs["spk"] = os.path.join(root, "full", "spk")
+    if not os.path.exists(os.path.join(spk, "model.pt")):
+        build_spk(spk, size="full")  # CAM++ dimensions: its cost is what users pay
     return dirs
 
 
@@ -347,14 +370,14 @@ def main():
     ap.add_argument("--arch", choices=["seaco", "bicif", "paraformer"], default="seaco",
                     help="seaco = paraformer-zh (ModelScope); bicif = paraformer-large-vad-punc;"
                          " paraformer = plain Paraformer (CifPredictorV2, no timestamps)")
-    ap.add_argument("--only", choices=["asr", "vad", "punc"], action="append",
-                    help="build only these (repeatable); default: all three")
+    ap.add_argument("--only", choices=["asr", "vad", "punc", "spk"], action="append",
+                    help="build only these (repeatable); default: all four")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--predictor-gain", type=float, default=0.01,
                     help="scale of the CIF predictor's output weights (see build_asr)")
     ap.add_argument("--no-configuration-json", action="store_true")
     a = ap.parse_args()
-    which = a.only or ["asr", "vad", "punc"]
+    which = a.only or ["asr", "vad", "punc", "spk"]
     cj = not a.no_configuration_json
     for w in which:
         t = time.perf_counter()
@@ -364,6 +387,8 @@ def main():
             extra = f"arch={a.arch} size={a.size} vocab={v}"
         elif w == "vad":
             n, extra = build_vad(d, a.seed, cj), "FsmnVADStreaming"
+        elif w == "spk":
+            n, extra = build_spk(d, a.seed, cj), "CAMPPlus"
         else:
             n, extra = build_punc(d, a.seed, cj), "CTTransformer"
         mb = os.path.getsize(os.path.join(d, "model.pt")) / 2**20
