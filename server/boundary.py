@@ -92,7 +92,7 @@ def _media_type(value: str) -> str:
 
 
 def _refusal(status: int, code: str, message: str) -> tuple[int, bytes]:
-    return status, json.dumps(body(code, message)).encode()
+    return status, json.dumps(body(code, message, status)).encode()
 
 
 class BrowserBoundary(ASGIMiddleware):

@@ -52,14 +52,17 @@ def bad_request(message: str, code: str = "validation_error") -> ApiError:
     return ApiError(HTTP_400_BAD_REQUEST, code, message)
 
 
-def body(code: str, message: str) -> dict[str, Any]:
-    return {"error": {"code": code, "message": message}}
+def body(code: str, message: str, status: int = 400) -> dict[str, Any]:
+    """Every error's shape: ``{"error": {code, message}}``, plus OpenAI's ``type`` and
+    ``param``, so clients of ``/v1/audio/transcriptions`` read it as they expect."""
+    kind = "invalid_request_error" if status < 500 else "api_error"
+    return {"error": {"code": code, "message": message, "type": kind, "param": None}}
 
 
 def _respond(status: int, code: str, message: str,
              headers: dict[str, str] | None = None) -> Response[Any]:
-    return Response(body(code, message), status_code=status, media_type=MediaType.JSON,
-                    headers=headers)
+    return Response(body(code, message, status), status_code=status,
+                    media_type=MediaType.JSON, headers=headers)
 
 
 _QUEUE_STATUS: dict[type[QueueError], int] = {

@@ -23,6 +23,7 @@ from server.errors import ApiError, bad_request
 from tingji.urls import strip_control_chars
 
 MAX_FIELD_BYTES = 64 * 1024
+MAX_LIST_ITEMS = 8  # values of a repeated list field (name[])
 _SAFE_SUFFIX = frozenset(".mp3 .mp4 .m4a .aac .wav .flac .ogg .opus .webm .mkv .mov .avi "
                          ".flv .wma .amr .3gp .ts .m4v .mpeg .mpg .wmv .caf .aiff".split())
 
@@ -91,7 +92,9 @@ class _Receiver:
             if name not in self.field_names:
                 self.error = bad_request(f"unknown form field {name[:60]!r}; known fields: "
                                          f"file, {', '.join(sorted(self.field_names))}")
-            elif name in self.fields:
+            elif name in self.fields and not (name.endswith("[]") and
+                                              self.fields[name].count(",") < MAX_LIST_ITEMS - 1):
+                # a list field (OpenAI's timestamp_granularities[]) repeats, a few times
                 self.error = bad_request(f"{name}: given more than once")
             return
         if name != "file":
@@ -134,7 +137,10 @@ class _Receiver:
             self.file = None
         elif self._name is not None and not self.error:
             try:
-                self.fields[self._name] = self._field_buf.decode("utf-8")
+                value = self._field_buf.decode("utf-8")
+                if self._name in self.fields:  # a repeated list field: comma-joined
+                    value = f"{self.fields[self._name]},{value}"
+                self.fields[self._name] = value
             except UnicodeDecodeError:
                 self.error = bad_request(f"{self._name}: not UTF-8 text")
 

@@ -52,7 +52,9 @@ async def queue(data_dir: Path) -> AsyncIterator[Queue]:
 def error_of(resp: httpx.Response, status: int) -> dict[str, str]:
     assert resp.status_code == status, resp.text
     body = resp.json()
-    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}
+    # tingji's code and message, and OpenAI's type and param (the same for every route)
+    assert set(body) == {"error"} and set(body["error"]) == {"code", "message", "type", "param"}
+    assert body["error"]["type"] == ("invalid_request_error" if status < 500 else "api_error")
     assert "Traceback" not in resp.text
     return body["error"]  # type: ignore[no-any-return]
 

@@ -187,3 +187,25 @@ def test_watch_follows_the_live_feed_across_an_api_restart(
     assert watch.returncode == 0, "".join(errors)
     assert stack.task(tid)["status"] == "completed"
     assert "0 running or waiting" in out
+
+
+def test_follow_skips_keep_alives() -> None:
+    """The live feed's keep-alive (Litestar writes ``: keep-alive`` with an empty data
+    line) is not an event: `tingji watch` used to crash on it after 15 idle seconds."""
+    import httpx
+    from litestar.response import ServerSentEventMessage
+
+    from tingji.client import Client
+
+    stream = b"".join(m.encode() for m in (
+        ServerSentEventMessage(event="hello", data='{"last_event_id": 7}'),
+        ServerSentEventMessage(comment="keep-alive"),
+        ServerSentEventMessage(event="task", id=8, data='{"task_id": "t", "status": "completed"}'),
+    ))
+    with Client("http://127.0.0.1:9", None) as client:
+        client.http = httpx.Client(base_url="http://127.0.0.1:9", transport=httpx.MockTransport(
+            lambda req: httpx.Response(200, content=stream,
+                                       headers={"content-type": "text/event-stream"})))
+        got = list(client.follow())
+    assert got == [("hello", None, {"last_event_id": 7}),
+                   ("task", 8, {"task_id": "t", "status": "completed"})]

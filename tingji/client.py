@@ -70,7 +70,9 @@ class Client:
                 event, eid, data = "message", None, []
                 for line in resp.iter_lines():
                     if not line:
-                        if data:
+                        # Litestar sends a keep-alive comment with an empty data line:
+                        # a message without data is not an event
+                        if "".join(data):
                             yield event, eid, json.loads("\n".join(data))
                         event, eid, data = "message", None, []
                     elif line.startswith("event:"):

@@ -176,6 +176,8 @@ class Settings:
                          else "must be a port number (1-65535)")
     api_token: str | None = _setting(None, _optional)
     max_upload_mb: int = _setting(2048, _int, _positive)
+    # how long POST /v1/audio/transcriptions holds the request for the result
+    sync_wait_seconds: float = _setting(600.0, _float, _between(0, 86_400))
     # Host names (besides loopback names, IP literals and the bind host) the API answers
     # to: a reverse proxy's public name.  "*" turns the check off.
     allowed_hosts: tuple[str, ...] = _setting((), _names)

@@ -58,7 +58,7 @@ def _accepted(enq: Enqueued) -> Response[Submitted]:
         headers={"Location": f"/api/v1/task/{task.id}"})
 
 
-def _key(request: Request[Any, Any, Any], body_key: str | None) -> str | None:
+def idempotency_key(request: Request[Any, Any, Any], body_key: str | None) -> str | None:
     """The idempotency key: the body's field or the standard ``Idempotency-Key`` header
     (they must agree when both are given)."""
     header = request.headers.get("idempotency-key")
@@ -103,7 +103,7 @@ async def process_url(request: Request[Any, Any, Any], data: BilibiliRequest, qu
     enq = await queue.enqueue(NewTask(
         kind, {"video_url": url, "options": options,
                "request": request_digest(kind.value, url, options, data.priority)},
-        priority=data.priority, idempotency_key=_key(request, data.idempotency_key)),
+        priority=data.priority, idempotency_key=idempotency_key(request, data.idempotency_key)),
         batch_id=batch_id)
     return _accepted(enq)
 
@@ -169,7 +169,7 @@ async def process_upload(request: Request[Any, Any, Any], queue: QueueDep, setti
                         "size": upload.size, "sha256": upload.sha256,
                         "content_type": upload.content_type},
              "options": options, "request": digest},
-            priority=opts.priority, idempotency_key=_key(request, opts.idempotency_key)),
+            priority=opts.priority, idempotency_key=idempotency_key(request, opts.idempotency_key)),
             batch_id=batch_id)
     except BaseException:
         upload.path.unlink(missing_ok=True)
@@ -199,7 +199,7 @@ async def process_batch(request: Request[Any, Any, Any], data: BatchRequest, que
     if problems:
         raise bad_request("; ".join(problems))
     options = options_payload(data, settings)
-    key = _key(request, data.idempotency_key)
+    key = idempotency_key(request, data.idempotency_key)
     urls = [u.strip() for u in data.urls]
     # every task carries the whole list's digest: the same key with another list is a 409
     digest = request_digest("batch", urls, options, data.priority)
