@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select, text
+from sqlalchemy import case, func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from db.engine import reader
@@ -36,6 +36,33 @@ class Checkpoint:
     completed_at: datetime
     seconds: float | None
     output: dict[str, Any]
+
+
+STAGE_BUCKETS = (0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+
+
+@dataclass(frozen=True, slots=True)
+class StageTimes:
+    """A histogram of one stage's durations over every recorded checkpoint."""
+
+    count: int
+    total: float
+    buckets: tuple[int, ...]  # cumulative counts at STAGE_BUCKETS (then +Inf = count)
+
+
+@dataclass(frozen=True, slots=True)
+class QueueMetrics:
+    """Everything ``GET /metrics`` reports, read in one go."""
+
+    counts: dict[str, int]
+    runnable: int  # pending and due now
+    oldest_pending_at: datetime | None
+    stages: dict[str, StageTimes]
+    audio_seconds: float  # of completed tasks
+    transcribe_seconds: float  # the same tasks' transcribe stage
+    llm_tokens_in: int
+    llm_tokens_out: int
+    workers: list[Worker]
 
 
 class Reads:
@@ -121,6 +148,40 @@ class Reads:
         out = {s.value: 0 for s in TaskStatus}
         out.update({str(r[0]): int(r[1]) for r in rows})
         return out
+
+    async def metrics(self, *, now: datetime) -> QueueMetrics:
+        """Counts and sums for the Prometheus endpoint, computed by the database (no
+        task's text is read)."""
+        done = T.c.status == TaskStatus.COMPLETED
+        seconds = S.c.seconds
+        buckets = [func.sum(case((seconds <= b, 1), else_=0)) for b in STAGE_BUCKETS]
+        async with self.engine.connect() as conn:
+            counts = {s.value: 0 for s in TaskStatus}
+            counts.update({str(r[0]): int(r[1]) for r in (await conn.execute(
+                select(T.c.status, func.count()).group_by(T.c.status))).all()})
+            pending = T.c.status == TaskStatus.PENDING
+            runnable, oldest = (await conn.execute(select(
+                func.sum(case((T.c.run_after <= now, 1), else_=0)),
+                func.min(T.c.created_at)).where(pending))).one()
+            stages = {str(r[0]): StageTimes(int(r[1]), float(r[2] or 0.0),
+                                            tuple(int(b or 0) for b in r[3:]))
+                      for r in (await conn.execute(
+                          select(S.c.stage, func.count(seconds), func.sum(seconds), *buckets)
+                          .where(seconds.is_not(None)).group_by(S.c.stage))).all()}
+            audio, tokens_in, tokens_out = (await conn.execute(select(
+                func.sum(T.c.result["duration_s"].as_float()),
+                func.sum(T.c.result["llm_tokens_in"].as_integer()),
+                func.sum(T.c.result["llm_tokens_out"].as_integer())).where(done))).one()
+            transcribe = (await conn.execute(
+                select(func.sum(seconds)).select_from(T.join(S, S.c.task_id == T.c.id))
+                .where(done, S.c.stage == Stage.TRANSCRIBE))).scalar_one()
+            workers = (await conn.execute(select(W).where(W.c.stopped_at.is_(None))
+                                          .order_by(W.c.started_at))).all()
+        return QueueMetrics(counts=counts, runnable=int(runnable or 0), oldest_pending_at=oldest,
+                            stages=stages, audio_seconds=float(audio or 0.0),
+                            transcribe_seconds=float(transcribe or 0.0),
+                            llm_tokens_in=int(tokens_in or 0), llm_tokens_out=int(tokens_out or 0),
+                            workers=[Worker(**r._mapping) for r in workers])
 
     async def workers(self, *, include_stopped_for: timedelta = timedelta(hours=1),
                       now: datetime) -> list[Worker]:

@@ -24,7 +24,7 @@ from server.boundary import make_boundary, security_headers
 from server.deps import provide
 from server.errors import handle
 from server.feed import LiveFeed
-from server.routes import events, openai, process, system, tasks
+from server.routes import events, metrics, openai, process, system, tasks
 from server.routes.system import STATIC_DIR
 from server.uploads import sweep_orphans
 from tingji import __version__
@@ -66,10 +66,12 @@ def create_app(settings: Settings) -> Litestar:
     # the OpenAI audio API, where its clients look for it (same token)
     openai_api = Router(path="/v1", guards=[token_guard(settings.api_token)],
                         route_handlers=openai.handlers)
+    scrape = Router(path="/", guards=[token_guard(settings.api_token)],
+                    route_handlers=metrics.handlers)
     static = create_static_files_router(path="/static", directories=[STATIC_DIR],
                                         include_in_schema=False)
     return Litestar(
-        route_handlers=[api, openai_api, static, *system.open_handlers],
+        route_handlers=[api, openai_api, scrape, static, *system.open_handlers],
         dependencies=provide(queue=queue, reads=reads, settings=settings, feed=feed),
         exception_handlers={Exception: handle},
         middleware=[make_boundary(settings.host, settings.allowed_hosts)],

@@ -153,6 +153,14 @@ def cmd_client(args: argparse.Namespace) -> int:
             return 1
 
 
+def cmd_mcp(args: argparse.Namespace) -> int:
+    from tingji.mcp_server import serve
+
+    settings = _settings()
+    return serve(settings.url, settings.api_token, http=args.http, host=args.host,
+                 port=args.port)
+
+
 def _task_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--summarize", action="store_true", help="also write a summary (LLM)")
     p.add_argument("--no-polish", action="store_true",
@@ -260,6 +268,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("retry", help="run failed or cancelled tasks again")
     p.add_argument("ids", nargs="+", metavar="ID")
     p.set_defaults(func=cmd_client)
+
+    p = sub.add_parser("mcp", help="an MCP server for agents (stdio; --http for streamable "
+                                   "HTTP), talking to the running service")
+    p.add_argument("--http", action="store_true",
+                   help="serve streamable HTTP on HOST:PORT/mcp instead of stdio")
+    p.add_argument("--host", default="127.0.0.1", help="with --http (loopback only)")
+    p.add_argument("--port", type=int, default=8765, help="with --http (default 8765)")
+    p.set_defaults(func=cmd_mcp)
 
     p = sub.add_parser("result", help="print or save a completed task's result")
     p.add_argument("id", metavar="ID")

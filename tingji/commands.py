@@ -20,12 +20,11 @@ from rich.live import Live
 from rich.progress import BarColumn, Progress, TaskID, TextColumn
 from rich.table import Table
 
-from tingji.client import Client, ClientError
+from tingji.client import TERMINAL, Client, ClientError, Task
 from tingji.formats import FORMATS, safe_filename
 from tingji.hotwords import check_hotwords, read_hotwords_file, split_hotwords
 from tingji.urls import looks_like_url, parse_parts, url_problem
 
-TERMINAL = ("completed", "failed", "cancelled")
 # Piped output keeps whole lines (rich would wrap at 80 columns).
 out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True, highlight=False, soft_wrap=True,
@@ -149,7 +148,6 @@ def _progress_text(t: dict[str, Any]) -> str:
 # ---------------------------------------------------------------- submit / batch
 def wait_for(client: Client, ids: list[str], labels: dict[str, str]) -> int:
     """Live progress bars until every task has finished; 0 only if all completed."""
-    final: dict[str, dict[str, Any]] = {}
     with Progress(TextColumn("{task.fields[sid]}"), TextColumn("{task.description:<22}"),
                   BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
                   TextColumn("{task.fields[label]}"), console=err,
@@ -157,22 +155,15 @@ def wait_for(client: Client, ids: list[str], labels: dict[str, str]) -> int:
         rows: dict[str, TaskID] = {
             tid: bars.add_task("pending", total=1.0, sid=short(tid), label=labels.get(tid, ""))
             for tid in ids}
-        while len(final) < len(ids):
-            for tid in ids:
-                if tid in final:
-                    continue
-                t = client.task(tid)
-                if t["status"] in TERMINAL:
-                    final[tid] = t
-                    bars.update(rows[tid], description=t["status"],
-                                completed=1.0 if t["status"] == "completed" else t["progress"])
-                else:
-                    desc = t["status"] if t["status"] == "pending" else \
-                        f"{t.get('stage') or 'starting'}"
-                    bars.update(rows[tid], description=desc, completed=t["progress"])
-            if len(final) < len(ids):
-                time.sleep(0.5)
-    failed = [t for t in final.values() if t["status"] != "completed"]
+
+        def show(t: Task) -> None:
+            done = t["status"] == "completed"
+            desc = t["status"] if t["status"] != "processing" else t.get("stage") or "starting"
+            bars.update(rows[t["task_id"]], description=desc,
+                        completed=1.0 if done else t["progress"])
+
+        final = client.wait_all(ids, on_progress=show)
+    failed = [t for t in final if t["status"] != "completed"]
     for t in failed:
         why = (t.get("error") or {}).get("message") or t.get("message") or t["status"]
         err.print(f"{t['task_id']} {t['status']}: {why}")
@@ -180,7 +171,7 @@ def wait_for(client: Client, ids: list[str], labels: dict[str, str]) -> int:
 
 
 def cmd_parts(client: Client, args: Any) -> int:
-    doc = client.get("/api/v1/bilibili/parts", url=args.url)
+    doc = client.parts(args.url)
     kind = "a list: submitting it makes one task per video" if doc["is_list"] else \
         "one video: submitting it transcribes these parts (choose with --parts)"
     out.print(f"{doc['title']}  ({doc['count']} entries; {kind})")
@@ -204,8 +195,8 @@ def cmd_submit(client: Client, args: Any) -> int:
     for kind, src in sources:
         o = {**opts, **only_urls} if kind == "url" else opts
         o = o if args.no_dedupe else {**o, "idempotency_key": source_key(kind, src, o)}
-        got = client.submit_url(str(src), o) if kind == "url" else \
-            client.submit_file(Path(src), o)
+        got = client.submit_url(str(src), **o) if kind == "url" else \
+            client.submit_file(Path(src), **o)
         ids.append(got["task_id"])
         labels[got["task_id"]] = str(src)
         _submitted(got, src)
@@ -257,7 +248,7 @@ def cmd_batch(client: Client, args: Any) -> int:
     labels: dict[str, str] = {}
     batch_id = None
     if urls:
-        got = client.submit_batch(urls, opts)
+        got = client.submit_batch(urls, **opts)
         batch_id = got["batch_id"]
         ids += got["task_ids"]
         labels.update(zip(got["task_ids"], urls, strict=True))
@@ -266,7 +257,7 @@ def cmd_batch(client: Client, args: Any) -> int:
     for n, kind, src in entries:
         if kind == "file":
             try:
-                got = client.submit_file(Path(src), opts, batch_id=batch_id)
+                got = client.submit_file(Path(src), batch_id=batch_id, **opts)
             except ClientError as exc:
                 err.print(f"line {n}: {src}: {exc} (the other {len(ids)} task(s) are queued "
                           f"in batch {batch_id})")
@@ -296,8 +287,8 @@ def _batch_deduped(client: Client, args: Any, entries: list[tuple[int, str, str 
     for n, kind, src in entries:
         o = {**opts, "idempotency_key": source_key(kind, src, opts)}
         try:
-            got = client.submit_url(str(src), o, batch_id=batch_id) if kind == "url" else \
-                client.submit_file(Path(src), o, batch_id=batch_id)
+            got = client.submit_url(str(src), batch_id=batch_id, **o) if kind == "url" else \
+                client.submit_file(Path(src), batch_id=batch_id, **o)
         except ClientError as exc:
             err.print(f"line {n}: {src}: {exc} (the other {len(ids)} task(s) are in batch "
                       f"{batch_id}; run the same command again to retry the rest)")
@@ -486,7 +477,7 @@ def cmd_result(client: Client, args: Any) -> int:
     if fmt is None:
         suffix = Path(args.output).suffix.lstrip(".").lower() if args.output else ""
         fmt = None if suffix == "zip" else (suffix if suffix in FORMATS else "txt")
-    resp = client.download(tid, fmt)
+    resp = client.download(tid, fmt)  # type: ignore[arg-type]
     if args.output:
         target = Path(args.output)
         if target.is_dir():

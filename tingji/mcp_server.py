@@ -1,0 +1,221 @@
+"""``tingji mcp``: tingji as an MCP server, for agents (Claude Desktop, Cursor, ...).
+
+It is a thin layer over ``tingji.client.AsyncClient``: every tool talks to the running
+service over HTTP (``TINGJI_URL``, ``TINGJI_API_TOKEN``), so an agent's work is an
+ordinary durable task, in the same queue and history as everything else.  Over stdio by
+default; ``--http`` serves streamable HTTP on loopback (with the SDK's Host/Origin
+checks against DNS rebinding).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ResourceError, ToolError
+from mcp_types import Resource as MCPResource
+
+from tingji import __version__
+from tingji.client import AsyncClient, ClientError, Task, TaskOptions, WaitTimeout
+
+Format = Literal["txt", "md", "json", "srt", "vtt"]
+MIME = {"txt": "text/plain", "md": "text/markdown", "json": "application/json",
+        "srt": "application/x-subrip", "vtt": "text/vtt"}
+LISTED_TRANSCRIPTS = 50  # the newest completed tasks listed as resources
+MAX_WAIT_SECONDS = 3600.0
+
+INSTRUCTIONS = """\
+tingji transcribes Chinese (Mandarin) audio and video on the user's own machine:
+Bilibili and other video URLs, or local audio/video files. Each transcription is a
+durable task: if a tool call returns before the task has finished, the task goes on;
+ask again with task_status or get_result using its task_id. Results come as plain
+text, Markdown, JSON with timestamps, SRT or WebVTT subtitles."""
+
+T = TypeVar("T")
+
+
+def _brief(t: Task, with_text: bool = True) -> dict[str, Any]:
+    """What an agent needs of a task: its state, and the transcript once it is done."""
+    out: dict[str, Any] = {k: t.get(k) for k in ("task_id", "status", "stage", "progress",
+                                                  "title", "source", "created_at",
+                                                  "completed_at", "batch_id")}
+    if t.get("error"):
+        out["error"] = t["error"]["message"]  # type: ignore[index]
+    result = t.get("result") or {}
+    if result:
+        out["duration_s"] = result.get("duration_s")
+        if with_text:
+            out["text"] = result.get("polished_text") or result.get("text") or ""
+            if result.get("summary"):
+                out["summary"] = result["summary"]
+    if t["status"] not in ("completed", "failed", "cancelled"):
+        out["note"] = ("still running: call task_status or get_result with this task_id "
+                       "later")
+    return out
+
+
+def _options(hotwords: list[str] | None, speakers: int | Literal["auto"] | None,
+             polish: bool | None, summarize: bool) -> TaskOptions:
+    opts: TaskOptions = {"summarize": summarize}
+    if hotwords:
+        opts["hotwords"] = hotwords
+    if speakers is not None:
+        opts["speakers"] = speakers
+    if polish is not None:
+        opts["polish"] = polish
+    return opts
+
+
+def build_server(api: Callable[[], AsyncClient]) -> MCPServer:
+    """The MCP server; ``api`` makes a client of the tingji service (one per call)."""
+
+    class Server(MCPServer):
+        async def list_resources(self) -> list[MCPResource]:
+            """The fixed resources, then the newest finished transcripts."""
+            fixed = await super().list_resources()
+            try:
+                async with api() as tj:
+                    page = await tj.tasks(status="completed", limit=LISTED_TRANSCRIPTS)
+            except ClientError:
+                return fixed
+            return fixed + [MCPResource(
+                uri=f"tingji://task/{t['task_id']}/txt",
+                name=f"transcript-{t['task_id'][:8]}",
+                title=t.get("title") or t.get("source") or t["task_id"],
+                description=f"transcript of {t.get('source') or 'an upload'} "
+                            f"(completed {t.get('completed_at')})",
+                mime_type="text/plain") for t in page["tasks"]]
+
+    server = Server("tingji", version=__version__, instructions=INSTRUCTIONS,
+                    log_level="WARNING")
+
+    async def call(work: Callable[[AsyncClient], Coroutine[Any, Any, T]]) -> T:
+        try:
+            async with api() as tj:
+                return await work(tj)
+        except ClientError as exc:
+            raise ToolError(str(exc)) from None
+
+    async def submit_and_wait(tj: AsyncClient, submitted: dict[str, Any], wait_seconds: float,
+                              ctx: Context) -> dict[str, Any]:
+        task_id = submitted["task_id"]
+        if wait_seconds <= 0:
+            return _brief(await tj.task(task_id))
+
+        async def progress(t: Task) -> None:
+            await ctx.report_progress(round(t["progress"] * 100, 1), 100,
+                                      f"{t['status']} {t.get('stage') or ''}".strip())
+        try:
+            done = await tj.wait(task_id, timeout=min(wait_seconds, MAX_WAIT_SECONDS),
+                                 interval=1.0, on_progress=progress)
+        except WaitTimeout as exc:
+            return _brief(exc.task)
+        return _brief(done)
+
+    @server.tool()
+    async def transcribe_url(url: str, ctx: Context, hotwords: list[str] | None = None,
+                             speakers: int | Literal["auto"] | None = None,
+                             polish: bool | None = None, summarize: bool = False,
+                             parts: list[int] | None = None,
+                             wait_seconds: float = 600) -> dict[str, Any]:
+        """Transcribe a video or audio URL (Bilibili, YouTube, a direct media link...).
+
+        Waits up to wait_seconds for the transcript (0: return at once); the task goes on
+        either way.  hotwords: names and terms to favour; speakers: "auto" or 2-16 to
+        label who speaks; parts: which parts of a multi-part Bilibili video."""
+        opts = _options(hotwords, speakers, polish, summarize)
+        if parts:
+            opts["parts"] = parts
+
+        async def work(tj: AsyncClient) -> dict[str, Any]:
+            got = await tj.submit_url(url, **opts)
+            if got.get("kind") == "list":
+                return {**_brief(await tj.task(got["task_id"]), with_text=False),
+                        "note": f"a list: its entries become tasks of batch "
+                                f"{got.get('batch_id')}; see list_tasks"}
+            return await submit_and_wait(tj, dict(got), wait_seconds, ctx)
+        return await call(work)
+
+    @server.tool()
+    async def transcribe_file(path: str, ctx: Context, hotwords: list[str] | None = None,
+                              speakers: int | Literal["auto"] | None = None,
+                              polish: bool | None = None, summarize: bool = False,
+                              wait_seconds: float = 600) -> dict[str, Any]:
+        """Transcribe a local audio or video file (a path on this machine); it is
+        uploaded to the tingji service.  Waits up to wait_seconds for the transcript."""
+        file = Path(path).expanduser()
+        if not file.is_file():
+            raise ToolError(f"{path}: no such file (give a path on the machine that runs "
+                            "tingji mcp)")
+
+        async def work(tj: AsyncClient) -> dict[str, Any]:
+            got = await tj.submit_file(file, **_options(hotwords, speakers, polish, summarize))
+            return await submit_and_wait(tj, dict(got), wait_seconds, ctx)
+        return await call(work)
+
+    @server.tool()
+    async def task_status(task_id: str) -> dict[str, Any]:
+        """A task's status, stage and progress; its transcript text once completed.
+        task_id may be the first 8 characters."""
+        async def work(tj: AsyncClient) -> dict[str, Any]:
+            return _brief(await tj.task(await tj.resolve(task_id)))
+        return await call(work)
+
+    @server.tool()
+    async def get_result(task_id: str, format: Format = "txt") -> str:  # noqa: A002
+        """A completed task's result: txt (plain text), md (Markdown with summary), json
+        (segments with timestamps), srt or vtt (subtitles)."""
+        async def work(tj: AsyncClient) -> str:
+            return await tj.result(await tj.resolve(task_id), format)
+        return await call(work)
+
+    @server.tool()
+    async def list_tasks(status: Literal["pending", "processing", "completed", "failed",
+                                         "cancelled"] | None = None,
+                         limit: int = 20) -> list[dict[str, Any]]:
+        """Tasks, newest first, without their text (get_result has it)."""
+        async def work(tj: AsyncClient) -> list[dict[str, Any]]:
+            page = await tj.tasks(status, limit=max(1, min(limit, 200)))
+            return [_brief(t, with_text=False) for t in page["tasks"]]
+        return await call(work)
+
+    @server.tool()
+    async def cancel_task(task_id: str) -> dict[str, Any]:
+        """Cancel a pending or running task."""
+        async def work(tj: AsyncClient) -> dict[str, Any]:
+            return await tj.cancel(await tj.resolve(task_id))
+        return await call(work)
+
+    @server.resource("tingji://task/{task_id}/{fmt}", name="transcript",
+                     description="a completed task's transcript; fmt is txt, md, json, srt "
+                                 "or vtt")
+    async def transcript(task_id: str, fmt: str) -> str:
+        if fmt not in MIME:
+            raise ResourceError(f"unknown format {fmt!r}: one of {', '.join(MIME)}")
+        try:
+            async with api() as tj:
+                return await tj.result(task_id, fmt)  # type: ignore[arg-type]
+        except ClientError as exc:
+            raise ResourceError(str(exc)) from None
+
+    return server
+
+
+def serve(url: str, token: str | None, *, http: bool = False, host: str = "127.0.0.1",
+          port: int = 8765) -> int:
+    server = build_server(lambda: AsyncClient(url, token, timeout=120.0))
+    if not http:
+        server.run("stdio")
+        return 0
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise SystemExit("tingji mcp: --http listens on loopback only (it acts with the "
+                         "service's token for whoever connects)")
+    server.run("streamable-http", host=host, port=port)
+    return 0
