@@ -16,12 +16,24 @@ if [[ ! -x .venv/bin/python ]]; then
 fi
 stamp=".venv/.tingji-installed"
 extras="worker"
-[[ $want_test == 1 ]] && extras="worker,test"
-sig="$(cat pyproject.toml | sha1sum | cut -c1-16)-$extras"
+lock="requirements.lock"
+if [[ $want_test == 1 ]]; then extras="worker,test"; lock="requirements-test.lock"; fi
+pyver=$(.venv/bin/python -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+sig="$(cat pyproject.toml "$lock" | sha1sum | cut -c1-16)-$extras-$pyver"
 if [[ ! -f $stamp ]] || ! grep -qx -- "$sig" "$stamp" 2>/dev/null; then
-  # torch before funasr: a bare `torch` requirement would pull a multi-GB CUDA build.
-  .venv/bin/pip install -q --disable-pip-version-check "torch==2.13.0"
-  .venv/bin/pip install -q --disable-pip-version-check -e ".[$extras]"
+  pip=(.venv/bin/pip install -q --disable-pip-version-check)
+  if [[ $pyver == 3.11 ]]; then
+    # torch before the rest: a bare `torch` requirement would pull a multi-GB CUDA build.
+    "${pip[@]}" "torch==2.13.0"
+    # exactly the locked versions (with their hashes), so installs a month apart agree
+    "${pip[@]}" --no-deps --require-hashes -r "$lock"
+    "${pip[@]}" --no-deps -e .
+    .venv/bin/pip check --disable-pip-version-check >/dev/null
+  else
+    # the locks are resolved for Python 3.11: elsewhere, pyproject.toml's ranges
+    echo "setup: Python $pyver: $lock is for 3.11; resolving pyproject.toml's ranges" >&2
+    "${pip[@]}" -e ".[$extras]"
+  fi
   echo "$sig" > "$stamp"
 fi
 

@@ -81,4 +81,5 @@ def create_app(settings: Settings) -> Litestar:
         openapi_config=OpenAPIConfig(title="tingji", version=__version__, path="/schema"),
         request_max_body_size=1024 * 1024,
         debug=False,
+        logging_config=None,  # tingji.logs configures the process (text or JSON lines)
     )

@@ -8,7 +8,8 @@ can send requests there.  Three checks, in this order, before any handler runs:
    sends one when the user navigated to that address), ``localhost`` and
    ``*.localhost``, the bind host, this machine's host name, and
    ``TINGJI_ALLOWED_HOSTS`` (a reverse proxy's name; ``*`` turns the check off).
-2. **Same origin for state changes**: a POST (or PUT, PATCH, DELETE) whose
+2. **Same origin for state changes**: a POST (or PUT, PATCH, DELETE), or a GET whose
+   handler acts (``opt={"acts": True}``: it reaches the network), whose
    ``Sec-Fetch-Site`` says another site, or whose ``Origin`` is not this server, is
    refused with 403.  Browsers always send one of them on such requests; the CLI and
    scripts send neither and are not affected; the web page is same-origin.
@@ -110,7 +111,9 @@ class BrowserBoundary(ASGIMiddleware):
                             f"this server does not answer to the host name "
                             f"{split_host(host)[:100]!r}; add it to TINGJI_ALLOWED_HOSTS "
                             "if it is yours (a reverse proxy's name)")
-        if scope["method"] in SAFE_METHODS:
+        handler = scope.get("route_handler")
+        opt = getattr(handler, "opt", None) or {}
+        if scope["method"] in SAFE_METHODS and not opt.get("acts"):
             return None
         site = h.get("sec-fetch-site")
         origin = h.get("origin")
@@ -125,8 +128,9 @@ class BrowserBoundary(ASGIMiddleware):
             return _refusal(403, "cross_site_request",
                             "requests that change something must come from this server's "
                             "own page or a non-browser client, not another web site")
-        handler = scope.get("route_handler")
-        wants = (getattr(handler, "opt", None) or {}).get("body", "json")
+        if scope["method"] in SAFE_METHODS:
+            return None
+        wants = opt.get("body", "json")
         has_body = h.get("content-length", "0") not in ("0", "") or "transfer-encoding" in h
         ctype = _media_type(h.get("content-type", ""))
         if wants == "multipart" and ctype != "multipart/form-data":

@@ -87,6 +87,12 @@ def _validation_message(exc: ValidationException) -> str:
     return detail.replace("`$.", "`")
 
 
+def _fields(request: Request[Any, Any, Any]) -> dict[str, Any]:
+    """What a log line about this request carries (JSON logs show them as fields)."""
+    return {"method": request.method, "path": request.url.path,
+            "task_id": request.path_params.get("task_id")}
+
+
 def handle(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     if isinstance(exc, ApiError):
         return _respond(exc.status, exc.code, exc.message, exc.headers)
@@ -112,14 +118,16 @@ def handle(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
                         "the request body is not valid UTF-8 JSON of reasonable depth")
     if isinstance(exc, DataError):
         # a value that slipped past validation and the database cannot store
-        log.warning("value refused by the database on %s: %s", request.url.path, exc)
+        log.warning("value refused by the database on %s: %s", request.url.path, exc,
+                    extra=_fields(request))
         return _respond(HTTP_400_BAD_REQUEST, "validation_error",
                         "a value in the request cannot be stored (control characters?)")
     if isinstance(exc, OperationalError | DBAPIError | ConnectionError | TimeoutError):
-        log.warning("database unavailable: %s", exc)
+        log.warning("database unavailable: %s", exc, extra=_fields(request))
         return _respond(HTTP_503_SERVICE_UNAVAILABLE, "unavailable",
                         "the database is not reachable; try again shortly",
                         {"Retry-After": "5"})
-    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    log.exception("unhandled error on %s %s", request.method, request.url.path,
+                  extra=_fields(request))
     return _respond(HTTP_500_INTERNAL_SERVER_ERROR, "internal_error",
                     "internal error; see the server log")

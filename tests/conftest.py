@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,9 @@ from db import migrate
 from db.engine import make_engine
 from db.queue import Queue, QueueConfig
 
+# Commands the tests run without TINGJI_DATA_DIR use the user data folder: a temporary
+# one, never the real home's.
+os.environ["XDG_DATA_HOME"] = tempfile.mkdtemp(prefix="tingji-xdg-")
 PG_URL = os.environ.get("TINGJI_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 ROOT = Path(__file__).resolve().parent.parent
 TABLES = ("task_events", "task_stages", "segments", "workers", "tasks")

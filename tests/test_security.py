@@ -72,6 +72,14 @@ def test_cross_site_and_non_json_requests_are_refused(
                     headers=cross), 403)
     error_of(h.post("/api/v1/process/bilibili", json={"video_url": URL},
                     headers={"Origin": "null"}), 403)
+    # the OpenAI-style upload, and a GET that reaches the network (a listing of parts)
+    error_of(h.post("/v1/audio/transcriptions", files={"file": ("a.mp3", b"ID3xxxx")},
+                    data={"model": "whisper-1"}, headers=cross), 403)
+    assert error_of(h.get("/api/v1/bilibili/parts", params={"url": URL},
+                          headers={"Sec-Fetch-Site": "cross-site"}), 403)["code"] \
+        == "cross_site_request"
+    # plain reads stay open to the page's own links and to scripts
+    assert h.get("/api/v1/tasks", headers={"Sec-Fetch-Site": "cross-site"}).status_code == 200
     # an Origin of another port of this host is another site too
     error_of(h.post("/api/v1/process/bilibili", json={"video_url": URL},
                     headers={"Origin": "http://127.0.0.1:1"}), 403)

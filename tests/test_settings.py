@@ -6,10 +6,11 @@ import pytest
 from tingji.settings import Settings, SettingsError
 
 
-def test_defaults() -> None:
+def test_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
     s = Settings.from_env({})
-    assert s.data_dir == Path("data").resolve()
-    assert s.database_url == f"sqlite:///{Path('data').resolve() / 'tingji.db'}"
+    assert s.data_dir == tmp_path / "tingji"  # the user data folder, not ./data
+    assert s.database_url == f"sqlite:///{tmp_path / 'tingji' / 'tingji.db'}"
     assert (s.lease_seconds, s.max_attempts, s.max_pending) == (60, 3, 1000)
     assert s.sqlite_synchronous == "FULL" and s.host == "127.0.0.1"
     assert not s.llm_configured

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from tingji.formats import FORMATS
 from tingji.settings import Settings, SettingsError
@@ -12,10 +13,43 @@ from tingji.settings import Settings, SettingsError
 
 def _settings() -> Settings:
     try:
-        return Settings.from_env()
+        settings = Settings.from_env()
     except SettingsError as exc:
         print(f"tingji: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    _tell_about_old_data(settings)
+    return settings
+
+
+def _tell_about_old_data(settings: Settings) -> None:
+    """tingji once kept its data in ``./data`` of whatever folder it ran from.  If such
+    a database is here and no setting chooses a place, say once (per old folder) where
+    the data lives now and how to keep the old place."""
+    import os
+    from pathlib import Path
+
+    if os.environ.get("TINGJI_DATA_DIR") or os.environ.get("TINGJI_DATABASE_URL"):
+        return
+    old = Path("data").resolve()
+    if old == settings.data_dir or not (old / "tingji.db").is_file():
+        return
+    marker = settings.data_dir / ".old-data-noticed"
+    try:
+        told = set(marker.read_text(encoding="utf-8").splitlines())
+    except OSError:
+        told = set()
+    if str(old) in told:
+        return
+    print(f"tingji: the data now lives in {settings.data_dir}, wherever tingji is run from; "
+          f"{old / 'tingji.db'} is not used. To keep using that folder, set "
+          f"TINGJI_DATA_DIR={old} (or move its contents to {settings.data_dir}).",
+          file=sys.stderr)
+    try:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        marker.write_text("".join(f"{p}\n" for p in sorted(told | {str(old)})),
+                          encoding="utf-8")
+    except OSError:
+        pass
 
 
 def cmd_db(args: argparse.Namespace) -> int:
@@ -66,13 +100,9 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 def _refuse_public_without_token(host: str, settings: Settings) -> bool:
     """A listener off loopback needs TINGJI_API_TOKEN; says so and returns True if not."""
-    import ipaddress
+    from tingji.settings import is_loopback
 
-    try:
-        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = False
-    if loopback or settings.api_token:
+    if is_loopback(host) or settings.api_token:
         return False
     print(f"tingji: refusing to listen on {host} without TINGJI_API_TOKEN; "
           "set a token or bind 127.0.0.1", file=sys.stderr)
@@ -97,32 +127,33 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if _refuse_public_without_token(settings.host, settings):
         return 2
     _prepare(settings)
+    import logging
+
     import uvicorn
 
     from server.app import create_app
 
+    _logging(settings)
     app = create_app(settings)
-    print(f"tingji API on http://{settings.host}:{settings.port} "
-          f"(database {settings.database_url.split('://')[0]}, data {settings.data_dir})",
-          file=sys.stderr, flush=True)
+    logging.getLogger("tingji.server").info(
+        "tingji API on http://%s:%s (database %s, data %s)", settings.host, settings.port,
+        settings.database_url.split("://")[0], settings.data_dir)
+    # log_config=None: uvicorn's own lines go through tingji's handler (and format)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning",
-                access_log=False, timeout_graceful_shutdown=5)
+                log_config=None, access_log=False, timeout_graceful_shutdown=5)
     return 0
 
 
-def _logging() -> None:
-    import logging
+def _logging(settings: Settings) -> None:
+    from tingji.logs import configure
 
-    # funasr logs chatty INFO lines on the root logger: keep those at WARNING.
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: "
-                        "%(message)s", datefmt="%H:%M:%S")
-    logging.getLogger("tingji").setLevel(logging.INFO)
+    configure(settings.log_format)
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
     settings = _settings()
     _prepare(settings)
-    _logging()
+    _logging(settings)
     from worker.main import run_worker
 
     return run_worker(settings, preload=args.preload)
@@ -136,7 +167,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if _refuse_public_without_token(host, settings):
         return 2
     _prepare(settings)
-    _logging()
+    _logging(settings)
     return supervise(host, port, preload=not args.no_preload)
 
 
@@ -151,6 +182,30 @@ def cmd_client(args: argparse.Namespace) -> int:
         except ClientError as exc:
             print(f"tingji {args.command}: {exc}", file=sys.stderr)
             return 1
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from tingji.doctor import doctor
+
+    return doctor(_settings())
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from tingji.doctor import download_models
+
+    return download_models(_settings(), Path(args.to).expanduser() if args.to else None)
+
+
+def cmd_service(args: argparse.Namespace) -> int:
+    from tingji import service
+
+    if args.service_command == "install":
+        return service.install(_settings(), user=args.user, dry_run=args.dry_run)
+    if args.service_command == "uninstall":
+        return service.uninstall(user=args.user)
+    return service.status(user=args.user)
 
 
 def cmd_mcp(args: argparse.Namespace) -> int:
@@ -184,33 +239,106 @@ def _task_options(p: argparse.ArgumentParser) -> None:
                         "running the same command again submits only what is missing)")
 
 
+EXAMPLES = """\
+examples:
+  tingji run                                    the API and one worker (the service)
+  tingji submit lecture.mp3 https://www.bilibili.com/video/BV1xx411c7mD --wait
+  tingji batch urls.txt --summarize             one URL or file per line, one batch
+  tingji watch                                  live progress of what is running
+  tingji result 3f2a9c1e -o lecture.srt         a transcript as subtitles
+  tingji doctor                                 check the installation, with fixes
+
+environment (all settings: the README's Settings table):
+  TINGJI_DATA_DIR    where the database, uploads and results live
+                     (default: the user data folder, %(data)s)
+  TINGJI_URL         where the commands that talk to the service find it
+                     (default http://127.0.0.1:8000)
+  TINGJI_API_TOKEN   the bearer token the API requires, and the commands send
+"""
+
+# The environment each command reads, shown under its --help.
+SERVICE_ENV = ("TINGJI_DATA_DIR, TINGJI_DATABASE_URL, TINGJI_HOST, TINGJI_PORT, "
+               "TINGJI_API_TOKEN, TINGJI_ASR_MODEL, TINGJI_DEVICE, TINGJI_LLM_BASE_URL, "
+               "TINGJI_LLM_MODEL, TINGJI_LOG_FORMAT and the rest of the README's Settings")
+CLIENT_ENV = "TINGJI_URL (default http://127.0.0.1:8000), TINGJI_API_TOKEN"
+DB_ENV = "TINGJI_DATA_DIR, TINGJI_DATABASE_URL"
+
+
+def _sub(sub: Any, name: str, help: str, env: str, examples: str = "") -> argparse.ArgumentParser:
+    """A subcommand whose --help ends with its examples and the variables it reads."""
+    epilog = (f"examples:\n{examples}\n" if examples else "") + f"environment: {env}"
+    return sub.add_parser(name, help=help, description=help, epilog=epilog,  # type: ignore
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from tingji import __version__
+    from tingji.settings import default_data_dir
+
     parser = argparse.ArgumentParser(
-        prog="tingji", description="tingji (听记): restart-safe transcription of Chinese audio")
+        prog="tingji", description="tingji (听记): restart-safe transcription of Chinese audio",
+        epilog=EXAMPLES % {"data": default_data_dir()},
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"tingji {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p_db = sub.add_parser("db", help="database schema (Alembic)")
+    p_db = _sub(sub, "db", "database schema (Alembic)", DB_ENV,
+                "  tingji db current\n  tingji db upgrade")
     db_sub = p_db.add_subparsers(dest="db_command", required=True)
     db_sub.add_parser("upgrade", help="bring the database to the latest schema")
     db_sub.add_parser("current", help="show the database's schema revision")
     p_db.set_defaults(func=cmd_db)
 
-    p_prune = sub.add_parser("prune", help="delete finished tasks older than N days, "
-                             "with their files")
-    p_prune.add_argument("--older-than", type=float, required=True, metavar="DAYS")
+    p_prune = _sub(sub, "prune", "delete finished tasks older than N days, with their files",
+                   DB_ENV, "  tingji prune --older-than 30")
+    p_prune.add_argument("--older-than", type=float, required=True, metavar="DAYS",
+                         help="finished (completed, failed, cancelled) more than DAYS ago; "
+                              "0.5 is twelve hours")
     p_prune.set_defaults(func=cmd_prune)
 
-    p_serve = sub.add_parser("serve", help="run the HTTP API")
+    p = _sub(sub, "doctor", "check the installation: one line per check, with the fix for "
+             "each problem (exit code 1 if any)", SERVICE_ENV, "  tingji doctor")
+    p.set_defaults(func=cmd_doctor)
+
+    p = _sub(sub, "models", "the ASR, VAD, punctuation and speaker models", SERVICE_ENV,
+             "  tingji models download --to /media/usb/tingji-models")
+    models_sub = p.add_subparsers(dest="models_command", required=True)
+    dl = models_sub.add_parser("download", help="fetch the configured models once (to carry "
+                               "to an offline machine) and print the settings that use them")
+    dl.add_argument("--to", metavar="DIR", help="a folder per model in DIR (default: the "
+                    "ModelScope cache)")
+    p.set_defaults(func=cmd_models)
+
+    p = _sub(sub, "service", "run `tingji run` as a systemd service that survives reboots",
+             SERVICE_ENV + " (the ones set now go to the service's environment file)",
+             "  tingji service install --user\n  sudo tingji service install\n"
+             "  tingji service status --user")
+    svc = p.add_subparsers(dest="service_command", required=True)
+    for name, text in (("install", "write and enable the unit and its environment file"),
+                       ("uninstall", "stop, disable and remove it (the data stays)"),
+                       ("status", "systemctl status of the service")):
+        sp = svc.add_parser(name, help=text)
+        sp.add_argument("--user", action="store_true",
+                        help="a user service (~/.config/systemd/user), not a system one")
+        if name == "install":
+            sp.add_argument("--dry-run", action="store_true",
+                            help="print the unit and environment file instead")
+    p.set_defaults(func=cmd_service)
+
+    p_serve = _sub(sub, "serve", "run the HTTP API", SERVICE_ENV,
+                   "  tingji serve --port 8000")
     p_serve.add_argument("--host", help="address to bind (default TINGJI_HOST, 127.0.0.1)")
     p_serve.add_argument("--port", type=int, help="port (default TINGJI_PORT, 8000)")
     p_serve.set_defaults(func=cmd_serve)
 
-    p_worker = sub.add_parser("worker", help="run a worker (transcribes tasks)")
+    p_worker = _sub(sub, "worker", "run a worker (transcribes tasks)", SERVICE_ENV,
+                    "  TINGJI_DATABASE_URL=postgresql://user@dbhost/tingji tingji worker")
     p_worker.add_argument("--preload", action="store_true",
                           help="load the ASR model at start instead of at the first task")
     p_worker.set_defaults(func=cmd_worker)
 
-    p_run = sub.add_parser("run", help="run the API and one worker (Ctrl-C stops both)")
+    p_run = _sub(sub, "run", "run the API and one worker (Ctrl-C stops both)", SERVICE_ENV,
+                 "  tingji run\n  TINGJI_API_TOKEN=... tingji run --host 0.0.0.0")
     p_run.add_argument("--host", help="API address (default TINGJI_HOST, 127.0.0.1)")
     p_run.add_argument("--port", type=int, help="API port (default TINGJI_PORT, 8000)")
     p_run.add_argument("--no-preload", action="store_true",
@@ -218,7 +346,10 @@ def build_parser() -> argparse.ArgumentParser:
     p_run.set_defaults(func=cmd_run)
 
     # Commands that talk to a running service (TINGJI_URL, TINGJI_API_TOKEN).
-    p = sub.add_parser("submit", help="submit URLs or local files")
+    p = _sub(sub, "submit", "submit URLs or local files", CLIENT_ENV,
+             "  tingji submit talk.mp3 --wait\n"
+             "  tingji submit 'https://www.bilibili.com/video/BV1xx411c7mD' --parts 2-5\n"
+             "  tingji submit meeting.m4a --speakers auto --hotwords '张三 听记'")
     p.add_argument("sources", nargs="+", metavar="SOURCE", help="an http(s) URL or a file")
     _task_options(p)
     p.add_argument("--parts", metavar="SPEC",
@@ -233,18 +364,20 @@ def build_parser() -> argparse.ArgumentParser:
                          help="read a list URL as one video (its entries as parts)")
     p.set_defaults(func=cmd_client)
 
-    p = sub.add_parser("parts", help="list a video's parts, or a list's videos, without "
-                                     "submitting")
+    p = _sub(sub, "parts", "list a video's parts, or a list's videos, without submitting",
+             CLIENT_ENV, "  tingji parts https://www.bilibili.com/video/BV1xx411c7mD")
     p.add_argument("url", metavar="URL")
     p.set_defaults(func=cmd_client)
 
-    p = sub.add_parser("batch", help="submit every URL or file listed in FILE as one batch")
+    p = _sub(sub, "batch", "submit every URL or file listed in FILE as one batch", CLIENT_ENV,
+             "  tingji batch urls.txt --summarize --wait")
     p.add_argument("file", metavar="FILE",
                    help="one URL or path per line; blank lines and # comments are ignored")
     _task_options(p)
     p.set_defaults(func=cmd_client)
 
-    p = sub.add_parser("list", help="list tasks, newest first")
+    p = _sub(sub, "list", "list tasks, newest first", CLIENT_ENV,
+             "  tingji list --status failed\n  tingji list --json | jq '.tasks[].task_id'")
     p.add_argument("--status", choices=["pending", "processing", "completed", "failed",
                                         "cancelled"])
     p.add_argument("--batch", metavar="ID", help="only this batch (full or short id)")
@@ -252,32 +385,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_client)
 
-    p = sub.add_parser("show", help="one task in full, with its history")
+    p = _sub(sub, "show", "one task in full, with its history", CLIENT_ENV,
+             "  tingji show 3f2a9c1e")
     p.add_argument("id", metavar="ID", help="task id (or its first 8 characters)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_client)
 
-    p = sub.add_parser("watch", help="follow running and pending tasks until all finish")
+    p = _sub(sub, "watch", "follow running and pending tasks until all finish", CLIENT_ENV,
+             "  tingji watch --batch 5d1e")
     p.add_argument("--batch", metavar="ID", help="only this batch (full or short id)")
     p.set_defaults(func=cmd_client)
 
-    p = sub.add_parser("cancel", help="cancel tasks")
+    p = _sub(sub, "cancel", "cancel tasks", CLIENT_ENV, "  tingji cancel 3f2a9c1e")
     p.add_argument("ids", nargs="+", metavar="ID")
     p.set_defaults(func=cmd_client)
 
-    p = sub.add_parser("retry", help="run failed or cancelled tasks again")
+    p = _sub(sub, "retry", "run failed or cancelled tasks again", CLIENT_ENV,
+             "  tingji retry 3f2a9c1e 77b0c2d4")
     p.add_argument("ids", nargs="+", metavar="ID")
     p.set_defaults(func=cmd_client)
 
-    p = sub.add_parser("mcp", help="an MCP server for agents (stdio; --http for streamable "
-                                   "HTTP), talking to the running service")
+    p = _sub(sub, "mcp", "an MCP server for agents (stdio; --http for streamable HTTP), "
+             "talking to the running service", CLIENT_ENV,
+             "  tingji mcp\n  tingji mcp --http --port 8765")
     p.add_argument("--http", action="store_true",
                    help="serve streamable HTTP on HOST:PORT/mcp instead of stdio")
     p.add_argument("--host", default="127.0.0.1", help="with --http (loopback only)")
     p.add_argument("--port", type=int, default=8765, help="with --http (default 8765)")
     p.set_defaults(func=cmd_mcp)
 
-    p = sub.add_parser("result", help="print or save a completed task's result")
+    p = _sub(sub, "result", "print or save a completed task's result", CLIENT_ENV,
+             "  tingji result 3f2a9c1e\n  tingji result 3f2a9c1e -o talk.srt\n"
+             "  tingji result 3f2a9c1e -o all.zip")
     p.add_argument("id", metavar="ID")
     p.add_argument("--format", choices=list(FORMATS),
                    help="default: txt, or what -o's suffix says (.zip: all of them)")

@@ -9,7 +9,6 @@ checks against DNS rebinding).
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -20,6 +19,7 @@ from mcp_types import Resource as MCPResource
 
 from tingji import __version__
 from tingji.client import AsyncClient, ClientError, Task, TaskOptions, WaitTimeout
+from tingji.settings import is_loopback
 
 Format = Literal["txt", "md", "json", "srt", "vtt"]
 MIME = {"txt": "text/plain", "md": "text/markdown", "json": "application/json",
@@ -210,11 +210,7 @@ def serve(url: str, token: str | None, *, http: bool = False, host: str = "127.0
     if not http:
         server.run("stdio")
         return 0
-    try:
-        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = False
-    if not loopback:
+    if not is_loopback(host):
         raise SystemExit("tingji mcp: --http listens on loopback only (it acts with the "
                          "service's token for whoever connects)")
     server.run("streamable-http", host=host, port=port)

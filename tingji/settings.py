@@ -32,6 +32,14 @@ Parse = Callable[[str], Any]
 Check = Callable[[Any], "str | None"]
 
 
+def is_loopback(host: str) -> bool:
+    """Whether a bind address reaches this machine only."""
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _hotwords_file(path: Path | None) -> str | None:
     if path is None:
         return None
@@ -44,11 +52,24 @@ def _hotwords_file(path: Path | None) -> str | None:
     return None
 
 
-def _setting(default: Any, parse: Parse, check: Check | None = None) -> Any:
-    """One ``TINGJI_<NAME>`` setting: its default, how its text is parsed (ValueError
-    with a reason) and checked (a reason, or None).  ``Settings.from_env`` reads every
-    field declared this way; the README's table is tested against these names."""
-    return field(default=default, metadata={"parse": parse, "check": check})
+def _setting(default: Any, parse: Parse, check: Check | None = None, *,
+             factory: Callable[[], Any] | None = None) -> Any:
+    """One ``TINGJI_<NAME>`` setting: its default (or a ``factory`` for it), how its text
+    is parsed (ValueError with a reason) and checked (a reason, or None).
+    ``Settings.from_env`` reads every field declared this way; the README's table is
+    tested against these names."""
+    meta = {"parse": parse, "check": check}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def default_data_dir() -> Path:
+    """The user data folder (``~/.local/share/tingji`` on Linux, ``$XDG_DATA_HOME``
+    honoured): every command finds the same data wherever it is run from."""
+    from platformdirs import user_data_path
+
+    return user_data_path("tingji", appauthor=False)
 
 
 def _raise(message: str) -> Any:
@@ -161,7 +182,8 @@ def _database_url(raw: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    data_dir: Path = _setting(Path("data"), lambda r: Path(r) if r else _raise("must not be empty"))
+    data_dir: Path = _setting(None, lambda r: Path(r).expanduser() if r else
+                              _raise("must not be empty"), factory=default_data_dir)
     database_url: str = _setting("", _database_url)  # filled from data_dir when empty
     lease_seconds: int = _setting(60, _int, _between(5))
     max_attempts: int = _setting(3, _int, _between(1))
@@ -210,6 +232,8 @@ class Settings:
     # link-local...): "1" allows every address, or a list such as 192.168.1.10/32
     allow_private_urls: tuple[str, ...] = _setting((), _networks)
     drain_seconds: float = _setting(30.0, _float, _between(0))
+    # text: lines for people; json: one object per line (task_id, worker_id, stage)
+    log_format: str = _setting("text", _choice(("text", "json"), upper=False))
     worker_nice: int = _setting(10, _int, _between(0, 19))
     heartbeat_seconds: float = _setting(2.0, _float, _between(0.1, 60))
     vad_max_end_silence_ms: int | None = _setting(None, _optional_int,
@@ -289,7 +313,8 @@ class Settings:
         if problems:
             raise SettingsError(problems)
 
-        data_dir = values["data_dir"] = Path(values.get("data_dir", "data")).resolve()
+        data_dir = values["data_dir"] = Path(values.get("data_dir")
+                                             or default_data_dir()).resolve()
         if not values.get("database_url"):
             values["database_url"] = f"sqlite:///{data_dir / 'tingji.db'}"
         return cls(**values)

@@ -34,6 +34,7 @@ from db.errors import LeaseLost
 from db.queue import Queue
 from db.reads import Reads
 from db.values import LeaseBeat, TaskError
+from tingji.logs import bind
 from tingji.settings import Settings
 from tingji.supervise import EXIT_FATAL
 from worker.asr import AsrConfig, AsrEngine, ModelLoadError, resolve_device
@@ -140,6 +141,7 @@ class Worker:
     # ------------------------------------------------------------------ lifecycle
     async def run(self, *, preload: bool = False) -> int:
         loop = asyncio.get_running_loop()
+        bind(worker_id=self.id)  # every task this one starts inherits it
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
         await self.queue.register(self.id, self.hostname, os.getpid(), boot_id=BOOT_ID,
@@ -253,6 +255,7 @@ class Worker:
     async def _execute(self, run: TaskRun) -> None:
         """Run one task, then record how it ended (``_record``): the one place outcomes
         are written.  The run leaves ``self.runs`` however that goes."""
+        bind(task_id=run.id)  # this asyncio task's log lines (and the pipeline's) name it
         try:
             outcome = await self._outcome_of(run)
             written = await self._record(run, outcome)
@@ -301,7 +304,8 @@ class Worker:
             assert ended.error is not None
             status = await q.fail(tid, me, ended.error)
             log.info("task %s %s: %s", tid, "will be retried" if status == "pending"
-                     else "failed", ended.error.message)
+                     else "failed", ended.error.message,
+                     extra={"stage": run.stage.value if run.stage else None})
             if status == "pending":
                 return Outcome.RETRY
         elif ended.outcome is Outcome.CANCEL:

@@ -25,6 +25,7 @@ from db.reads import Checkpoint
 from db.values import NewTask, SegmentRow
 from tingji.formats import labelled_text, render_all
 from tingji.hotwords import merged
+from tingji.logs import bind
 from tingji.taskfiles import TaskFiles, source_of
 from worker.asr import transcript_of
 from worker.batching import AsrJob
@@ -145,6 +146,7 @@ class TaskRun:
 
     async def _stage(self, stage: Stage, body: Callable[[], Awaitable[dict[str, Any]]], *,
                      timeout: float | None = None) -> tuple[dict[str, Any], float]:
+        bind(stage=stage.value)  # the pipeline's log lines name it
         started = await self._begin(stage)
         try:
             async with asyncio.timeout(timeout):

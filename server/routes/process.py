@@ -112,7 +112,8 @@ LIST_TIMEOUT_S = 60.0
 _LISTING = asyncio.Semaphore(2)  # listings at once (each a process running yt-dlp)
 
 
-@get("/bilibili/parts", summary="A video's parts, or a list's entries, without submitting")
+@get("/bilibili/parts", summary="A video's parts, or a list's entries, without submitting",
+     opt={"acts": True})  # it reaches the network: not for other sites' pages
 async def list_parts(url: str, settings: SettingsDep) -> PartsView:
     """Reads the page (no download) under the same egress policy as a task, in a child
     process the API kills after 60 s: number, title and duration of each part of a

@@ -1,0 +1,345 @@
+"""``tingji doctor`` and ``tingji models download``.
+
+The doctor checks what a task would otherwise find out by failing: one line per check,
+and for each problem the fix.  It never loads a model (that takes a GPU's worth of
+memory); it checks that the files are there, or where they would come from.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tingji.settings import Settings, is_loopback
+
+GIB = 1024**3
+# demuxers every ordinary upload needs; the rest of worker.media.DEMUXERS are rarer
+ESSENTIAL_DEMUXERS = ("wav", "mp3", "mov", "matroska", "aac", "flac", "ogg")
+MODELSCOPE_API = "https://www.modelscope.cn/api/v1/models/{id}"
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    name: str
+    ok: bool | None  # None: worth knowing, not a problem
+    detail: str
+    fix: str = ""
+
+    def line(self) -> str:
+        mark = {True: "[ ok ]", False: "[FAIL]", None: "[note]"}[self.ok]
+        fix = f" -- fix: {self.fix}" if self.fix and self.ok is False else ""
+        return f"{mark} {self.name}: {self.detail}{fix}"
+
+
+# ------------------------------------------------------------------ the checks
+def check_python() -> Iterator[Finding]:
+    v = sys.version_info
+    yield Finding("python", v >= (3, 11), f"{sys.executable} {v.major}.{v.minor}.{v.micro}",
+                  "tingji needs Python 3.11 or newer")
+    versions = {}
+    for dist in ("tingji", "sqlalchemy", "litestar", "alembic", "mcp", "funasr", "torch",
+                 "yt-dlp", "openai"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            versions[dist] = None
+    found = ", ".join(f"{d} {v}" for d, v in versions.items() if v)
+    missing = [d for d, v in versions.items() if v is None]
+    yield Finding("packages", not missing, found + (f"; missing: {', '.join(missing)}"
+                                                     if missing else ""),
+                  "scripts/setup.sh, or pip install 'tingji[worker]' (a worker needs funasr, "
+                  "torch, yt-dlp and openai; the API alone does not)")
+
+
+def check_ffmpeg() -> Iterator[Finding]:
+    from worker.media import DEMUXERS, ffmpeg_exe
+
+    try:
+        exe = ffmpeg_exe()
+    except RuntimeError:
+        yield Finding("ffmpeg", False, "not found on PATH, and imageio-ffmpeg is not "
+                      "installed", "apt install ffmpeg (or pip install imageio-ffmpeg)")
+        return
+    try:
+        version = subprocess.run([exe, "-hide_banner", "-version"], capture_output=True,
+                                 text=True, timeout=20).stdout.split("\n", 1)[0]
+        listing = subprocess.run([exe, "-hide_banner", "-demuxers"], capture_output=True,
+                                 text=True, timeout=20).stdout
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        yield Finding("ffmpeg", False, f"{exe} does not run: {exc}",
+                      "apt install ffmpeg (or pip install imageio-ffmpeg)")
+        return
+    have = {name for line in listing.splitlines()[4:] if len(parts := line.split()) >= 2
+            for name in parts[1].split(",")}
+    wanted = {n for group in DEMUXERS.split(",") for n in group.split(",")}
+    essential = [d for d in ESSENTIAL_DEMUXERS if d not in have]
+    rare = sorted(d for d in wanted - have if d not in ESSENTIAL_DEMUXERS)
+    yield Finding("ffmpeg", not essential,
+                  f"{exe} ({version.removeprefix('ffmpeg version ').split(' ')[0]})"
+                  + (f"; lacks the demuxers {', '.join(essential)}" if essential else
+                     "; reads the allowed containers"
+                     + (f" (not: {', '.join(rare)})" if rare else "")),
+                  "a full ffmpeg build (apt install ffmpeg), or pip install imageio-ffmpeg "
+                  "and take it off PATH")
+
+
+def _hub_names() -> dict[str, str]:
+    """funasr's short names (paraformer-zh, ...) -> ModelScope ids, read without
+    importing funasr (which imports torch)."""
+    spec = importlib.util.find_spec("funasr")
+    if spec is None or not spec.submodule_search_locations:
+        return {}
+    path = Path(next(iter(spec.submodule_search_locations))) / "download" / \
+        "name_maps_from_hub.py"
+    namespace: dict[str, Any] = {}
+    try:
+        exec(compile(path.read_text(encoding="utf-8"), str(path), "exec"), namespace)  # noqa: S102
+    except OSError:
+        return {}
+    return dict(namespace.get("name_maps_ms", {}))
+
+
+def folder_problem(folder: Path) -> str | None:
+    """Why a funasr model folder is incomplete, or None."""
+    import json
+
+    meta = folder / "configuration.json"
+    needed: list[str] = []
+    if meta.is_file():
+        try:
+            doc = json.loads(meta.read_text(encoding="utf-8"))
+        except ValueError:
+            return "configuration.json is not JSON"
+
+        def leaves(v: Any) -> Iterator[str]:
+            if isinstance(v, dict):
+                for x in v.values():
+                    yield from leaves(x)
+            elif isinstance(v, str):
+                yield v
+        needed = list(leaves(doc.get("file_path_metas", {})))
+    needed = needed or ["config.yaml", "model.pt"]
+    missing = [n for n in needed if not (folder / n).is_file() or
+               (folder / n).stat().st_size == 0]
+    return f"missing or empty: {', '.join(missing)}" if missing else None
+
+
+def model_roles(settings: Settings) -> list[tuple[str, str, str | None]]:
+    """(role, setting, model) for every model the worker may load."""
+    return [("ASR", "TINGJI_ASR_MODEL", settings.asr_model),
+            ("VAD", "TINGJI_VAD_MODEL", settings.vad_model),
+            ("punctuation", "TINGJI_PUNC_MODEL", settings.punc_model),
+            ("speaker", "TINGJI_SPK_MODEL", settings.spk_model)]
+
+
+def check_models(settings: Settings, *, network: bool = True) -> Iterator[Finding]:
+    names = _hub_names()
+    for role, var, model in model_roles(settings):
+        what = f"model {role}"
+        if not model:
+            yield Finding(what, None, f"none ({var} is empty)")
+            continue
+        folder = Path(model).expanduser()
+        if folder.is_dir():
+            why = folder_problem(folder)
+            yield Finding(what, why is None, f"{folder}" + (f": {why}" if why else " (complete)"),
+                          f"copy the whole model folder again, or point {var} at a complete "
+                          "one (`tingji models download --to DIR` makes one)")
+            continue
+        if model.startswith(("/", ".", "~")) or folder.exists():
+            yield Finding(what, False, f"{model}: no such folder",
+                          f"point {var} at a model folder, or at a hub id such as "
+                          "paraformer-zh")
+            continue
+        hub_id = names.get(model, model)
+        cached = _cached(hub_id)
+        if cached:
+            yield Finding(what, True, f"{model} -> {hub_id}, cached in {cached}")
+            continue
+        reachable = network and _reachable(hub_id)
+        yield Finding(what, True if reachable else False,
+                      f"{model} -> {hub_id}: not cached, "
+                      + ("but ModelScope answers, so the worker downloads it at its first start"
+                         if reachable else "and ModelScope cannot be reached from here"),
+                      f"on a machine with network, `tingji models download --to DIR`; carry "
+                      f"DIR here and set the {var} line it prints")
+
+
+def _cached(hub_id: str) -> str | None:
+    try:
+        from modelscope.hub.snapshot_download import snapshot_download
+    except ImportError:
+        return None
+    try:
+        return str(snapshot_download(hub_id, local_files_only=True))
+    except Exception:  # noqa: BLE001  (any failure means: not in the cache)
+        return None
+
+
+def _reachable(hub_id: str) -> bool:
+    try:
+        return httpx.get(MODELSCOPE_API.format(id=hub_id), timeout=5).status_code < 500
+    except httpx.HTTPError:
+        return False
+
+
+def check_cuda(settings: Settings) -> Iterator[Finding]:
+    if importlib.util.find_spec("torch") is None:
+        return  # the packages line says so
+    import torch
+
+    if not torch.cuda.is_available():
+        yield Finding("cuda", False if settings.device == "cuda" else None,
+                      f"no CUDA device (torch {torch.__version__}); the worker runs on the CPU",
+                      "TINGJI_DEVICE=auto or cpu, or install a CUDA build of torch that "
+                      "matches the driver")
+        return
+    free, total = torch.cuda.mem_get_info()
+    yield Finding("cuda", True, f"{torch.cuda.get_device_name(0)}, {free / GIB:.1f} of "
+                  f"{total / GIB:.1f} GiB free (torch {torch.__version__})")
+
+
+def check_database(settings: Settings) -> Iterator[Finding]:
+    from db import migrate
+
+    url = settings.database_url
+    shown = url.split("://")[0] + (f" {url.removeprefix('sqlite:///')}"
+                                   if url.startswith("sqlite") else "")
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
+        yield Finding("database", None, f"{shown}: not created yet (the first start does)")
+        return
+    try:
+        rev, head = migrate.current(url), migrate.head_revision()
+    except Exception as exc:  # noqa: BLE001  (unreachable, wrong credentials, ...)
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        yield Finding("database", False, f"{shown}: cannot connect ({first})",
+                      "start the database, or correct TINGJI_DATABASE_URL")
+        return
+    yield Finding("database", rev == head,
+                  f"{shown} at revision {rev or 'none'}"
+                  + ("" if rev == head else f", behind {head}"), "tingji db upgrade")
+
+
+def check_disk(settings: Settings) -> Iterator[Finding]:
+    place = settings.data_dir
+    while not place.exists() and place != place.parent:
+        place = place.parent
+    free = shutil.disk_usage(place).free
+    yield Finding("disk", True if free >= 5 * GIB else None if free >= GIB else False,
+                  f"{free / GIB:.1f} GiB free for {settings.data_dir}",
+                  "free some space (tingji prune --older-than DAYS removes old tasks' files), "
+                  "or set TINGJI_DATA_DIR to a larger disk")
+
+
+def check_exposure(settings: Settings) -> Iterator[Finding]:
+    if is_loopback(settings.host):
+        yield Finding("api", True, f"listens on {settings.host} (this machine only)"
+                      + ("; token set" if settings.api_token else ""))
+    elif settings.api_token:
+        yield Finding("api", True, f"listens on {settings.host}, with a token")
+    else:
+        yield Finding("api", False, f"TINGJI_HOST={settings.host} reaches other machines and "
+                      "no TINGJI_API_TOKEN is set (the API refuses to start)",
+                      "set TINGJI_API_TOKEN, or TINGJI_HOST=127.0.0.1")
+
+
+def check_llm(settings: Settings) -> Iterator[Finding]:
+    if not settings.llm_configured:
+        yield Finding("llm", None, "none configured: transcripts are not polished or "
+                      "summarized (TINGJI_LLM_BASE_URL and TINGJI_LLM_MODEL)")
+        return
+    base = str(settings.llm_base_url).rstrip("/")
+    headers = {"Authorization": f"Bearer {settings.llm_api_key}"} if settings.llm_api_key \
+        else {}
+    fix = "check TINGJI_LLM_BASE_URL, TINGJI_LLM_API_KEY and TINGJI_LLM_MODEL"
+    try:
+        resp = httpx.get(f"{base}/models", headers=headers, timeout=10)
+    except httpx.HTTPError as exc:
+        yield Finding("llm", False, f"{base}: cannot connect ({type(exc).__name__})", fix)
+        return
+    if resp.status_code in (401, 403):
+        yield Finding("llm", False, f"{base}: the API key is refused ({resp.status_code})", fix)
+        return
+    try:
+        ids = [m["id"] for m in resp.json()["data"]]
+    except (ValueError, KeyError, TypeError):
+        ids = []
+    if resp.status_code != 200 or not ids:
+        yield Finding("llm", None, f"{base} answers {resp.status_code} but lists no models; "
+                      f"{settings.llm_model} is assumed")
+    elif settings.llm_model in ids:
+        yield Finding("llm", True, f"{base} offers {settings.llm_model}")
+    else:
+        yield Finding("llm", False, f"{base} does not offer {settings.llm_model} (it offers "
+                      f"{', '.join(ids[:8])}{'...' if len(ids) > 8 else ''})", fix)
+
+
+CHECKS: list[Callable[[Settings], Iterator[Finding]]] = [
+    lambda s: check_python(), lambda s: check_ffmpeg(), check_models, check_cuda,
+    check_database, check_disk, check_exposure, check_llm]
+
+
+def doctor(settings: Settings, out: Callable[[str], object] = print) -> int:
+    """Runs every check, printing each finding as it comes; 0 if none failed."""
+    failed = 0
+    for check in CHECKS:
+        try:
+            findings = list(check(settings))
+        except Exception as exc:  # noqa: BLE001  (a check that breaks is a finding too)
+            findings = [Finding(getattr(check, "__name__", "check"), False,
+                                f"the check itself failed: {type(exc).__name__}: {exc}")]
+        for f in findings:
+            out(f.line())
+            failed += f.ok is False
+    out(f"{failed} problem(s) found" if failed else "no problems found")
+    return 1 if failed else 0
+
+
+# ------------------------------------------------------------------ models download
+def download_models(settings: Settings, to: Path | None, out: Callable[[str], object] = print
+                    ) -> int:
+    """Fetches (or copies) every configured model once, into ``to`` (else the
+    ModelScope cache), and prints the settings that use them."""
+    names = _hub_names()
+    lines, failed = [], 0
+    for role, var, model in model_roles(settings):
+        if not model:
+            continue
+        folder = Path(model).expanduser()
+        try:
+            if folder.is_dir():
+                why = folder_problem(folder)
+                if why:
+                    raise RuntimeError(f"{folder} is incomplete ({why})")
+                where = folder
+                if to is not None:
+                    where = to / folder.name
+                    if where.resolve() != folder.resolve():
+                        shutil.copytree(folder, where, dirs_exist_ok=True)
+            else:
+                hub_id = names.get(model, model)
+                from modelscope.hub.snapshot_download import snapshot_download
+
+                where = Path(snapshot_download(
+                    hub_id, local_dir=str(to / hub_id.split("/")[-1]) if to else None))
+        except Exception as exc:  # noqa: BLE001  (unreachable hub, disk full, ...)
+            first = (str(exc).strip().splitlines() or [""])[0][:300]
+            out(f"{role} model {model}: {type(exc).__name__}: {first}")
+            failed += 1
+            continue
+        out(f"{role} model {model}: {where}")
+        lines.append(f"{var}={where.resolve()}")
+    if lines:
+        out("\nuse them with (e.g. in the service's environment file):")
+        for line in lines:
+            out(line)
+    return 1 if failed else 0
