@@ -104,10 +104,11 @@ class Reads:
         return [Task(**r._mapping) for r in rows], int(total)
 
     async def upload_names(self) -> set[str]:
-        """The stored file names of every upload a task still refers to."""
+        """The stored file names of every upload a task still needs: not those of
+        completed tasks (a worker on another machine completed it from its own copy)."""
         async with self.engine.connect() as conn:
             rows = (await conn.execute(select(T.c.payload).where(
-                T.c.kind == TaskKind.UPLOAD))).scalars().all()
+                T.c.kind == TaskKind.UPLOAD, T.c.status != TaskStatus.COMPLETED))).scalars().all()
         return {str(p["upload"]["stored_name"]) for p in rows
                 if isinstance(p, dict) and isinstance(p.get("upload"), dict)
                 and p["upload"].get("stored_name")}

@@ -325,3 +325,75 @@ async def fetch_upload(path: Path, filename: str, work: Path, *, max_duration_s:
     duration = await normalize(path, audio, max_duration_s=max_duration_s)
     return Fetched(audio, duration, Path(filename).stem or filename,
                    meta={"filename": filename})
+
+
+async def fetch_remote_upload(api_url: str, token: str | None, task_id: str,
+                              upload: dict[str, Any], dest: Path) -> Path:
+    """An upload stored by an API on another machine: streamed from its internal route
+    into ``dest``, and checked against the size and SHA-256 recorded at upload time."""
+    import hashlib
+    from urllib.parse import urlsplit
+
+    import httpx
+
+    from tingji.settings import is_loopback
+
+    base = api_url.rstrip("/")
+    host = urlsplit(base).hostname or ""
+    if not token and not is_loopback(host):
+        raise RetryableTaskError(
+            f"the upload is on the API's machine ({base}); fetching it from another host "
+            "needs TINGJI_API_TOKEN on this worker (and the API)", type="UploadElsewhere")
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    size, want = int(upload["size"]), str(upload["sha256"])
+    digest, got = hashlib.sha256(), 0
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        async with httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=10.0)) as http, \
+                http.stream("GET", f"{base}/api/v1/internal/upload/{task_id}",
+                            headers=headers) as resp:
+            if resp.status_code != 200:
+                await resp.aread()
+                try:
+                    err = resp.json()["error"]
+                    why, code = str(err["message"]), str(err["code"])
+                except (ValueError, KeyError, TypeError):
+                    why, code = f"HTTP {resp.status_code}", ""
+                if code in ("upload_gone", "not_found"):
+                    raise PermanentTaskError(f"the uploaded file is gone: {why}",
+                                             type="MissingUpload")
+                raise RetryableTaskError(f"the API at {base} refused the upload: {why}",
+                                         type="UploadFetchFailed")
+            with open(dest, "wb") as fh:
+                async for chunk in resp.aiter_bytes(2**20):
+                    got += len(chunk)
+                    if got > size:
+                        break
+                    digest.update(chunk)
+                    fh.write(chunk)
+    except httpx.HTTPError as exc:
+        dest.unlink(missing_ok=True)
+        raise RetryableTaskError(f"cannot fetch the upload from the API at {base} "
+                                 f"({type(exc).__name__}); it is retried",
+                                 type="ApiUnreachable") from None
+    if got != size or digest.hexdigest() != want:
+        dest.unlink(missing_ok=True)
+        raise RetryableTaskError(f"the upload fetched from {base} does not match what was "
+                                 f"uploaded ({got} of {size} bytes, or another checksum)",
+                                 type="UploadFetchFailed")
+    log.info("fetched upload of task %s from %s (%d bytes)", task_id, base, size)
+    return dest
+
+
+async def release_remote_upload(api_url: str, token: str | None, task_id: str) -> None:
+    """Tells the API that stored the upload that the task completed (best effort: the
+    API's hourly sweep removes completed tasks' uploads anyway)."""
+    import httpx
+
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        async with httpx.AsyncClient(timeout=10.0) as http:
+            await http.delete(f"{api_url.rstrip('/')}/api/v1/internal/upload/{task_id}",
+                              headers=headers)
+    except httpx.HTTPError as exc:
+        log.warning("could not tell the API to drop task %s's upload: %s", task_id, exc)

@@ -262,6 +262,8 @@ class Worker:
             if written in (Outcome.COMPLETED, Outcome.FAILED, Outcome.CANCEL):
                 await asyncio.to_thread(run.cleanup_files,
                                         upload=written is Outcome.COMPLETED)
+            if written is Outcome.COMPLETED:
+                await run.release_remote_upload()
             log.info("task %s: %s", run.id, written.value)
         finally:
             self.runs.pop(run.id, None)

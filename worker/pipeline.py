@@ -30,7 +30,13 @@ from tingji.taskfiles import TaskFiles, source_of
 from worker.asr import transcript_of
 from worker.batching import AsrJob
 from worker.errors import PermanentTaskError, RetryableTaskError, TaskCancelled
-from worker.fetch import fetch_upload, fetch_url, list_url
+from worker.fetch import (
+    fetch_remote_upload,
+    fetch_upload,
+    fetch_url,
+    list_url,
+    release_remote_upload,
+)
 from worker.llm import LlmOptions
 
 if TYPE_CHECKING:
@@ -80,6 +86,7 @@ class TaskRun:
     progress: float = 0.0
     message: str | None = None
     phase: Phase = Phase.FETCHING
+    remote_upload: bool = False  # fetched from the API that stored it (another machine)
     inner: asyncio.Task[dict[str, Any]] | None = None
 
     @property
@@ -171,8 +178,14 @@ class TaskRun:
             else:
                 up, path = payload["upload"], self.files.upload
                 assert path is not None
+                if not path.is_file():  # stored by an API on another machine
+                    path = await fetch_remote_upload(s.api_url or s.url, s.api_token, self.id,
+                                                     up, self.work_dir / "upload")
+                    self.remote_upload = True
                 fetched = await fetch_upload(path, up["filename"],
                                              self.work_dir, max_duration_s=s.max_duration_s)
+                if self.remote_upload:
+                    path.unlink(missing_ok=True)  # the normalized WAV is what stages need
         download = self.work_dir / "download"
         if download.exists():  # the normalized WAV is all later stages need
             shutil.rmtree(download, ignore_errors=True)
@@ -382,6 +395,14 @@ class TaskRun:
         too once it completed (the transcript lives in the database, the results under
         results/); a failed or cancelled upload keeps it for a retry."""
         self.files.remove(upload=upload)
+
+    async def release_remote_upload(self) -> None:
+        """A completed upload task whose file is not on this machine: the API that
+        stored it drops its copy."""
+        path = self.files.upload
+        if self.task.kind == TaskKind.UPLOAD and path is not None and not path.exists():
+            s = self.ctx.settings
+            await release_remote_upload(s.api_url or s.url, s.api_token, self.id)
 
 
 def _write_files(out_dir: Path, files: dict[str, str]) -> None:
