@@ -67,16 +67,20 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         yield f"sqlite:///{path}"
     else:
         url = request.getfixturevalue("pg_migrated")
-
-        async def truncate() -> None:
-            engine = make_engine(url, pool_size=1)
-            try:
-                async with engine.begin() as conn:
-                    await conn.execute(text(f"TRUNCATE {', '.join(TABLES)} CASCADE"))
-            finally:
-                await engine.dispose()
-        asyncio.run(truncate())
+        truncate_pg(url)
         yield url
+
+
+def truncate_pg(url: str) -> None:
+    """Empties every table of a migrated PostgreSQL database."""
+    async def run() -> None:
+        engine = make_engine(url, pool_size=1)
+        try:
+            async with engine.begin() as conn:
+                await conn.execute(text(f"TRUNCATE {', '.join(TABLES)} CASCADE"))
+        finally:
+            await engine.dispose()
+    asyncio.run(run())
 
 
 @pytest.fixture

@@ -86,3 +86,91 @@ async def test_what_can_go_wrong_fetching_an_upload(stack_factory: Callable[...,
     with pytest.raises(PermanentTaskError, match="gone") as gone:
         await fetch_remote_upload(url, TOKEN, tid, meta, dest)
     assert gone.value.type == "MissingUpload"
+
+
+@pytest.mark.slow
+def test_two_hosts_share_the_queue_and_its_uploads(stack_factory: Callable[..., Stack],
+                                                   media: dict[str, Path], tmp_path: Path,
+                                                   pg_migrated: str) -> None:
+    """Two machines (network namespaces with their own host names and disks) work one
+    PostgreSQL queue with the API on this one: URL tasks and uploads complete exactly
+    once; when one host's worker is SIGKILLed mid-task the other finishes it."""
+    import signal
+    import subprocess
+    import time
+
+    from tests.conftest import truncate_pg
+    from tests.helpers import netns
+    from tests.helpers.procs import TINGJI, Proc
+    from tests.helpers.servers import FileServer
+
+    why = netns.unavailable()
+    if why:
+        pytest.skip(why)
+    truncate_pg(pg_migrated)
+    files = FileServer(media["speech"].parent)
+    # the workers reach the API by a name it must know (as a reverse proxy's would be)
+    stack = stack_factory(TINGJI_API_TOKEN=TOKEN, TINGJI_DATABASE_URL=pg_migrated,
+                          TINGJI_ALLOWED_HOSTS="api.tingji.test")
+    stack.http.headers["Authorization"] = f"Bearer {TOKEN}"
+    api_port, media_port = (int(u.rsplit(":", 1)[1]) for u in (stack.server.url, files.url))
+    workers: dict[str, Proc] = {}
+    with netns.hosts(2, [5432, api_port, media_port]) as machines:
+        try:
+            for host in machines:
+                env = {**stack.env, "TINGJI_DATA_DIR": str(tmp_path / host.name),
+                       "TINGJI_DATABASE_URL": "postgresql://postgres@db.tingji.test:5432/"
+                                              + pg_migrated.rsplit("/", 1)[1],
+                       "TINGJI_API_URL": f"http://api.tingji.test:{api_port}",
+                       "TINGJI_API_TOKEN": TOKEN}
+                log = tmp_path / f"{host.name}.log"
+                with open(log, "ab") as fh:
+                    popen = subprocess.Popen(host.command([TINGJI, "worker", "--preload"]),
+                                             env=env, stdout=fh, stderr=subprocess.STDOUT)
+                workers[host.name] = Proc(popen, log, env=env)
+
+            def hosts_by_worker() -> dict[str, str]:
+                return {w["id"]: w["hostname"] for w in
+                        stack.http.get("/api/v1/queue").json()["workers"]
+                        if w["model_loads"] == 1}
+            stack.wait(lambda: set(hosts_by_worker().values()) == set(workers), 120,
+                       "both hosts' workers did not come up:\n" + "\n".join(
+                           w.output()[-2000:] for w in workers.values()))
+
+            tids = [stack.submit_url(f"http://media.tingji.test:{media_port}/speech.wav")
+                    for _ in range(3)] + [stack.upload(media["speech"]) for _ in range(3)]
+            by_host = hosts_by_worker()
+            done_on = []
+            for tid in tids:
+                assert stack.finished(tid)["status"] == "completed", stack.task(tid)
+                events = stack.events(tid)
+                completed = [e for e in events if e["event"] == "completed"]
+                assert len(completed) == 1 and sum(e["event"] == "claimed" for e in events) == 1
+                done_on.append(by_host[completed[0]["worker_id"]])
+            assert set(done_on) == set(workers), done_on  # both machines did work
+            assert not any((stack.data / "uploads").iterdir())  # each dropped when done
+
+            # one host dies mid-transcription: the other takes the task after the lease
+            tid = stack.upload(media["long"])
+            stack.wait(lambda: stack.task(tid)["stage"] == "transcribe", 120,
+                       "the long upload never reached transcription")
+            first = [e for e in stack.events(tid) if e["event"] == "claimed"][0]["worker_id"]
+            victim = by_host[first]
+            workers[victim].popen.send_signal(signal.SIGKILL)
+            killed_at = time.time()
+            workers[victim].popen.wait()
+            done = stack.finished(tid, timeout=180)
+            assert done["status"] == "completed", done
+            claims = [e for e in stack.events(tid) if e["event"] == "claimed"]
+            assert [by_host[c["worker_id"]] for c in claims] == \
+                [victim, next(h for h in workers if h != victim)]
+            from datetime import datetime
+
+            taken = datetime.fromisoformat(claims[1]["at"]).timestamp() - killed_at
+            print(f"\nkill -> the other host's claim: {taken:.1f} s (lease "
+                  f"{stack.env['TINGJI_LEASE_SECONDS']} s)")
+            assert sum(e["event"] == "completed" for e in stack.events(tid)) == 1
+        finally:  # inside the hosts: their connections close before the links go
+            for w in workers.values():
+                w.kill()
+            files.close()
