@@ -1,13 +1,15 @@
 """API latency while idle and while another process keeps a core busy, in one run.
 
-    .venv/bin/python bench/api_latency.py [--n 400] [--busy worker|burn]
+    .venv/bin/python bench/api_latency.py [--n 400] [--busy worker|burn] [--full-models]
 
 Starts a real `tingji serve` on a fresh SQLite data dir and measures p50/p99 of
 GET /health, POST /api/v1/process/bilibili and GET /api/v1/task/{id}, sequentially
 from one client, (a) idle and (b) while a second process keeps the CPU busy, in
 alternating blocks (the busy process is paused with SIGSTOP for the idle blocks), so
 both see the same database: `--busy burn` spins a CPU-burning process, `--busy worker`
-runs a real `tingji worker` transcribing a long clip with the tiny model.  Then
+runs a real `tingji worker` transcribing a long clip with the tiny model (with
+`--full-models`: the full-size random-weight SeACo-Paraformer and CAM++ that
+bench/pipeline.py uses, built once under --models).  Then
 sustained submit throughput with 8 concurrent clients, next to the raw queue-layer
 enqueue rate on the same machine.
 """
@@ -42,21 +44,33 @@ def burn_group() -> None:
         pass
 
 
-def start_busy_worker(url: str, env: dict[str, str], data: Path):  # noqa: ANN201
-    """A real `tingji worker` (tiny model) transcribing a 17-minute clip, over and over."""
+def start_busy_worker(url: str, env: dict[str, str], data: Path,  # noqa: ANN201
+                      full_models: str | None = None):
+    """A real `tingji worker` (tiny model, or the full-size ones) transcribing a
+    17-minute clip, over and over."""
     import subprocess
 
     from tests.helpers import media as m
     from tests.helpers.procs import start
 
-    models = data / "models"
-    subprocess.run([sys.executable, "-m", "tests.helpers.tiny_funasr", str(models)],
-                   check=True, capture_output=True, cwd=Path(__file__).resolve().parents[1])
+    if full_models:
+        from tests.helpers.tiny_funasr import build_bench_models
+
+        paths = build_bench_models(full_models)
+        import logging
+
+        logging.getLogger().setLevel(logging.WARNING)  # funasr's import set INFO
+    else:
+        tiny = data / "models"
+        subprocess.run([sys.executable, "-m", "tests.helpers.tiny_funasr", str(tiny)],
+                       check=True, capture_output=True,
+                       cwd=Path(__file__).resolve().parents[1])
+        paths = {k: str(tiny / k) for k in ("asr", "vad", "punc")}
     speech = m.speech_wav(data / "speech.wav", m.SENTENCES)
     long = m.convert(speech, data / "long.wav", "-filter_complex", "aloop=loop=24:size=2e9",
                      "-ar", "16000", "-ac", "1")
-    wenv = {**env, "TINGJI_ASR_MODEL": str(models / "asr"),
-            "TINGJI_VAD_MODEL": str(models / "vad"), "TINGJI_PUNC_MODEL": str(models / "punc")}
+    wenv = {**env, "TINGJI_ASR_MODEL": paths["asr"], "TINGJI_VAD_MODEL": paths["vad"],
+            "TINGJI_PUNC_MODEL": paths["punc"]}
     worker = start(["worker", "--preload"], wenv, data / "worker.log", new_session=True)
     with httpx.Client(base_url=url, timeout=60) as c:
         for _ in range(6):
@@ -141,6 +155,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=400)
     ap.add_argument("--busy", choices=["burn", "worker"], default="burn")
+    ap.add_argument("--full-models", action="store_true",
+                    help="--busy worker with the full-size ASR model (slow to build once)")
+    ap.add_argument("--models", default=str(Path(tempfile.gettempdir()) / "tingji-bench-models"))
     a = ap.parse_args()
     data = Path(tempfile.mkdtemp(prefix="tingji-lat-"))
     env = clean_env(TINGJI_DATA_DIR=str(data), TINGJI_MAX_PENDING=str(10**9))
@@ -151,7 +168,8 @@ def main() -> None:
             busy_proc.start()
             busy_pid, stop_busy = busy_proc.pid, busy_proc.terminate
         else:
-            busy_pid, stop_busy = start_busy_worker(server.url, env, data)
+            busy_pid, stop_busy = start_busy_worker(
+                server.url, env, data, a.models if a.full_models else None)
         time.sleep(1)
         try:
             idle, busy = measure(server.url, a.n, busy_pid or 0)
@@ -165,7 +183,8 @@ def main() -> None:
     migrate.upgrade(f"sqlite:///{raw_data / 'tingji.db'}")
     raw = asyncio.run(raw_enqueue(f"sqlite:///{raw_data / 'tingji.db'}", 1000))
 
-    print(f"{os.cpu_count()} cores; {a.n} sequential requests per endpoint; busy = {a.busy}")
+    print(f"{os.cpu_count()} cores; {a.n} sequential requests per endpoint; busy = {a.busy}"
+          + (" (full-size ASR model)" if a.full_models and a.busy == "worker" else ""))
     print(f"{'endpoint':16} {'idle p50':>9} {'idle p99':>9} {'busy p50':>9} {'busy p99':>9}"
           f" {'p99 ratio':>9}   (ms)")
     for k in idle:

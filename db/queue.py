@@ -20,6 +20,7 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import cache
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -27,6 +28,7 @@ from sqlalchemy import Column, Row, Select, bindparam, delete, func, insert, sel
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.orm import configure_mappers
 from sqlalchemy.sql.elements import ClauseElement
 
 from db.engine import hot, transactor
@@ -84,14 +86,11 @@ class QueueConfig:
     rng: random.Random = field(default_factory=random.Random)
 
 
-_new_task = Task.__mapper__.class_manager.new_instance
-
-
 def _task(row: Row[Any]) -> Task:
     """A detached snapshot of a tasks row.  Its values go straight into the instance's
     dict (as the ORM's own loading does): ``Task(**row)`` would fire an attribute event
     per column, a tenth of a claim's time."""
-    task = _new_task()
+    task = _task_factory()()
     task.__dict__.update(row._mapping)
     return task
 
@@ -99,6 +98,14 @@ def _task(row: Row[Any]) -> Task:
 def _check(src: TaskStatus, dst: TaskStatus) -> None:
     if (src, dst) not in TRANSITIONS:
         raise TransitionNotAllowed(src, dst)
+
+
+@cache
+def _task_factory() -> Callable[[], Task]:
+    """Makes empty ``Task`` instances, once the mappers are set up (what ``Task()``
+    would do first: a fresh process may snapshot a task before anything else)."""
+    configure_mappers()
+    return Task.__mapper__.class_manager.new_instance  # type: ignore[no-any-return]
 
 
 _NO_LEASE = {"lease_owner": None, "lease_expires_at": None}

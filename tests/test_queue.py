@@ -569,3 +569,24 @@ async def test_no_webhook_configured_writes_nothing(queue: Queue) -> None:
     await queue.enqueue(hooked(0), now=T0)
     await queue.complete(await claimed(queue), W1, {}, now=T0)
     assert await deliveries(queue) == []
+
+
+def test_a_fresh_process_snapshots_a_task_before_anything_else() -> None:
+    """A worker's first claim is the first Task its process makes: the snapshot must set
+    up the ORM's attributes itself (a bare instance would break on the first write)."""
+    import subprocess
+    import sys
+
+    code = (
+        "from db.models import Task\n"
+        "from db.queue import _task\n"
+        "class Row:\n"
+        "    _mapping = {c.name: None for c in Task.__table__.c} | {'id': 'x', 'status': "
+        "'pending'}\n"
+        "t = _task(Row())\n"
+        "t.status = 'processing'\n"
+        "print(t.id, t.status, t.payload)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["x", "processing", "None"]
