@@ -28,14 +28,11 @@ import time  # noqa: E402
 import uuid  # noqa: E402
 from datetime import UTC, datetime, timedelta  # noqa: E402
 
-from sqlalchemy import text  # noqa: E402
-
 from db import migrate  # noqa: E402
 from db.engine import make_engine  # noqa: E402
 from db.models import TaskKind  # noqa: E402
 from db.queue import NewTask, Queue, QueueConfig  # noqa: E402
-
-TABLES = ("task_events", "task_stages", "segments", "workers", "tasks")
+from tests.helpers.pg import truncate  # noqa: E402
 
 
 def ts(dt: datetime) -> str:
@@ -104,15 +101,6 @@ async def layer(url: str, sync: str, n: int) -> tuple[float, float]:
             await q.complete(task.id, "w", {})
         cc = n / (time.perf_counter() - t0)
         return enq, cc
-    finally:
-        await engine.dispose()
-
-
-async def truncate(url: str) -> None:
-    engine = make_engine(url, pool_size=1)
-    try:
-        async with engine.begin() as conn:
-            await conn.execute(text(f"TRUNCATE {', '.join(TABLES)} CASCADE"))
     finally:
         await engine.dispose()
 

@@ -26,7 +26,6 @@ from db.queue import Queue, QueueConfig
 os.environ["XDG_DATA_HOME"] = tempfile.mkdtemp(prefix="tingji-xdg-")
 PG_URL = os.environ.get("TINGJI_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 ROOT = Path(__file__).resolve().parent.parent
-TABLES = ("task_events", "task_stages", "segments", "workers", "tasks")
 
 
 def _reset_pg_schema() -> None:
@@ -73,14 +72,9 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 
 def truncate_pg(url: str) -> None:
     """Empties every table of a migrated PostgreSQL database."""
-    async def run() -> None:
-        engine = make_engine(url, pool_size=1)
-        try:
-            async with engine.begin() as conn:
-                await conn.execute(text(f"TRUNCATE {', '.join(TABLES)} CASCADE"))
-        finally:
-            await engine.dispose()
-    asyncio.run(run())
+    from tests.helpers.pg import truncate
+
+    asyncio.run(truncate(url))
 
 
 @pytest.fixture

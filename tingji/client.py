@@ -23,9 +23,10 @@ import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypedDict, Unpack
+from typing import Any, Literal, Self, TypedDict, Unpack
 
 import httpx
 
@@ -251,22 +252,41 @@ def _env(base_url: str | None, token: str | None) -> tuple[str, str | None]:
             token if token is not None else os.environ.get("TINGJI_API_TOKEN") or None)
 
 
-# ---------------------------------------------------------------- the sync client
-class Client:
-    """A blocking client.  ``base_url`` and ``token`` default to ``TINGJI_URL`` and
-    ``TINGJI_API_TOKEN`` with ``Client.from_env()``."""
+@contextmanager
+def _transport_errors(base_url: str) -> Iterator[None]:
+    """httpx's connection errors as the ClientError a user can act on."""
+    try:
+        yield
+    except httpx.ConnectError:
+        raise _unreachable(base_url) from None
+    except httpx.TimeoutException:
+        raise ClientError(f"the tingji service at {base_url} did not answer in time") from None
+
+
+class _Base:
+    """What both clients share: where the service is, the token, the timeouts."""
+
+    HTTP: type[httpx.Client] | type[httpx.AsyncClient]
 
     def __init__(self, base_url: str = DEFAULT_URL, token: str | None = None,
                  timeout: float = 30.0):
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.base_url = base_url.rstrip("/")
-        self.http = httpx.Client(base_url=self.base_url, headers=headers,
-                                 timeout=httpx.Timeout(timeout, connect=3.0))
+        self.http: Any = self.HTTP(base_url=self.base_url, headers=headers,
+                                   timeout=httpx.Timeout(timeout, connect=3.0))
 
     @classmethod
     def from_env(cls, base_url: str | None = None, token: str | None = None,
-                 timeout: float = 30.0) -> Client:
+                 timeout: float = 30.0) -> Self:
+        """``base_url`` and ``token`` default to ``TINGJI_URL`` and ``TINGJI_API_TOKEN``."""
         return cls(*_env(base_url, token), timeout=timeout)
+
+
+# ---------------------------------------------------------------- the sync client
+class Client(_Base):
+    """A blocking client."""
+
+    HTTP = httpx.Client
 
     def close(self) -> None:
         self.http.close()
@@ -279,7 +299,7 @@ class Client:
 
     # -- transport
     def send(self, call: _Call) -> httpx.Response:
-        try:
+        with _transport_errors(self.base_url):
             if call.upload is None:
                 resp = self.http.request(call.method, call.path, params=call.params,
                                          json=call.json, data=call.data)
@@ -287,11 +307,6 @@ class Client:
                 with open(call.upload, "rb") as fh:  # streamed by httpx, never read whole
                     resp = self.http.request(call.method, call.path, data=call.data,
                                              files={"file": (call.upload.name, fh)})
-        except httpx.ConnectError:
-            raise _unreachable(self.base_url) from None
-        except httpx.TimeoutException:
-            raise ClientError(f"the tingji service at {self.base_url} did not answer in "
-                              "time") from None
         return _check(resp, self.base_url, call.path)
 
     def get(self, path: str, **params: Any) -> Any:
@@ -397,20 +412,10 @@ class Client:
 
 
 # ---------------------------------------------------------------- the async client
-class AsyncClient:
+class AsyncClient(_Base):
     """The same API as ``Client``, as coroutines (``async with AsyncClient(...)``)."""
 
-    def __init__(self, base_url: str = DEFAULT_URL, token: str | None = None,
-                 timeout: float = 30.0):
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self.base_url = base_url.rstrip("/")
-        self.http = httpx.AsyncClient(base_url=self.base_url, headers=headers,
-                                      timeout=httpx.Timeout(timeout, connect=3.0))
-
-    @classmethod
-    def from_env(cls, base_url: str | None = None, token: str | None = None,
-                 timeout: float = 30.0) -> AsyncClient:
-        return cls(*_env(base_url, token), timeout=timeout)
+    HTTP = httpx.AsyncClient
 
     async def aclose(self) -> None:
         await self.http.aclose()
@@ -422,7 +427,7 @@ class AsyncClient:
         await self.aclose()
 
     async def send(self, call: _Call) -> httpx.Response:
-        try:
+        with _transport_errors(self.base_url):
             if call.upload is None:
                 resp = await self.http.request(call.method, call.path, params=call.params,
                                                json=call.json, data=call.data)
@@ -430,11 +435,6 @@ class AsyncClient:
                 with open(call.upload, "rb") as fh:
                     resp = await self.http.request(call.method, call.path, data=call.data,
                                                    files={"file": (call.upload.name, fh)})
-        except httpx.ConnectError:
-            raise _unreachable(self.base_url) from None
-        except httpx.TimeoutException:
-            raise ClientError(f"the tingji service at {self.base_url} did not answer in "
-                              "time") from None
         return _check(resp, self.base_url, call.path)
 
     async def get(self, path: str, **params: Any) -> Any:
