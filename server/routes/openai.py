@@ -19,11 +19,10 @@ from typing import Any
 from litestar import Request, Response, get, post
 from litestar.status_codes import HTTP_202_ACCEPTED, HTTP_400_BAD_REQUEST
 
-from db.models import TaskKind, TaskStatus
-from db.values import NewTask
+from db.models import TaskStatus
 from server.deps import QueueDep, ReadsDep, SettingsDep
 from server.errors import ApiError, bad_request, body
-from server.routes.process import idempotency_key, request_digest
+from server.routes.process import enqueue_upload, idempotency_key
 from server.uploads import receive_upload, too_large
 from tingji.formats import render_srt, render_vtt, speaker_label
 from tingji.hotwords import MAX_HOTWORD_CHARS, MAX_HOTWORDS, split_hotwords
@@ -71,20 +70,10 @@ async def transcriptions(request: Request[Any, Any, Any], queue: QueueDep, reads
         openai = {"model": model, "language": f.get("language") or None,
                   "response_format": fmt, "prompt": f.get("prompt") or None,
                   "timestamp_granularities": f.get("timestamp_granularities") or None}
-        digest = request_digest("upload", [upload.filename, upload.size, upload.sha256],
-                                options, 0)
-        enq = await queue.enqueue(NewTask(
-            TaskKind.UPLOAD,
-            {"upload": {"stored_name": upload.stored_name, "filename": upload.filename,
-                        "size": upload.size, "sha256": upload.sha256,
-                        "content_type": upload.content_type},
-             "options": options, "openai": openai, "request": digest},
-            idempotency_key=key))
     except BaseException:
         upload.path.unlink(missing_ok=True)
         raise
-    if not enq.created:
-        upload.path.unlink(missing_ok=True)
+    enq = await enqueue_upload(queue, upload, options, key=key, openai=openai)
     task = await _wait(request, reads, enq.task.id, settings.sync_wait_seconds)
     headers = {"X-Tingji-Task-Id": enq.task.id}
     if task is None or task.status in (TaskStatus.PENDING, TaskStatus.PROCESSING):

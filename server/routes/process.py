@@ -38,7 +38,7 @@ from server.schemas import (
     options_from_form,
     options_payload,
 )
-from server.uploads import receive_upload, too_large
+from server.uploads import StoredUpload, receive_upload, too_large
 from tingji.urls import check_parts, has_control_chars, is_list_url, url_problem
 
 
@@ -144,6 +144,30 @@ async def list_parts(url: str, settings: SettingsDep) -> PartsView:
                      parts=[Part(**e) for e in doc["entries"]])
 
 
+async def enqueue_upload(queue: QueueDep, upload: StoredUpload, options: dict[str, Any], *,
+                         priority: int = 0, key: str | None = None,
+                         batch_id: str | None = None, **extra: Any) -> Enqueued:
+    """The task of a stored upload (its size and SHA-256 go into the payload: a worker on
+    another machine checks its copy against them).  The stored file is deleted unless a
+    new task now refers to it: a refused request, or a key naming an existing task."""
+    try:
+        digest = request_digest("upload", [upload.filename, upload.size, upload.sha256],
+                                options, priority)
+        enq = await queue.enqueue(NewTask(
+            TaskKind.UPLOAD,
+            {"upload": {"stored_name": upload.stored_name, "filename": upload.filename,
+                        "size": upload.size, "sha256": upload.sha256,
+                        "content_type": upload.content_type},
+             "options": options, **extra, "request": digest},
+            priority=priority, idempotency_key=key), batch_id=batch_id)
+    except BaseException:
+        upload.path.unlink(missing_ok=True)
+        raise
+    if not enq.created:
+        upload.path.unlink(missing_ok=True)
+    return enq
+
+
 @post("/process/audio", status_code=HTTP_202_ACCEPTED, summary="Transcribe an uploaded file",
       request_max_body_size=None, opt={"body": "multipart"})
 async def process_upload(request: Request[Any, Any, Any], queue: QueueDep, settings: SettingsDep
@@ -162,22 +186,12 @@ async def process_upload(request: Request[Any, Any, Any], queue: QueueDep, setti
             batch_id = check_task_id(batch_id.strip(), "batch_id") if batch_id.strip() else None
         opts = options_from_form(upload.fields)
         options = options_payload(opts, settings)
-        digest = request_digest("upload", [upload.filename, upload.size, upload.sha256],
-                                options, opts.priority)
-        enq = await queue.enqueue(NewTask(
-            TaskKind.UPLOAD,
-            {"upload": {"stored_name": upload.stored_name, "filename": upload.filename,
-                        "size": upload.size, "sha256": upload.sha256,
-                        "content_type": upload.content_type},
-             "options": options, "request": digest},
-            priority=opts.priority, idempotency_key=idempotency_key(request, opts.idempotency_key)),
-            batch_id=batch_id)
     except BaseException:
         upload.path.unlink(missing_ok=True)
         raise
-    if not enq.created:
-        upload.path.unlink(missing_ok=True)
-    return _accepted(enq)
+    return _accepted(await enqueue_upload(
+        queue, upload, options, priority=opts.priority, batch_id=batch_id,
+        key=idempotency_key(request, opts.idempotency_key)))
 
 
 @post("/process/batch", status_code=HTTP_202_ACCEPTED, summary="Transcribe a list of URLs")
