@@ -66,6 +66,10 @@ def test_two_speakers_labelled_everywhere_and_named(
     assert resp.status_code == 200, resp.text
     labels_everywhere("张老师", "学生")
     assert "speakers_named" in [e["event"] for e in stack.events(tid)]
+    # the exported files on this machine say the names too, the same as a download
+    exported = stack.data / "results" / tid
+    for fmt in ("txt", "srt", "vtt"):
+        assert (exported / f"result.{fmt}").read_text(encoding="utf-8") == download(fmt)
 
     # hostile or impossible names and counts
     for body in ({"S3": "x"}, {"S1": ""}, {"S1": "[S2]"}, {"S1": "x" * 41}, {"S1": "a\x00"}):

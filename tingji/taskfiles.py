@@ -49,6 +49,16 @@ class TaskFiles:
     def upload(self) -> Path | None:
         return self.data_dir / "uploads" / self.stored_upload if self.stored_upload else None
 
+    def write_results(self, files: dict[str, str]) -> list[str]:
+        """``results/<task>/result.<ext>`` for each rendered format, each replaced
+        atomically; their names."""
+        self.results.mkdir(parents=True, exist_ok=True)
+        for ext, text in files.items():
+            tmp = self.results / f".result.{ext}.tmp"
+            tmp.write_text(text, encoding="utf-8")
+            tmp.replace(self.results / f"result.{ext}")
+        return sorted(f"result.{ext}" for ext in files)
+
     def remove(self, *, work: bool = True, upload: bool = False, results: bool = False
                ) -> None:
         """Delete what is asked for; what is already gone is fine."""

@@ -292,13 +292,11 @@ class TaskRun:
         }
 
         async def export() -> dict[str, Any]:
-            out_dir = self.files.results
             source = source_of(self.task.payload) or ""
             files = render_all(task_id=self.id, title=title, source=source,
                                result={**result, "stage_seconds": seconds}, segments=segments)
-            await asyncio.to_thread(_write_files, out_dir, files)
-            return {"dir": self._rel(out_dir),
-                    "files": sorted(f"result.{ext}" for ext in files)}
+            names = await asyncio.to_thread(self.files.write_results, files)
+            return {"dir": self._rel(self.files.results), "files": names}
         exp_out, seconds["export"] = await self._stage(Stage.EXPORT, export)
         result["files"] = exp_out["files"]
         result["stage_seconds"] = seconds
@@ -403,14 +401,6 @@ class TaskRun:
         if self.task.kind == TaskKind.UPLOAD and path is not None and not path.exists():
             s = self.ctx.settings
             await release_remote_upload(s.api_url or s.url, s.api_token, self.id)
-
-
-def _write_files(out_dir: Path, files: dict[str, str]) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for ext, text in files.items():
-        tmp = out_dir / f".result.{ext}.tmp"
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(out_dir / f"result.{ext}")
 
 
 __all__ = ["RunContext", "TaskRun"]

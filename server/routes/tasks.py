@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import re
 import zipfile
@@ -14,7 +15,7 @@ from litestar.status_codes import HTTP_202_ACCEPTED, HTTP_409_CONFLICT
 
 from db.errors import TaskNotFound
 from db.models import Task, TaskStatus
-from server.deps import QueueDep, ReadsDep
+from server.deps import QueueDep, ReadsDep, SettingsDep
 from server.errors import ApiError, bad_request
 from server.schemas import (
     CancelResult,
@@ -26,7 +27,7 @@ from server.schemas import (
     task_view,
 )
 from tingji.formats import CONTENT_TYPES, FORMATS, render_all, safe_filename, speaker_label
-from tingji.taskfiles import source_of, title_of
+from tingji.taskfiles import TaskFiles, source_of, title_of
 
 _PREFIX = re.compile(r"[0-9a-f-]{4,36}")
 
@@ -97,16 +98,25 @@ async def cancel_task(queue: QueueDep, task_id: str) -> CancelResult:
 
 
 @patch("/task/{task_id:str}/speakers", summary="Name a completed task's speakers")
-async def name_speakers(reads: ReadsDep, queue: QueueDep, task_id: str,
+async def name_speakers(reads: ReadsDep, queue: QueueDep, settings: SettingsDep, task_id: str,
                         data: dict[str, Any]) -> TaskView:
     """``{"S1": "张老师", "S2": "学生"}``: every download shows the names from then on
-    (the labels stay in the database; names are kept in the result)."""
+    (the labels stay in the database; names are kept in the result), and so do the
+    exported files when they are on this machine."""
     task = await _task(reads, task_id)
     if task.status != TaskStatus.COMPLETED:
         raise ApiError(HTTP_409_CONFLICT, "not_completed",
                        f"task {task.id} is {task.status}; speakers are named once it completed")
     names = check_speaker_names(data, int((task.result or {}).get("speakers") or 0))
-    return task_view(await queue.name_speakers(task.id, names))
+    named = await queue.name_speakers(task.id, names)
+    files = TaskFiles.of(settings.data_dir, named.id, named.payload)
+    if files.results.is_dir() and named.result is not None:  # exported here, not elsewhere
+        rendered = render_all(task_id=named.id, title=title_of(named.id, named.title,
+                                                               named.payload),
+                              source=source_of(named.payload) or "", result=named.result,
+                              segments=await reads.segments(named.id))
+        await asyncio.to_thread(files.write_results, rendered)
+    return task_view(named)
 
 
 @post("/task/{task_id:str}/retry", status_code=HTTP_202_ACCEPTED, summary="Retry a task")
