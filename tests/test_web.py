@@ -96,7 +96,8 @@ def test_the_page_end_to_end(stack_factory: Callable[..., Stack], page_factory: 
     batch = stack.http.get("/api/v1/tasks", params={"limit": 2}).json()["tasks"]
     assert batch[0]["batch_id"] and batch[0]["batch_id"] == batch[1]["batch_id"]
 
-    # an upload (the long clip, so progress is visible) and a file that is not audio
+    # an upload (the long clip, so progress is visible) and a file that is not audio,
+    # chosen perhaps while the page still finishes the batch's submission
     page.set_input_files("#files", [str(media["long"]), str(media["text_mp3"])])
     page.click("#submit-btn")
     wait_total(stack, 5)

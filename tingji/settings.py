@@ -194,7 +194,7 @@ class Settings:
     url: str = _setting("http://127.0.0.1:8000",
                         lambda r: (_http_url(r) or _raise("must not be empty")).rstrip("/"))
     # where a worker fetches an upload it does not find on its own disk (the API that
-    # stored it, on another machine); None: TINGJI_URL
+    # stored it, on another machine); None: uploads are read from this machine's disk only
     api_url: str | None = _setting(None, lambda r: (_http_url(r) or "").rstrip("/") or None)
     host: str = _setting("127.0.0.1", _required("must not be empty"))
     port: int = _setting(8000, _int, lambda v: None if 1 <= v <= 65535

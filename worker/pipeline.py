@@ -178,8 +178,8 @@ class TaskRun:
             else:
                 up, path = payload["upload"], self.files.upload
                 assert path is not None
-                if not path.is_file():  # stored by an API on another machine
-                    path = await fetch_remote_upload(s.api_url or s.url, s.api_token, self.id,
+                if not path.is_file() and s.api_url:  # stored by an API on another machine
+                    path = await fetch_remote_upload(s.api_url, s.api_token, self.id,
                                                      up, self.work_dir / "upload")
                     self.remote_upload = True
                 fetched = await fetch_upload(path, up["filename"],
@@ -397,10 +397,10 @@ class TaskRun:
     async def release_remote_upload(self) -> None:
         """A completed upload task whose file is not on this machine: the API that
         stored it drops its copy."""
-        path = self.files.upload
-        if self.task.kind == TaskKind.UPLOAD and path is not None and not path.exists():
-            s = self.ctx.settings
-            await release_remote_upload(s.api_url or s.url, s.api_token, self.id)
+        path, s = self.files.upload, self.ctx.settings
+        if self.task.kind == TaskKind.UPLOAD and s.api_url and path is not None \
+                and not path.exists():
+            await release_remote_upload(s.api_url, s.api_token, self.id)
 
 
 __all__ = ["RunContext", "TaskRun"]

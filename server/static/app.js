@@ -447,14 +447,17 @@ async function submit(ev) {
       for (const id of r.task_ids) await refreshTask(id);
       queued += r.task_ids.length;
     }
-    $("#links").value = "";
+    if ($("#links").value.split(/\n/).map((s) => s.trim()).filter(Boolean).join("\n")
+        === links.join("\n")) $("#links").value = "";  // not links typed meanwhile
     for (const f of files) {
       const r = await upload(f, opts);
       await refreshTask(r.task_id);
       queued += 1;
     }
-    setFiles([]);
-    $("#files").value = "";
+    // files chosen while these uploaded stay chosen for the next submission
+    const rest = chosenFiles().filter((f) => !files.includes(f));
+    setFiles(rest);
+    if (!rest.length) $("#files").value = "";
     flash(`${T("queued")}: ${queued}`, "info");
   } catch (e) {
     flash(e.message);
