@@ -148,7 +148,9 @@ def test_two_hosts_share_the_queue_and_its_uploads(stack_factory: Callable[..., 
                 assert len(completed) == 1 and sum(e["event"] == "claimed" for e in events) == 1
                 done_on.append(by_host[completed[0]["worker_id"]])
             assert set(done_on) == set(workers), done_on  # both machines did work
-            assert not any((stack.data / "uploads").iterdir())  # each dropped when done
+            # each upload dropped when its task is done (the worker tells the API just after)
+            stack.wait(lambda: not any((stack.data / "uploads").iterdir()), 10,
+                       "the API kept completed uploads")
 
             # one host dies mid-transcription: the other takes the task after the lease
             tid = stack.upload(media["long"])
