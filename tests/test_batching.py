@@ -142,6 +142,44 @@ def test_compiled_timestamp_fallback_equals_funasr(seed: int) -> None:
     assert fast == stock and len(stock[1]) >= len(tokens)
 
 
+@pytest.mark.parametrize("silence_pdfs", [[0], [0, 2]])
+def test_fast_vad_decision_gives_funasr_segments(silence_pdfs: list[int], clips: list[Path],
+                                                 tiny_models: dict[str, str],
+                                                 tmp_path: Path) -> None:
+    """``worker.fsmnvad``: the per-frame decision read from lists gives stock funasr's
+    segments, on speech, on silence and on noise, with one silence pdf or several."""
+    import numpy as np
+    import soundfile as sf
+    from funasr import AutoModel
+
+    from worker.fsmnvad import TingjiFsmnVAD, make_fast_vad
+
+    rng = np.random.default_rng(7)
+    speech = np.concatenate([sf.read(c, dtype="float32")[0] for c in clips[:3]])
+    noisy = tmp_path / "noisy.wav"  # speech with noise bursts and a quiet stretch
+    sf.write(noisy, np.concatenate([speech, np.zeros(16000 * 3, np.float32),
+                                    rng.normal(0, 0.2, 16000 * 2).astype(np.float32),
+                                    speech[: 16000 * 5]]), 16000)
+    silent = tmp_path / "silent.wav"
+    sf.write(silent, np.zeros(16000 * 4, np.float32), 16000)
+    inputs = [str(c) for c in clips] + [str(noisy), str(silent)]
+
+    def load() -> Any:
+        m = AutoModel(model=tiny_models["vad"], device="cpu", ncpu=1, disable_update=True,
+                      disable_pbar=True, log_level="ERROR", max_end_silence_time=300)
+        m.model.vad_opts.sil_pdf_ids = silence_pdfs
+        m.model.vad_opts.silence_pdf_num = len(silence_pdfs)
+        return m
+    stock, fast = load(), load()
+    assert make_fast_vad(fast.model) == "TingjiFsmnVAD"
+    assert type(fast.model) is TingjiFsmnVAD and type(stock.model) is not TingjiFsmnVAD
+    # chunk_size: several chunks per file, so the scores tensor is replaced mid-file
+    got = [fast.generate(input=i, chunk_size=3000)[0]["value"] for i in inputs]
+    want = [stock.generate(input=i, chunk_size=3000)[0]["value"] for i in inputs]
+    assert got == want
+    assert all(got[:5]) and not got[-1] and len(got[5]) > len(got[2])
+
+
 # ---------------------------------------------------------------- groups
 def test_group_gives_every_task_its_own_transcript(engine: Any, clips: list[Path],
                                                    reference: list[dict[str, Any]]) -> None:

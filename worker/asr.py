@@ -127,6 +127,9 @@ class AsrEngine:
         from worker.paraformer import make_padding_invariant  # imports funasr: lane only
 
         predictor = make_padding_invariant(model.model)
+        from worker.fsmnvad import make_fast_vad  # imports funasr: lane only
+
+        make_fast_vad(getattr(model, "vad_model", None))
         self.batcher = CrossTaskBatch(
             model, device=self.device,
             batch_size_s=c.cpu_batch_size_s if self.device == "cpu" else c.batch_size_s,

@@ -9,7 +9,8 @@ audio is fetched, in parallel with other tasks' VAD and with the GPU decoding ea
 groups; the lane then only slices the audio.
 
 The pool runs the same ``AutoModel.generate`` call on the same model with the same
-settings, so the segments are those of in-lane VAD (a test checks it).
+settings (and the same per-frame decision, ``worker.fsmnvad``), so the segments are those
+of in-lane VAD (a test checks it).
 """
 
 from __future__ import annotations
@@ -56,6 +57,9 @@ def _init(vad_model: str, vad_kwargs: dict[str, Any], generate_kw: dict[str, Any
     _logging.getLogger().setLevel(_logging.ERROR)
     _MODEL = AutoModel(model=vad_model, device="cpu", ncpu=1, disable_update=True,
                        disable_pbar=True, log_level="ERROR", **copy.deepcopy(vad_kwargs))
+    from worker.fsmnvad import make_fast_vad
+
+    make_fast_vad(_MODEL.model)
     _GENERATE_KW = generate_kw
 
 
