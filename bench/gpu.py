@@ -15,9 +15,18 @@ funasr's own classes) with the tiny VAD and punctuation models.  The same proces
 
 Each configuration runs ``--repeat`` times, interleaved with the others; for each it
 prints the median x-realtime (audio seconds / wall seconds), peak GPU memory (CUDA), the
-batch sizes the engine chose and how many transcripts (text, timestamps, sentences)
-equal bare funasr's.  Runs on the
-GPU machine of the device tool (see ``bench/gpu_device.sh``) or on a CPU.
+batch sizes the engine chose, how many transcripts (text, timestamps, sentences) equal
+bare funasr's, and the model thread's time by phase (split with VAD, decode, replay:
+punctuation and sentences), so a change can be judged on a CPU too.
+
+Identity: the reference is bare funasr decoding each VAD segment alone (one segment per
+model call, no padding; on a CPU that is what bare funasr does anyway, on a GPU it is a
+run with ``batch_size_s=0``).  For tingji at every K and for bare funasr with its own
+batches it prints how many texts equal the reference's and the character error rate
+against it; for K > 1, how many transcripts equal K=1's.  Bare funasr is stock: tingji's
+changes apply to its own model instances and its own decode calls only.
+
+Runs on the GPU machine of the device tool (see ``bench/gpu_device.sh``) or on a CPU.
 """
 
 from __future__ import annotations
@@ -164,6 +173,26 @@ def same(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> int:
                if all(x.get(k) == y.get(k) for k in keys))
 
 
+def against(out: list[dict[str, Any]], ref: list[dict[str, Any]]) -> dict[str, Any]:
+    """Texts equal to the reference's, and the character error rate against it (edit
+    distance over the reference's characters, whitespace ignored)."""
+    from rapidfuzz.distance import Levenshtein
+
+    def chars(r: dict[str, Any]) -> str:
+        return "".join(str(r.get("text", "")).split())
+    pairs = [(chars(x), chars(y)) for x, y in zip(out, ref, strict=True)]
+    total = sum(len(y) for _, y in pairs)
+    errors = sum(Levenshtein.distance(x, y) for x, y in pairs)
+    return {"text_equal": sum(1 for x, y in pairs if x == y), "of": len(pairs),
+            "cer": round(errors / total, 4) if total else 0.0}
+
+
+def phases(stats: list[Any]) -> dict[str, float]:
+    """The model thread's seconds by phase over one run's groups."""
+    return {p: round(sum(getattr(st, f"{p}_s") for st in stats), 2)
+            for p in ("split", "decode", "replay")}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", default="auto")
@@ -223,11 +252,13 @@ def main() -> None:
                                "long_s": a.long_s, "k": a.k, "repeat": a.repeat,
                                "vad_processes": engine.config.vad_processes}
 
-    def measure(name: str, files: list[Path], k: int | None) -> None:
+    def measure(name: str, files: list[Path], k: int | None,
+                batch_size_s: int | None = None) -> None:
         """Run a configuration ``--repeat`` times (interleaved with the others by the
         caller) and keep its median wall time, peak memory, outputs and batch sizes."""
         if k is None:
-            wall, out = bare_run(bare, files, gpu, a.batch_size_s)
+            bs = a.batch_size_s if batch_size_s is None else batch_size_s
+            wall, out = bare_run(bare, files, gpu, bs)
             stats: list[Any] = []
         else:
             wall, out, stats = tingji_run(engine, files, k, gpu)
@@ -236,7 +267,15 @@ def main() -> None:
         row["peak_gib"] = max(filter(None, [row["peak_gib"], gpu.peak_gib()]), default=None)
         row["out"], row["stats"] = out, stats
 
-    def report(name: str, audio_s: float, ref: str | None, label: str) -> None:
+    def reference(part: str, files: list[Path]) -> str:
+        """The per-segment reference run of ``part`` (once; on a CPU, bare's own run)."""
+        if gpu.cuda:
+            measure(f"{part}_per_segment", files, None, batch_size_s=0)
+            return f"{part}_per_segment"
+        return f"{part}_bare"
+
+    def report(name: str, audio_s: float, ref: str | None, label: str,
+               seg: str | None = None, k1: str | None = None) -> None:
         row = runs[name]
         wall = statistics.median(row["walls"])
         fig = {"wall_s": round(wall, 2), "walls": [round(w, 2) for w in row["walls"]],
@@ -249,6 +288,15 @@ def main() -> None:
             fig["batches"] = batch_sizes(row["stats"])
             text += (f" ({fig['vs_bare']:.2f}x bare), same output as bare "
                      f"{fig['same_output_as_bare']}/{len(row['out'])}, batches {fig['batches']}")
+        if seg is not None and seg != name:
+            fig["vs_per_segment"] = against(row["out"], runs[seg]["out"])
+            text += f", vs funasr per segment {fig['vs_per_segment']}"
+        if k1 is not None and k1 != name:
+            fig["same_as_k1"] = same(row["out"], runs[k1]["out"])
+            text += f", same as K=1 {fig['same_as_k1']}/{len(row['out'])}"
+        if row["stats"]:
+            fig["model_thread_s"] = phases(row["stats"])
+            text += f", model thread {fig['model_thread_s']}"
         figures[name] = fig
         log(f"{text}, peak GPU memory {row['peak_gib']} GiB, runs {fig['walls']}")
 
@@ -259,16 +307,24 @@ def main() -> None:
         measure("a_bare", clips, None)
         for k in ks:
             measure(f"a_tingji_k{k}", clips, k)
-    report("a_bare", audio_a, None, f"(a) bare funasr, {a.clips} x {a.clip_s:.0f} s one by one")
+    seg_a = reference("a", clips)
+    if seg_a != "a_bare":
+        report(seg_a, audio_a, None, "(a) bare funasr, one segment per call (reference)")
+    report("a_bare", audio_a, None, f"(a) bare funasr, {a.clips} x {a.clip_s:.0f} s one by one",
+           seg=seg_a)
     for k in ks:
-        report(f"a_tingji_k{k}", audio_a, "a_bare", f"(a) tingji K={k}")
+        report(f"a_tingji_k{k}", audio_a, "a_bare", f"(a) tingji K={k}", seg=seg_a,
+               k1="a_tingji_k1")
     if not a.skip_long:
         audio_b = duration(long)
         for _ in range(a.repeat):
             measure("b_bare", [long], None)
             measure("b_tingji", [long], 1)
-        report("b_bare", audio_b, None, f"(b) bare funasr, one {audio_b:.0f} s clip")
-        report("b_tingji", audio_b, "b_bare", "(b) tingji")
+        seg_b = reference("b", [long])
+        if seg_b != "b_bare":
+            report(seg_b, audio_b, None, "(b) bare funasr, one segment per call (reference)")
+        report("b_bare", audio_b, None, f"(b) bare funasr, one {audio_b:.0f} s clip", seg=seg_b)
+        report("b_tingji", audio_b, "b_bare", "(b) tingji", seg=seg_b)
     log(json.dumps(figures))
     if a.json:
         a.json.write_text(json.dumps(figures, indent=1))

@@ -82,6 +82,11 @@ class BatchStats:
     padded_s: list[float] = field(default_factory=list)  # padded seconds per call
     oom_splits: int = 0
     seconds: float = 0.0
+    # the model thread's time by phase (the benchmark's breakdown): split includes VAD
+    # not done ahead, replay is punctuation and sentence assembly
+    split_s: float = 0.0
+    decode_s: float = 0.0
+    replay_s: float = 0.0
 
     def summary(self) -> dict[str, Any]:
         return {"tasks": self.tasks, "segments": self.segments, "calls": self.calls,
@@ -180,21 +185,28 @@ class CrossTaskBatch:
     def _run(self, jobs: list[AsrJob], stats: BatchStats) -> None:
         if getattr(self.model, "vad_model", None) is None:
             # no VAD: funasr decodes each file whole; nothing to share
+            t = time.perf_counter()
             for job in jobs:
                 self._whole(job)
+            stats.decode_s += time.perf_counter() - t
             return
+        t0 = time.perf_counter()
         for job in jobs:
             self._per_job(job, replay=False)
         total = sum(len(s) for j in jobs if j.alive for s in j.segments) / SAMPLE_RATE
         t1 = time.perf_counter()
         self._decode_all(jobs, stats)
-        decode_s = time.perf_counter() - t1
+        t2 = time.perf_counter()
+        decode_s = t2 - t1
         for job in jobs:
             if job.alive:
                 share = sum(len(s) for s in job.segments) / SAMPLE_RATE / total if total else 0
                 job.seconds += decode_s * share
                 self._per_job(job, replay=True)
             job.segments = []  # the audio is no longer needed
+        stats.split_s += t1 - t0
+        stats.decode_s += decode_s
+        stats.replay_s += time.perf_counter() - t2
 
     def _per_job(self, job: AsrJob, *, replay: bool) -> None:
         if not job.alive:
