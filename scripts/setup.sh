@@ -17,7 +17,7 @@ fi
 stamp=".venv/.tingji-installed"
 extras="worker"
 lock="requirements.lock"
-if [[ $want_test == 1 ]]; then extras="worker,test"; lock="requirements-test.lock"; fi
+if [[ $want_test == 1 ]]; then extras="worker,test,onnx"; lock="requirements-test.lock"; fi
 pyver=$(.venv/bin/python -c 'import sys; print("%d.%d" % sys.version_info[:2])')
 sig="$(cat pyproject.toml "$lock" | sha1sum | cut -c1-16)-$extras-$pyver"
 if [[ ! -f $stamp ]] || ! grep -qx -- "$sig" "$stamp" 2>/dev/null; then

@@ -101,7 +101,7 @@ def test_the_locks_agree_with_pyproject() -> None:
     project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
     extras = project["optional-dependencies"]
     for lock, groups in (("requirements.lock", ["worker"]),
-                         ("requirements-test.lock", ["worker", "test"])):
+                         ("requirements-test.lock", ["worker", "test", "onnx"])):
         pins, direct = _lock(root / lock)
         wanted = [Requirement(r) for r in project["dependencies"]] + \
             [Requirement(r) for g in groups for r in extras[g]]

@@ -191,11 +191,25 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
+    import os
     from pathlib import Path
+
+    settings = _settings()
+    if args.models_command == "export-onnx":
+        try:
+            from worker.onnx_export import export_models
+        except ImportError as exc:  # the worker's packages are not installed here
+            print(f"exporting needs the worker's packages ({exc.name}): "
+                  "pip install 'tingji[worker,onnx]'", file=sys.stderr)
+            return 1
+        roles = [("ASR", settings.asr_model), ("VAD", settings.vad_model),
+                 ("punctuation", settings.punc_model)]
+        return export_models(roles, settings.data_dir, quantize=args.quantize,
+                             force=args.force, threads=os.cpu_count() or 1)
 
     from tingji.doctor import download_models
 
-    return download_models(_settings(), Path(args.to).expanduser() if args.to else None)
+    return download_models(settings, Path(args.to).expanduser() if args.to else None)
 
 
 def cmd_service(args: argparse.Namespace) -> int:
@@ -301,12 +315,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_doctor)
 
     p = _sub(sub, "models", "the ASR, VAD, punctuation and speaker models", SERVICE_ENV,
-             "  tingji models download --to /media/usb/tingji-models")
+             "  tingji models download --to /media/usb/tingji-models\n"
+             "  tingji models export-onnx --quantize")
     models_sub = p.add_subparsers(dest="models_command", required=True)
     dl = models_sub.add_parser("download", help="fetch the configured models once (to carry "
                                "to an offline machine) and print the settings that use them")
     dl.add_argument("--to", metavar="DIR", help="a folder per model in DIR (default: the "
                     "ModelScope cache)")
+    ex = models_sub.add_parser(
+        "export-onnx", help="export the ASR, VAD and punctuation models to ONNX once (into "
+        "<data>/onnx/), each graph checked against torch with ONNX Runtime")
+    ex.add_argument("--quantize", action="store_true",
+                    help="also write int8 graphs (model_quant.onnx)")
+    ex.add_argument("--force", action="store_true", help="export again even if done before")
     p.set_defaults(func=cmd_models)
 
     p = _sub(sub, "service", "run `tingji run` as a systemd service that survives reboots",

@@ -56,6 +56,10 @@ SIZES = {
     # a few MB; loads in well under a second
     "tiny": dict(d=64, heads=4, enc_units=128, enc_blocks=2, dec_units=128, dec_blocks=1,
                  dec_att=1, seaco_units=64, seaco_blocks=1, seaco_att=1, vocab=None),
+    # the hub's widths (what funasr's ONNX exporter assumes: 512-dim, vocabulary 8404),
+    # two encoder blocks, one decoder block, the six the hotword decoder's export reads
+    "narrow": dict(d=512, heads=4, enc_units=256, enc_blocks=2, dec_units=256, dec_blocks=1,
+                   dec_att=1, seaco_units=128, seaco_blocks=1, seaco_att=6, vocab=8404),
     # Paraformer-large / SeACo-Paraformer-large dimensions (FunASR template.yaml)
     "full": dict(d=512, heads=4, enc_units=2048, enc_blocks=50, dec_units=2048, dec_blocks=16,
                  dec_att=16, seaco_units=1024, seaco_blocks=4, seaco_att=6, vocab=8404),
@@ -193,8 +197,12 @@ def asr_config(arch, size, vocab_size):
 
 
 def build_asr(out, arch="seaco", size="tiny", seed=0, configuration_json=True,
-              token_rate=0.27, predictor_gain=0.01):
-    """``predictor_gain`` scales the CIF predictor's output weights: at 0.01 the firing
+              token_rate=0.27, predictor_gain=0.01, idle_bias=False):
+    """``idle_bias`` (SeACo): the hotword head predicts "no bias" everywhere, as a trained
+    model does without hotwords, so a graph that always runs the bias path (funasr's
+    ONNX export) decodes what the plain decoder does.
+
+    ``predictor_gain`` scales the CIF predictor's output weights: at 0.01 the firing
     rate barely depends on the audio (steady, speech-like token rates); larger gains make
     the firing weights, and so the text's length and timestamps, follow the encoder output
     closely, which is what tests of padding and batching need to be sensitive."""
@@ -217,6 +225,8 @@ def build_asr(out, arch="seaco", size="tiny", seed=0, configuration_json=True,
         b = model.decoder.output_layer.bias
         for i in (0, 1, 2, len(tokens) - 1):
             b[i] = -20.0
+        if idle_bias and arch == "seaco":
+            model.hotword_output_layer.bias[model.NO_BIAS] = 50.0
     n = save(model, out)
     return n, len(tokens)
 
@@ -271,7 +281,8 @@ def build_vad(out, seed=0, configuration_json=True, threshold=8.0, k=0.25):
 
 
 # ----------------------------------------------------------------------------- PUNC
-def build_punc(out, seed=0, configuration_json=True):
+def build_punc(out, seed=0, configuration_json=True, blocks=1):
+    """``blocks``: 2 or more for funasr's ONNX exporter (it reads the second stack)."""
     torch.manual_seed(seed)
     tokens = make_vocab(None)
     punc_list = ["<unk>", "_", "，", "。", "？", "、"]
@@ -281,7 +292,7 @@ def build_punc(out, seed=0, configuration_json=True):
                        "punc_list": punc_list, "punc_weight": [1.0] * 6, "sentence_end_id": 3},
         "encoder": "SANMEncoder",
         "encoder_conf": {"input_size": 64, "output_size": 64, "attention_heads": 4,
-                         "linear_units": 128, "num_blocks": 1, "dropout_rate": 0.1,
+                         "linear_units": 128, "num_blocks": blocks, "dropout_rate": 0.1,
                          "positional_dropout_rate": 0.1, "attention_dropout_rate": 0.0,
                          "input_layer": "pe", "pos_enc_class": "SinusoidalPositionEncoder",
                          "normalize_before": True, "kernel_size": 11, "sanm_shfit": 0,

@@ -1,0 +1,141 @@
+"""``tingji models export-onnx`` (worker.onnx_export) with random-weight models at the
+hub's widths: the real command in a subprocess, funasr's exporter, ONNX Runtime.
+
+The ASR model is SeACo-Paraformer at paraformer-zh's widths (512, vocabulary 8404) with
+few layers; its hotword head says "no bias" everywhere, as a trained model does without
+hotwords, so the exported graph (which always runs the bias path) must decode real
+speech to exactly the text torch decodes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.slow
+pytest.importorskip("onnxruntime")
+pytest.importorskip("funasr")
+
+TINGJI = str(Path(sys.executable).with_name("tingji"))
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from tests.helpers.tiny_funasr import build_asr, build_punc, build_vad
+
+    d = tmp_path_factory.mktemp("onnx-models")
+    build_asr(str(d / "asr"), "seaco", "narrow", idle_bias=True, predictor_gain=0.05)
+    build_vad(str(d / "vad"))
+    build_punc(str(d / "punc"), blocks=2)
+    return {"asr": d / "asr", "vad": d / "vad", "punc": d / "punc"}
+
+
+def _export(data: Path, *args: str, **models: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TINGJI_")}
+    env.update(TINGJI_DATA_DIR=str(data), TINGJI_ASR_MODEL=models["asr"],
+               TINGJI_VAD_MODEL=models["vad"], TINGJI_PUNC_MODEL=models["punc"])
+    return subprocess.run([TINGJI, "models", "export-onnx", *args], env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def _manifest(line: str) -> dict[str, Any]:
+    folder = Path(line.split(": ", 1)[1].split(" (", 1)[0])
+    return {"folder": folder, **json.loads((folder / "tingji-onnx.json").read_text())}
+
+
+def _decode(session: Any, eb: Any, feats: Any, tokens: list[str]) -> str:
+    """Greedy decoding of the graph's logits, as funasr's Paraformer does: the first
+    ``token_num`` positions, without <blank>, <s> and </s>."""
+    import numpy as np
+
+    name = eb.get_inputs()[0].name
+    width = eb.get_inputs()[0].shape[1]
+    hotword = np.ones((1, width if isinstance(width, int) else 1), dtype=np.int32)  # <s>
+    bias = eb.run(None, {name: hotword})[0][:, :1].transpose(1, 0, 2)
+    logits, token_num, *_ = session.run(None, {
+        "speech": feats.numpy(), "speech_lengths": np.array([feats.shape[1]], np.int32),
+        "bias_embed": bias})
+    ids = logits[0, :int(token_num[0])].argmax(-1)
+    return "".join(tokens[i] for i in ids if i > 2)
+
+
+def test_export_onnx_writes_graphs_that_decode_as_torch(models: dict[str, Path],
+                                                        tmp_path: Path,
+                                                        clips: list[Path]) -> None:
+    import onnxruntime as ort
+    import soundfile as sf
+    from funasr import AutoModel
+    from funasr.utils.load_utils import extract_fbank
+    from rapidfuzz.distance import Levenshtein
+
+    data = tmp_path / "data"
+    done = _export(data, "--quantize", **{k: str(v) for k, v in models.items()})
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = {line.split(" model ")[0]: line for line in done.stdout.splitlines()}
+    assert set(lines) == {"ASR", "VAD", "punctuation"}, done.stdout
+    found = {}
+    for role, line in lines.items():
+        assert "the fp32 graph matches torch within" in line, line
+        m = found[role] = _manifest(line)
+        assert m["folder"].parent == data / "onnx" and m["quantize"] is True
+        assert {"model.onnx", "model_quant.onnx"} <= set(m["files"])
+        assert m["max_diff"] <= m["tolerance"] == 1e-3
+        assert (m["folder"] / "config.yaml").is_file()  # what the runtime reads, beside
+    assert {"model_eb.onnx", "model_eb_quant.onnx"} <= set(found["ASR"]["files"])
+    assert (found["ASR"]["folder"] / "am.mvn").is_file()
+    assert (found["ASR"]["folder"] / "tokens.json").is_file()
+    assert not list((data / "onnx").glob("*.partial"))
+
+    # real speech through the exported ASR graph: torch's text, character for character
+    auto = AutoModel(model=str(models["asr"]), device="cpu", ncpu=2, disable_update=True,
+                     disable_pbar=True, log_level="ERROR")
+    folder = found["ASR"]["folder"]
+    tokens = json.loads((folder / "tokens.json").read_text(encoding="utf-8"))
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 2
+    graphs = {n: ort.InferenceSession(str(folder / n), options)
+              for n in ("model.onnx", "model_quant.onnx", "model_eb.onnx")}
+    errors = chars = 0
+    for clip in clips[:3]:
+        audio, _ = sf.read(clip, dtype="float32")
+        audio = audio[: 16000 * 8]  # one VAD-sized segment
+        want = "".join(auto.generate(input=audio)[0]["text"].split())
+        feats, _ = extract_fbank([audio], data_type="sound", frontend=auto.kwargs["frontend"])
+        fp32 = _decode(graphs["model.onnx"], graphs["model_eb.onnx"], feats, tokens)
+        assert fp32 == want and len(want) > 10
+        int8 = _decode(graphs["model_quant.onnx"], graphs["model_eb.onnx"], feats, tokens)
+        errors += Levenshtein.distance(int8, fp32)
+        chars += len(fp32)
+    print(f"int8 against fp32: character error rate {errors / chars:.3f} over {chars} "
+          "characters (random weights: flat logits flip more than trained ones)")
+
+    # a second run finds the exports and leaves them be
+    again = _export(data, "--quantize", **{k: str(v) for k, v in models.items()})
+    assert again.returncode == 0 and again.stdout.count("exported before") == 3, again.stdout
+    assert json.loads((folder / "tingji-onnx.json").read_text()) == {
+        k: v for k, v in found["ASR"].items() if k != "folder"}
+
+
+def test_export_onnx_reports_each_model_and_keeps_going(models: dict[str, Path],
+                                                        tmp_path: Path) -> None:
+    """A model that cannot be loaded is one line and exit code 1; the others are still
+    exported; a folder that already holds model.onnx is used as it is."""
+    ready = tmp_path / "asr-onnx"
+    ready.mkdir()
+    (ready / "model.onnx").write_bytes(b"an ONNX graph from the hub")
+    data = tmp_path / "data"
+    done = _export(data, asr=str(ready), vad=str(tmp_path / "no-such-vad"),
+                   punc=str(models["punc"]))
+    assert done.returncode == 1, done.stdout + done.stderr
+    out = done.stdout.splitlines()
+    assert f"ASR model {ready}: already ONNX (model.onnx), used as it is" in out
+    assert any(line.startswith(f"VAD model {tmp_path / 'no-such-vad'}: cannot load it")
+               for line in out), out
+    punc = _manifest(next(line for line in out if line.startswith("punctuation")))
+    assert punc["files"] == ["model.onnx"] and punc["quantize"] is False
+    assert sorted(p.name for p in (data / "onnx").iterdir()) == [punc["folder"].name]

@@ -1,0 +1,250 @@
+"""``tingji models export-onnx``: the configured models as ONNX files, made once.
+
+funasr's own exporter (``AutoModel.export(type="onnx", quantize=...)``) writes the graphs
+that FunASR's ONNX runtime (``funasr-onnx``) reads: ``model.onnx`` (and, for
+SeACo-Paraformer, the hotword embedder ``model_eb.onnx``), with ``--quantize`` also
+``model_quant.onnx`` (int8 weights).  tingji adds what that leaves to the user:
+
+- torch 2.9 and later export through dynamo by default, which fails on funasr's
+  ``dynamic_axes``; the export runs with the TorchScript exporter (``dynamo=False``),
+  for these calls only;
+- the output goes to one folder per model under ``<data>/onnx/`` (the model folders
+  themselves may be read-only or shared), with the files the runtime reads beside the
+  graphs (``config.yaml``, ``am.mvn``, ``tokens.json``, ...), and a ``tingji-onnx.json``
+  manifest saying what was exported from what;
+- every graph is checked: ONNX Runtime runs it on the exporter's own sample inputs and
+  its outputs are compared with torch's on the same module (the largest difference is
+  printed and recorded; an int8 graph is only checked to run);
+- a model folder that already holds ``model.onnx`` (the hub's ``-onnx`` models) is used
+  as it is.
+
+torch, funasr, onnx and onnxruntime are needed here only (``pip install
+'tingji[onnx]'``); the worker that would run the graphs is the next step (issue 18).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import shutil
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+MANIFEST = "tingji-onnx.json"
+# what FunASR's ONNX runtime reads beside the graphs (those present are copied)
+SIDE_FILES = ("config.yaml", "configuration.json", "am.mvn", "tokens.json", "tokens.txt",
+              "seg_dict", "punc.yaml")
+TOLERANCE = 1e-3  # fp32 ONNX against torch: largest absolute output difference
+
+
+class ExportError(RuntimeError):
+    """A model that cannot be exported; the message says which and why."""
+
+
+@dataclass
+class Exported:
+    role: str
+    source: str
+    folder: Path
+    files: list[str] = field(default_factory=list)
+    max_diff: float | None = None  # fp32 graphs against torch; None: used as found
+    seconds: float = 0.0
+    reused: bool = False
+
+
+def export_folder(data_dir: Path, source: str) -> Path:
+    """Where a model's ONNX files go: ``<data>/onnx/<name>-<hash of its source>``."""
+    name = Path(source.rstrip("/")).name or "model"
+    digest = hashlib.sha256(str(source).encode()).hexdigest()[:10]
+    return data_dir / "onnx" / f"{name}-{digest}"
+
+
+@contextlib.contextmanager
+def _torchscript_exporter() -> Iterator[None]:
+    """``torch.onnx.export`` with ``dynamo=False`` unless the caller says otherwise:
+    funasr passes ``dynamic_axes``, which torch's dynamo exporter (the default since
+    torch 2.9) fails to convert."""
+    import torch.onnx
+
+    stock = torch.onnx.export
+
+    def export(*args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("dynamo", False)
+        return stock(*args, **kwargs)
+    torch.onnx.export = export  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        torch.onnx.export = stock
+
+
+def _flat(out: Any) -> Iterator[Any]:
+    """A module's outputs in the order the exporter flattens them."""
+    if isinstance(out, (list, tuple)):
+        for o in out:
+            yield from _flat(o)
+    else:
+        yield out
+
+
+def _inputs_of(module: Any) -> tuple[Any, ...]:
+    import torch
+
+    dummy = module.export_dummy_inputs()
+    return (dummy,) if isinstance(dummy, torch.Tensor) else tuple(dummy)
+
+
+def _check(module: Any, graph: Path, threads: int) -> float:
+    """Run the graph on the exporter's sample inputs with ONNX Runtime; the largest
+    absolute difference from torch's outputs of the same module."""
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+
+    inputs = _inputs_of(module)
+    names = module.export_input_names()
+    with torch.no_grad():
+        want = list(_flat(module(*inputs)))
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
+    got = session.run(None, {n: t.numpy() for n, t in zip(names, inputs, strict=False)})
+    diff = 0.0
+    for w, g in zip(want, got, strict=False):
+        w = w.detach().numpy()
+        if w.shape != g.shape:
+            raise ExportError(f"{graph.name}: ONNX output shape {g.shape} != torch's {w.shape}")
+        if w.size:
+            diff = max(diff, float(np.abs(w.astype(np.float64) - g.astype(np.float64)).max()))
+    return diff
+
+
+def _run_quantized(graph: Path, module: Any, threads: int) -> None:
+    import onnxruntime as ort
+
+    inputs = _inputs_of(module)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
+    session.run(None, {n: t.numpy() for n, t in
+                       zip(module.export_input_names(), inputs, strict=False)})
+
+
+def export_model(role: str, source: str, data_dir: Path, *, quantize: bool,
+                 threads: int = 1, force: bool = False) -> Exported:
+    """Export one model (a folder or a hub id funasr resolves) and check its graphs."""
+    folder = Path(source).expanduser()
+    if folder.is_dir() and (folder / "model.onnx").is_file():
+        files = sorted(p.name for p in folder.glob("*.onnx"))
+        return Exported(role, source, folder, files, reused=True)
+    dest = export_folder(data_dir, source)
+    manifest = dest / MANIFEST
+    if not force and manifest.is_file():
+        done = json.loads(manifest.read_text(encoding="utf-8"))
+        if done.get("quantize") == quantize or (done.get("quantize") and not quantize):
+            return Exported(role, source, dest, done["files"], done.get("max_diff"),
+                            reused=True)
+    t = time.perf_counter()
+    try:
+        import onnxruntime  # noqa: F401  (checked before the long part)
+        from funasr import AutoModel
+    except ImportError as exc:
+        raise ExportError(f"exporting needs {exc.name}: pip install 'tingji[onnx]'") from exc
+    try:
+        auto = AutoModel(model=source, device="cpu", ncpu=threads, disable_update=True,
+                         disable_pbar=True, log_level="ERROR")
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        raise ExportError(f"{role} model {source}: cannot load it: "
+                          f"{type(exc).__name__}: {first}") from exc
+    tmp = dest.with_name(dest.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    kwargs = {k: v for k, v in auto.kwargs.items() if k != "model"}
+    kwargs.update(type="onnx", device="cpu")
+    try:
+        from funasr.utils import export_utils
+
+        with _torchscript_exporter():
+            # funasr's rebuild for export, then its exporter on each module it returns
+            modules = auto.model.export(**kwargs)
+            modules = list(modules) if isinstance(modules, (list, tuple)) else [modules]
+            for m in modules:
+                m.eval()
+                export_utils._onnx(m, quantize=quantize, opset_version=14,
+                                   export_dir=str(tmp), device="cpu")
+        max_diff = 0.0
+        for m in modules:
+            name = m.export_name if isinstance(m.export_name, str) else m.export_name()
+            name = name if name.endswith(".onnx") else name + ".onnx"
+            max_diff = max(max_diff, _check(m, tmp / name, threads))
+            if quantize:
+                _run_quantized(tmp / name.replace(".onnx", "_quant.onnx"), m, threads)
+    except ExportError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    except Exception as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        raise ExportError(f"{role} model {source}: the export failed: "
+                          f"{type(exc).__name__}: {first}") from exc
+    if max_diff > TOLERANCE:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ExportError(f"{role} model {source}: the ONNX graph differs from torch by "
+                          f"{max_diff:.2g} (more than {TOLERANCE}); nothing was kept")
+    model_dir = Path(auto.kwargs.get("model_path") or folder)
+    for name in SIDE_FILES:
+        if (model_dir / name).is_file():
+            shutil.copy2(model_dir / name, tmp / name)
+    files = sorted(p.name for p in tmp.glob("*.onnx"))
+    import funasr
+    import torch
+
+    tmp.joinpath(MANIFEST).write_text(json.dumps({
+        "role": role, "source": source, "model_dir": str(model_dir), "files": files,
+        "quantize": quantize, "max_diff": max_diff, "tolerance": TOLERANCE,
+        "torch": torch.__version__, "funasr": funasr.__version__,
+        "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }, indent=1), encoding="utf-8")
+    shutil.rmtree(dest, ignore_errors=True)
+    tmp.rename(dest)  # complete or absent: a half-written export is never found
+    return Exported(role, source, dest, files, max_diff, time.perf_counter() - t)
+
+
+def export_models(roles: list[tuple[str, str | None]], data_dir: Path, *, quantize: bool,
+                  force: bool = False, threads: int = 1,
+                  out: Callable[[str], object] = print) -> int:
+    """``tingji models export-onnx``: each (role, model) exported and checked, one line
+    each; exit code 0, or 1 if any failed (the others are still exported)."""
+    failed = 0
+    for role, source in roles:
+        if not source:
+            continue
+        try:
+            # what funasr and the quantizer print goes to stderr: stdout is one line a model
+            with contextlib.redirect_stdout(sys.stderr):
+                done = export_model(role, source, data_dir, quantize=quantize,
+                                    threads=threads, force=force)
+        except ExportError as exc:
+            out(str(exc))
+            failed += 1
+            continue
+        what = ", ".join(done.files)
+        if done.reused and done.folder == Path(source).expanduser():
+            out(f"{role} model {source}: already ONNX ({what}), used as it is")
+        elif done.reused:
+            out(f"{role} model {source}: {done.folder} (exported before: {what}; --force "
+                "exports again)")
+        else:
+            out(f"{role} model {source}: {done.folder} ({what}; the fp32 graph matches "
+                f"torch within {done.max_diff:.1g}; {done.seconds:.0f} s)")
+    return 1 if failed else 0
+
+
+__all__ = ["MANIFEST", "ExportError", "Exported", "export_folder", "export_model",
+           "export_models"]
