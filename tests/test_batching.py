@@ -118,11 +118,15 @@ def test_compiled_cif_loops_equal_funasr_bit_for_bit(seed: int) -> None:
 @pytest.mark.parametrize("seed", range(6))
 def test_compiled_timestamp_fallback_equals_funasr(seed: int) -> None:
     """funasr's ``ts_prediction_lfr6_standard`` with its fallback loop compiled: the same
-    timestamps; outside the block funasr is stock again."""
+    timestamps; only on the thread inside the block (funasr elsewhere stays stock, even
+    meanwhile), and stock again after it."""
+    import threading
+
     import torch
     from funasr.utils import timestamp_tools
 
-    from worker.paraformer import compiled_timestamp_fallback, fast_cif_wo_hidden
+    from worker import paraformer
+    from worker.paraformer import compiled_timestamp_fallback
 
     g = torch.Generator().manual_seed(100 + seed)
     frames = 60 + 150 * seed
@@ -131,15 +135,34 @@ def test_compiled_timestamp_fallback_equals_funasr(seed: int) -> None:
     peaks = torch.rand(1, frames, generator=g)  # fires that do not match the tokens:
     assert (peaks >= 1.0 - 1e-4).sum() != len(tokens) + 1  # the fallback runs
 
+    calls: list[tuple[str, str]] = []
+    fast, stock_loop = paraformer.fast_cif_wo_hidden, paraformer._STOCK_CIF_WO_HIDDEN
+
+    def spy(which: str, fn: Any) -> Any:
+        def call(*a: Any) -> Any:
+            calls.append((threading.current_thread().name, which))
+            return fn(*a)
+        return call
+
     def predict() -> Any:
         return timestamp_tools.ts_prediction_lfr6_standard(
             alphas.clone(), peaks.clone(), list(tokens), force_time_shift=-3.0)
     stock = predict()
-    with compiled_timestamp_fallback():
-        assert timestamp_tools.cif_wo_hidden is fast_cif_wo_hidden
-        fast = predict()
-    assert timestamp_tools.cif_wo_hidden is not fast_cif_wo_hidden
-    assert fast == stock and len(stock[1]) >= len(tokens)
+    paraformer.fast_cif_wo_hidden = spy("compiled", fast)
+    paraformer._STOCK_CIF_WO_HIDDEN = spy("funasr", stock_loop)
+    other: list[Any] = []
+    try:
+        with compiled_timestamp_fallback():
+            compiled = predict()
+            t = threading.Thread(target=lambda: other.append(predict()), name="other")
+            t.start()
+            t.join()
+        after = predict()
+    finally:
+        paraformer.fast_cif_wo_hidden, paraformer._STOCK_CIF_WO_HIDDEN = fast, stock_loop
+    assert compiled == stock == other[0] == after and len(stock[1]) >= len(tokens)
+    main = threading.current_thread().name
+    assert calls == [(main, "compiled"), ("other", "funasr"), (main, "funasr")]
 
 
 @pytest.mark.parametrize("silence_pdfs", [[0], [0, 2]])

@@ -31,6 +31,7 @@ the model's own.  Nothing in site-packages is edited.
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -109,24 +110,40 @@ def fast_cif_wo_hidden(alphas: torch.Tensor, threshold: float) -> torch.Tensor:
     return torch.from_numpy(_fires_kernel(a, t, t)).to(alphas.device)
 
 
+_SCOPE = threading.local()  # .active: this thread is inside compiled_timestamp_fallback
+_STOCK_CIF_WO_HIDDEN = cif_wo_hidden
+
+
+def _scoped_cif_wo_hidden(alphas: torch.Tensor, threshold: float) -> torch.Tensor:
+    """What funasr's timestamp step calls: the compiled loop on a thread inside
+    ``compiled_timestamp_fallback``, funasr's own loop on every other thread."""
+    if getattr(_SCOPE, "active", False):
+        return fast_cif_wo_hidden(alphas, threshold)
+    return _STOCK_CIF_WO_HIDDEN(alphas, threshold)
+
+
 @contextlib.contextmanager
 def compiled_timestamp_fallback() -> Iterator[None]:
-    """While active, funasr's ``ts_prediction_lfr6_standard`` runs its fallback (taken
-    whenever the timestamp head's peaks do not number tokens + 1: for every segment of
-    an untrained model, for some of a trained one) through ``fast_cif_wo_hidden`` instead
-    of a per-frame Python loop of tensor operations: the same values.
+    """While active on this thread, funasr's ``ts_prediction_lfr6_standard`` runs its
+    fallback (taken whenever the timestamp head's peaks do not number tokens + 1: for
+    every segment of an untrained model, for some of a trained one) through
+    ``fast_cif_wo_hidden`` instead of a per-frame Python loop of tensor operations: the
+    same values.
 
-    Scoped on purpose: tingji enters it around its own decode calls on the model thread
-    (``worker.batching``), the only thread that runs the model, so funasr outside them
-    (stock funasr in ``bench/``) stays stock."""
+    Scoped to the calling thread, not the process: funasr's module-level name is bound
+    once to a dispatcher that asks a thread-local flag, so funasr on any other thread
+    (stock funasr in ``bench/``, even while tingji decodes) runs its own loop.  tingji
+    enters it around its own decode calls on the model thread (``worker.batching``)."""
     from funasr.utils import timestamp_tools
 
-    stock = timestamp_tools.cif_wo_hidden
-    timestamp_tools.cif_wo_hidden = fast_cif_wo_hidden
+    if timestamp_tools.cif_wo_hidden is not _scoped_cif_wo_hidden:
+        timestamp_tools.cif_wo_hidden = _scoped_cif_wo_hidden
+    outer = getattr(_SCOPE, "active", False)
+    _SCOPE.active = True
     try:
         yield
     finally:
-        timestamp_tools.cif_wo_hidden = stock
+        _SCOPE.active = outer
 
 
 def fast_cif(hidden: torch.Tensor, alphas: torch.Tensor, threshold: float
