@@ -506,3 +506,55 @@ def test_outcome_writes_survive_database_errors(stack_factory: Callable[..., Sta
         again.stop()
     finally:
         inject(url, None)
+
+
+def test_internal_upload_route_serves_other_machines_only_with_a_token(
+        tmp_path: Path, media: dict[str, Path]) -> None:
+    """Without TINGJI_API_TOKEN, ``/api/v1/internal/upload/{id}`` answers loopback
+    clients only: an upload never leaves the machine unauthenticated.  The real app, in
+    process, with the client's address set as a server would see it."""
+    from litestar.testing import TestClient
+
+    from db import migrate
+    from server.app import create_app
+    from tingji.settings import Settings
+
+    def app_seen_from(settings: Settings) -> tuple[Any, dict[str, Any]]:
+        app = create_app(settings)
+        peer = {"addr": ("127.0.0.1", 40000)}
+
+        async def asgi(scope: dict[str, Any], receive: Any, send: Any) -> None:
+            if scope["type"] == "http":
+                scope = {**scope, "client": peer["addr"]}
+            await app(scope, receive, send)
+        return asgi, peer
+
+    for token in (None, "a-token"):
+        data = tmp_path / f"data-{token}"
+        env = {"TINGJI_DATA_DIR": str(data)} | ({"TINGJI_API_TOKEN": token} if token else {})
+        settings = Settings.from_env(env)
+        for d in (settings.data_dir, settings.uploads_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        migrate.upgrade(settings.database_url)
+        asgi, peer = app_seen_from(settings)
+        auth = {"Authorization": f"Bearer {token}"} if token else {}
+        with TestClient(app=asgi, base_url="http://127.0.0.1:8000") as c:
+            with media["speech"].open("rb") as fh:
+                made = c.post("/api/v1/process/audio", headers=auth,
+                                    files={"file": ("talk.wav", fh, "audio/wav")})
+            assert made.status_code == 202, made.text
+            tid = made.json()["task_id"]
+            path = f"/api/v1/internal/upload/{tid}"
+            got = c.get(path, headers=auth)  # this machine
+            assert got.status_code == 200 and got.content == media["speech"].read_bytes()
+            peer["addr"] = ("192.0.2.7", 40000)  # another machine
+            got = c.get(path, headers=auth)
+            gone = c.delete(path, headers=auth)
+            if token is None:
+                assert got.status_code == gone.status_code == 403
+                assert "TINGJI_API_TOKEN" in got.json()["error"]["message"], got.text
+            else:
+                assert got.status_code == 200 and got.content == media["speech"].read_bytes()
+                assert gone.status_code == 409  # not completed: the upload is still needed
+                wrong = c.get(path, headers={"Authorization": "Bearer wrong"})
+                assert wrong.status_code == 401
