@@ -24,6 +24,10 @@ def test_values_are_parsed() -> None:
     assert s.database_url == "postgresql://u@h/db" and not s.database_url.startswith("sqlite")
     assert s.sqlite_synchronous == "NORMAL" and s.vad_model is None
     assert s.llm_configured and s.device == "cuda"
+    s = Settings.from_env({"TINGJI_LOG_FORMAT": "json",
+                           "TINGJI_API_URL": "http://api.lan:8000/"})
+    assert s.log_format == "json" and s.api_url == "http://api.lan:8000"
+    assert Settings.from_env({"TINGJI_API_URL": ""}).api_url is None  # opt-in
 
 
 @pytest.mark.parametrize("var,value,why", [
@@ -40,6 +44,9 @@ def test_values_are_parsed() -> None:
     ("TINGJI_VAD_PROCESSES", "-2", "between 0 and 64"),
     ("TINGJI_YTDLP_COOKIES", "/nonexistent/cookies.txt", "no such file"),
     ("TINGJI_ALLOW_PRIVATE_URLS", "maybe", "not an IP network"),
+    ("TINGJI_LOG_FORMAT", "xml", "one of"),
+    ("TINGJI_API_URL", "api.example:8000", "http(s) URL"),
+    ("TINGJI_API_URL", "file:///etc/passwd", "http(s) URL"),
 ])
 def test_bad_values_name_the_variable(var: str, value: str, why: str) -> None:
     with pytest.raises(SettingsError) as info:
