@@ -95,6 +95,40 @@ def test_padded_decoding_equals_decoding_alone(stock: Any, sensitive_asr: str,
     assert changed(fixed) == 0
 
 
+def test_decode_scope_leaves_out_only_the_unused_timestamp_head(
+        sensitive_asr: str, tiny_models: dict[str, str]) -> None:
+    """Inside tingji's decode calls the predictor's forward skips the timestamp head
+    (its ``token_num2`` is thrown away by funasr's inference): the outputs funasr uses
+    are equal bit for bit, and the bidirectional LSTM does not run."""
+    import torch
+
+    from worker.paraformer import decode_scope, make_padding_invariant
+
+    model = _load(sensitive_asr, tiny_models)
+    assert make_padding_invariant(model.model) == "TingjiCifPredictorV3"
+    predictor = model.model.predictor.eval()
+    runs: list[int] = []
+    hook = predictor.blstm.register_forward_hook(lambda *a: runs.append(1))
+    g = torch.Generator().manual_seed(5)
+    hidden = torch.randn(3, 40, predictor.cif_output.in_features, generator=g)
+    mask = torch.ones(3, 1, 40, dtype=torch.bool)
+    mask[1, :, 31:] = False
+    mask[2, :, 17:] = False
+    with torch.no_grad():
+        full = predictor(hidden, None, mask)
+        assert len(runs) == 1 and full[4] is not None
+        with decode_scope():
+            lean = predictor(hidden, None, mask)
+        assert len(runs) == 1 and lean[4] is None
+        for a, b in zip(full[:4], lean[:4], strict=True):
+            assert torch.equal(a, b)
+        # the timestamps (funasr asks for them separately) still run the head
+        with decode_scope():
+            predictor.get_upsample_timestamp(hidden, mask, full[1])
+        assert len(runs) == 2
+    hook.remove()
+
+
 @pytest.mark.parametrize("seed", range(6))
 def test_compiled_cif_loops_equal_funasr_bit_for_bit(seed: int) -> None:
     import torch
@@ -116,7 +150,7 @@ def test_compiled_cif_loops_equal_funasr_bit_for_bit(seed: int) -> None:
 
 
 @pytest.mark.parametrize("seed", range(6))
-def test_compiled_timestamp_fallback_equals_funasr(seed: int) -> None:
+def test_decode_scope_equals_funasr(seed: int) -> None:
     """funasr's ``ts_prediction_lfr6_standard`` with its fallback loop compiled: the same
     timestamps; only on the thread inside the block (funasr elsewhere stays stock, even
     meanwhile), and stock again after it."""
@@ -126,7 +160,7 @@ def test_compiled_timestamp_fallback_equals_funasr(seed: int) -> None:
     from funasr.utils import timestamp_tools
 
     from worker import paraformer
-    from worker.paraformer import compiled_timestamp_fallback
+    from worker.paraformer import decode_scope
 
     g = torch.Generator().manual_seed(100 + seed)
     frames = 60 + 150 * seed
@@ -152,7 +186,7 @@ def test_compiled_timestamp_fallback_equals_funasr(seed: int) -> None:
     paraformer._STOCK_CIF_WO_HIDDEN = spy("funasr", stock_loop)
     other: list[Any] = []
     try:
-        with compiled_timestamp_fallback():
+        with decode_scope():
             compiled = predict()
             t = threading.Thread(target=lambda: other.append(predict()), name="other")
             t.start()

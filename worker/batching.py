@@ -338,9 +338,9 @@ class CrossTaskBatch:
         kwargs = kw.pop("kwargs", None) or self.model.kwargs
         kwargs["batch_size"] = max(int(kwargs.get("batch_size") or 1), len(segments))
         kw.pop("model", None)
-        from worker.paraformer import compiled_timestamp_fallback  # funasr: model thread
+        from worker.paraformer import decode_scope  # funasr: model thread
 
-        with compiled_timestamp_fallback():
+        with decode_scope():
             res = self.model.inference(segments, input_len=None, model=self.model.model,
                                        kwargs=kwargs, **kw)
         if not res:

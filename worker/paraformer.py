@@ -110,35 +110,45 @@ def fast_cif_wo_hidden(alphas: torch.Tensor, threshold: float) -> torch.Tensor:
     return torch.from_numpy(_fires_kernel(a, t, t)).to(alphas.device)
 
 
-_SCOPE = threading.local()  # .active: this thread is inside compiled_timestamp_fallback
+_SCOPE = threading.local()  # .active: this thread is inside decode_scope
 _STOCK_CIF_WO_HIDDEN = cif_wo_hidden
+
+
+def _in_decode_scope() -> bool:
+    return bool(getattr(_SCOPE, "active", False))
 
 
 def _scoped_cif_wo_hidden(alphas: torch.Tensor, threshold: float) -> torch.Tensor:
     """What funasr's timestamp step calls: the compiled loop on a thread inside
-    ``compiled_timestamp_fallback``, funasr's own loop on every other thread."""
-    if getattr(_SCOPE, "active", False):
+    ``decode_scope``, funasr's own loop on every other thread."""
+    if _in_decode_scope():
         return fast_cif_wo_hidden(alphas, threshold)
     return _STOCK_CIF_WO_HIDDEN(alphas, threshold)
 
 
 @contextlib.contextmanager
-def compiled_timestamp_fallback() -> Iterator[None]:
-    """While active on this thread, funasr's ``ts_prediction_lfr6_standard`` runs its
-    fallback (taken whenever the timestamp head's peaks do not number tokens + 1: for
-    every segment of an untrained model, for some of a trained one) through
-    ``fast_cif_wo_hidden`` instead of a per-frame Python loop of tensor operations: the
-    same values.
+def decode_scope() -> Iterator[None]:
+    """Marks tingji's own decode calls (``worker.batching`` enters it around each
+    ``AutoModel.inference`` on the model thread).  While active on this thread:
+
+    - funasr's ``ts_prediction_lfr6_standard`` runs its fallback (taken whenever the
+      timestamp head's peaks do not number tokens + 1: for every segment of an untrained
+      model, for some of a trained one) through ``fast_cif_wo_hidden`` instead of a
+      per-frame Python loop of tensor operations: the same values;
+    - ``TingjiCifPredictorV3.forward`` leaves out the timestamp head (upsampling CNN,
+      bidirectional LSTM over 3x the frames), whose only output there, ``token_num2``,
+      funasr's inference throws away (``calc_predictor`` keeps the first four outputs;
+      the timestamps come from ``get_upsample_timestamp``, which runs the head itself).
+      It returns None in its place.  On a CPU that is 8 % of decoding.
 
     Scoped to the calling thread, not the process: funasr's module-level name is bound
     once to a dispatcher that asks a thread-local flag, so funasr on any other thread
-    (stock funasr in ``bench/``, even while tingji decodes) runs its own loop.  tingji
-    enters it around its own decode calls on the model thread (``worker.batching``)."""
+    (stock funasr in ``bench/``, even while tingji decodes) runs its own code."""
     from funasr.utils import timestamp_tools
 
     if timestamp_tools.cif_wo_hidden is not _scoped_cif_wo_hidden:
         timestamp_tools.cif_wo_hidden = _scoped_cif_wo_hidden
-    outer = getattr(_SCOPE, "active", False)
+    outer = _in_decode_scope()
     _SCOPE.active = True
     try:
         yield
@@ -189,8 +199,12 @@ class TingjiCifPredictorV3(CifPredictorV3):
             return super().forward(hidden, target_label, mask, ignore_id,
                                    mask_chunk_predictor, target_label_length)
         hidden = _zero_padding(hidden, mask)
-        output, alphas2 = self._conv_and_timestamp_alphas(hidden, mask)
-        token_num2 = alphas2.sum(-1)
+        token_num2: torch.Tensor | None = None
+        if _in_decode_scope():  # token_num2 is unused there: no timestamp head
+            output = self._cif_conv(hidden)
+        else:
+            output, alphas2 = self._conv_and_timestamp_alphas(hidden, mask)
+            token_num2 = alphas2.sum(-1)
 
         output = self.cif_output(output.transpose(1, 2))
         alphas = torch.sigmoid(output)
@@ -227,7 +241,7 @@ class TingjiCifPredictorV3(CifPredictorV3):
         output ``(B, D, T)`` and the timestamp head's firing weights ``(B, T * upsample)``,
         zero on padded frames."""
         context = hidden.transpose(1, 2)
-        output = torch.relu(self.cif_conv1d(self.pad(context)))
+        output = self._cif_conv(hidden)
         output2 = self._upsampled(output if self.use_cif1_cnn else context, mask)
         alphas2 = torch.sigmoid(self.cif_output2(output2))
         alphas2 = torch.nn.functional.relu(alphas2 * self.smooth_factor2 - self.noise_threshold2)
@@ -236,6 +250,10 @@ class TingjiCifPredictorV3(CifPredictorV3):
                      .reshape(alphas2.shape[0], -1)).unsqueeze(-1)
             alphas2 = alphas2 * mask2
         return output, alphas2.squeeze(-1)
+
+    def _cif_conv(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The CIF convolution's output ``(B, D, T)``."""
+        return torch.relu(self.cif_conv1d(self.pad(hidden.transpose(1, 2))))
 
     def _upsampled(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         if self.upsample_type == "cnn":
@@ -301,6 +319,6 @@ def make_padding_invariant(model: Any) -> str | None:
     return sub.__name__
 
 
-__all__ = ["TingjiCifPredictorV2", "TingjiCifPredictorV3", "compiled_timestamp_fallback",
+__all__ = ["TingjiCifPredictorV2", "TingjiCifPredictorV3", "decode_scope",
            "fast_cif", "fast_cif_wo_hidden",
            "make_padding_invariant"]
