@@ -12,6 +12,7 @@ from typing import Any
 
 from litestar import Request, delete, get
 from litestar.exceptions import PermissionDeniedException
+from litestar.params import FromPath
 from litestar.response import File
 from litestar.status_codes import HTTP_204_NO_CONTENT, HTTP_404_NOT_FOUND, HTTP_409_CONFLICT
 
@@ -40,7 +41,8 @@ async def _upload_task(request: Request[Any, Any, Any], reads: ReadsDep, setting
 
 @get("/internal/upload/{task_id:str}", summary="An upload task's file, for its worker",
      include_in_schema=False)
-async def upload_file(request: Request[Any, Any, Any], task_id: str, reads: ReadsDep,
+async def upload_file(request: Request[Any, Any, Any], task_id: FromPath[str],
+                      reads: ReadsDep,
                       settings: SettingsDep) -> File:
     task = await _upload_task(request, reads, settings, task_id)
     if task.status == TaskStatus.COMPLETED:
@@ -58,7 +60,8 @@ async def upload_file(request: Request[Any, Any, Any], task_id: str, reads: Read
 
 @delete("/internal/upload/{task_id:str}", summary="Drop a completed task's upload",
         include_in_schema=False, status_code=HTTP_204_NO_CONTENT)
-async def drop_upload(request: Request[Any, Any, Any], task_id: str, reads: ReadsDep,
+async def drop_upload(request: Request[Any, Any, Any], task_id: FromPath[str],
+                      reads: ReadsDep,
                       settings: SettingsDep) -> None:
     task = await _upload_task(request, reads, settings, task_id)
     if task.status != TaskStatus.COMPLETED:

@@ -12,6 +12,7 @@ from collections import Counter
 from typing import Any
 
 from litestar import Request, Response, get, post
+from litestar.params import FromQuery, JSONBody
 from litestar.status_codes import (
     HTTP_200_OK,
     HTTP_202_ACCEPTED,
@@ -81,8 +82,8 @@ def request_digest(kind: str, source: Any, options: dict[str, Any], priority: in
 
 
 @post("/process/bilibili", status_code=HTTP_202_ACCEPTED, summary="Transcribe a URL")
-async def process_url(request: Request[Any, Any, Any], data: BilibiliRequest, queue: QueueDep,
-                      settings: SettingsDep) -> Response[Submitted]:
+async def process_url(request: Request[Any, Any, Any], data: JSONBody[BilibiliRequest],
+                      queue: QueueDep, settings: SettingsDep) -> Response[Submitted]:
     """Any http(s) URL yt-dlp handles: Bilibili BV/av links, b23.tv, direct media files.
     An optional ``batch_id`` (a UUID) files the task under a batch."""
     url = check_url(data.video_url)
@@ -114,7 +115,7 @@ _LISTING = asyncio.Semaphore(2)  # listings at once (each a process running yt-d
 
 @get("/bilibili/parts", summary="A video's parts, or a list's entries, without submitting",
      opt={"acts": True})  # it reaches the network: not for other sites' pages
-async def list_parts(url: str, settings: SettingsDep) -> PartsView:
+async def list_parts(url: FromQuery[str], settings: SettingsDep) -> PartsView:
     """Reads the page (no download) under the same egress policy as a task, in a child
     process the API kills after 60 s: number, title and duration of each part of a
     multi-part video, or of each video of a list."""
@@ -195,8 +196,8 @@ async def process_upload(request: Request[Any, Any, Any], queue: QueueDep, setti
 
 
 @post("/process/batch", status_code=HTTP_202_ACCEPTED, summary="Transcribe a list of URLs")
-async def process_batch(request: Request[Any, Any, Any], data: BatchRequest, queue: QueueDep,
-                        settings: SettingsDep) -> Response[BatchSubmitted]:
+async def process_batch(request: Request[Any, Any, Any], data: JSONBody[BatchRequest],
+                        queue: QueueDep, settings: SettingsDep) -> Response[BatchSubmitted]:
     """One durable task per URL, inserted in one transaction: all or nothing.  With an
     idempotency key, the same request again returns the original batch (200)."""
     if not data.urls:

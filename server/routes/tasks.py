@@ -10,7 +10,7 @@ from typing import Annotated, Any
 from urllib.parse import quote
 
 from litestar import Response, get, patch, post
-from litestar.params import Parameter
+from litestar.params import FromPath, FromQuery, JSONBody, Parameter
 from litestar.status_codes import HTTP_202_ACCEPTED, HTTP_409_CONFLICT
 
 from db.errors import TaskNotFound
@@ -41,12 +41,12 @@ async def _task(reads: ReadsDep, task_id: str) -> Task:
 
 
 @get("/task/{task_id:str}", summary="One task's status, progress and result")
-async def get_task(reads: ReadsDep, task_id: str) -> TaskView:
+async def get_task(reads: ReadsDep, task_id: FromPath[str]) -> TaskView:
     return task_view(await _task(reads, task_id))
 
 
 @get("/task/{task_id:str}/events", summary="A task's whole history, oldest first")
-async def get_events(reads: ReadsDep, task_id: str) -> list[EventView]:
+async def get_events(reads: ReadsDep, task_id: FromPath[str]) -> list[EventView]:
     task = await _task(reads, task_id)
     return [EventView(id=e.id, at=e.at, event=e.event, from_status=e.from_status,
                       to_status=e.to_status, worker_id=e.worker_id, detail=e.detail)
@@ -54,7 +54,7 @@ async def get_events(reads: ReadsDep, task_id: str) -> list[EventView]:
 
 
 @get("/task/{task_id:str}/segments", summary="Timed transcript sentences")
-async def get_segments(reads: ReadsDep, task_id: str) -> list[dict[str, Any]]:
+async def get_segments(reads: ReadsDep, task_id: FromPath[str]) -> list[dict[str, Any]]:
     task = await _task(reads, task_id)
     names = (task.result or {}).get("speaker_names") or {}
     return [{"start_ms": s.start_ms, "end_ms": s.end_ms, "text": s.text, "chars": s.chars,
@@ -64,8 +64,8 @@ async def get_segments(reads: ReadsDep, task_id: str) -> list[dict[str, Any]]:
 @get("/tasks", summary="Tasks, newest first")
 async def list_tasks(
     reads: ReadsDep,
-    status: str | None = None,
-    batch_id: str | None = None,
+    status: FromQuery[str | None] = None,
+    batch_id: FromQuery[str | None] = None,
     id_prefix: Annotated[str | None, Parameter(
         description="the first characters of task ids (at least 4), for short ids")] = None,
     limit: Annotated[int, Parameter(ge=1, le=500)] = 50,
@@ -90,7 +90,7 @@ async def list_tasks(
 
 
 @post("/task/{task_id:str}/cancel", status_code=200, summary="Cancel a task")
-async def cancel_task(queue: QueueDep, task_id: str) -> CancelResult:
+async def cancel_task(queue: QueueDep, task_id: FromPath[str]) -> CancelResult:
     """Pending tasks are cancelled at once; a processing task stops at its worker's next
     check (its status then moves to ``cancelled``)."""
     task = await queue.request_cancel(check_task_id(task_id))
@@ -98,8 +98,8 @@ async def cancel_task(queue: QueueDep, task_id: str) -> CancelResult:
 
 
 @patch("/task/{task_id:str}/speakers", summary="Name a completed task's speakers")
-async def name_speakers(reads: ReadsDep, queue: QueueDep, settings: SettingsDep, task_id: str,
-                        data: dict[str, Any]) -> TaskView:
+async def name_speakers(reads: ReadsDep, queue: QueueDep, settings: SettingsDep,
+                        task_id: FromPath[str], data: JSONBody[dict[str, Any]]) -> TaskView:
     """``{"S1": "张老师", "S2": "学生"}``: every download shows the names from then on
     (the labels stay in the database; names are kept in the result), and so do the
     exported files when they are on this machine."""
@@ -120,15 +120,15 @@ async def name_speakers(reads: ReadsDep, queue: QueueDep, settings: SettingsDep,
 
 
 @post("/task/{task_id:str}/retry", status_code=HTTP_202_ACCEPTED, summary="Retry a task")
-async def retry_task(queue: QueueDep, task_id: str) -> CancelResult:
+async def retry_task(queue: QueueDep, task_id: FromPath[str]) -> CancelResult:
     """Failed or cancelled tasks only; work resumes at the first unfinished stage."""
     task = await queue.retry(check_task_id(task_id))
     return CancelResult(task_id=task.id, status=str(task.status))
 
 
 @get("/download/{task_id:str}", summary="Download the result (txt, md, json, srt, vtt or zip)")
-async def download(reads: ReadsDep, task_id: str,
-                   format: str | None = None) -> Response[bytes]:  # noqa: A002
+async def download(reads: ReadsDep, task_id: FromPath[str],
+                   format: FromQuery[str | None] = None) -> Response[bytes]:  # noqa: A002
     if format is not None and format not in FORMATS:
         raise bad_request(f"format: must be one of {', '.join(FORMATS)} (or absent for a zip)")
     task = await _task(reads, task_id)
