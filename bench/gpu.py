@@ -4,7 +4,8 @@
                                   [--k 8] [--source SPEECH.wav] [--models DIR] [--json OUT]
 
 Full-size random-weight SeACo-Paraformer (paraformer-zh dimensions, built here with
-funasr's own classes) with the tiny VAD and punctuation models.  The same process runs
+funasr's own classes) with the VAD and a ct-punc-sized punctuation model (random
+weights, ``tests.helpers.tiny_funasr.build_bench_models``).  The same process runs
 
 (a) ``--clips`` clips of ``--clip-s`` seconds (cut at different offsets from the source
     speech): bare ``AutoModel.generate`` one file at a time, then tingji's worker path

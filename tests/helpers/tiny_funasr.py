@@ -77,7 +77,7 @@ def make_vocab(size=None):
         seen = set(chars)
         while len(chars) < need:
             c = chr(cp)
-            if c not in seen:
+            if c not in seen and not 0xD800 <= cp <= 0xDFFF:  # no lone surrogates
                 chars.append(c)
                 seen.add(c)
             cp += 1
@@ -281,18 +281,33 @@ def build_vad(out, seed=0, configuration_json=True, threshold=8.0, k=0.25):
 
 
 # ----------------------------------------------------------------------------- PUNC
-def build_punc(out, seed=0, configuration_json=True, blocks=1):
-    """``blocks``: 2 or more for funasr's ONNX exporter (it reads the second stack)."""
+# ct-punc (punc_ct-transformer_cn-en-common-vocab471067-large): its vocabulary is in the
+# name; its widths are inferred, not read from the hub's config.yaml (unreachable here):
+# 512-wide, 8 heads, 2048 feed-forward units and 6 blocks give 260 M parameters and a
+# 1.04 GB model.pt, against the hub checkpoint's 1.05 GB (the 471,067 x 512 embedding alone
+# is 0.96 GB, so the width is 512; the blocks make up the rest).
+PUNC_SIZES = {
+    "tiny": dict(d=64, heads=4, units=128, vocab=None),
+    "full": dict(d=512, heads=8, units=2048, vocab=471067),
+}
+
+
+def build_punc(out, seed=0, configuration_json=True, blocks=None, size="tiny"):
+    """``blocks``: 2 or more for funasr's ONNX exporter (it reads the second stack);
+    default 1 (tiny) or 6 (full)."""
     torch.manual_seed(seed)
-    tokens = make_vocab(None)
+    z = PUNC_SIZES[size]
+    blocks = blocks or (6 if size == "full" else 1)
+    tokens = make_vocab(z["vocab"])
     punc_list = ["<unk>", "_", "，", "。", "？", "、"]
+    d = z["d"]
     cfg = {
         "model": "CTTransformer",
-        "model_conf": {"ignore_id": 0, "embed_unit": 64, "att_unit": 64, "dropout_rate": 0.1,
+        "model_conf": {"ignore_id": 0, "embed_unit": d, "att_unit": d, "dropout_rate": 0.1,
                        "punc_list": punc_list, "punc_weight": [1.0] * 6, "sentence_end_id": 3},
         "encoder": "SANMEncoder",
-        "encoder_conf": {"input_size": 64, "output_size": 64, "attention_heads": 4,
-                         "linear_units": 128, "num_blocks": blocks, "dropout_rate": 0.1,
+        "encoder_conf": {"input_size": d, "output_size": d, "attention_heads": z["heads"],
+                         "linear_units": z["units"], "num_blocks": blocks, "dropout_rate": 0.1,
                          "positional_dropout_rate": 0.1, "attention_dropout_rate": 0.0,
                          "input_layer": "pe", "pos_enc_class": "SinusoidalPositionEncoder",
                          "normalize_before": True, "kernel_size": 11, "sanm_shfit": 0,
@@ -347,17 +362,20 @@ def build_all(out_dir: str, size: str = "tiny", seed: int = 0) -> dict[str, str]
 
 def build_bench_models(root: str) -> dict[str, str]:
     """The benchmarks' models under ``root`` (built once): the full-size random-weight
-    SeACo-Paraformer (paraformer-zh dimensions) and CAM++ with the tiny VAD and
-    punctuation."""
+    SeACo-Paraformer (paraformer-zh dimensions), a ct-punc-sized punctuation model and
+    CAM++, with the VAD (fsmn-vad's own dimensions, hand-set weights)."""
     full, tiny = os.path.join(root, "full", "asr"), os.path.join(root, "tiny")
     if not os.path.exists(os.path.join(full, "model.pt")):
         n, v = build_asr(full, "seaco", "full")
         print(f"asr: {full} params={n:,} vocab={v} (full size, random weights)", flush=True)
     dirs = {"asr": full}
-    for which, build in (("vad", build_vad), ("punc", build_punc)):
-        d = dirs[which] = os.path.join(tiny, which)
-        if not os.path.exists(os.path.join(d, "model.pt")):
-            build(d)
+    d = dirs["vad"] = os.path.join(tiny, "vad")
+    if not os.path.exists(os.path.join(d, "model.pt")):
+        build_vad(d)
+    d = dirs["punc"] = os.path.join(root, "full", "punc")
+    if not os.path.exists(os.path.join(d, "model.pt")):
+        n = build_punc(d, size="full")
+        print(f"punc: {d} params={n:,} (ct-punc size, random weights)", flush=True)
     spk = dirs["spk"] = os.path.join(root, "full", "spk")
     if not os.path.exists(os.path.join(spk, "model.pt")):
         build_spk(spk, size="full")  # CAM++ dimensions: its cost is what users pay
