@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -139,3 +140,13 @@ def test_export_onnx_reports_each_model_and_keeps_going(models: dict[str, Path],
     punc = _manifest(next(line for line in out if line.startswith("punctuation")))
     assert punc["files"] == ["model.onnx"] and punc["quantize"] is False
     assert sorted(p.name for p in (data / "onnx").iterdir()) == [punc["folder"].name]
+
+    # new weights in the model folder: the next run exports again
+    retrained = tmp_path / "punc"
+    shutil.copytree(models["punc"], retrained)
+    kw = {"asr": str(ready), "vad": "", "punc": str(retrained)}
+    assert "the fp32 graph matches torch" in _export(data, **kw).stdout
+    assert "exported before" in _export(data, **kw).stdout
+    (retrained / "model.pt").write_bytes((retrained / "model.pt").read_bytes())
+    os.utime(retrained / "model.pt", ns=(1, 1))  # a new mtime, whatever the clock
+    assert "the fp32 graph matches torch" in _export(data, **kw).stdout

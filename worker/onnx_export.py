@@ -57,6 +57,15 @@ class Exported:
     reused: bool = False
 
 
+def _stamp(folder: Path) -> list[list[Any]] | None:
+    """What says a local model folder changed since its export (its weights and config
+    rewritten): name, size and mtime of each; None for a hub id."""
+    if not folder.is_dir():
+        return None
+    return [[p.name, p.stat().st_size, p.stat().st_mtime_ns]
+            for p in sorted(folder.iterdir()) if p.name in ("model.pt", "config.yaml")]
+
+
 def export_folder(data_dir: Path, source: str) -> Path:
     """Where a model's ONNX files go: ``<data>/onnx/<name>-<hash of its source>``."""
     name = Path(source.rstrip("/")).name or "model"
@@ -144,9 +153,10 @@ def export_model(role: str, source: str, data_dir: Path, *, quantize: bool,
         return Exported(role, source, folder, files, reused=True)
     dest = export_folder(data_dir, source)
     manifest = dest / MANIFEST
+    stamp = _stamp(folder)
     if not force and manifest.is_file():
         done = json.loads(manifest.read_text(encoding="utf-8"))
-        if done.get("quantize") == quantize or (done.get("quantize") and not quantize):
+        if (done.get("quantize") or not quantize) and done.get("stamp") == stamp:
             return Exported(role, source, dest, done["files"], done.get("max_diff"),
                             reused=True)
     t = time.perf_counter()
@@ -207,7 +217,7 @@ def export_model(role: str, source: str, data_dir: Path, *, quantize: bool,
 
     tmp.joinpath(MANIFEST).write_text(json.dumps({
         "role": role, "source": source, "model_dir": str(model_dir), "files": files,
-        "quantize": quantize, "max_diff": max_diff, "tolerance": TOLERANCE,
+        "quantize": quantize, "max_diff": max_diff, "tolerance": TOLERANCE, "stamp": stamp,
         "torch": torch.__version__, "funasr": funasr.__version__,
         "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }, indent=1), encoding="utf-8")
