@@ -202,8 +202,9 @@ def cmd_models(args: argparse.Namespace) -> int:
             print(f"exporting needs the worker's packages ({exc.name}): "
                   "pip install 'tingji[worker,onnx]'", file=sys.stderr)
             return 1
-        roles = [("ASR", settings.asr_model), ("VAD", settings.vad_model),
-                 ("punctuation", settings.punc_model)]
+        from tingji.doctor import model_roles
+
+        roles = [r for r in model_roles(settings) if r[0] != "speaker"]  # not exported
         return export_models(roles, settings.data_dir, quantize=args.quantize,
                              force=args.force, threads=os.cpu_count() or 1)
 

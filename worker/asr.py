@@ -73,6 +73,18 @@ class ModelLoadError(RuntimeError):
     """The ASR model could not be loaded: the worker cannot work at all."""
 
 
+def load_failure(what: str, source: str, setting: str, exc: BaseException) -> str:
+    """One line for a model funasr could not load; for a hub id, what to do offline."""
+    first = (str(exc).strip().splitlines() or [""])[0][:300]
+    hint = ""
+    if source.startswith(("/", ".", "~")) and not Path(source).expanduser().exists():
+        hint = f" ({source} does not exist; point {setting} at a model folder or a hub id)"
+    elif not Path(source).expanduser().exists():
+        hint = (" (a hub id needs network access to download the model once; "
+                f"set {setting} to a local model folder otherwise)")
+    return f"cannot load {what}: {type(exc).__name__}: {first}{hint}"
+
+
 def resolve_device(device: str) -> str:
     if device != "auto":
         return device
@@ -117,13 +129,8 @@ class AsrEngine:
         try:
             model = AutoModel(**kwargs)
         except Exception as exc:
-            hint = ""
-            if not Path(c.model).exists():
-                hint = (" (a hub id needs network access to download the model once; "
-                        "set TINGJI_ASR_MODEL to a local model folder otherwise)")
-            first = (str(exc).strip().splitlines() or [""])[0][:300]
-            raise ModelLoadError(f"cannot load ASR model {c.description}: "
-                                 f"{type(exc).__name__}: {first}{hint}") from exc
+            raise ModelLoadError(load_failure(f"ASR model {c.description}", c.model,
+                                              "TINGJI_ASR_MODEL", exc)) from exc
         from worker.paraformer import make_padding_invariant  # imports funasr: lane only
 
         predictor = make_padding_invariant(model.model)

@@ -145,7 +145,8 @@ def _run_quantized(graph: Path, module: Any, threads: int) -> None:
 
 
 def export_model(role: str, source: str, data_dir: Path, *, quantize: bool,
-                 threads: int = 1, force: bool = False) -> Exported:
+                 threads: int = 1, force: bool = False, setting: str = "its setting"
+                 ) -> Exported:
     """Export one model (a folder or a hub id funasr resolves) and check its graphs."""
     folder = Path(source).expanduser()
     if folder.is_dir() and (folder / "model.onnx").is_file():
@@ -169,9 +170,10 @@ def export_model(role: str, source: str, data_dir: Path, *, quantize: bool,
         auto = AutoModel(model=source, device="cpu", ncpu=threads, disable_update=True,
                          disable_pbar=True, log_level="ERROR")
     except Exception as exc:
-        first = (str(exc).strip().splitlines() or [""])[0][:300]
-        raise ExportError(f"{role} model {source}: cannot load it: "
-                          f"{type(exc).__name__}: {first}") from exc
+        from worker.asr import load_failure
+
+        raise ExportError(f"{role} model {source}: "
+                          + load_failure("it", source, setting, exc)) from exc
     tmp = dest.with_name(dest.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -226,20 +228,20 @@ def export_model(role: str, source: str, data_dir: Path, *, quantize: bool,
     return Exported(role, source, dest, files, max_diff, time.perf_counter() - t)
 
 
-def export_models(roles: list[tuple[str, str | None]], data_dir: Path, *, quantize: bool,
-                  force: bool = False, threads: int = 1,
+def export_models(roles: list[tuple[str, str, str | None]], data_dir: Path, *,
+                  quantize: bool, force: bool = False, threads: int = 1,
                   out: Callable[[str], object] = print) -> int:
-    """``tingji models export-onnx``: each (role, model) exported and checked, one line
-    each; exit code 0, or 1 if any failed (the others are still exported)."""
+    """``tingji models export-onnx``: each (role, setting, model) exported and checked, one
+    line each; exit code 0, or 1 if any failed (the others are still exported)."""
     failed = 0
-    for role, source in roles:
+    for role, setting, source in roles:
         if not source:
             continue
         try:
             # what funasr and the quantizer print goes to stderr: stdout is one line a model
             with contextlib.redirect_stdout(sys.stderr):
                 done = export_model(role, source, data_dir, quantize=quantize,
-                                    threads=threads, force=force)
+                                    threads=threads, force=force, setting=setting)
         except ExportError as exc:
             out(str(exc))
             failed += 1
