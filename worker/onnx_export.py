@@ -108,40 +108,34 @@ def _inputs_of(module: Any) -> tuple[Any, ...]:
     return (dummy,) if isinstance(dummy, torch.Tensor) else tuple(dummy)
 
 
-def _check(module: Any, graph: Path, threads: int) -> float:
-    """Run the graph on the exporter's sample inputs with ONNX Runtime; the largest
-    absolute difference from torch's outputs of the same module."""
-    import numpy as np
+def _run(graph: Path, module: Any, inputs: tuple[Any, ...], threads: int) -> list[Any]:
+    """ONNX Runtime's outputs of ``graph`` on ``inputs`` (torch tensors)."""
     import onnxruntime as ort
-    import torch
 
-    inputs = _inputs_of(module)
-    names = module.export_input_names()
-    with torch.no_grad():
-        want = list(_flat(module(*inputs)))
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     session = ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
-    got = session.run(None, {n: t.numpy() for n, t in zip(names, inputs, strict=False)})
+    feed = zip(module.export_input_names(), inputs, strict=False)
+    return session.run(None, {name: t.numpy() for name, t in feed})  # type: ignore[no-any-return]
+
+
+def _check(module: Any, graph: Path, threads: int) -> float:
+    """The largest absolute difference between the graph's outputs and torch's outputs
+    of the same module, on the exporter's sample inputs."""
+    import numpy as np
+    import torch
+
+    inputs = _inputs_of(module)  # random: made once for both
+    with torch.no_grad():
+        want = list(_flat(module(*inputs)))
     diff = 0.0
-    for w, g in zip(want, got, strict=False):
+    for w, g in zip(want, _run(graph, module, inputs, threads), strict=False):
         w = w.detach().numpy()
         if w.shape != g.shape:
             raise ExportError(f"{graph.name}: ONNX output shape {g.shape} != torch's {w.shape}")
         if w.size:
             diff = max(diff, float(np.abs(w.astype(np.float64) - g.astype(np.float64)).max()))
     return diff
-
-
-def _run_quantized(graph: Path, module: Any, threads: int) -> None:
-    import onnxruntime as ort
-
-    inputs = _inputs_of(module)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    session = ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
-    session.run(None, {n: t.numpy() for n, t in
-                       zip(module.export_input_names(), inputs, strict=False)})
 
 
 def export_model(role: str, source: str, data_dir: Path, *, quantize: bool,
@@ -196,7 +190,8 @@ def export_model(role: str, source: str, data_dir: Path, *, quantize: bool,
             name = name if name.endswith(".onnx") else name + ".onnx"
             max_diff = max(max_diff, _check(m, tmp / name, threads))
             if quantize:
-                _run_quantized(tmp / name.replace(".onnx", "_quant.onnx"), m, threads)
+                _run(tmp / name.replace(".onnx", "_quant.onnx"), m, _inputs_of(m),
+                     threads)  # an int8 graph is only checked to run
     except ExportError:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
