@@ -39,11 +39,22 @@ async def fill(queue: Queue, n: int) -> set[str]:
     return ids
 
 
-async def test_four_processes_claim_each_task_exactly_once(db_url: str) -> None:
+async def test_four_processes_claim_each_task_exactly_once(db_url: str,
+                                                           tmp_path: Path) -> None:
     queue = Queue(make_engine(db_url), QueueConfig(max_pending=10_000))
     try:
         ids = await fill(queue, 500)
-        procs = [spawn("drain", db_url, f"worker-{i}") for i in range(4)]
+        gate = tmp_path / "gate"
+        gate.mkdir()
+        procs = [spawn("drain", db_url, f"worker-{i}", str(gate)) for i in range(4)]
+        # all four connected before any claims: a late starter would find the queue
+        # drained (the claim takes about a millisecond)
+        for _ in range(6000):
+            if len(list(gate.glob("ready-*"))) == 4 or any(p.poll() is not None
+                                                           for p in procs):
+                break
+            await asyncio.sleep(0.01)
+        (gate / "go").touch()
         outputs = [await asyncio.to_thread(p.communicate, timeout=240) for p in procs]
         for p, (_, err) in zip(procs, outputs, strict=True):
             assert p.returncode == 0, err[-2000:]
