@@ -62,8 +62,10 @@ async def test_four_processes_claim_each_task_exactly_once(db_url: str,
         claims = Counter(line for out, _ in outputs for line in out.split())
         assert set(claims) == ids
         assert max(claims.values()) == 1
-        # every process took part (the claim is contended, not serial by accident)
-        assert all(out.strip() for out, _ in outputs)
+        # several processes took part (the claim is contended, not serial by accident);
+        # not necessarily all four: SQLite's busy handler backs off, so under CPU load a
+        # process can lose every race for the write lock while the others drain the queue
+        assert sum(1 for out, _ in outputs if out.strip()) >= 2
         counts = await Reads(queue.engine).counts()
         assert counts["completed"] == 500 and counts["pending"] == counts["processing"] == 0
         async with queue.engine.connect() as conn:
