@@ -27,6 +27,7 @@ class SettingsError(ValueError):
 
 SQLITE_SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
 DEVICES = ("auto", "cpu", "cuda")
+ENGINES = ("torch", "onnx", "auto")
 
 Parse = Callable[[str], Any]
 Check = Callable[[Any], "str | None"]
@@ -213,6 +214,11 @@ class Settings:
     # labels speakers for tasks that ask (speakers=auto or 2-16); loaded at the first one
     spk_model: str | None = _setting("cam++", _optional)
     device: str = _setting("auto", _choice(DEVICES, upper=False))
+    # what runs the models: torch, onnx (ONNX Runtime on the CPU, graphs from `tingji
+    # models export-onnx`), or auto (onnx on a CPU when exported, torch on CUDA)
+    engine: str = _setting("torch", _choice(ENGINES, upper=False))
+    # the ONNX engine's int8 graphs (model_quant.onnx) when the export has them
+    onnx_int8: bool = _setting(True, _bool)
     batch_size_s: int = _setting(300, _int, _positive)
     cpu_batch_size_s: int = _setting(60, _int, _between(0))
     # None: 8 on CUDA, 1 on a CPU

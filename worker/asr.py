@@ -45,6 +45,9 @@ class AsrConfig:
     vad_processes: int = 0  # >0: VAD in that many processes, ahead of the lane
     spk_model: str | None = "cam++"  # loaded the first time a task asks for speakers
     ncpu: int = max(1, os.cpu_count() or 1)
+    engine: str = "torch"  # torch | onnx | auto (onnx on a CPU, torch on CUDA)
+    onnx_int8: bool = True  # the int8 graphs when the export has them
+    data_dir: Path | None = None  # where ``tingji models export-onnx`` put the graphs
 
     def vad_kwargs(self) -> dict[str, Any]:
         kw: dict[str, Any] = {"max_single_segment_time": 60_000}
@@ -59,6 +62,11 @@ class AsrConfig:
     @property
     def description(self) -> str:
         return " + ".join(m for m in (self.model, self.vad_model, self.punc_model) if m)
+
+    def roles(self) -> list[tuple[str, str, str | None]]:
+        """(role, setting, model) of the models the ONNX engine runs as graphs."""
+        return [("ASR", "TINGJI_ASR_MODEL", self.model),
+                ("punctuation", "TINGJI_PUNC_MODEL", self.punc_model)]
 
 
 @dataclass
@@ -98,6 +106,7 @@ class AsrEngine:
         self.config = config
         self.model: Any = None
         self.device = "cpu"
+        self.engine = config.engine  # what runs the models, once loaded: torch or onnx
         # The model lane: every call into the model happens on this one thread.
         self._model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tingji-model")
         self._load_lock = asyncio.Lock()
@@ -118,6 +127,9 @@ class AsrEngine:
 
         c = self.config
         self.device = resolve_device(c.device)
+        graphs = self._onnx_graphs()
+        if graphs:
+            self.device = "cpu"  # ONNX Runtime's CPU provider; funasr's parts run there too
         vad_kwargs = c.vad_kwargs()
         kwargs: dict[str, Any] = dict(model=c.model, device=self.device, ncpu=c.ncpu,
                                       disable_update=True, disable_pbar=True,
@@ -131,19 +143,80 @@ class AsrEngine:
         except Exception as exc:
             raise ModelLoadError(load_failure(f"ASR model {c.description}", c.model,
                                               "TINGJI_ASR_MODEL", exc)) from exc
-        from worker.paraformer import make_padding_invariant  # imports funasr: lane only
-
-        predictor = make_padding_invariant(model.model)
         from worker.fsmnvad import make_fast_vad  # imports funasr: lane only
 
         make_fast_vad(getattr(model, "vad_model", None))
-        self.batcher = CrossTaskBatch(
-            model, device=self.device,
-            batch_size_s=c.cpu_batch_size_s if self.device == "cpu" else c.batch_size_s,
-            generate_kw=c.generate_kw)
+        batch_size_s = c.cpu_batch_size_s if self.device == "cpu" else c.batch_size_s
+        if graphs:
+            what = self._swap_to_onnx(model, graphs)
+            batch_size_s = 0  # one graph call per segment: see worker.onnx_engine
+        else:
+            from worker.paraformer import make_padding_invariant  # funasr: lane only
+
+            what = f"predictor {make_padding_invariant(model.model) or 'stock'}"
+        self.batcher = CrossTaskBatch(model, device=self.device, batch_size_s=batch_size_s,
+                                      generate_kw=c.generate_kw)
         self.model = model
-        log.info("loaded %s on %s in %.1f s (predictor %s)", c.description, self.device,
-                 time.perf_counter() - t, predictor or "stock")
+        log.info("loaded %s on %s in %.1f s (engine %s: %s)", c.description, self.device,
+                 time.perf_counter() - t, self.engine, what)
+
+    def _onnx_graphs(self) -> dict[str, Path]:
+        """The graph folders by role when the ONNX engine runs ({} for torch).  With
+        ``onnx`` a missing export stops the worker with the command that makes it; with
+        ``auto`` (ONNX on a CPU) the worker says so and runs torch."""
+        c = self.config
+        if c.engine == "torch" or (c.engine == "auto" and self.device != "cpu"):
+            self.engine = "torch"
+            return {}
+        from worker.onnx_engine import GraphsMissing, find_graphs
+
+        data_dir = c.data_dir or Path(".")
+        try:
+            graphs = {role: find_graphs(source, data_dir, role, setting)
+                      for role, setting, source in c.roles() if source}
+        except GraphsMissing as exc:
+            if c.engine == "onnx":
+                raise ModelLoadError(str(exc)) from None
+            log.warning("%s; running the torch engine", exc)
+            self.engine = "torch"
+            return {}
+        if c.engine == "onnx" and self.device != "cpu":
+            log.warning("TINGJI_ENGINE=onnx runs on the CPU (device %s is not used)",
+                        self.device)
+        self.engine = "onnx"
+        return graphs
+
+    def _swap_to_onnx(self, model: Any, graphs: dict[str, Path]) -> str:
+        """The loaded AutoModel's ASR module replaced by its graph, and the punctuation
+        model's forward by its graph; the torch weights of both dropped."""
+        from worker.onnx_engine import (
+            EXPORT_HINT,
+            GraphsMissing,
+            OrtParaformer,
+            swap_punctuation,
+        )
+
+        c = self.config
+        try:
+            ort_asr = OrtParaformer(graphs["ASR"], int8=c.onnx_int8, threads=c.ncpu,
+                                    torch_model=model.model)
+            model.model = ort_asr
+            done = [f"ASR {ort_asr.path}"]
+            if "punctuation" in graphs and getattr(model, "punc_model", None) is not None:
+                path = swap_punctuation(model.punc_model, graphs["punctuation"],
+                                        int8=c.onnx_int8, threads=c.ncpu)
+                done.append(f"punctuation {path}")
+        except GraphsMissing as exc:
+            raise ModelLoadError(str(exc)) from None
+        except Exception as exc:
+            first = (str(exc).strip().splitlines() or [""])[0][:300]
+            raise ModelLoadError(f"cannot load the ONNX graphs: {type(exc).__name__}: "
+                                 f"{first} (`{EXPORT_HINT} --force` exports them again)"
+                                 ) from exc
+        import gc
+
+        gc.collect()  # the torch modules replaced above: their weights go now
+        return ", ".join(done)
 
     async def ensure_loaded(self) -> bool:
         """Load the model once (on the model lane); True when this call loaded it."""
