@@ -32,7 +32,7 @@ import time  # noqa: E402
 from datetime import datetime  # noqa: E402
 
 from tests.helpers import media as m  # noqa: E402
-from tests.helpers.procs import clean_env, start, start_server  # noqa: E402
+from tests.helpers.procs import Proc, clean_env, start, start_server  # noqa: E402
 from tests.helpers.servers import LlmStub, StubBehaviour  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,6 +69,70 @@ def wait_done(http: object, tids: list[str], timeout: float) -> list[dict]:
     raise TimeoutError("tasks did not finish")
 
 
+def start_worker(http: object, env: dict[str, str], log: Path) -> Proc:
+    """A worker with the model loaded (``--preload``); it is the newest in the list."""
+    import httpx
+    assert isinstance(http, httpx.Client)
+    worker = start(["worker", "--preload"], env, log)
+    deadline = time.monotonic() + 300
+    while not any(w["model_loads"] and w["pid"] == worker.pid
+                  for w in http.get("/api/v1/queue").json()["workers"]):
+        assert time.monotonic() < deadline and worker.popen.poll() is None, worker.output()
+        time.sleep(0.5)
+    return worker
+
+
+def clip_runs(http: object, clip: Path, n: int = 2) -> dict:
+    """The clip as a task (no LLM) n times: transcribe-stage and claim-to-complete
+    seconds, and the text."""
+    import httpx
+    assert isinstance(http, httpx.Client)
+    out: dict = {"asr": [], "task": [], "text": ""}
+    for _ in range(n):
+        with open(clip, "rb") as fh:
+            tid = http.post("/api/v1/process/audio", files={"file": ("clip.wav", fh)},
+                            data={"polish": "false"}).json()["task_id"]
+        [task] = wait_done(http, [tid], 1800)
+        assert task["status"] == "completed", task
+        out["task"].append(ts(task["completed_at"]) - ts(task["started_at"]))
+        out["asr"].append(task["result"]["stage_seconds"]["transcribe"])
+        out["text"] = task["result"]["text"]
+    return out
+
+
+def rss_mb(pid: int) -> tuple[float, float]:
+    """The process's peak resident set (VmHWM; for tingji's workers that is while funasr
+    loads the torch checkpoints) and its resident set now (VmRSS), in MiB."""
+    status = dict(line.split(":", 1) for line in
+                  Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+    return (int(status["VmHWM"].split()[0]) / 1024, int(status["VmRSS"].split()[0]) / 1024)
+
+
+def report_engines(clip_s: float, bare_s: float, runs: dict[str, dict]) -> None:
+    """Section (1) by engine: transcribe stage against bare funasr, the worker's peak
+    RSS, and the int8 graphs' character error rate against the fp32 ones."""
+    from rapidfuzz.distance import Levenshtein
+
+    print(f"(1) by engine, {clip_s / 60:.1f}-min clip, bare funasr (torch, stock) "
+          f"{bare_s:.2f} s:")
+    for name, r in runs.items():
+        med = statistics.median(r["asr"])
+        line = (f"    {name:<9} transcribe stage median {med:6.2f} s = {med / bare_s:.3f}x "
+                f"bare ({bare_s / med:.2f}x faster); worker RSS peak "
+                f"{r['peak_rss_mb']:.0f} MiB, after the runs {r['rss_mb']:.0f} MiB")
+        if name == "onnx int8" and "onnx fp32" in runs:
+            ref = "".join(runs["onnx fp32"]["text"].split())
+            got = "".join(r["text"].split())
+            line += (f"; CER against fp32 {Levenshtein.distance(got, ref) / max(1, len(ref)):.4f}"
+                     f" over {len(ref)} characters")
+        if name == "onnx fp32":
+            ref = "".join(runs["torch"]["text"].split())
+            got = "".join(r["text"].split())
+            line += (f"; CER against torch {Levenshtein.distance(got, ref) / max(1, len(ref)):.4f}"
+                     " (random weights: flat logits, near-ties flip)")
+        print(line)
+
+
 def ts(s: str) -> float:
     return datetime.fromisoformat(s).timestamp()
 
@@ -84,6 +148,9 @@ def main() -> None:
     ap.add_argument("--extras-min", type=float, default=3.0,
                     help="length of the two-voice clip for (5)")
     ap.add_argument("--skip-batch", action="store_true", help="skip (2)-(4)")
+    ap.add_argument("--engine", choices=("torch", "onnx"), default="torch",
+                    help="onnx: also export the graphs and run (1) on the ONNX engine, fp32 "
+                    "and int8; (2)-(5) then run on onnx int8")
     a = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="tingji-pipe-"))
     from tests.helpers.tiny_funasr import build_bench_models  # torch: slow
@@ -109,25 +176,33 @@ def main() -> None:
                     TINGJI_SPK_MODEL=models["spk"],
                     TINGJI_VAD_MAX_END_SILENCE_MS="800", TINGJI_DEVICE=a.device,
                     TINGJI_LLM_BASE_URL=stub.base_url, TINGJI_LLM_MODEL="stub")
+    engines = [("torch", True)]
+    if a.engine == "onnx":
+        # the graphs, exported once beside the models (torch is needed for this only)
+        env["TINGJI_DATA_DIR"] = str(Path(a.models) / "data")
+        done = subprocess.run([str(Path(sys.executable).with_name("tingji")), "models",
+                               "export-onnx", "--quantize"], env=env, capture_output=True,
+                              text=True, cwd=ROOT)
+        assert done.returncode == 0, done.stdout + done.stderr
+        print(done.stdout.strip())
+        engines += [("onnx", False), ("onnx", True)]
     server = start_server(env, work / "server.log")
-    worker = start(["worker", "--preload"], env, work / "worker.log")
     http = httpx.Client(base_url=server.url, timeout=60)
+    worker: Proc | None = None
     try:
-        deadline = time.monotonic() + 300
-        while not any(w["model_loads"] for w in http.get("/api/v1/queue").json()["workers"]):
-            assert time.monotonic() < deadline, worker.output()
-            time.sleep(0.5)
-
-        # (1b) the same clip as a tingji task (no LLM), twice: median
-        tingji_task_s, tingji_asr_s = [], []
-        for _ in range(2):
-            with open(clip, "rb") as fh:
-                tid = http.post("/api/v1/process/audio", files={"file": ("clip.wav", fh)},
-                                data={"polish": "false"}).json()["task_id"]
-            [task] = wait_done(http, [tid], 1800)
-            assert task["status"] == "completed", task
-            tingji_task_s.append(ts(task["completed_at"]) - ts(task["started_at"]))
-            tingji_asr_s.append(task["result"]["stage_seconds"]["transcribe"])
+        # (1b) the same clip as a tingji task (no LLM), twice per engine: median
+        runs: dict[str, dict] = {}
+        for engine, int8 in engines:
+            name = engine if engine == "torch" else f"onnx {'int8' if int8 else 'fp32'}"
+            worker = start_worker(http, env | {"TINGJI_ENGINE": engine,
+                                               "TINGJI_ONNX_INT8": str(int8).lower()},
+                                  work / f"worker-{engine}-{int8}.log")
+            runs[name] = clip_runs(http, clip)
+            runs[name]["peak_rss_mb"], runs[name]["rss_mb"] = rss_mb(worker.pid)
+            if (engine, int8) != engines[-1]:
+                worker.stop()
+        chosen = runs["torch" if a.engine == "torch" else "onnx int8"]  # (1) to (5)
+        tingji_asr_s, tingji_task_s = chosen["asr"], chosen["task"]
 
         # (5) hotwords and speakers: the same two-voice clip three ways
         dialogue = m.speech_wav(work / "dialogue.wav", m.SENTENCES, pause_s=0.9,
@@ -151,7 +226,8 @@ def main() -> None:
                 extras[name].append(task["result"]["stage_seconds"]["transcribe"])
                 two_s = task["result"]["duration_s"]
         if a.skip_batch:
-            return report(a, clip_s, bare_s, tingji_asr_s, tingji_task_s, extras, two_s)
+            report(a, clip_s, bare_s, tingji_asr_s, tingji_task_s, extras, two_s)
+            return report_engines(clip_s, bare_s, runs)
 
         # (2)-(4) a batch of N tasks with polish and summary through the 1 s stub
         t0 = time.time()
@@ -180,10 +256,12 @@ def main() -> None:
         span = max(ends) - min(starts)
         audio = sum(t["result"]["duration_s"] for t in tasks)
     finally:
-        worker.stop()
+        if worker is not None:
+            worker.stop()
         server.stop()
         stub.close()
     report(a, clip_s, bare_s, tingji_asr_s, tingji_task_s, extras, two_s)
+    report_engines(clip_s, bare_s, runs)
     print(f"(2) {a.tasks} tasks: worker model_loads = {loads}")
     print(f"(3) batch wall {wall:.1f} s vs sum of stage times {stage_sum:.1f} s "
           f"(ratio {wall / stage_sum:.2f}); {audio / wall:.1f}x realtime over the batch; "

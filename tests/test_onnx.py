@@ -152,3 +152,153 @@ def test_export_onnx_reports_each_model_and_keeps_going(models: dict[str, Path],
     (retrained / "model.pt").write_bytes((retrained / "model.pt").read_bytes())
     os.utime(retrained / "model.pt", ns=(1, 1))  # a new mtime, whatever the clock
     assert "the fp32 graph matches torch" in _export(data, **kw).stdout
+
+
+# --------------------------------------------------------------------- the ONNX engine
+@pytest.fixture(scope="module")
+def exported(models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The data dir where ``tingji models export-onnx --quantize`` put the graphs."""
+    data = tmp_path_factory.mktemp("onnx-data")
+    done = _export(data, "--quantize", **{k: str(v) for k, v in models.items()})
+    assert done.returncode == 0, done.stdout + done.stderr
+    return data
+
+
+def _engine(models: dict[str, Path], data: Path, engine: str, *, int8: bool = False,
+            batch_tasks: int = 1) -> Any:
+    from worker.asr import AsrConfig, AsrEngine
+
+    return AsrEngine(AsrConfig(model=str(models["asr"]), vad_model=str(models["vad"]),
+                               punc_model=str(models["punc"]), device="cpu", engine=engine,
+                               onnx_int8=int8, data_dir=data, ncpu=2))
+
+
+def _transcribe(engine: Any, clips: list[Path], *, together: bool = False,
+                hotwords: tuple[str, ...] = ()) -> list[Any]:
+    """Each clip's transcript: one group of all of them, or one group each."""
+    import asyncio
+    import threading
+
+    from worker.asr import transcript_of
+    from worker.batching import AsrJob
+
+    async def run() -> list[Any]:
+        jobs = [AsrJob(c, stop=threading.Event(), hotwords=hotwords) for c in clips]
+        if together:
+            await engine.transcribe_many(jobs)
+        else:
+            for job in jobs:
+                await engine.transcribe_many([job])
+        return [transcript_of(j) for j in jobs]
+    try:
+        return asyncio.run(run())
+    finally:
+        engine.close()
+
+
+def test_onnx_engine_gives_torch_text_and_timestamps(models: dict[str, Path], exported: Path,
+                                                     clips: list[Path]) -> None:
+    """The same clips through both engines: fp32 graphs give torch's text, sentences and
+    character timestamps (stated tolerance: equal); int8 graphs' character error rate
+    against fp32 is printed.  One graph call per segment: a group of all clips gives
+    every clip the transcript it gets alone."""
+    from rapidfuzz.distance import Levenshtein
+
+    torch_tr = _transcribe(_engine(models, exported, "torch"), clips)
+    onnx = _engine(models, exported, "onnx")
+    fp32 = _transcribe(onnx, clips)
+    assert onnx.engine == "onnx" and onnx.model.model.int8 is False
+    for t, o in zip(torch_tr, fp32, strict=True):
+        assert len(t.text) > 10
+        assert o.text == t.text
+        assert [(s.start_ms, s.end_ms, s.text) for s in o.segments] == \
+            [(s.start_ms, s.end_ms, s.text) for s in t.segments]
+        assert [s.chars for s in o.segments] == [s.chars for s in t.segments]
+    assert [tr.text for tr in _transcribe(_engine(models, exported, "onnx"), clips,
+                                          together=True)] == [tr.text for tr in fp32]
+
+    int8_engine = _engine(models, exported, "onnx", int8=True)
+    int8 = _transcribe(int8_engine, clips)
+    assert int8_engine.model.model.path.name == "model_quant.onnx"
+    errors = sum(Levenshtein.distance(i.text, f.text) for i, f in zip(int8, fp32, strict=True))
+    chars = sum(len(f.text) for f in fp32)
+    assert all(i.segments for i in int8)
+    print(f"ONNX engine, int8 against fp32: character error rate {errors / chars:.3f} over "
+          f"{chars} characters (random weights: flat logits flip more than trained ones)")
+
+
+def test_onnx_engine_hotwords_take_the_bias_path(models: dict[str, Path], exported: Path,
+                                                 clips: list[Path]) -> None:
+    """Hotwords go through the exported hotword embedder (funasr's tokenization, the
+    LSTM state at each hotword's last token).  This model's hotword head says "no bias"
+    for any bias, as a trained one does where no hotword is spoken: the text is torch's
+    with the same hotwords."""
+    words = ("听记", "转写", "一个很长的热词超过十个字的上限")  # the last is cut to 10
+    want = _transcribe(_engine(models, exported, "torch"), clips[:2], hotwords=words)
+    onnx = _engine(models, exported, "onnx")
+    got = _transcribe(onnx, clips[:2], hotwords=words)
+    assert [g.text for g in got] == [w.text for w in want]
+    ids = onnx.model.model.hotword_ids("听记", onnx.model.kwargs["tokenizer"],
+                                       onnx.model.kwargs["frontend"])
+    assert ids[-1] == [onnx.model.model.sos] and len(ids) == 2
+    assert onnx.model.model.bias(ids).shape == (1, 2, 512)
+
+
+def test_onnx_engine_without_graphs_says_how_to_make_them(models: dict[str, Path],
+                                                          tmp_path: Path) -> None:
+    """TINGJI_ENGINE=onnx with nothing exported: the worker stops with one line naming the
+    command; auto (ONNX on a CPU) runs torch instead and says why."""
+    import asyncio
+
+    from worker.asr import ModelLoadError
+
+    engine = _engine(models, tmp_path / "empty", "onnx")
+    try:
+        with pytest.raises(ModelLoadError, match=r"no ONNX graphs for the ASR model .* "
+                           r"\(TINGJI_ASR_MODEL\): run `tingji models export-onnx "
+                           r"--quantize` once"):
+            asyncio.run(engine.ensure_loaded())
+        assert not engine.loaded
+    finally:
+        engine.close()
+    auto = _engine(models, tmp_path / "empty", "auto")
+    try:
+        asyncio.run(auto.ensure_loaded())
+        assert auto.engine == "torch" and auto.loaded
+    finally:
+        auto.close()
+
+
+def test_worker_on_the_onnx_engine_completes_upload_and_url_tasks(
+        tmp_path: Path, models: dict[str, Path], exported: Path, tiny_models: dict[str, str],
+        media: dict[str, Path], files: Any) -> None:
+    """A real server and worker with TINGJI_ENGINE=onnx on model folders that hold their
+    graphs (as the hub's -onnx models do): an upload and a URL task complete, one model
+    load, and the worker reports the graphs it runs."""
+    from tests.helpers.stack import Stack
+
+    ready = {}
+    for role in ("asr", "vad", "punc"):
+        found = next(p for p in (exported / "onnx").iterdir() if p.name.startswith(role))
+        ready[role] = tmp_path / f"{role}-onnx"
+        shutil.copytree(models[role], ready[role])
+        for graph in found.glob("*.onnx"):
+            shutil.copy2(graph, ready[role] / graph.name)
+    stack = Stack(tmp_path / "stack", {**tiny_models, **{k: str(v) for k, v in ready.items()}},
+                  TINGJI_ENGINE="onnx")
+    try:
+        worker = stack.worker()
+        tids = [stack.upload(media["speech"]), stack.submit_url(f"{files.url}/talk.mp4")]
+        for tid in tids:
+            task = stack.finished(tid, timeout=240)
+            assert task["status"] == "completed", task
+            assert task["result"]["segments"] > 1 and len(task["result"]["text"]) > 20
+        [w] = [w for w in stack.http.get("/api/v1/queue").json()["workers"]
+               if w["pid"] == worker.pid]
+        assert w["model_loads"] == 1
+        log = worker.output()
+        assert f"engine onnx: ASR {ready['asr']}/model_quant.onnx" in log, log[-2000:]
+        assert f"VAD {ready['vad']}/model.onnx" in log  # VAD: fp32 always
+        assert f"punctuation {ready['punc']}/model_quant.onnx" in log
+    finally:
+        stack.close()

@@ -28,6 +28,9 @@ def test_values_are_parsed() -> None:
                            "TINGJI_API_URL": "http://api.lan:8000/"})
     assert s.log_format == "json" and s.api_url == "http://api.lan:8000"
     assert Settings.from_env({"TINGJI_API_URL": ""}).api_url is None  # opt-in
+    s = Settings.from_env({"TINGJI_ENGINE": "ONNX", "TINGJI_ONNX_INT8": "no"})
+    assert (s.engine, s.onnx_int8) == ("onnx", False)
+    assert (Settings.from_env({}).engine, Settings.from_env({}).onnx_int8) == ("torch", True)
 
 
 @pytest.mark.parametrize("var,value,why", [
@@ -45,6 +48,8 @@ def test_values_are_parsed() -> None:
     ("TINGJI_YTDLP_COOKIES", "/nonexistent/cookies.txt", "no such file"),
     ("TINGJI_ALLOW_PRIVATE_URLS", "maybe", "not an IP network"),
     ("TINGJI_LOG_FORMAT", "xml", "one of"),
+    ("TINGJI_ENGINE", "tensorrt", "one of torch, onnx, auto"),
+    ("TINGJI_ONNX_INT8", "maybe", "true or false"),
     ("TINGJI_API_URL", "api.example:8000", "http(s) URL"),
     ("TINGJI_API_URL", "file:///etc/passwd", "http(s) URL"),
 ])

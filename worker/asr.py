@@ -66,6 +66,7 @@ class AsrConfig:
     def roles(self) -> list[tuple[str, str, str | None]]:
         """(role, setting, model) of the models the ONNX engine runs as graphs."""
         return [("ASR", "TINGJI_ASR_MODEL", self.model),
+                ("VAD", "TINGJI_VAD_MODEL", self.vad_model),
                 ("punctuation", "TINGJI_PUNC_MODEL", self.punc_model)]
 
 
@@ -147,15 +148,16 @@ class AsrEngine:
 
         make_fast_vad(getattr(model, "vad_model", None))
         batch_size_s = c.cpu_batch_size_s if self.device == "cpu" else c.batch_size_s
+        per_call = 0
         if graphs:
             what = self._swap_to_onnx(model, graphs)
-            batch_size_s = 0  # one graph call per segment: see worker.onnx_engine
+            per_call = 2 * model.model.lanes  # unpadded: see worker.onnx_engine
         else:
             from worker.paraformer import make_padding_invariant  # funasr: lane only
 
             what = f"predictor {make_padding_invariant(model.model) or 'stock'}"
         self.batcher = CrossTaskBatch(model, device=self.device, batch_size_s=batch_size_s,
-                                      generate_kw=c.generate_kw)
+                                      generate_kw=c.generate_kw, segments_per_call=per_call)
         self.model = model
         log.info("loaded %s on %s in %.1f s (engine %s: %s)", c.description, self.device,
                  time.perf_counter() - t, self.engine, what)
@@ -194,6 +196,7 @@ class AsrEngine:
             GraphsMissing,
             OrtParaformer,
             swap_punctuation,
+            swap_vad,
         )
 
         c = self.config
@@ -202,6 +205,9 @@ class AsrEngine:
                                     torch_model=model.model)
             model.model = ort_asr
             done = [f"ASR {ort_asr.path}"]
+            if "VAD" in graphs and getattr(model, "vad_model", None) is not None:
+                path = swap_vad(model.vad_model, graphs["VAD"], threads=c.ncpu)
+                done.append(f"VAD {path}")
             if "punctuation" in graphs and getattr(model, "punc_model", None) is not None:
                 path = swap_punctuation(model.punc_model, graphs["punctuation"],
                                         int8=c.onnx_int8, threads=c.ncpu)
@@ -288,6 +294,9 @@ class AsrEngine:
 
     def close(self) -> None:
         self._model_thread.shutdown(wait=False, cancel_futures=True)
+        lanes = getattr(getattr(self.model, "model", None), "close", None)
+        if lanes is not None:  # the ONNX engine's threads
+            lanes()
         if self.vad_pool is not None:
             self.vad_pool.close()
 

@@ -148,11 +148,15 @@ class CrossTaskBatch:
 
     def __init__(self, model: Any, *, device: str, batch_size_s: int,
                  batch_size_threshold_s: int = 60, generate_kw: dict[str, Any] | None = None,
-                 decode_hook: Callable[[list[Any]], None] | None = None) -> None:
+                 decode_hook: Callable[[list[Any]], None] | None = None,
+                 segments_per_call: int = 0) -> None:
         self.model = model
         self.device = device
         # padded milliseconds per batch (0: one segment per call, as funasr on a CPU)
         self.max_ms = max(0, batch_size_s) * 1000
+        # a model that never pads (the ONNX engine: one graph call per segment, several
+        # at once) takes this many segments per call, of any length; 0: padded batches
+        self.segments_per_call = segments_per_call
         self.threshold_ms = batch_size_threshold_s * 1000
         self.generate_kw = generate_kw or {}
         self.decode_hook = decode_hook  # tests: called with each batch before decoding
@@ -271,8 +275,11 @@ class CrossTaskBatch:
                     pos += 1
                     continue
                 length_ms = n * 1000 // SAMPLE_RATE
-                if batch and (length_ms >= self.threshold_ms
-                              or length_ms * (len(batch) + 1) > self.max_ms):
+                if self.segments_per_call:
+                    if len(batch) >= self.segments_per_call:
+                        break
+                elif batch and (length_ms >= self.threshold_ms
+                                or length_ms * (len(batch) + 1) > self.max_ms):
                     break
                 batch.append(items[pos])
                 pos += 1

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -84,7 +85,12 @@ class OrtParaformer:
         self.folder = folder
         self.path = graph_file(folder, int8)
         self.int8 = self.path.name == "model_quant.onnx"
-        self.session = session(self.path, threads)
+        # segments in parallel, one thread each (ONNX Runtime releases the GIL): on 2
+        # cores 1.4x the throughput of one call at a time on 2 threads
+        self.lanes = max(1, threads)
+        self.session = session(self.path, 1)
+        self._pool = (ThreadPoolExecutor(self.lanes, thread_name_prefix="tingji-onnx")
+                      if self.lanes > 1 else None)
         names = {i.name for i in self.session.get_inputs()}
         self.seaco = "bias_embed" in names
         self.eb = None
@@ -183,24 +189,81 @@ class OrtParaformer:
                                               audio_fs=kwargs.get("fs", 16000))
         bias = (self.bias(self.hotword_ids(kwargs.get("hotword"), tokenizer, frontend))
                 if self.seaco else None)
-        results = []
-        for n, audio in enumerate(samples):
+        from worker.paraformer import decode_scope  # funasr: model thread and lanes
+
+        def one(n: int, audio: Any) -> dict[str, Any]:
             speech, _ = extract_fbank([audio], data_type="sound", frontend=frontend)
             ids, us_alphas, us_peaks = self.forward(speech[0].numpy(), bias)
             result: dict[str, Any] = {"key": key[n] if key else f"seg{n}", "text": "",
                                       "timestamp": []}
-            if ids:
-                token = tokenizer.ids2tokens(ids)
-                if len(us_alphas):
-                    _, stamps = ts_prediction_lfr6_standard(
-                        torch.from_numpy(us_alphas.copy()), torch.from_numpy(us_peaks.copy()),
-                        list(token), vad_offset=kwargs.get("begin_time", 0))
-                    text, stamps, _ = postprocess_utils.sentence_postprocess(token, stamps)
-                    result.update(text=text, timestamp=stamps)
-                else:
-                    result["text"] = postprocess_utils.sentence_postprocess(token)[0]
-            results.append(result)
-        return results, {}
+            if not ids:
+                return result
+            token = tokenizer.ids2tokens(ids)
+            if not len(us_alphas):
+                result["text"] = postprocess_utils.sentence_postprocess(token)[0]
+                return result
+            with decode_scope():  # funasr's timestamp fallback, compiled (same values)
+                _, stamps = ts_prediction_lfr6_standard(
+                    torch.from_numpy(us_alphas.copy()), torch.from_numpy(us_peaks.copy()),
+                    list(token), vad_offset=kwargs.get("begin_time", 0))
+            text, stamps, _ = postprocess_utils.sentence_postprocess(token, stamps)
+            result.update(text=text, timestamp=stamps)
+            return result
+
+        if self._pool is None or len(samples) < 2:
+            return [one(n, a) for n, a in enumerate(samples)], {}
+        return list(self._pool.map(one, range(len(samples)), samples)), {}
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _keep_device(module: Any) -> None:
+    """funasr reads the device off a model's first parameter after each call: one empty
+    CPU parameter stands in for the weights the graph now holds."""
+    import torch
+
+    module.register_parameter("tingji_cpu", torch.nn.Parameter(torch.empty(0),
+                                                               requires_grad=False))
+
+
+class OrtFsmnEncoder:
+    """FSMN-VAD's encoder as its graph: the frames' scores, with the four FSMN layers'
+    left context carried between calls in funasr's per-stream cache (as the torch
+    encoder carries it there)."""
+
+    def __init__(self, path: Path, threads: int) -> None:
+        self.session = session(path, threads)
+        inputs = self.session.get_inputs()
+        self.speech = inputs[0].name
+        self.caches = [(i.name, tuple(d if isinstance(d, int) else 1 for d in i.shape))
+                       for i in inputs[1:]]
+
+    def __call__(self, feats: Any, cache: dict[str, Any]) -> Any:
+        import torch
+
+        feed = {self.speech: feats.numpy().astype(np.float32, copy=False)}
+        for n, (name, shape) in enumerate(self.caches):
+            held = cache.get(f"tingji_onnx_{n}")
+            feed[name] = held if held is not None else np.zeros(shape, np.float32)
+        out = self.session.run(None, feed)
+        for n in range(len(self.caches)):
+            cache[f"tingji_onnx_{n}"] = out[1 + n]
+        return torch.from_numpy(out[0])
+
+
+def swap_vad(vad_model: Any, folder: Path, *, threads: int) -> Path:
+    """FSMN-VAD's encoder replaced by its fp32 graph (funasr's frontend and per-frame
+    state machine stay); its torch layers dropped.  The graph file used.  Never the
+    int8 one: the model is small (VAD's time is the per-frame state machine's), and
+    fp32 keeps torch's segments exactly."""
+    path = graph_file(folder, False)
+    encoder = OrtFsmnEncoder(path, threads)
+    del vad_model._modules["encoder"]
+    vad_model.encoder = encoder
+    _keep_device(vad_model)
+    return path
 
 
 def swap_punctuation(punc_model: Any, folder: Path, *, int8: bool, threads: int) -> Path:
@@ -221,11 +284,9 @@ def swap_punctuation(punc_model: Any, folder: Path, *, int8: bool, threads: int)
     for layer in ("embed", "encoder", "decoder"):  # the weights the graph holds now
         if layer in punc_model._modules:
             punc_model._modules[layer] = None
-    # funasr reads the device off the model's first parameter after each call
-    punc_model.register_parameter("tingji_cpu", torch.nn.Parameter(torch.empty(0),
-                                                                   requires_grad=False))
+    _keep_device(punc_model)
     return path
 
 
-__all__ = ["EXPORT_HINT", "GraphsMissing", "OrtParaformer", "find_graphs",
-           "graph_file", "swap_punctuation"]
+__all__ = ["EXPORT_HINT", "GraphsMissing", "OrtFsmnEncoder", "OrtParaformer", "find_graphs",
+           "graph_file", "swap_punctuation", "swap_vad"]
