@@ -13,6 +13,11 @@
 (5) the cost of hotwords (20 of them) and of speaker labels (full-size CAM++,
     speakers=auto) per minute of audio: a two-voice clip as a plain task, with hotwords
     and with speakers, transcribe-stage seconds (median of 2 each), same worker.
+
+With ``--engine onnx`` the graphs are exported once (beside the models), and (1) runs on
+three workers in turn, torch, ONNX fp32 and ONNX int8: transcribe stage against bare
+funasr, the worker's resident memory, and the character error rate of fp32 against
+torch and of int8 against fp32; (2)-(5) then run on the int8 worker.
 """
 
 from __future__ import annotations

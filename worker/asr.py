@@ -94,6 +94,21 @@ def load_failure(what: str, source: str, setting: str, exc: BaseException) -> st
     return f"cannot load {what}: {type(exc).__name__}: {first}{hint}"
 
 
+def release_freed_memory() -> None:
+    """Hand memory freed after loading back to the system.  funasr's checkpoint loading
+    leaves freed pages in glibc's heap (and the ONNX engine frees the torch weights it
+    replaced): measured here with the full-size models, resident 4,235 -> 2,551 MiB
+    (torch) and 3,689 -> 1,992 MiB (onnx) after ``malloc_trim``."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass
+
+
 def resolve_device(device: str) -> str:
     if device != "auto":
         return device
@@ -159,6 +174,7 @@ class AsrEngine:
         self.batcher = CrossTaskBatch(model, device=self.device, batch_size_s=batch_size_s,
                                       generate_kw=c.generate_kw, segments_per_call=per_call)
         self.model = model
+        release_freed_memory()
         log.info("loaded %s on %s in %.1f s (engine %s: %s)", c.description, self.device,
                  time.perf_counter() - t, self.engine, what)
 
@@ -219,9 +235,6 @@ class AsrEngine:
             raise ModelLoadError(f"cannot load the ONNX graphs: {type(exc).__name__}: "
                                  f"{first} (`{EXPORT_HINT} --force` exports them again)"
                                  ) from exc
-        import gc
-
-        gc.collect()  # the torch modules replaced above: their weights go now
         return ", ".join(done)
 
     async def ensure_loaded(self) -> bool:

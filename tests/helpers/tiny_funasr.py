@@ -365,8 +365,12 @@ def build_bench_models(root: str) -> dict[str, str]:
     SeACo-Paraformer (paraformer-zh dimensions), a ct-punc-sized punctuation model and
     CAM++, with the VAD (fsmn-vad's own dimensions, hand-set weights)."""
     full, tiny = os.path.join(root, "full", "asr"), os.path.join(root, "tiny")
-    if not os.path.exists(os.path.join(full, "model.pt")):
-        n, v = build_asr(full, "seaco", "full")
+    # idle_bias: the hotword head says "no bias" where no hotword is spoken, as a
+    # trained one does (ONNX graphs always run that path; torch skips it without
+    # hotwords); the marker rebuilds folders made before
+    if not os.path.exists(os.path.join(full, "idle_bias")):
+        n, v = build_asr(full, "seaco", "full", idle_bias=True)
+        open(os.path.join(full, "idle_bias"), "w").close()
         print(f"asr: {full} params={n:,} vocab={v} (full size, random weights)", flush=True)
     dirs = {"asr": full}
     d = dirs["vad"] = os.path.join(tiny, "vad")
