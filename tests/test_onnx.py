@@ -302,3 +302,26 @@ def test_worker_on_the_onnx_engine_completes_upload_and_url_tasks(
         assert f"punctuation {ready['punc']}/model_quant.onnx" in log
     finally:
         stack.close()
+
+
+def test_doctor_checks_the_graphs_the_engine_needs(models: dict[str, Path], exported: Path,
+                                                   tmp_path: Path) -> None:
+    """``tingji doctor`` with TINGJI_ENGINE=onnx: one line per graph role; a missing export
+    fails with the command that makes it (with auto it is a note: torch runs)."""
+    from tests.test_ops import _doctor
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TINGJI_")}
+    env.update(TINGJI_ASR_MODEL=str(models["asr"]), TINGJI_VAD_MODEL=str(models["vad"]),
+               TINGJI_PUNC_MODEL=str(models["punc"]), TINGJI_ENGINE="onnx",
+               TINGJI_DATA_DIR=str(exported))
+    _, lines = _doctor(env)
+    for role in ("ASR", "VAD", "punctuation"):
+        assert lines[f"onnx {role}"].startswith("[ ok ]"), lines[f"onnx {role}"]
+    assert "model_quant.onnx" in lines["onnx ASR"] and "model_eb.onnx" in lines["onnx ASR"]
+    code, lines = _doctor({**env, "TINGJI_DATA_DIR": str(tmp_path / "empty")})
+    assert code == 1
+    assert lines["onnx ASR"].startswith("[FAIL]") and "not exported" in lines["onnx ASR"]
+    assert "fix: tingji models export-onnx --quantize" in lines["onnx ASR"]
+    _, lines = _doctor({**env, "TINGJI_DATA_DIR": str(tmp_path / "empty"),
+                        "TINGJI_ENGINE": "auto"})
+    assert lines["onnx punctuation"].startswith("[note]") and "torch" in lines["onnx punctuation"]

@@ -203,8 +203,9 @@ def cmd_models(args: argparse.Namespace) -> int:
                   "pip install 'tingji[worker,onnx]'", file=sys.stderr)
             return 1
         from tingji.doctor import model_roles
+        from worker.onnx_engine import GRAPH_ROLES
 
-        roles = [r for r in model_roles(settings) if r[0] != "speaker"]  # not exported
+        roles = [r for r in model_roles(settings) if r[0] in GRAPH_ROLES]
         return export_models(roles, settings.data_dir, quantize=args.quantize,
                              force=args.force, threads=os.cpu_count() or 1)
 

@@ -174,6 +174,33 @@ def check_models(settings: Settings, *, network: bool = True) -> Iterator[Findin
                       f"DIR here and set the {var} line it prints")
 
 
+def check_engine(settings: Settings) -> Iterator[Finding]:
+    """With ``TINGJI_ENGINE=onnx`` (or ``auto``): ONNX Runtime and each model's graphs."""
+    if settings.engine == "torch":
+        return
+    needed = True if settings.engine == "onnx" else None  # auto falls back to torch
+    if importlib.util.find_spec("onnxruntime") is None:
+        yield Finding("engine", False if needed else None,
+                      f"TINGJI_ENGINE={settings.engine}: onnxruntime is not installed",
+                      "pip install 'tingji[onnx]'")
+        return
+    from worker.onnx_engine import EXPORT_HINT, GRAPH_ROLES, GraphsMissing, find_graphs
+
+    for role, var, model in model_roles(settings):
+        if role not in GRAPH_ROLES or not model:
+            continue
+        try:
+            folder = find_graphs(model, settings.data_dir, role, var)
+        except GraphsMissing:
+            yield Finding(f"onnx {role}", False if needed else None,
+                          f"{model}: not exported" + ("" if needed else
+                                                      " (auto: the worker runs torch)"),
+                          EXPORT_HINT)
+            continue
+        graphs = ", ".join(sorted(p.name for p in folder.glob("*.onnx")))
+        yield Finding(f"onnx {role}", True, f"{folder} ({graphs})")
+
+
 def _cached(hub_id: str) -> str | None:
     try:
         from modelscope.hub.snapshot_download import snapshot_download
@@ -284,7 +311,8 @@ def check_llm(settings: Settings) -> Iterator[Finding]:
 
 
 CHECKS: list[Callable[[Settings], Iterator[Finding]]] = [
-    lambda s: check_python(), lambda s: check_ffmpeg(), check_models, check_cuda,
+    lambda s: check_python(), lambda s: check_ffmpeg(), check_models, check_engine,
+    check_cuda,
     check_database, check_disk, check_exposure, check_llm]
 
 

@@ -27,7 +27,7 @@ from typing import Any
 
 from db.values import SegmentRow
 from worker.batching import AsrJob, BatchStats, CrossTaskBatch
-from worker.errors import PermanentTaskError, TaskCancelled
+from worker.errors import PermanentTaskError, TaskCancelled, load_failure
 from worker.vad import VadPool
 
 log = logging.getLogger("tingji.worker.asr")
@@ -64,7 +64,8 @@ class AsrConfig:
         return " + ".join(m for m in (self.model, self.vad_model, self.punc_model) if m)
 
     def roles(self) -> list[tuple[str, str, str | None]]:
-        """(role, setting, model) of the models the ONNX engine runs as graphs."""
+        """(role, setting, model) of the models the ONNX engine runs as graphs
+        (``worker.onnx_engine.GRAPH_ROLES``)."""
         return [("ASR", "TINGJI_ASR_MODEL", self.model),
                 ("VAD", "TINGJI_VAD_MODEL", self.vad_model),
                 ("punctuation", "TINGJI_PUNC_MODEL", self.punc_model)]
@@ -80,18 +81,6 @@ class Transcript:
 
 class ModelLoadError(RuntimeError):
     """The ASR model could not be loaded: the worker cannot work at all."""
-
-
-def load_failure(what: str, source: str, setting: str, exc: BaseException) -> str:
-    """One line for a model funasr could not load; for a hub id, what to do offline."""
-    first = (str(exc).strip().splitlines() or [""])[0][:300]
-    hint = ""
-    if source.startswith(("/", ".", "~")) and not Path(source).expanduser().exists():
-        hint = f" ({source} does not exist; point {setting} at a model folder or a hub id)"
-    elif not Path(source).expanduser().exists():
-        hint = (" (a hub id needs network access to download the model once; "
-                f"set {setting} to a local model folder otherwise)")
-    return f"cannot load {what}: {type(exc).__name__}: {first}{hint}"
 
 
 def release_freed_memory() -> None:

@@ -4,6 +4,8 @@ back to the queue with backoff.  Messages are for users: no tracebacks."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 
 class TaskFailure(Exception):
     retryable = True
@@ -32,3 +34,15 @@ class RetryableTaskError(TaskFailure):
 
 class TaskCancelled(Exception):
     """The user cancelled the task; the worker stops it at the next check."""
+
+
+def load_failure(what: str, source: str, setting: str, exc: BaseException) -> str:
+    """One line for a model funasr could not load; for a hub id, what to do offline."""
+    first = (str(exc).strip().splitlines() or [""])[0][:300]
+    hint = ""
+    if source.startswith(("/", ".", "~")) and not Path(source).expanduser().exists():
+        hint = f" ({source} does not exist; point {setting} at a model folder or a hub id)"
+    elif not Path(source).expanduser().exists():
+        hint = (" (a hub id needs network access to download the model once; "
+                f"set {setting} to a local model folder otherwise)")
+    return f"cannot load {what}: {type(exc).__name__}: {first}{hint}"

@@ -40,6 +40,9 @@ from worker.onnx_export import MANIFEST, export_folder
 log = logging.getLogger("tingji.worker.onnx")
 
 EXPORT_HINT = "tingji models export-onnx --quantize"
+# the models the engine runs as graphs (and ``export-onnx`` exports), by role as
+# ``tingji.doctor.model_roles`` names them
+GRAPH_ROLES = ("ASR", "VAD", "punctuation")
 
 
 class GraphsMissing(LookupError):
@@ -288,5 +291,5 @@ def swap_punctuation(punc_model: Any, folder: Path, *, int8: bool, threads: int)
     return path
 
 
-__all__ = ["EXPORT_HINT", "GraphsMissing", "OrtFsmnEncoder", "OrtParaformer", "find_graphs",
-           "graph_file", "swap_punctuation", "swap_vad"]
+__all__ = ["EXPORT_HINT", "GRAPH_ROLES", "GraphsMissing", "OrtFsmnEncoder", "OrtParaformer",
+           "find_graphs", "graph_file", "swap_punctuation", "swap_vad"]

@@ -41,12 +41,15 @@ SIDE_FILES = ("config.yaml", "configuration.json", "am.mvn", "tokens.json", "tok
               "seg_dict", "punc.yaml")
 TOLERANCE = 1e-3  # fp32 ONNX against torch: largest absolute output difference
 # how the int8 graphs are made (recorded in the manifest: an export made otherwise is
-# made again).  funasr's exporter quantizes to unsigned 8-bit weights, which ONNX
-# Runtime multiplies on a slower path than signed ones on x86 (measured on this
-# project's 2-core machine, full-size SeACo-Paraformer, one 30 s segment: funasr's
-# int8 1.105 s, fp32 1.126 s, signed 8-bit weights 0.573 s); the nodes left in float
-# are funasr's choice (output layers and the hotword path).
-INT8 = "dynamic, MatMul, signed 8-bit weights per channel, output and bias nodes float"
+# made again).  funasr's exporter quantizes MatMul to unsigned 8-bit weights, which ONNX
+# Runtime multiplies on a slower path than signed ones on x86, and leaves the timestamp
+# head's LSTM in float, a third of the int8 graph's time.  Measured on this project's
+# 2-core machine, full-size SeACo-Paraformer, one 30 s segment: fp32 1.126 s, funasr's
+# int8 1.105 s, signed MatMul weights 0.573 s; one 20 s segment on one thread: signed
+# MatMul 1.316 s, and with the LSTM too 0.755 s (same logits; timestamps' firing
+# weights within 2e-6).  The nodes left in float are funasr's choice (output layers,
+# the hotword path).
+INT8 = "dynamic, MatMul and LSTM, signed 8-bit weights per channel, output and bias nodes float"
 
 
 class ExportError(RuntimeError):
@@ -135,7 +138,8 @@ def _quantize(graph: Path) -> Path:
     keep = [n for n in nodes if "output" in n or "bias_encoder" in n or "bias_decoder" in n]
     out = graph.with_name(graph.stem + "_quant.onnx")
     quantize_dynamic(model_input=str(graph), model_output=str(out),
-                     op_types_to_quantize=["MatMul"], per_channel=True, reduce_range=False,
+                     op_types_to_quantize=["MatMul", "LSTM"], per_channel=True,
+                     reduce_range=False,
                      weight_type=QuantType.QInt8, nodes_to_exclude=keep)
     return out
 
@@ -185,7 +189,7 @@ def export_model(role: str, source: str, data_dir: Path, *, quantize: bool,
         auto = AutoModel(model=source, device="cpu", ncpu=threads, disable_update=True,
                          disable_pbar=True, log_level="ERROR")
     except Exception as exc:
-        from worker.asr import load_failure
+        from worker.errors import load_failure
 
         raise ExportError(f"{role} model {source}: "
                           + load_failure("it", source, setting, exc)) from exc
