@@ -30,7 +30,7 @@ def test_values_are_parsed() -> None:
     assert Settings.from_env({"TINGJI_API_URL": ""}).api_url is None  # opt-in
     s = Settings.from_env({"TINGJI_ENGINE": "ONNX", "TINGJI_ONNX_INT8": "no"})
     assert (s.engine, s.onnx_int8) == ("onnx", False)
-    assert (Settings.from_env({}).engine, Settings.from_env({}).onnx_int8) == ("torch", True)
+    assert (Settings.from_env({}).engine, Settings.from_env({}).onnx_int8) == ("auto", True)
 
 
 @pytest.mark.parametrize("var,value,why", [

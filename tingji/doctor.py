@@ -194,7 +194,9 @@ def check_engine(settings: Settings) -> Iterator[Finding]:
         except GraphsMissing:
             yield Finding(f"onnx {role}", False if needed else None,
                           f"{model}: not exported" + ("" if needed else
-                                                      " (auto: the worker runs torch)"),
+                                                      " (auto: the worker runs torch; "
+                                                      f"`{EXPORT_HINT}` makes the graphs "
+                                                      "of the faster CPU engine)"),
                           EXPORT_HINT)
             continue
         graphs = ", ".join(sorted(p.name for p in folder.glob("*.onnx")))

@@ -215,8 +215,8 @@ class Settings:
     spk_model: str | None = _setting("cam++", _optional)
     device: str = _setting("auto", _choice(DEVICES, upper=False))
     # what runs the models: torch, onnx (ONNX Runtime on the CPU, graphs from `tingji
-    # models export-onnx`), or auto (onnx on a CPU when exported, torch on CUDA)
-    engine: str = _setting("torch", _choice(ENGINES, upper=False))
+    # models export-onnx`), or auto (onnx on a CPU when exported, else torch)
+    engine: str = _setting("auto", _choice(ENGINES, upper=False))
     # the ONNX engine's int8 graphs (model_quant.onnx) when the export has them
     onnx_int8: bool = _setting(True, _bool)
     batch_size_s: int = _setting(300, _int, _positive)

@@ -45,7 +45,7 @@ class AsrConfig:
     vad_processes: int = 0  # >0: VAD in that many processes, ahead of the lane
     spk_model: str | None = "cam++"  # loaded the first time a task asks for speakers
     ncpu: int = max(1, os.cpu_count() or 1)
-    engine: str = "torch"  # torch | onnx | auto (onnx on a CPU, torch on CUDA)
+    engine: str = "auto"  # torch | onnx | auto (onnx on a CPU when exported, else torch)
     onnx_int8: bool = True  # the int8 graphs when the export has them
     data_dir: Path | None = None  # where ``tingji models export-onnx`` put the graphs
 
@@ -169,22 +169,27 @@ class AsrEngine:
 
     def _onnx_graphs(self) -> dict[str, Path]:
         """The graph folders by role when the ONNX engine runs ({} for torch).  With
-        ``onnx`` a missing export stops the worker with the command that makes it; with
-        ``auto`` (ONNX on a CPU) the worker says so and runs torch."""
+        ``onnx`` a missing export (or ONNX Runtime) stops the worker with one line that
+        says what to do; with ``auto`` (the default: ONNX on a CPU) the worker says so
+        and runs torch."""
+        import importlib.util
+
         c = self.config
         if c.engine == "torch" or (c.engine == "auto" and self.device != "cpu"):
             self.engine = "torch"
             return {}
         from worker.onnx_engine import GraphsMissing, find_graphs
 
-        data_dir = c.data_dir or Path(".")
         try:
-            graphs = {role: find_graphs(source, data_dir, role, setting)
+            if importlib.util.find_spec("onnxruntime") is None:
+                raise GraphsMissing("the ONNX engine needs onnxruntime: pip install "
+                                    "'tingji[onnx]'")
+            graphs = {role: find_graphs(source, c.data_dir, role, setting)
                       for role, setting, source in c.roles() if source}
         except GraphsMissing as exc:
             if c.engine == "onnx":
                 raise ModelLoadError(str(exc)) from None
-            log.warning("%s; running the torch engine", exc)
+            log.info("TINGJI_ENGINE=auto: %s; running the torch engine", exc)
             self.engine = "torch"
             return {}
         if c.engine == "onnx" and self.device != "cpu":

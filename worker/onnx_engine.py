@@ -49,14 +49,15 @@ class GraphsMissing(LookupError):
     """No ONNX graphs for a model: the message says how to make them."""
 
 
-def find_graphs(source: str, data_dir: Path, role: str, setting: str) -> Path:
+def find_graphs(source: str, data_dir: Path | None, role: str, setting: str) -> Path:
     """The folder with a model's ONNX graphs: the model folder itself when it holds
-    ``model.onnx``, else the folder ``tingji models export-onnx`` wrote for it."""
+    ``model.onnx``, else the folder ``tingji models export-onnx`` wrote for it under
+    ``data_dir``."""
     folder = Path(source).expanduser()
     if folder.is_dir() and (folder / "model.onnx").is_file():
         return folder
-    exported = export_folder(data_dir, source)
-    if (exported / MANIFEST).is_file() and (exported / "model.onnx").is_file():
+    exported = export_folder(data_dir, source) if data_dir is not None else None
+    if exported and (exported / MANIFEST).is_file() and (exported / "model.onnx").is_file():
         return exported
     raise GraphsMissing(f"no ONNX graphs for the {role} model {source} ({setting}): "
                         f"run `{EXPORT_HINT}` once (it needs torch), or set "
