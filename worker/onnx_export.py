@@ -18,8 +18,8 @@ SeACo-Paraformer, the hotword embedder ``model_eb.onnx``), with ``--quantize`` a
 - a model folder that already holds ``model.onnx`` (the hub's ``-onnx`` models) is used
   as it is.
 
-torch, funasr, onnx and onnxruntime are needed here only (``pip install
-'tingji[onnx]'``); the worker that would run the graphs is the next step (issue 18).
+torch, funasr, onnx and onnxruntime are needed here (``pip install 'tingji[onnx]'``);
+the worker runs the graphs with ``TINGJI_ENGINE=onnx`` or ``auto`` (``worker.onnx_engine``).
 """
 
 from __future__ import annotations
