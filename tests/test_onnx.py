@@ -227,6 +227,57 @@ def test_onnx_engine_gives_torch_text_and_timestamps(models: dict[str, Path], ex
           f"{chars} characters (random weights: flat logits flip more than trained ones)")
 
 
+def test_onnx_vad_cuts_as_funasr_across_chunks(models: dict[str, Path], exported: Path,
+                                               clips: list[Path], tmp_path: Path) -> None:
+    """The torch-free FSMN-VAD (``worker.onnx_vad``) against funasr's own on a 2.5-minute
+    file: speech, long silences and noise, crossing funasr's 60-second chunks, with the
+    dynamic end-silence schedule (the default) and with a fixed end silence.  The
+    segments are equal, millisecond for millisecond."""
+    import numpy as np
+    import soundfile as sf
+    from funasr import AutoModel
+
+    from worker.onnx_engine import read_config
+    from worker.onnx_vad import FsmnVad
+
+    rng = np.random.default_rng(7)
+    parts = []
+    for n, clip in enumerate(clips * 2):
+        audio, _ = sf.read(str(clip), dtype="float32")
+        parts.append(audio)
+        gap = 16000 * (1 + n % 4)  # 1-4 s between the clips: silence, then noise
+        parts.append(np.zeros(gap, np.float32) if n % 2 else
+                     (rng.standard_normal(gap) * 0.003).astype(np.float32))
+    audio = np.concatenate(parts)[: 16000 * 150 + 123]  # not a whole number of chunks
+    wav = tmp_path / "long.wav"
+    sf.write(str(wav), audio, 16000, subtype="PCM_16")
+    audio, _ = sf.read(str(wav), dtype="float32")
+    folder = next(p for p in (exported / "onnx").iterdir() if p.name.startswith("vad"))
+    for vad_kwargs in ({"max_single_segment_time": 60_000},
+                       {"max_single_segment_time": 60_000, "max_end_silence_time": 500},
+                       {"max_single_segment_time": 8_000}):
+        stock = AutoModel(model=str(models["vad"]), device="cpu", disable_update=True,
+                          disable_pbar=True, log_level="ERROR", **vad_kwargs)
+        want = stock.generate(input=str(wav))[0]["value"]
+        ours = FsmnVad(folder, folder / "model.onnx", read_config(folder), vad_kwargs, 2)
+        got = ours(audio)
+        assert len(want) > 8, want
+        assert got == want, vad_kwargs
+    assert FsmnVad(folder, folder / "model.onnx", read_config(folder), {}, 1)(
+        np.zeros(16000 * 70, np.float32)) == AutoModel(
+        model=str(models["vad"]), device="cpu", disable_update=True, disable_pbar=True,
+        log_level="ERROR").generate(input=str(_silence(tmp_path)))[0]["value"]
+
+
+def _silence(tmp_path: Path) -> Path:
+    import numpy as np
+    import soundfile as sf
+
+    path = tmp_path / "silence.wav"
+    sf.write(str(path), np.zeros(16000 * 70, np.float32), 16000, subtype="PCM_16")
+    return path
+
+
 def test_onnx_engine_hotwords_take_the_bias_path(models: dict[str, Path], exported: Path,
                                                  clips: list[Path]) -> None:
     """Hotwords go through the exported hotword embedder (funasr's tokenization, the
@@ -238,8 +289,9 @@ def test_onnx_engine_hotwords_take_the_bias_path(models: dict[str, Path], export
     onnx = _engine(models, exported, "onnx")
     got = _transcribe(onnx, clips[:2], hotwords=words)
     assert [g.text for g in got] == [w.text for w in want]
-    ids = onnx.model.model.hotword_ids("听记", onnx.model.kwargs["tokenizer"],
-                                       onnx.model.kwargs["frontend"])
+    hotwords = Path(str(exported)) / "hotwords.txt"
+    hotwords.write_text("听记\n", encoding="utf-8")
+    ids = onnx.model.model.hotword_ids(str(hotwords))
     assert ids[-1] == [onnx.model.model.sos] and len(ids) == 2
     assert onnx.model.model.bias(ids).shape == (1, 2, 512)
 

@@ -14,7 +14,9 @@ stops when the task is cancelled or timed out, between batches.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
+import importlib.util
 import logging
 import os
 import threading
@@ -101,7 +103,10 @@ def release_freed_memory() -> None:
 def resolve_device(device: str) -> str:
     if device != "auto":
         return device
-    import torch
+    try:
+        import torch
+    except ImportError:  # a worker installed for the ONNX engine only
+        return "cpu"
 
     return "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -119,8 +124,12 @@ class AsrEngine:
         self.spk_loads = 0  # the speaker model's loads not yet counted by the worker
         self.vad_pool: VadPool | None = None
         if config.vad_processes > 0 and config.vad_model:
-            self.vad_pool = VadPool(config.vad_model, config.vad_kwargs(),
-                                    config.vad_processes, config.generate_kw)
+            if importlib.util.find_spec("torch") is None:
+                log.info("TINGJI_VAD_PROCESSES is not used: VAD processes run torch, which "
+                         "is not installed (the ONNX engine runs VAD on its lane)")
+            else:
+                self.vad_pool = VadPool(config.vad_model, config.vad_kwargs(),
+                                        config.vad_processes, config.generate_kw)
 
     @property
     def loaded(self) -> bool:
@@ -128,19 +137,53 @@ class AsrEngine:
 
     def _load(self) -> None:
         t = time.perf_counter()
-        from funasr import AutoModel  # 6-10 s: only ever on the model lane
-
         c = self.config
         self.device = resolve_device(c.device)
         graphs = self._onnx_graphs()
+        scope: Callable[[], Any] = contextlib.nullcontext
         if graphs:
-            self.device = "cpu"  # ONNX Runtime's CPU provider; funasr's parts run there too
-        vad_kwargs = c.vad_kwargs()
+            self.device = "cpu"  # ONNX Runtime's CPU provider
+            model = self._load_onnx(graphs)
+            what = ", ".join(model.paths())
+            per_call = 2 * model.model.lanes  # unpadded: see worker.onnx_engine
+            batch_size_s = 0
+            if self.vad_pool is not None:  # its processes run torch's VAD
+                log.info("TINGJI_VAD_PROCESSES is not used by the ONNX engine: VAD runs on "
+                         "its lane")
+                self.vad_pool.close()
+                self.vad_pool = None
+        else:
+            model = self._load_torch()
+            from worker.paraformer import decode_scope, make_padding_invariant
+
+            what = f"predictor {make_padding_invariant(model.model) or 'stock'}"
+            scope = decode_scope
+            per_call = 0
+            batch_size_s = c.cpu_batch_size_s if self.device == "cpu" else c.batch_size_s
+        self.batcher = CrossTaskBatch(model, device=self.device, batch_size_s=batch_size_s,
+                                      generate_kw=c.generate_kw, segments_per_call=per_call,
+                                      decode_scope=scope)
+        self.model = model
+        release_freed_memory()
+        log.info("loaded %s on %s in %.1f s (engine %s: %s)", c.description, self.device,
+                 time.perf_counter() - t, self.engine, what)
+
+    def _load_torch(self) -> Any:
+        """funasr's ``AutoModel`` with the VAD and punctuation models (torch)."""
+        c = self.config
+        try:
+            from funasr import AutoModel  # 6-10 s: only ever on the model lane
+        except ImportError as exc:
+            raise ModelLoadError(
+                f"the torch engine needs {exc.name or 'funasr'}, which is not installed: "
+                "pip install 'tingji[worker]', or run the ONNX engine (graphs made once "
+                f"with `tingji models export-onnx --quantize` where torch is installed, "
+                "TINGJI_ENGINE=onnx)") from None
         kwargs: dict[str, Any] = dict(model=c.model, device=self.device, ncpu=c.ncpu,
                                       disable_update=True, disable_pbar=True,
                                       log_level="ERROR")
         if c.vad_model:
-            kwargs.update(vad_model=c.vad_model, vad_kwargs=vad_kwargs)
+            kwargs.update(vad_model=c.vad_model, vad_kwargs=c.vad_kwargs())
         if c.punc_model:
             kwargs["punc_model"] = c.punc_model
         try:
@@ -151,29 +194,13 @@ class AsrEngine:
         from worker.fsmnvad import make_fast_vad  # imports funasr: lane only
 
         make_fast_vad(getattr(model, "vad_model", None))
-        batch_size_s = c.cpu_batch_size_s if self.device == "cpu" else c.batch_size_s
-        per_call = 0
-        if graphs:
-            what = self._swap_to_onnx(model, graphs)
-            per_call = 2 * model.model.lanes  # unpadded: see worker.onnx_engine
-        else:
-            from worker.paraformer import make_padding_invariant  # funasr: lane only
-
-            what = f"predictor {make_padding_invariant(model.model) or 'stock'}"
-        self.batcher = CrossTaskBatch(model, device=self.device, batch_size_s=batch_size_s,
-                                      generate_kw=c.generate_kw, segments_per_call=per_call)
-        self.model = model
-        release_freed_memory()
-        log.info("loaded %s on %s in %.1f s (engine %s: %s)", c.description, self.device,
-                 time.perf_counter() - t, self.engine, what)
+        return model
 
     def _onnx_graphs(self) -> dict[str, Path]:
         """The graph folders by role when the ONNX engine runs ({} for torch).  With
         ``onnx`` a missing export (or ONNX Runtime) stops the worker with one line that
         says what to do; with ``auto`` (the default: ONNX on a CPU) the worker says so
         and runs torch."""
-        import importlib.util
-
         c = self.config
         if c.engine == "torch" or (c.engine == "auto" and self.device != "cpu"):
             self.engine = "torch"
@@ -198,30 +225,15 @@ class AsrEngine:
         self.engine = "onnx"
         return graphs
 
-    def _swap_to_onnx(self, model: Any, graphs: dict[str, Path]) -> str:
-        """The loaded AutoModel's ASR module replaced by its graph, and the punctuation
-        model's forward by its graph; the torch weights of both dropped."""
-        from worker.onnx_engine import (
-            EXPORT_HINT,
-            GraphsMissing,
-            OrtParaformer,
-            swap_punctuation,
-            swap_vad,
-        )
+    def _load_onnx(self, graphs: dict[str, Path]) -> Any:
+        """The ONNX engine's models (``worker.onnx_engine.OnnxModels``): neither torch
+        nor funasr is imported."""
+        from worker.onnx_engine import EXPORT_HINT, GraphsMissing, OnnxModels
 
         c = self.config
         try:
-            ort_asr = OrtParaformer(graphs["ASR"], int8=c.onnx_int8, threads=c.ncpu,
-                                    torch_model=model.model)
-            model.model = ort_asr
-            done = [f"ASR {ort_asr.path}"]
-            if "VAD" in graphs and getattr(model, "vad_model", None) is not None:
-                path = swap_vad(model.vad_model, graphs["VAD"], threads=c.ncpu)
-                done.append(f"VAD {path}")
-            if "punctuation" in graphs and getattr(model, "punc_model", None) is not None:
-                path = swap_punctuation(model.punc_model, graphs["punctuation"],
-                                        int8=c.onnx_int8, threads=c.ncpu)
-                done.append(f"punctuation {path}")
+            return OnnxModels(graphs, int8=c.onnx_int8, threads=c.ncpu,
+                              vad_kwargs=c.vad_kwargs())
         except GraphsMissing as exc:
             raise ModelLoadError(str(exc)) from None
         except Exception as exc:
@@ -229,7 +241,6 @@ class AsrEngine:
             raise ModelLoadError(f"cannot load the ONNX graphs: {type(exc).__name__}: "
                                  f"{first} (`{EXPORT_HINT} --force` exports them again)"
                                  ) from exc
-        return ", ".join(done)
 
     async def ensure_loaded(self) -> bool:
         """Load the model once (on the model lane); True when this call loaded it."""
@@ -247,6 +258,11 @@ class AsrEngine:
         if not c.spk_model:
             raise PermanentTaskError("speaker labels need a speaker model (TINGJI_SPK_MODEL)",
                                      type="NoSpeakerModel")
+        if self.engine == "onnx":
+            raise PermanentTaskError(
+                "speaker labels need the torch engine (the speaker model runs on torch): "
+                "run a worker with TINGJI_ENGINE=torch for such tasks",
+                type="SpeakersNeedTorch")
         t = time.perf_counter()
         try:
             from funasr.models.campplus.cluster_backend import ClusterBackend

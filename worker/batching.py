@@ -25,6 +25,7 @@ fails the others.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import tempfile
@@ -144,12 +145,14 @@ class _Intercept:
 
 
 class CrossTaskBatch:
-    """Runs one group of jobs through a loaded ``funasr.AutoModel`` (on the model lane)."""
+    """Runs one group of jobs through a loaded ``funasr.AutoModel``, or the ONNX engine's
+    stand-in for it (``worker.onnx_engine.OnnxModels``), on the model lane."""
 
     def __init__(self, model: Any, *, device: str, batch_size_s: int,
                  batch_size_threshold_s: int = 60, generate_kw: dict[str, Any] | None = None,
                  decode_hook: Callable[[list[Any]], None] | None = None,
-                 segments_per_call: int = 0) -> None:
+                 segments_per_call: int = 0,
+                 decode_scope: Callable[[], Any] = contextlib.nullcontext) -> None:
         self.model = model
         self.device = device
         # padded milliseconds per batch (0: one segment per call, as funasr on a CPU)
@@ -160,6 +163,7 @@ class CrossTaskBatch:
         self.threshold_ms = batch_size_threshold_s * 1000
         self.generate_kw = generate_kw or {}
         self.decode_hook = decode_hook  # tests: called with each batch before decoding
+        self.decode_scope = decode_scope  # around each model call (worker.paraformer's)
         self._asr_kw: dict[str, Any] | None = None
         self._bias: dict[str, str] = {}  # funasr's hotword argument for the sub-group
         # the speaker model (funasr's spk_model and its kwargs), once a task asked for it
@@ -345,9 +349,7 @@ class CrossTaskBatch:
         kwargs = kw.pop("kwargs", None) or self.model.kwargs
         kwargs["batch_size"] = max(int(kwargs.get("batch_size") or 1), len(segments))
         kw.pop("model", None)
-        from worker.paraformer import decode_scope  # funasr: model thread
-
-        with decode_scope():
+        with self.decode_scope():
             res = self.model.inference(segments, input_len=None, model=self.model.model,
                                        kwargs=kwargs, **kw)
         if not res:

@@ -1,33 +1,38 @@
-"""The ONNX engine (``TINGJI_ENGINE=onnx``): the ASR and punctuation models through ONNX
-Runtime, with int8 weights when the export has them.
+"""The ONNX engine (``TINGJI_ENGINE=onnx``): VAD, ASR and punctuation through ONNX
+Runtime, with int8 weights when the export has them, and neither torch nor funasr
+imported (a worker installed with ``tingji[worker-onnx]`` has neither).
 
 The graphs are those ``tingji models export-onnx`` writes (``worker.onnx_export``), or
-a model folder's own ``model.onnx`` (the hub's ``-onnx`` models).  This step keeps
-everything around the two models funasr's: the audio frontend (Kaldi fbank, LFR, CMVN),
-VAD, the cutting and merging of segments, sentence timestamps and speakers.  So the
-worker's guarantees hold unchanged (``worker.batching``'s cross-task groups, progress and
-cancellation between model calls, time limits, one load per worker); what changes is
-the arithmetic of the two models:
+a model folder's own ``model.onnx`` (the hub's ``-onnx`` models).  Around them, funasr's
+own steps, without torch (``worker.funasr_port``, ``worker.funasr_copied``,
+``worker.onnx_vad``): the frontend, the VAD state machine, the cutting and merging of
+segments, the punctuation windows and the sentence timestamps.  ``OnnxModels`` answers
+the calls the worker makes of funasr's ``AutoModel`` (``generate``, and ``inference``
+with the VAD, ASR or punctuation model), so ``worker.batching``'s cross-task groups,
+progress and cancellation between model calls, time limits and one load per worker
+hold unchanged.
 
-- **ASR**: one ONNX Runtime call per VAD segment, batch size 1.  An exported Paraformer
-  graph is not padding-invariant (tingji's predictor classes are torch modules), so
-  segments are never padded together: every task gets the text it gets alone, by
-  construction.  On a CPU batching bought 1.5x for torch; per-segment ONNX calls cost
-  about 6 % over batched ones (measured in issue 18's first step).  The graph's output
-  is turned into funasr's result (tokens, character timestamps, post-processing) by
-  funasr's own functions.
-- **punctuation**: CT-Transformer's forward (embedding, encoder, classifier) is the
-  graph; funasr's windowing and sentence logic around it are untouched.
+- **ASR**: one ONNX Runtime call per VAD segment, batch size 1, several segments at
+  once on one-thread lanes.  An exported Paraformer graph is not padding-invariant,
+  so segments are never padded together: every task gets the text it gets alone, by
+  construction.
+- **VAD**: the FSMN encoder's fp32 graph (the model is small; its time is the
+  per-frame state machine's, and fp32 keeps torch's segments exactly).
+- **punctuation**: CT-Transformer's forward is the graph; the windowing around it is
+  funasr's.
 
-The torch copies of both models' weights are dropped after loading: the worker holds
-the ONNX graphs only.  SeACo-Paraformer's graph always runs its hotword path; with no
-hotwords it gets the ``<s>`` entry alone, as FunASR's own ONNX runtime does (a trained
-model then biases nothing; torch skips the path).
+SeACo-Paraformer's graph always runs its hotword path; with no hotwords it gets the
+``<s>`` entry alone, as FunASR's own ONNX runtime does (a trained model then biases
+nothing; torch skips the path).  Speaker labels need the CAM++ model, which runs on
+torch: a task that asks for them on this engine fails with a message that says so.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import re
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -35,9 +40,19 @@ from typing import Any
 
 import numpy as np
 
+from worker.funasr_copied import (
+    _join_vad_texts,
+    _vad_segment_sentences,
+    sentence_postprocess,
+    split_to_mini_sentence,
+    split_words,
+    timestamp_sentence,
+)
+from worker.funasr_port import Frontend, Tokens, load_audio, ts_prediction_lfr6_standard
 from worker.onnx_export import MANIFEST, export_folder
 
 log = logging.getLogger("tingji.worker.onnx")
+
 
 EXPORT_HINT = "tingji models export-onnx --quantize"
 # the models the engine runs as graphs (and ``export-onnx`` exports), by role as
@@ -80,15 +95,55 @@ def session(path: Path, threads: int) -> Any:
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-class OrtParaformer:
-    """Stands in for funasr's Paraformer module inside the loaded ``AutoModel`` (whose
-    torch weights are then dropped): the batching code hands it the segments funasr
-    cut, and it answers with funasr's per-segment results."""
 
-    def __init__(self, folder: Path, *, int8: bool, threads: int, torch_model: Any) -> None:
+def read_config(folder: Path) -> dict[str, Any]:
+    """A model folder's ``config.yaml`` (funasr's: model_conf, frontend_conf, ...)."""
+    import yaml
+
+    path = folder / "config.yaml"
+    if not path.is_file():
+        raise GraphsMissing(f"{folder} has no config.yaml beside its graphs: run "
+                            f"`{EXPORT_HINT} --force`")
+    conf = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    return conf if isinstance(conf, dict) else {}
+
+
+def _hotword_seg_tokenize(words: list[str], seg_dict: dict[str, str]) -> list[str]:
+    """SeACo-Paraformer's own seg_dict split of a hotword line (funasr's
+    ``generate_hotwords_list``; not the tokenizer's, whose pattern differs)."""
+    pattern = re.compile(r"^[\u4E00-\u9FA50-9]+$")
+    out = ""
+    for word in words:
+        word = word.lower()
+        if word in seg_dict:
+            out += seg_dict[word] + " "
+        elif pattern.match(word):
+            for char in word:
+                out += (seg_dict[char] if char in seg_dict else "<unk>") + " "
+        else:
+            out += "<unk>" + " "
+    return out.strip().split()
+
+
+class OrtParaformer:
+    """Paraformer (or SeACo-Paraformer) as its graph: features, one graph call per
+    segment, funasr's result for each (text, character timestamps)."""
+
+    def __init__(self, folder: Path, *, int8: bool, threads: int) -> None:
+        from worker.funasr_copied import load_seg_dict
+
         self.folder = folder
+        conf = read_config(folder)
         self.path = graph_file(folder, int8)
         self.int8 = self.path.name == "model_quant.onnx"
+        self.frontend = Frontend(conf.get("frontend_conf") or {}, folder / "am.mvn")
+        self.tokens = Tokens(folder)
+        seg = folder / "seg_dict"
+        self.seg_dict = load_seg_dict(str(seg)) if seg.is_file() else None
+        model_conf = conf.get("model_conf") or {}
+        self.sos = int(model_conf.get("sos", 1))
+        self.eos = int(model_conf.get("eos", 2))
+        self.blank_id = int(model_conf.get("blank_id", 0))
         # segments in parallel, one thread each (ONNX Runtime releases the GIL): on 2
         # cores 1.4x the throughput of one call at a time on 2 threads
         self.lanes = max(1, threads)
@@ -104,36 +159,27 @@ class OrtParaformer:
                 raise GraphsMissing(f"{folder} has no model_eb.onnx (SeACo-Paraformer's "
                                     f"hotword embedder): run `{EXPORT_HINT} --force`")
             self.eb = session(eb, threads)
-        # what funasr's result building reads off the torch module
-        self.sos = int(getattr(torch_model, "sos", 1))
-        self.eos = int(getattr(torch_model, "eos", 2))
-        self.blank_id = int(getattr(torch_model, "blank_id", 0))
-        self._hotword_method = getattr(type(torch_model), "generate_hotwords_list", None)
         self._bias_cache: dict[tuple[tuple[int, ...], ...], np.ndarray] = {}
 
     @property
     def description(self) -> str:
         return f"onnx {'int8' if self.int8 else 'fp32'}"
 
-    def eval(self) -> OrtParaformer:  # funasr calls it on the model it is handed
-        return self
-
-    def parameters(self) -> Any:
-        """funasr reads the device off the first parameter after each call: the CPU."""
-        import torch
-
-        yield torch.empty(0)
-
     # ------------------------------------------------------------------ hotwords
-    def hotword_ids(self, hotword: str | None, tokenizer: Any, frontend: Any
-                    ) -> list[list[int]]:
-        """funasr's own tokenization of the hotwords (``<s>`` last; ``<s>`` alone when
-        there are none)."""
-        if hotword and self._hotword_method is not None:
-            ids = self._hotword_method(self, hotword, tokenizer=tokenizer, frontend=frontend)
-            if ids:
-                return [list(map(int, h)) for h in ids]
-        return [[self.sos]]
+    def hotword_ids(self, hotword: str | None) -> list[list[int]]:
+        """funasr's tokenization of a hotword file (one per line, ``<s>`` last), or
+        ``<s>`` alone when there are none."""
+        if not hotword or not (hotword.endswith(".txt") and os.path.exists(hotword)):
+            return [[self.sos]]
+        ids = []
+        with open(hotword, encoding="utf-8") as fin:
+            for line in fin.readlines():
+                words = line.strip().split()
+                if self.seg_dict is not None:
+                    words = _hotword_seg_tokenize(words, self.seg_dict)
+                ids.append(self.tokens.tokens2ids(words))
+        ids.append([self.sos])
+        return ids
 
     def bias(self, ids: Sequence[Sequence[int]]) -> np.ndarray:
         """The bias embedding (1, hotwords, width): the hotword LSTM's output at each
@@ -151,7 +197,7 @@ class OrtParaformer:
         for n, h in enumerate(ids):
             h = list(h)[:width]
             pad[n, :len(h)] = h
-            last.append(len(h) - 1)
+            last.append(max(len(h) - 1, 0))
         out = self.eb.run(None, {feed.name: pad})[0]  # (tokens, hotwords, width)
         selected = out[last, np.arange(len(ids))]  # (hotwords, width)
         bias = np.ascontiguousarray(selected[None].astype(np.float32))
@@ -178,119 +224,304 @@ class OrtParaformer:
         us_peaks = outs[3][0, :frames] if len(outs) > 3 else np.zeros(0, np.float32)
         return ids, us_alphas, us_peaks
 
-    def inference(self, data_in: Any, data_lengths: Any = None, key: list[str] | None = None,
-                  tokenizer: Any = None, frontend: Any = None, **kwargs: Any
-                  ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-        """funasr's model interface (``AutoModel.inference`` calls it with a batch of
-        segments or a file): one graph call per input, results as funasr's Paraformer
-        builds them, by funasr's own functions."""
-        import torch
-        from funasr.utils import postprocess_utils
-        from funasr.utils.load_utils import extract_fbank, load_audio_text_image_video
-        from funasr.utils.timestamp_tools import ts_prediction_lfr6_standard
-
-        samples = load_audio_text_image_video(data_in, fs=frontend.fs,
-                                              audio_fs=kwargs.get("fs", 16000))
-        bias = (self.bias(self.hotword_ids(kwargs.get("hotword"), tokenizer, frontend))
-                if self.seaco else None)
-        from worker.paraformer import decode_scope  # funasr: model thread and lanes
-
-        def one(n: int, audio: Any) -> dict[str, Any]:
-            speech, _ = extract_fbank([audio], data_type="sound", frontend=frontend)
-            ids, us_alphas, us_peaks = self.forward(speech[0].numpy(), bias)
-            result: dict[str, Any] = {"key": key[n] if key else f"seg{n}", "text": "",
-                                      "timestamp": []}
-            if not ids:
-                return result
-            token = tokenizer.ids2tokens(ids)
-            if not len(us_alphas):
-                result["text"] = postprocess_utils.sentence_postprocess(token)[0]
-                return result
-            with decode_scope():  # funasr's timestamp fallback, compiled (same values)
-                _, stamps = ts_prediction_lfr6_standard(
-                    torch.from_numpy(us_alphas.copy()), torch.from_numpy(us_peaks.copy()),
-                    list(token), vad_offset=kwargs.get("begin_time", 0))
-            text, stamps, _ = postprocess_utils.sentence_postprocess(token, stamps)
-            result.update(text=text, timestamp=stamps)
+    def decode(self, audio: np.ndarray, bias: np.ndarray | None, key: str,
+               begin_ms: float = 0.0) -> dict[str, Any]:
+        """One segment's samples -> funasr's result for it."""
+        result: dict[str, Any] = {"key": key, "text": "", "timestamp": []}
+        if len(audio) == 0:
             return result
+        ids, us_alphas, us_peaks = self.forward(self.frontend(audio), bias)
+        if not ids:
+            return result
+        token = self.tokens.ids2tokens(ids)
+        if not len(us_alphas):
+            result["text"] = sentence_postprocess(token)[0]
+            return result
+        stamps = ts_prediction_lfr6_standard(us_alphas, us_peaks, list(token),
+                                             vad_offset=begin_ms)
+        text, stamps, _ = sentence_postprocess(token, stamps)
+        result.update(text=text, timestamp=stamps)
+        return result
+
+    def __call__(self, inputs: list[Any], hotword: str | None, begin_ms: float = 0.0
+                 ) -> list[dict[str, Any]]:
+        """A list of segments (sample arrays, or a file path for a whole file)."""
+        samples = [load_audio(Path(a)) if isinstance(a, (str, Path)) else np.asarray(
+            a, dtype=np.float32) for a in inputs]
+        bias = self.bias(self.hotword_ids(hotword)) if self.seaco else None
+
+        def one(n: int) -> dict[str, Any]:
+            return self.decode(samples[n], bias, f"seg{n}", begin_ms)
 
         if self._pool is None or len(samples) < 2:
-            return [one(n, a) for n, a in enumerate(samples)], {}
-        return list(self._pool.map(one, range(len(samples)), samples)), {}
+            return [one(n) for n in range(len(samples))]
+        return list(self._pool.map(one, range(len(samples))))
 
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
 
 
-def _keep_device(module: Any) -> None:
-    """funasr reads the device off a model's first parameter after each call: one empty
-    CPU parameter stands in for the weights the graph now holds."""
-    import torch
+class OrtPunctuation:
+    """CT-Transformer with its forward as a graph: funasr's ``CTTransformer.inference``
+    (mini-sentences of 20 words, the cache of the unfinished sentence, the final
+    full stop), on a text."""
 
-    module.register_parameter("tingji_cpu", torch.nn.Parameter(torch.empty(0),
-                                                               requires_grad=False))
+    def __init__(self, folder: Path, *, int8: bool, threads: int) -> None:
+        conf = read_config(folder)
+        model_conf = conf.get("model_conf") or {}
+        self.punc_list = list(model_conf.get("punc_list") or [])
+        if not self.punc_list:
+            raise GraphsMissing(f"{folder}/config.yaml names no punc_list")
+        self.sentence_end_id = int(model_conf.get("sentence_end_id", 3))
+        self.tokens = Tokens(folder)
+        self.path = graph_file(folder, int8)
+        self.session = session(self.path, threads)
+        self.jieba = None
+        user_dict = self._jieba_dict(folder, conf)
+        if user_dict is not None:
+            import jieba
+
+            self.jieba = jieba.Tokenizer()
+            self.jieba.load_userdict(str(user_dict))
+
+    @staticmethod
+    def _jieba_dict(folder: Path, conf: dict[str, Any]) -> Path | None:
+        """The word-level model's jieba user dictionary, as funasr finds it (named in
+        ``configuration.json`` or the config)."""
+        names = [conf.get("jieba_usr_dict")]
+        meta = folder / "configuration.json"
+        if meta.is_file():
+            try:
+                names.append(json.loads(meta.read_text(encoding="utf-8"))
+                             .get("file_path_metas", {}).get("jieba_usr_dict"))
+            except (ValueError, AttributeError):
+                pass
+        for name in names:
+            if isinstance(name, str) and (folder / Path(name).name).is_file():
+                return folder / Path(name).name
+        return None
+
+    def _forward(self, ids: np.ndarray) -> np.ndarray:
+        out = self.session.run(None, {"inputs": ids[None].astype(np.int32),
+                                      "text_lengths": np.array([len(ids)], np.int32)})
+        return np.asarray(out[0]).reshape(-1, out[0].shape[-1]).argmax(-1)
+
+    def __call__(self, text: str) -> dict[str, Any]:  # noqa: C901  (funasr's loop)
+        if not text or not text.strip():
+            return {"text": "", "punc_array": None}
+        punc_list, end_id = self.punc_list, self.sentence_end_id
+        tokens = split_words(text, jieba_usr_dict=self.jieba)
+        tokens_int = self.tokens.tokens2ids(tokens)
+        mini_sentences = split_to_mini_sentence(tokens, 20)
+        mini_sentences_id = split_to_mini_sentence(tokens_int, 20)
+        cache_sent: list[str] = []
+        cache_sent_id = np.array([], dtype=np.int64)
+        new_mini_sentence = ""
+        new_mini_sentence_punc: list[int] = []
+        new_mini_sentence_out = ""
+        punc_parts: list[np.ndarray] = []
+        last = len(mini_sentences) - 1
+        for k in range(len(mini_sentences)):
+            mini_sentence = cache_sent + mini_sentences[k]
+            mini_sentence_id = np.concatenate(
+                (cache_sent_id, np.asarray(mini_sentences_id[k], dtype=np.int64)))
+            punctuations = self._forward(mini_sentence_id)
+            if k < last:
+                sentence_end = -1
+                last_comma = -1
+                for i in range(len(punctuations) - 2, 1, -1):
+                    if punc_list[punctuations[i]] in ("。", "？"):
+                        sentence_end = i
+                        break
+                    if last_comma < 0 and punc_list[punctuations[i]] == "，":
+                        last_comma = i
+                if sentence_end < 0 and len(mini_sentence) > 200 and last_comma >= 0:
+                    sentence_end = last_comma  # too long: cut off at a comma
+                    punctuations[sentence_end] = end_id
+                cache_sent = mini_sentence[sentence_end + 1:]
+                cache_sent_id = mini_sentence_id[sentence_end + 1:]
+                mini_sentence = mini_sentence[0:sentence_end + 1]
+                punctuations = punctuations[0:sentence_end + 1]
+            new_mini_sentence_punc += [int(x) for x in punctuations]
+            words_with_punc = []
+            for i in range(len(mini_sentence)):
+                if ((i == 0 or punc_list[punctuations[i - 1]] in ("。", "？"))
+                        and len(mini_sentence[i][0].encode()) == 1):
+                    mini_sentence[i] = mini_sentence[i].capitalize()
+                if i == 0 and len(mini_sentence[i][0].encode()) == 1:
+                    mini_sentence[i] = " " + mini_sentence[i]
+                if (i > 0 and len(mini_sentence[i][0].encode()) == 1
+                        and len(mini_sentence[i - 1][0].encode()) == 1):
+                    mini_sentence[i] = " " + mini_sentence[i]
+                words_with_punc.append(mini_sentence[i])
+                if punc_list[punctuations[i]] != "_":
+                    punc_res = punc_list[punctuations[i]]
+                    if len(mini_sentence[i][0].encode()) == 1:
+                        punc_res = {"，": ",", "。": ".", "？": "?"}.get(punc_res, punc_res)
+                    words_with_punc.append(punc_res)
+            new_mini_sentence += "".join(words_with_punc)
+            new_mini_sentence_out = new_mini_sentence
+            if k == last:
+                tail = new_mini_sentence[-1]
+                ending = None
+                if tail in ("，", "、"):
+                    new_mini_sentence_out = new_mini_sentence[:-1] + "。"
+                    ending = True
+                elif tail == ",":
+                    new_mini_sentence_out = new_mini_sentence[:-1] + "."
+                    ending = True
+                elif tail not in ("。", "？") and len(tail.encode()) != 1:
+                    new_mini_sentence_out = new_mini_sentence + "。"
+                    ending = True
+                elif tail not in (".", "?") and len(tail.encode()) == 1:
+                    new_mini_sentence_out = new_mini_sentence + "."
+                    ending = True
+                if ending and len(punctuations):
+                    punctuations[-1] = end_id
+            punc_parts.append(np.asarray(punctuations))
+        punc_array = np.concatenate(punc_parts) if punc_parts else np.zeros(0, np.int64)
+        if self.jieba is not None:  # word-level model: one entry per character
+            expanded = punc_array.reshape(-1).tolist()
+            for i, token in enumerate(tokens[::-1]):
+                if "\u0e00" <= token[0] <= "\u9fa5" and len(token) > 1:
+                    for _ in range(len(token) - 1):
+                        expanded.insert(len(tokens) - i - 1, 1)
+            punc_array = np.asarray(expanded)
+        return {"text": new_mini_sentence_out, "punc_array": punc_array}
 
 
-class OrtFsmnEncoder:
-    """FSMN-VAD's encoder as its graph: the frames' scores, with the four FSMN layers'
-    left context carried between calls in funasr's per-stream cache (as the torch
-    encoder carries it there)."""
+class _VadRole:
+    """What ``AutoModel.vad_model`` is to the worker: the object the VAD call names."""
 
-    def __init__(self, path: Path, threads: int) -> None:
-        self.session = session(path, threads)
-        inputs = self.session.get_inputs()
-        self.speech = inputs[0].name
-        self.caches = [(i.name, tuple(d if isinstance(d, int) else 1 for d in i.shape))
-                       for i in inputs[1:]]
-
-    def __call__(self, feats: Any, cache: dict[str, Any]) -> Any:
-        import torch
-
-        feed = {self.speech: feats.numpy().astype(np.float32, copy=False)}
-        for n, (name, shape) in enumerate(self.caches):
-            held = cache.get(f"tingji_onnx_{n}")
-            feed[name] = held if held is not None else np.zeros(shape, np.float32)
-        out = self.session.run(None, feed)
-        for n in range(len(self.caches)):
-            cache[f"tingji_onnx_{n}"] = out[1 + n]
-        return torch.from_numpy(out[0])
+    def __init__(self, vad: Any) -> None:
+        self.vad = vad
 
 
-def swap_vad(vad_model: Any, folder: Path, *, threads: int) -> Path:
-    """FSMN-VAD's encoder replaced by its fp32 graph (funasr's frontend and per-frame
-    state machine stay); its torch layers dropped.  The graph file used.  Never the
-    int8 one: the model is small (VAD's time is the per-frame state machine's), and
-    fp32 keeps torch's segments exactly."""
-    path = graph_file(folder, False)
-    encoder = OrtFsmnEncoder(path, threads)
-    del vad_model._modules["encoder"]
-    vad_model.encoder = encoder
-    _keep_device(vad_model)
-    return path
+class OnnxModels:
+    """Stands in for funasr's ``AutoModel`` (VAD + ASR + punctuation): ``generate`` runs
+    funasr's ``inference_with_vad`` steps and asks ``inference`` for each model call,
+    as funasr does, so ``worker.batching`` can record and replay those calls."""
+
+    def __init__(self, graphs: dict[str, Path], *, int8: bool, threads: int,
+                 vad_kwargs: dict[str, Any]) -> None:
+        from worker.onnx_vad import FsmnVad
+
+        self.model = OrtParaformer(graphs["ASR"], int8=int8, threads=threads)
+        self.vad_model: _VadRole | None = None
+        self.punc_model: OrtPunctuation | None = None
+        if "VAD" in graphs:
+            folder = graphs["VAD"]
+            self.vad_model = _VadRole(FsmnVad(folder, graph_file(folder, False),
+                                              read_config(folder), vad_kwargs, threads))
+        if "punctuation" in graphs:
+            self.punc_model = OrtPunctuation(graphs["punctuation"], int8=int8,
+                                             threads=threads)
+        self.kwargs: dict[str, Any] = {"device": "cpu", "batch_size": 1}
+        self.vad_kwargs = dict(vad_kwargs)
+        self.punc_kwargs: dict[str, Any] = {}
+        self.spk_model: Any = None  # speaker labels need torch (worker.asr says so)
+
+    def paths(self) -> list[str]:
+        done = [f"ASR {self.model.path}"]
+        if self.vad_model is not None:
+            done.append(f"VAD {self.vad_model.vad.path}")
+        if self.punc_model is not None:
+            done.append(f"punctuation {self.punc_model.path}")
+        return done
+
+    def close(self) -> None:
+        self.model.close()
+
+    # ------------------------------------------------------------------ funasr's calls
+    def inference(self, input: Any, input_len: Any = None, model: Any = None,  # noqa: A002
+                  kwargs: dict[str, Any] | None = None, **cfg: Any) -> list[dict[str, Any]]:
+        """One model call, as ``AutoModel.inference``: the VAD's segments of a file,
+        the ASR results of a list of segments (or of a file), or the punctuation of
+        a text."""
+        if model is not None and model is self.vad_model:
+            audio = load_audio(Path(input))
+            return [{"key": Path(input).stem, "value": model.vad(audio)}]
+        if model is not None and model is self.punc_model:
+            return [{"key": "punc", **model(input)}]
+        inputs = input if isinstance(input, list) else [input]
+        return self.model(inputs, cfg.get("hotword"), cfg.get("begin_time", 0))
+
+    def generate(self, input: str, **cfg: Any) -> list[dict[str, Any]]:  # noqa: A002
+        if self.vad_model is None:
+            return self.inference(input, model=self.model, kwargs=self.kwargs, **cfg)
+        return self._with_vad(input, **cfg)
+
+    def _with_vad(self, input: str, **cfg: Any) -> list[dict[str, Any]]:  # noqa: A002, C901
+        """funasr's ``AutoModel.inference_with_vad`` on a CPU (one segment per ASR call,
+        shortest first), without speakers."""
+        res = self.inference(input, model=self.vad_model, kwargs=self.vad_kwargs, **cfg)
+        kwargs = {**self.kwargs, **cfg}
+        key, vadsegments = res[0]["key"], res[0]["value"]
+        speech = load_audio(Path(input))
+        n = len(vadsegments)
+        if not n:
+            return [{"key": key, "text": "", "timestamp": []}]
+        order = sorted(range(n), key=lambda i: vadsegments[i][1] - vadsegments[i][0])
+        results_sorted: list[dict[str, Any]] = []
+        for i in order:
+            start, end = vadsegments[i]
+            piece = speech[int(start * 16):min(int(end * 16), len(speech))]
+            results_sorted.extend(self.inference([piece], model=self.model, kwargs=kwargs,
+                                                 **cfg))
+        if len(results_sorted) != n:
+            return [{"key": key, "text": "", "timestamp": []}]
+        restored: list[dict[str, Any]] = [{}] * n
+        for j, i in enumerate(order):
+            restored[i] = results_sorted[j]
+        result: dict[str, Any] = {}
+        for j in range(n):
+            for k, v in restored[j].items():
+                if k.startswith("timestamp"):
+                    result.setdefault(k, [])
+                    for t in v:
+                        t[0] = int(t[0]) + int(vadsegments[j][0])
+                        t[1] = int(t[1]) + int(vadsegments[j][0])
+                    result[k].extend(v)
+                elif "text" in k:
+                    result[k] = v if k not in result else result[k] + " " + v
+                else:
+                    result[k] = v if k not in result else result[k] + v
+        if not len(result["text"].strip()):
+            return []
+        punc_res = None
+        punc_array = None
+        punc_input_text = None
+        if self.punc_model is not None:
+            punc_input_text = _join_vad_texts(item.get("text", "") for item in restored)
+            punc_res = self.inference(punc_input_text, model=self.punc_model,
+                                      kwargs=self.punc_kwargs, **cfg)
+            punc_array = punc_res[0].get("punc_array")
+            result["text"] = punc_res[0]["text"]
+        sentence_timestamps = result.get("timestamp", [])
+        alignment_failed = False
+        if punc_res is not None:
+            length = len(punc_array) if punc_array is not None else -1
+            if punc_array is not None and length != len(sentence_timestamps):
+                punc_array = None
+                alignment_failed = True
+        if kwargs.get("sentence_timestamp", False):
+            if not len(result["text"].strip()):
+                sentences: list[dict[str, Any]] = []
+            elif self.punc_model is None and not sentence_timestamps:
+                sentences = _vad_segment_sentences(restored, vadsegments)
+            elif punc_res is None:
+                log.warning("punctuation is required for sentence timestamps")
+                sentences = []
+            elif alignment_failed:
+                sentences = _vad_segment_sentences(restored, vadsegments)
+            else:
+                sentences = timestamp_sentence(punc_array, sentence_timestamps,
+                                               punc_input_text)
+            result["sentence_info"] = sentences
+        result["key"] = key
+        return [result]
 
 
-def swap_punctuation(punc_model: Any, folder: Path, *, int8: bool, threads: int) -> Path:
-    """CT-Transformer's forward replaced by the graph (funasr's windowing and sentence
-    logic around it stay); its torch layers are dropped.  The graph file used."""
-    import torch
-
-    path = graph_file(folder, int8)
-    sess = session(path, threads)
-
-    def punc_forward(text: Any, text_lengths: Any, **_: Any) -> tuple[Any, None]:
-        out = sess.run(None, {"inputs": text.numpy().astype(np.int32, copy=False),
-                              "text_lengths": text_lengths.numpy().astype(np.int32,
-                                                                          copy=False)})
-        return torch.from_numpy(out[0]), None
-
-    punc_model.punc_forward = punc_forward
-    for layer in ("embed", "encoder", "decoder"):  # the weights the graph holds now
-        if layer in punc_model._modules:
-            punc_model._modules[layer] = None
-    _keep_device(punc_model)
-    return path
-
-
-__all__ = ["EXPORT_HINT", "GRAPH_ROLES", "GraphsMissing", "OrtFsmnEncoder", "OrtParaformer",
-           "find_graphs", "graph_file", "swap_punctuation", "swap_vad"]
+__all__ = ["EXPORT_HINT", "GRAPH_ROLES", "GraphsMissing", "OnnxModels", "OrtParaformer",
+           "OrtPunctuation", "find_graphs", "graph_file", "read_config", "session"]

@@ -43,25 +43,12 @@ from funasr.models.paraformer.cif_predictor import CifPredictorV2
 from funasr.register import tables
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from worker.funasr_port import fires_kernel
+
 # ----------------------------------------------------------------------------- CIF
 # The loops of funasr.models.bicif_paraformer.cif_predictor.cif / cif_wo_hidden, one
 # sequence at a time, in float32 like the tensors there: every value is produced by the
 # same IEEE operations in the same order, so the results are equal bit for bit.
-
-@numba.njit(cache=True)
-def _fires_kernel(alphas: np.ndarray, threshold: np.float32, step: np.float32
-                  ) -> np.ndarray:  # pragma: no cover - compiled
-    b_size, t_size = alphas.shape
-    fires = np.empty((b_size, t_size), dtype=np.float32)
-    for b in range(b_size):
-        integrate = np.float32(0.0)
-        for t in range(t_size):
-            integrate = integrate + alphas[b, t]
-            fires[b, t] = integrate
-            if integrate >= threshold:
-                integrate = integrate - step
-    return fires
-
 
 @numba.njit(cache=True)
 def _cif_kernel(hidden: np.ndarray, alphas: np.ndarray, threshold: np.float32,
@@ -107,7 +94,7 @@ def fast_cif_wo_hidden(alphas: torch.Tensor, threshold: float) -> torch.Tensor:
         return cif_wo_hidden(alphas, threshold)
     a = alphas.detach().to("cpu").contiguous().numpy()
     t = np.float32(threshold)
-    return torch.from_numpy(_fires_kernel(a, t, t)).to(alphas.device)
+    return torch.from_numpy(fires_kernel(a, t, t)).to(alphas.device)
 
 
 _SCOPE = threading.local()  # .active: this thread is inside decode_scope

@@ -1,0 +1,220 @@
+"""funasr 1.4.16's result building, without torch: what the ONNX engine needs around
+its graphs (``worker.onnx_engine``) so that a worker runs with no torch and no funasr
+installed.
+
+funasr's pure Python text functions are copied unchanged into ``worker.funasr_copied``.
+Here are the parts ported, torch operations replaced by NumPy ones on float32 in the
+same order: the frontend (Kaldi fbank through kaldi-native-fbank, which is also what
+funasr computes with when torchaudio is absent, then LFR and CMVN), the CIF fire loop,
+``ts_prediction_lfr6_standard``, audio loading and the token list.
+
+``tests/test_onnx.py`` runs the same clips through the torch engine (funasr itself)
+and the ONNX engine and compares texts, segments and timestamps.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numba
+import numpy as np
+
+# ----------------------------------------------------------------------------- CIF
+# The loop of funasr.models.bicif_paraformer.cif_predictor.cif_wo_hidden, one sequence
+# at a time, in float32 like the tensors there: every value is produced by the same
+# IEEE operations in the same order, so the results are equal bit for bit.
+
+
+@numba.njit(cache=True)
+def fires_kernel(alphas: np.ndarray, threshold: np.float32, step: np.float32
+                 ) -> np.ndarray:  # pragma: no cover - compiled
+    b_size, t_size = alphas.shape
+    fires = np.empty((b_size, t_size), dtype=np.float32)
+    for b in range(b_size):
+        integrate = np.float32(0.0)
+        for t in range(t_size):
+            integrate = integrate + alphas[b, t]
+            fires[b, t] = integrate
+            if integrate >= threshold:
+                integrate = integrate - step
+    return fires
+
+
+def ts_prediction_lfr6_standard(us_alphas: np.ndarray, us_peaks: np.ndarray,
+                                char_list: list[str], vad_offset: float = 0.0,
+                                force_time_shift: float = -1.5, upsample_rate: int = 3
+                                ) -> list[list[int]]:
+    """funasr.utils.timestamp_tools.ts_prediction_lfr6_standard on one sequence: the
+    [start, end] milliseconds of each token (its text form is not needed)."""
+    if not len(char_list):
+        return []
+    start_end_threshold = 5
+    max_token_duration = 12  # 3 times upsampled
+    time_rate = 10.0 * 6 / 1000 / upsample_rate
+    alphas = np.array(us_alphas, dtype=np.float32)
+    peaks = np.asarray(us_peaks, dtype=np.float32)
+    if char_list[-1] == "</s>":
+        char_list = char_list[:-1]
+    fire_place = np.where(peaks >= 1.0 - 1e-4)[0] + force_time_shift
+    if len(fire_place) != len(char_list) + 1:
+        alphas /= alphas.sum(dtype=np.float32) / np.float32(len(char_list) + 1)
+        t = np.float32(1.0 - 1e-4)
+        peaks = fires_kernel(alphas[None, :], t, t)[0]
+        fire_place = np.where(peaks >= 1.0 - 1e-4)[0] + force_time_shift
+    num_frames = peaks.shape[0]
+    timestamp_list: list[list[float]] = []
+    new_char_list: list[str] = []
+    if fire_place[0] > start_end_threshold:
+        timestamp_list.append([0.0, fire_place[0] * time_rate])
+        new_char_list.append("<sil>")
+    for i in range(len(fire_place) - 1):
+        new_char_list.append(char_list[i])
+        if fire_place[i + 1] - fire_place[i] <= max_token_duration:
+            timestamp_list.append([fire_place[i] * time_rate, fire_place[i + 1] * time_rate])
+        else:
+            split = fire_place[i] + max_token_duration
+            timestamp_list.append([fire_place[i] * time_rate, split * time_rate])
+            timestamp_list.append([split * time_rate, fire_place[i + 1] * time_rate])
+            new_char_list.append("<sil>")
+    if num_frames - fire_place[-1] > start_end_threshold:
+        end = (num_frames + fire_place[-1]) * 0.5
+        timestamp_list[-1][1] = end * time_rate
+        timestamp_list.append([end * time_rate, num_frames * time_rate])
+        new_char_list.append("<sil>")
+    elif timestamp_list:
+        timestamp_list[-1][1] = num_frames * time_rate
+    if vad_offset:
+        for stamp in timestamp_list:
+            stamp[0] += vad_offset / 1000.0
+            stamp[1] += vad_offset / 1000.0
+    return [[int(s * 1000), int(e * 1000)] for c, (s, e) in zip(new_char_list,
+                                                                timestamp_list, strict=True)
+            if c != "<sil>"]
+
+
+# ----------------------------------------------------------------------------- frontend
+def load_cmvn(path: Path) -> np.ndarray:
+    """funasr.frontends.wav_frontend.load_cmvn: the (2, dim) shift and scale of a Kaldi
+    nnet1 text CMVN file (``am.mvn``)."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    means: list[str] = []
+    scales: list[str] = []
+    for i, line in enumerate(lines):
+        item = line.split()
+        if not item or i + 1 >= len(lines):
+            continue
+        nxt = lines[i + 1].split()
+        if item[0] == "<AddShift>" and nxt and nxt[0] == "<LearnRateCoef>":
+            means = nxt[3:len(nxt) - 1]
+        elif item[0] == "<Rescale>" and nxt and nxt[0] == "<LearnRateCoef>":
+            scales = nxt[3:len(nxt) - 1]
+    return np.array([np.array(means, dtype=np.float32), np.array(scales, dtype=np.float32)])
+
+
+class Frontend:
+    """funasr's ``WavFrontend`` (offline: the ASR model's) for 16 kHz audio in [-1, 1]:
+    Kaldi fbank with kaldi-native-fbank, then LFR and CMVN.  Streaming VAD computes the
+    same frames chunk by chunk (``worker.onnx_vad`` counts them)."""
+
+    def __init__(self, conf: dict[str, Any], cmvn: Path | None) -> None:
+        self.fs = int(conf.get("fs", 16000))
+        self.window = str(conf.get("window", "hamming"))
+        self.n_mels = int(conf.get("n_mels", 80))
+        self.frame_length = float(conf.get("frame_length", 25))
+        self.frame_shift = float(conf.get("frame_shift", 10))
+        self.lfr_m = int(conf.get("lfr_m", 1))
+        self.lfr_n = int(conf.get("lfr_n", 1))
+        self.dither = float(conf.get("dither", 1.0))
+        self.snip_edges = bool(conf.get("snip_edges", True))
+        self.upscale = bool(conf.get("upsacle_samples", True))  # funasr's spelling
+        self.cmvn = load_cmvn(cmvn) if cmvn is not None and cmvn.is_file() else None
+
+    def fbank(self, waveform: np.ndarray, frame_length: float | None = None) -> np.ndarray:
+        import kaldi_native_fbank as knf
+
+        opts = knf.FbankOptions()
+        opts.frame_opts.samp_freq = float(self.fs)
+        opts.frame_opts.frame_length_ms = float(frame_length or self.frame_length)
+        opts.frame_opts.frame_shift_ms = self.frame_shift
+        opts.frame_opts.dither = self.dither
+        opts.frame_opts.snip_edges = self.snip_edges
+        opts.frame_opts.window_type = self.window
+        opts.mel_opts.num_bins = self.n_mels
+        opts.energy_floor = 0.0
+        fb = knf.OnlineFbank(opts)
+        wav = np.asarray(waveform, dtype=np.float32)
+        if self.upscale:
+            wav = wav * np.float32(1 << 15)
+        fb.accept_waveform(float(self.fs), wav)
+        fb.input_finished()
+        n = fb.num_frames_ready
+        if n == 0:
+            return np.zeros((0, self.n_mels), dtype=np.float32)
+        return np.stack([fb.get_frame(i) for i in range(n)]).astype(np.float32, copy=False)
+
+    def lfr_cmvn(self, mat: np.ndarray) -> np.ndarray:
+        if self.lfr_m != 1 or self.lfr_n != 1:
+            mat = apply_lfr(mat, self.lfr_m, self.lfr_n)
+        if self.cmvn is not None:
+            dim = mat.shape[1]
+            mat = (mat + self.cmvn[0, :dim]) * self.cmvn[1, :dim]
+        return mat.astype(np.float32, copy=False)
+
+    def __call__(self, waveform: np.ndarray) -> np.ndarray:
+        """The features of one utterance: (frames, dim) float32."""
+        # funasr shortens the window for clips under 25 ms
+        length = min(self.frame_length, len(waveform) / self.fs * 1000)
+        return self.lfr_cmvn(self.fbank(waveform, length))
+
+
+def apply_lfr(inputs: np.ndarray, lfr_m: int, lfr_n: int) -> np.ndarray:
+    """funasr.frontends.wav_frontend.apply_lfr: frames stacked lfr_m at a time every
+    lfr_n, the first frame repeated on the left, the last on the right."""
+    t = inputs.shape[0]
+    t_lfr = int(np.ceil(t / lfr_n))
+    left = np.repeat(inputs[:1], (lfr_m - 1) // 2, axis=0)
+    inputs = np.vstack((left, inputs))
+    t = t + (lfr_m - 1) // 2
+    last_idx = (t - lfr_m) // lfr_n + 1
+    num_padding = lfr_m - (t - last_idx * lfr_n)
+    if num_padding > 0:
+        num_padding = ((2 * lfr_m - 2 * t + (t_lfr - 1 + last_idx) * lfr_n) / 2
+                       * (t_lfr - last_idx))
+        inputs = np.vstack([inputs] + [inputs[-1:]] * int(num_padding))
+    rows = [inputs[i * lfr_n:i * lfr_n + lfr_m].reshape(-1) for i in range(t_lfr)]
+    return np.stack(rows).astype(np.float32, copy=False) if rows else np.zeros(
+        (0, lfr_m * inputs.shape[1]), np.float32)
+
+
+def load_audio(path: Path) -> np.ndarray:
+    """A (normalized, 16 kHz mono) audio file as float32 samples in [-1, 1], read as
+    funasr reads it when torchaudio is absent (soundfile)."""
+    import soundfile as sf
+
+    data, _ = sf.read(str(path), dtype="float32")
+    if data.ndim > 1:
+        data = data.mean(-1)
+    return np.ascontiguousarray(data, dtype=np.float32)
+
+
+class Tokens:
+    """A model's token list (``tokens.json`` or ``tokens.txt``) as funasr's
+    ``BaseTokenizer`` uses it: ids to tokens, tokens to ids with ``<unk>``."""
+
+    def __init__(self, folder: Path) -> None:
+        if (folder / "tokens.json").is_file():
+            tokens = json.loads((folder / "tokens.json").read_text(encoding="utf-8"))
+        else:
+            tokens = [line.rstrip("\n") for line in
+                      (folder / "tokens.txt").read_text(encoding="utf-8").splitlines()]
+        self.tokens: list[str] = list(tokens)
+        self.ids = {t: i for i, t in enumerate(self.tokens)}
+        self.unk = self.ids.get("<unk>", len(self.tokens) - 1)
+
+    def ids2tokens(self, ids: list[int]) -> list[str]:
+        return [self.tokens[i] for i in ids]
+
+    def tokens2ids(self, tokens: list[str]) -> list[int]:
+        return [self.ids.get(t, self.unk) for t in tokens]
