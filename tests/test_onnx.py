@@ -325,8 +325,10 @@ def test_worker_on_the_onnx_engine_completes_upload_and_url_tasks(
         tmp_path: Path, models: dict[str, Path], exported: Path, tiny_models: dict[str, str],
         media: dict[str, Path], files: Any) -> None:
     """A real server and worker with TINGJI_ENGINE=onnx on model folders that hold their
-    graphs (as the hub's -onnx models do): an upload and a URL task complete, one model
-    load, and the worker reports the graphs it runs."""
+    graphs (as the hub's -onnx models do), with torch and funasr not installed for them
+    (``tests/helpers/notorch``: importing either fails as where they are absent): an
+    upload and a URL task complete, one model load, and the worker reports the graphs it
+    runs.  A task that asks for speaker labels fails with a message that says why."""
     from tests.helpers.stack import Stack
 
     ready = {}
@@ -336,8 +338,10 @@ def test_worker_on_the_onnx_engine_completes_upload_and_url_tasks(
         shutil.copytree(models[role], ready[role])
         for graph in found.glob("*.onnx"):
             shutil.copy2(graph, ready[role] / graph.name)
+    notorch = Path(__file__).parent / "helpers" / "notorch"
     stack = Stack(tmp_path / "stack", {**tiny_models, **{k: str(v) for k, v in ready.items()}},
-                  TINGJI_ENGINE="onnx")
+                  TINGJI_ENGINE="onnx", PYTHONPATH=str(notorch),
+                  NOTORCH_LOG=str(tmp_path / "refused.txt"))
     try:
         worker = stack.worker()
         tids = [stack.upload(media["speech"]), stack.submit_url(f"{files.url}/talk.mp4")]
@@ -348,10 +352,16 @@ def test_worker_on_the_onnx_engine_completes_upload_and_url_tasks(
         [w] = [w for w in stack.http.get("/api/v1/queue").json()["workers"]
                if w["pid"] == worker.pid]
         assert w["model_loads"] == 1
+        refused = stack.finished(stack.upload(media["speech"], speakers="2"), timeout=120)
+        assert refused["status"] == "failed", refused
+        assert refused["error"]["type"] == "SpeakersNeedTorch"
+        assert "TINGJI_ENGINE=torch" in refused["error"]["message"]
         log = worker.output()
         assert f"engine onnx: ASR {ready['asr']}/model_quant.onnx" in log, log[-2000:]
         assert f"VAD {ready['vad']}/model.onnx" in log  # VAD: fp32 always
         assert f"punctuation {ready['punc']}/model_quant.onnx" in log
+        absent = (tmp_path / "refused.txt").read_text().split()
+        assert f"{worker.pid}" in absent and "torch" in absent  # asked for, and absent
     finally:
         stack.close()
 
