@@ -237,7 +237,7 @@ def test_onnx_vad_cuts_as_funasr_across_chunks(models: dict[str, Path], exported
     import soundfile as sf
     from funasr import AutoModel
 
-    from worker.onnx_engine import read_config
+    from worker.onnx_graphs import read_config
     from worker.onnx_vad import FsmnVad
 
     rng = np.random.default_rng(7)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -236,3 +237,38 @@ def test_the_environment_file_is_private(tmp_path: Path) -> None:
     target.chmod(0o644)
     _write_private(target, 'TINGJI_API_TOKEN="x"\n')
     assert target.stat().st_mode & 0o777 == 0o600 and "x" in target.read_text()
+
+
+def test_doctor_packages_are_the_engines(tmp_path: Path, monkeypatch: Any) -> None:
+    """The packages line asks for what the configured engine runs on: funasr and torch
+    for torch, ONNX Runtime for onnx (a ``tingji[worker-onnx]`` install has no torch),
+    either for auto."""
+    from importlib import metadata
+
+    from tingji import doctor
+    from tingji.settings import Settings
+
+    absent: set[str] = set()
+    real = metadata.version
+
+    def version(dist: str) -> str:
+        if dist in absent:
+            raise metadata.PackageNotFoundError(dist)
+        return "1.0" if dist in ("funasr", "torch", "onnxruntime") else real(dist)
+
+    monkeypatch.setattr(doctor.metadata, "version", version)
+
+    def packages(engine: str) -> Any:
+        s = Settings.from_env({"TINGJI_DATA_DIR": str(tmp_path), "TINGJI_ENGINE": engine})
+        return next(f for f in doctor.check_python(s) if f.name == "packages")
+
+    absent.update({"funasr", "torch"})  # tingji[worker-onnx]
+    assert packages("onnx").ok and packages("auto").ok
+    torch_line = packages("torch")
+    assert torch_line.ok is False and "missing: funasr, torch" in torch_line.detail
+    absent.clear()
+    absent.add("onnxruntime")  # tingji[worker]
+    assert packages("torch").ok and packages("auto").ok
+    assert packages("onnx").ok is False and "onnxruntime" in packages("onnx").detail
+    absent.update({"funasr", "torch"})  # the API alone
+    assert packages("auto").ok is False

@@ -203,7 +203,7 @@ def cmd_models(args: argparse.Namespace) -> int:
                   "pip install 'tingji[worker,onnx]'", file=sys.stderr)
             return 1
         from tingji.doctor import model_roles
-        from worker.onnx_engine import GRAPH_ROLES
+        from worker.onnx_graphs import GRAPH_ROLES
 
         roles = [r for r in model_roles(settings) if r[0] in GRAPH_ROLES]
         return export_models(roles, settings.data_dir, quantize=args.quantize,

@@ -41,23 +41,30 @@ class Finding:
 
 
 # ------------------------------------------------------------------ the checks
-def check_python() -> Iterator[Finding]:
+def check_python(settings: Settings) -> Iterator[Finding]:
     v = sys.version_info
     yield Finding("python", v >= (3, 11), f"{sys.executable} {v.major}.{v.minor}.{v.micro}",
                   "tingji needs Python 3.11 or newer")
     versions = {}
     for dist in ("tingji", "sqlalchemy", "litestar", "alembic", "mcp", "funasr", "torch",
-                 "yt-dlp", "openai"):
+                 "onnxruntime", "yt-dlp", "openai"):
         try:
             versions[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
             versions[dist] = None
+    # the engine's own: torch's funasr and torch, or ONNX Runtime (auto: either)
+    torch_ok = bool(versions["funasr"] and versions["torch"])
+    optional = {"onnxruntime"} if settings.engine == "torch" else {"funasr", "torch"}
+    if settings.engine == "auto":
+        optional = {"funasr", "torch", "onnxruntime"} if (
+            torch_ok or versions["onnxruntime"]) else {"onnxruntime"}
     found = ", ".join(f"{d} {v}" for d, v in versions.items() if v)
-    missing = [d for d, v in versions.items() if v is None]
+    missing = [d for d, v in versions.items() if v is None and d not in optional]
     yield Finding("packages", not missing, found + (f"; missing: {', '.join(missing)}"
                                                      if missing else ""),
                   "scripts/setup.sh, or pip install 'tingji[worker]' (a worker needs funasr, "
-                  "torch, yt-dlp and openai; the API alone does not)")
+                  "torch, yt-dlp and openai; the API alone does not), or for the ONNX "
+                  "engine alone 'tingji[worker-onnx]'")
 
 
 def check_ffmpeg() -> Iterator[Finding]:
@@ -178,13 +185,15 @@ def check_engine(settings: Settings) -> Iterator[Finding]:
     """With ``TINGJI_ENGINE=onnx`` (or ``auto``): ONNX Runtime and each model's graphs."""
     if settings.engine == "torch":
         return
-    needed = True if settings.engine == "onnx" else None  # auto falls back to torch
+    # auto falls back to torch, where torch is installed
+    needed = True if settings.engine == "onnx" or importlib.util.find_spec("torch") is None \
+        else None
     if importlib.util.find_spec("onnxruntime") is None:
         yield Finding("engine", False if needed else None,
                       f"TINGJI_ENGINE={settings.engine}: onnxruntime is not installed",
                       "pip install 'tingji[onnx]'")
         return
-    from worker.onnx_engine import EXPORT_HINT, GRAPH_ROLES, GraphsMissing, find_graphs
+    from worker.onnx_graphs import EXPORT_HINT, GRAPH_ROLES, GraphsMissing, find_graphs
 
     for role, var, model in model_roles(settings):
         if role not in GRAPH_ROLES or not model:
@@ -313,7 +322,7 @@ def check_llm(settings: Settings) -> Iterator[Finding]:
 
 
 CHECKS: list[Callable[[Settings], Iterator[Finding]]] = [
-    lambda s: check_python(), lambda s: check_ffmpeg(), check_models, check_engine,
+    check_python, lambda s: check_ffmpeg(), check_models, check_engine,
     check_cuda,
     check_database, check_disk, check_exposure, check_llm]
 

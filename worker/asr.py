@@ -19,6 +19,7 @@ import copy
 import importlib.util
 import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -67,7 +68,7 @@ class AsrConfig:
 
     def roles(self) -> list[tuple[str, str, str | None]]:
         """(role, setting, model) of the models the ONNX engine runs as graphs
-        (``worker.onnx_engine.GRAPH_ROLES``)."""
+        (``worker.onnx_graphs.GRAPH_ROLES``)."""
         return [("ASR", "TINGJI_ASR_MODEL", self.model),
                 ("VAD", "TINGJI_VAD_MODEL", self.vad_model),
                 ("punctuation", "TINGJI_PUNC_MODEL", self.punc_model)]
@@ -100,9 +101,20 @@ def release_freed_memory() -> None:
         pass
 
 
+def no_gpu_device() -> bool:
+    """Linux without an NVIDIA device node (nor WSL's GPU bridge): CUDA cannot be there,
+    so ``auto`` needs no torch import (about 0.3 GB resident) to know it."""
+    if not sys.platform.startswith("linux"):
+        return False
+    dev = Path("/dev")
+    return not any(dev.glob("nvidia[0-9]*")) and not (dev / "dxg").exists()
+
+
 def resolve_device(device: str) -> str:
     if device != "auto":
         return device
+    if no_gpu_device():
+        return "cpu"
     try:
         import torch
     except ImportError:  # a worker installed for the ONNX engine only
@@ -205,7 +217,7 @@ class AsrEngine:
         if c.engine == "torch" or (c.engine == "auto" and self.device != "cpu"):
             self.engine = "torch"
             return {}
-        from worker.onnx_engine import GraphsMissing, find_graphs
+        from worker.onnx_graphs import GraphsMissing, find_graphs
 
         try:
             if importlib.util.find_spec("onnxruntime") is None:
@@ -228,7 +240,8 @@ class AsrEngine:
     def _load_onnx(self, graphs: dict[str, Path]) -> Any:
         """The ONNX engine's models (``worker.onnx_engine.OnnxModels``): neither torch
         nor funasr is imported."""
-        from worker.onnx_engine import EXPORT_HINT, GraphsMissing, OnnxModels
+        from worker.onnx_engine import OnnxModels
+        from worker.onnx_graphs import EXPORT_HINT, GraphsMissing
 
         c = self.config
         try:

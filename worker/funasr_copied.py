@@ -2,7 +2,8 @@
 https://github.com/modelscope/FunASR): pure Python text functions that the ONNX engine
 needs without torch (importing them from funasr imports torch).  Unchanged but for
 their docstrings, from utils/postprocess_utils.py, utils/timestamp_tools.py,
-models/ct_transformer/utils.py, tokenizer/char_tokenizer.py and auto/auto_model.py;
+models/ct_transformer/utils.py, tokenizer/char_tokenizer.py (``load_seg_dict``) and
+auto/auto_model.py;
 ``worker.funasr_port`` says what else the engine ports."""
 # ruff: noqa
 # fmt: off
@@ -448,26 +449,6 @@ def load_seg_dict(seg_dict_file):
             value = s[1:]
             seg_dict[key] = " ".join(value)
     return seg_dict
-
-
-def seg_tokenize(txt, seg_dict):
-    # pattern = re.compile(r'^[\u4E00-\u9FA50-9]+$')
-    pattern = re.compile(r"([\u4E00-\u9FA5A-Za-z0-9])")
-    out_txt = ""
-    for word in txt:
-        word = word.lower()
-        if word in seg_dict:
-            out_txt += seg_dict[word] + " "
-        else:
-            if pattern.match(word):
-                for char in word:
-                    if char in seg_dict:
-                        out_txt += seg_dict[char] + " "
-                    else:
-                        out_txt += "<unk>" + " "
-            else:
-                out_txt += "<unk>" + " "
-    return out_txt.strip().split()
 
 
 def _join_vad_texts(texts):

@@ -38,7 +38,7 @@ from typing import Any
 MANIFEST = "tingji-onnx.json"
 # what FunASR's ONNX runtime reads beside the graphs (those present are copied)
 SIDE_FILES = ("config.yaml", "configuration.json", "am.mvn", "tokens.json", "tokens.txt",
-              "seg_dict", "punc.yaml")
+              "seg_dict", "punc.yaml", "jieba_usr_dict")
 TOLERANCE = 1e-3  # fp32 ONNX against torch: largest absolute output difference
 # how the int8 graphs are made (recorded in the manifest: an export made otherwise is
 # made again).  funasr's exporter quantizes MatMul to unsigned 8-bit weights, which ONNX
@@ -163,6 +163,14 @@ def _check(module: Any, graph: Path, threads: int) -> float:
     return diff
 
 
+def _copy_side_files(model_dir: Path, dest: Path) -> None:
+    """The files the ONNX engine reads beside the graphs (config, CMVN, tokens, ...),
+    copied from the model folder where the export lacks them."""
+    for name in SIDE_FILES:
+        if (model_dir / name).is_file() and not (dest / name).is_file():
+            shutil.copy2(model_dir / name, dest / name)
+
+
 def export_model(role: str, source: str, data_dir: Path, *, quantize: bool,
                  threads: int = 1, force: bool = False, setting: str = "its setting"
                  ) -> Exported:
@@ -177,6 +185,7 @@ def export_model(role: str, source: str, data_dir: Path, *, quantize: bool,
     if not force and manifest.is_file():
         done = json.loads(manifest.read_text(encoding="utf-8"))
         if (done.get("int8") == INT8 or not quantize) and done.get("stamp") == stamp:
+            _copy_side_files(Path(done.get("model_dir") or folder), dest)  # newer needs
             return Exported(role, source, dest, done["files"], done.get("max_diff"),
                             reused=True)
     t = time.perf_counter()
@@ -233,9 +242,7 @@ def export_model(role: str, source: str, data_dir: Path, *, quantize: bool,
         raise ExportError(f"{role} model {source}: the ONNX graph differs from torch by "
                           f"{max_diff:.2g} (more than {TOLERANCE}); nothing was kept")
     model_dir = Path(auto.kwargs.get("model_path") or folder)
-    for name in SIDE_FILES:
-        if (model_dir / name).is_file():
-            shutil.copy2(model_dir / name, tmp / name)
+    _copy_side_files(model_dir, tmp)
     files = sorted(p.name for p in tmp.glob("*.onnx"))
     import funasr
     import torch

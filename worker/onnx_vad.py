@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from worker.funasr_port import Frontend
+from worker.onnx_graphs import session
 
 # funasr.models.fsmn_vad_streaming.model: (accumulated ms, end silence ms)
 SILENCE_SCHEDULE = [(10000, 2000), (20000, 1000), (30000, 800), (40000, 600), (50000, 400),
@@ -310,8 +311,6 @@ class FsmnVad:
 
     def __init__(self, folder: Path, graph: Path, conf: dict[str, Any],
                  vad_kwargs: dict[str, Any], threads: int) -> None:
-        from worker.onnx_engine import session
-
         self.kwargs = dict(vad_kwargs)
         self.opts = VadOptions.of(conf.get("model_conf") or {}, self.kwargs)
         self.frontend = Frontend(conf.get("frontend_conf") or {}, folder / "am.mvn")
