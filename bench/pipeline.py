@@ -106,7 +106,7 @@ def clip_runs(http: object, clip: Path, n: int = 2) -> dict:
 
 
 def rss_mb(pid: int) -> tuple[float, float]:
-    """The process's peak resident set (VmHWM; for tingji's workers that is while funasr
+    """The process's peak resident set (VmHWM; for the torch engine that is while funasr
     loads the torch checkpoints) and its resident set now (VmRSS), in MiB."""
     status = dict(line.split(":", 1) for line in
                   Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
@@ -204,6 +204,8 @@ def main() -> None:
                                   work / f"worker-{engine}-{int8}.log")
             runs[name] = clip_runs(http, clip)
             runs[name]["peak_rss_mb"], runs[name]["rss_mb"] = rss_mb(worker.pid)
+            print(f"{name}: transcribe stage {runs[name]['asr']} s, peak RSS "
+                  f"{runs[name]['peak_rss_mb']:.0f} MiB", flush=True)
             if (engine, int8) != engines[-1]:
                 worker.stop()
         chosen = runs["torch" if a.engine == "torch" else "onnx int8"]  # (1) to (5)
@@ -219,10 +221,13 @@ def main() -> None:
                           "卷积", "注意力", "梯度下降", "向量", "矩阵", "特征值", "概率",
                           "贝叶斯", "马尔可夫", "熵", "信息论", "编码器", "解码器"])
         extras: dict[str, list[float]] = {"plain": [], "hotwords": [], "speakers": []}
+        ways: list[tuple[str, dict[str, str]]] = [("plain", {}),
+                                                  ("hotwords", {"hotwords": words})]
+        if a.engine == "torch":  # speaker labels need the torch engine (CAM++)
+            ways.append(("speakers", {"speakers": "auto"}))
         two_s = 0.0
         for _ in range(2):
-            for name, fields in (("plain", {}), ("hotwords", {"hotwords": words}),
-                                 ("speakers", {"speakers": "auto"})):
+            for name, fields in ways:
                 with open(two, "rb") as fh:
                     tid = http.post("/api/v1/process/audio", files={"file": ("two.wav", fh)},
                                     data={"polish": "false", **fields}).json()["task_id"]
@@ -289,6 +294,9 @@ def report(a: argparse.Namespace, clip_s: float, bare_s: float, tingji_asr_s: li
     print(f"(5) {two_s / 60:.1f}-min two-voice clip, transcribe stage per minute of audio "
           f"(median of 2):")
     for name in ("plain", "hotwords", "speakers"):
+        if not extras[name]:
+            print(f"    {name:<9} not run (speaker labels need the torch engine)")
+            continue
         med = statistics.median(extras[name])
         print(f"    {name:<9} {med / (two_s / 60):6.2f} s/min  ({med / plain:.2f}x plain)")
 

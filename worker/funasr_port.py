@@ -157,9 +157,11 @@ class Frontend:
     def lfr_cmvn(self, mat: np.ndarray) -> np.ndarray:
         if self.lfr_m != 1 or self.lfr_n != 1:
             mat = apply_lfr(mat, self.lfr_m, self.lfr_n)
-        if self.cmvn is not None:
+        if self.cmvn is not None:  # in place, as funasr: shift, then scale
             dim = mat.shape[1]
-            mat = (mat + self.cmvn[0, :dim]) * self.cmvn[1, :dim]
+            mat = np.array(mat, dtype=np.float32, copy=not mat.flags.writeable)
+            mat += self.cmvn[0, :dim]
+            mat *= self.cmvn[1, :dim]
         return mat.astype(np.float32, copy=False)
 
     def __call__(self, waveform: np.ndarray) -> np.ndarray:
@@ -183,9 +185,11 @@ def apply_lfr(inputs: np.ndarray, lfr_m: int, lfr_n: int) -> np.ndarray:
         num_padding = ((2 * lfr_m - 2 * t + (t_lfr - 1 + last_idx) * lfr_n) / 2
                        * (t_lfr - last_idx))
         inputs = np.vstack([inputs] + [inputs[-1:]] * int(num_padding))
-    rows = [inputs[i * lfr_n:i * lfr_n + lfr_m].reshape(-1) for i in range(t_lfr)]
-    return np.stack(rows).astype(np.float32, copy=False) if rows else np.zeros(
-        (0, lfr_m * inputs.shape[1]), np.float32)
+    dim = inputs.shape[1]
+    if t_lfr <= 0:
+        return np.zeros((0, lfr_m * dim), np.float32)
+    windows = np.lib.stride_tricks.sliding_window_view(inputs, (lfr_m, dim))[::lfr_n, 0]
+    return np.ascontiguousarray(windows[:t_lfr], dtype=np.float32).reshape(t_lfr, lfr_m * dim)
 
 
 def load_audio(path: Path) -> np.ndarray:

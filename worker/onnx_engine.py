@@ -36,7 +36,7 @@ import re
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -56,6 +56,9 @@ from worker.onnx_graphs import (
     read_config,
     session,
 )
+
+if TYPE_CHECKING:
+    from worker.onnx_vad import FsmnVad
 
 log = logging.getLogger("tingji.worker.onnx")
 
@@ -316,7 +319,7 @@ class OrtPunctuation:
             new_mini_sentence_out = new_mini_sentence
             if k == last:
                 tail = new_mini_sentence[-1]
-                ending = None
+                ending = False
                 if tail in ("，", "、"):
                     new_mini_sentence_out = new_mini_sentence[:-1] + "。"
                     ending = True
@@ -343,13 +346,6 @@ class OrtPunctuation:
         return {"text": new_mini_sentence_out, "punc_array": punc_array}
 
 
-class _VadRole:
-    """What ``AutoModel.vad_model`` is to the worker: the object the VAD call names."""
-
-    def __init__(self, vad: Any) -> None:
-        self.vad = vad
-
-
 class OnnxModels:
     """Stands in for funasr's ``AutoModel`` (VAD + ASR + punctuation): ``generate`` runs
     funasr's ``inference_with_vad`` steps and asks ``inference`` for each model call,
@@ -360,12 +356,12 @@ class OnnxModels:
         from worker.onnx_vad import FsmnVad
 
         self.model = OrtParaformer(graphs["ASR"], int8=int8, threads=threads)
-        self.vad_model: _VadRole | None = None
+        self.vad_model: FsmnVad | None = None
         self.punc_model: OrtPunctuation | None = None
         if "VAD" in graphs:
             folder = graphs["VAD"]
-            self.vad_model = _VadRole(FsmnVad(folder, graph_file(folder, False),
-                                              read_config(folder), vad_kwargs, threads))
+            self.vad_model = FsmnVad(folder, graph_file(folder, False), read_config(folder),
+                                     vad_kwargs, threads)
         if "punctuation" in graphs:
             self.punc_model = OrtPunctuation(graphs["punctuation"], int8=int8,
                                              threads=threads)
@@ -377,7 +373,7 @@ class OnnxModels:
     def paths(self) -> list[str]:
         done = [f"ASR {self.model.path}"]
         if self.vad_model is not None:
-            done.append(f"VAD {self.vad_model.vad.path}")
+            done.append(f"VAD {self.vad_model.path}")
         if self.punc_model is not None:
             done.append(f"punctuation {self.punc_model.path}")
         return done
@@ -393,7 +389,7 @@ class OnnxModels:
         a text."""
         if model is not None and model is self.vad_model:
             audio = load_audio(Path(input))
-            return [{"key": Path(input).stem, "value": model.vad(audio)}]
+            return [{"key": Path(input).stem, "value": model(audio)}]
         if model is not None and model is self.punc_model:
             return [{"key": "punc", **model(input)}]
         inputs = input if isinstance(input, list) else [input]

@@ -43,13 +43,19 @@ TOLERANCE = 1e-3  # fp32 ONNX against torch: largest absolute output difference
 # how the int8 graphs are made (recorded in the manifest: an export made otherwise is
 # made again).  funasr's exporter quantizes MatMul to unsigned 8-bit weights, which ONNX
 # Runtime multiplies on a slower path than signed ones on x86, and leaves the timestamp
-# head's LSTM in float, a third of the int8 graph's time.  Measured on this project's
-# 2-core machine, full-size SeACo-Paraformer, one 30 s segment: fp32 1.126 s, funasr's
-# int8 1.105 s, signed MatMul weights 0.573 s; one 20 s segment on one thread: signed
-# MatMul 1.316 s, and with the LSTM too 0.755 s (same logits; timestamps' firing
-# weights within 2e-6).  The nodes left in float are funasr's choice (output layers,
-# the hotword path).
-INT8 = "dynamic, MatMul and LSTM, signed 8-bit weights per channel, output and bias nodes float"
+# head's LSTM in float, a third of the int8 graph's time.  Measured on a 2-core machine
+# of this project's (another CPU than below), full-size SeACo-Paraformer, one 30 s segment: fp32
+# 1.126 s, funasr's int8 1.105 s, signed MatMul weights 0.573 s; one 20 s segment on
+# one thread: signed MatMul 1.316 s, and with the LSTM too 0.755 s (same logits;
+# timestamps' firing weights within 2e-6).  Weights use 7 of the 8 bits
+# (``reduce_range``): x86 CPUs without VNNI (AVX2 only: AMD before Zen 4, older Intel)
+# add pairs of 8-bit products in 16 bits, which saturate with full-range weights; on
+# such a machine (AMD EPYC, AVX2), twelve 10 s segments: character error rate against
+# fp32 0.462 full range, 0.081 with 7 bits, same speed (4.26 s, 4.39 s; funasr's
+# unsigned weights 0.052 at 5.07 s).  The nodes left in float are funasr's choice
+# (output layers, the hotword path).
+INT8 = ("dynamic, MatMul and LSTM, signed 7-bit weights per channel, output and bias nodes "
+        "float")
 
 
 class ExportError(RuntimeError):
@@ -139,7 +145,7 @@ def _quantize(graph: Path) -> Path:
     out = graph.with_name(graph.stem + "_quant.onnx")
     quantize_dynamic(model_input=str(graph), model_output=str(out),
                      op_types_to_quantize=["MatMul", "LSTM"], per_channel=True,
-                     reduce_range=False,
+                     reduce_range=True,
                      weight_type=QuantType.QInt8, nodes_to_exclude=keep)
     return out
 

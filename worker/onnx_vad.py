@@ -367,8 +367,7 @@ class FsmnVad:
         shift = int(o.frame_in_ms * o.sample_rate / 1000) * f.lfr_n
         if frames <= 0:
             return []
-        offsets = np.arange(frames) * shift
-        framed = audio[offsets[:, None] + np.arange(win)]
+        framed = np.lib.stride_tricks.sliding_window_view(audio, win)[::shift][:frames]
         return (10 * np.log10(np.sum(np.square(framed), axis=1) + 0.000001)).tolist()
 
     def __call__(self, audio: np.ndarray) -> list[list[int]]:

@@ -58,10 +58,11 @@ class Proc:
 
 
 def start(args: list[str], env: dict[str, str], log: Path, cwd: Path | None = None,
-          new_session: bool = False) -> Proc:
+          new_session: bool = False, exe: str = TINGJI) -> Proc:
+    """``tingji ARGS`` (``exe``: another installation's ``tingji``)."""
     log.parent.mkdir(parents=True, exist_ok=True)
     fh = open(log, "ab")  # noqa: SIM115  (the child owns it)
-    popen = subprocess.Popen([TINGJI, *args], env=env, cwd=cwd or ROOT, stdout=fh,
+    popen = subprocess.Popen([exe, *args], env=env, cwd=cwd or ROOT, stdout=fh,
                              stderr=subprocess.STDOUT, start_new_session=new_session)
     fh.close()
     return Proc(popen, log, env=env)

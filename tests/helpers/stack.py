@@ -34,10 +34,11 @@ class Stack:
         self.http = httpx.Client(base_url=self.server.url, timeout=30)
         self.workers: list[Proc] = []
 
-    def worker(self, *, preload: bool = True, wait_loaded: bool = True) -> Proc:
+    def worker(self, *, preload: bool = True, wait_loaded: bool = True,
+               exe: str = TINGJI) -> Proc:
         n = len(self.workers)
         proc = start(["worker", *(["--preload"] if preload else [])], self.env,
-                     self.root / f"worker{n}.log")
+                     self.root / f"worker{n}.log", exe=exe)
         self.workers.append(proc)
         if preload and wait_loaded:
             self.wait(lambda: any(w["pid"] == proc.pid and w["model_loads"] == 1
