@@ -65,17 +65,34 @@ def _decode(session: Any, eb: Any, feats: Any, tokens: list[str]) -> str:
     return "".join(tokens[i] for i in ids if i > 2)
 
 
-def test_export_onnx_writes_graphs_that_decode_as_torch(models: dict[str, Path],
-                                                        tmp_path: Path,
-                                                        clips: list[Path]) -> None:
+@pytest.fixture(scope="module")
+def first_export(models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+                 ) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    """One ``tingji models export-onnx --quantize`` run into a new data dir (the test of
+    the command and the engine's tests share it: an export of the full-width models takes
+    tens of seconds)."""
+    data = tmp_path_factory.mktemp("onnx-data")
+    return data, _export(data, "--quantize", **{k: str(v) for k, v in models.items()})
+
+
+@pytest.fixture(scope="module")
+def exported(first_export: tuple[Path, subprocess.CompletedProcess[str]]) -> Path:
+    """The data dir where ``tingji models export-onnx --quantize`` put the graphs."""
+    data, done = first_export
+    assert done.returncode == 0, done.stdout + done.stderr
+    return data
+
+
+def test_export_onnx_writes_graphs_that_decode_as_torch(
+        models: dict[str, Path], first_export: tuple[Path, subprocess.CompletedProcess[str]],
+        clips: list[Path]) -> None:
     import onnxruntime as ort
     import soundfile as sf
     from funasr import AutoModel
     from funasr.utils.load_utils import extract_fbank
     from rapidfuzz.distance import Levenshtein
 
-    data = tmp_path / "data"
-    done = _export(data, "--quantize", **{k: str(v) for k, v in models.items()})
+    data, done = first_export
     assert done.returncode == 0, done.stdout + done.stderr
     lines = {line.split(" model ")[0]: line for line in done.stdout.splitlines()}
     assert set(lines) == {"ASR", "VAD", "punctuation"}, done.stdout
@@ -155,13 +172,6 @@ def test_export_onnx_reports_each_model_and_keeps_going(models: dict[str, Path],
 
 
 # --------------------------------------------------------------------- the ONNX engine
-@pytest.fixture(scope="module")
-def exported(models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The data dir where ``tingji models export-onnx --quantize`` put the graphs."""
-    data = tmp_path_factory.mktemp("onnx-data")
-    done = _export(data, "--quantize", **{k: str(v) for k, v in models.items()})
-    assert done.returncode == 0, done.stdout + done.stderr
-    return data
 
 
 def _engine(models: dict[str, Path], data: Path, engine: str, *, int8: bool = False,
