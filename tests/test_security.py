@@ -558,3 +558,58 @@ def test_internal_upload_route_serves_other_machines_only_with_a_token(
                 assert gone.status_code == 409  # not completed: the upload is still needed
                 wrong = c.get(path, headers={"Authorization": "Bearer wrong"})
                 assert wrong.status_code == 401
+
+
+# ------------------------------------------------------------------ model folders are data
+def test_model_folders_cannot_run_code_in_the_worker(tiny_models: dict[str, str],
+                                                     clips: list[Path], tmp_path: Path) -> None:
+    """A model folder whose ``config.yaml`` asks funasr to trust its code
+    (``trust_remote_code: true``, ``remote_code: payload.py``): funasr on its own imports
+    the payload; the worker builds every model (ASR, VAD, punctuation, speakers, the VAD
+    processes) as data and transcribes as usual."""
+    import shutil
+
+    from funasr import AutoModel
+
+    from worker.asr import AsrConfig, AsrEngine
+    from worker.batching import AsrJob
+    from worker.vad import VadPool
+
+    def armed(role: str, src: str) -> str:
+        folder = tmp_path / role
+        shutil.copytree(src, folder)
+        # one module name per folder: a module imported once is not imported again
+        payload = tmp_path / f"payload_{role}.py"
+        payload.write_text(f"open({str(tmp_path / ('ran-' + role))!r}, 'w').write('ran')\n")
+        with (folder / "config.yaml").open("a", encoding="utf-8") as f:
+            f.write(f"\ntrust_remote_code: true\nremote_code: {payload}\n")
+        return str(folder)
+
+    # the trap is real: funasr alone runs it
+    AutoModel(model=armed("control", tiny_models["vad"]), device="cpu", disable_update=True,
+              disable_pbar=True, log_level="ERROR")
+    assert (tmp_path / "ran-control").read_text() == "ran"
+
+    models = {role: armed(role, tiny_models[role]) for role in ("asr", "vad", "punc", "spk")}
+    config = AsrConfig(model=models["asr"], vad_model=models["vad"],
+                       punc_model=models["punc"], spk_model=models["spk"], device="cpu",
+                       engine="torch", ncpu=2)
+    eng = AsrEngine(config)
+    eng._load()
+    try:
+        job = AsrJob(clips[2], speakers=2)  # loads the speaker model too
+        eng._run_group([job])
+        assert job.error is None and job.result["text"], job.error
+        assert eng.spk_loads == 1
+    finally:
+        eng.close()
+    pool = VadPool(models["vad"], config.vad_kwargs(), 1, config.generate_kw)
+
+    async def detect() -> Any:
+        await pool.start()
+        return await pool.detect(clips[2])
+    try:
+        assert asyncio.run(detect())[0]["value"]
+    finally:
+        pool.close()
+    assert sorted(p.name for p in tmp_path.glob("ran-*")) == ["ran-control"]

@@ -31,6 +31,7 @@ from typing import Any
 from db.values import SegmentRow
 from worker.batching import AsrJob, BatchStats, CrossTaskBatch
 from worker.errors import PermanentTaskError, TaskCancelled, load_failure
+from worker.model_folders import FUNASR_BUILD_KW
 from worker.vad import VadPool
 
 log = logging.getLogger("tingji.worker.asr")
@@ -192,12 +193,12 @@ class AsrEngine:
                 f"with `tingji models export-onnx --quantize` where torch is installed, "
                 "TINGJI_ENGINE=onnx)") from None
         kwargs: dict[str, Any] = dict(model=c.model, device=self.device, ncpu=c.ncpu,
-                                      disable_update=True, disable_pbar=True,
-                                      log_level="ERROR")
-        if c.vad_model:
-            kwargs.update(vad_model=c.vad_model, vad_kwargs=c.vad_kwargs())
+                                      **FUNASR_BUILD_KW)
+        if c.vad_model:  # funasr builds these from their own kwargs, not the ASR model's
+            kwargs.update(vad_model=c.vad_model,
+                          vad_kwargs={**c.vad_kwargs(), **FUNASR_BUILD_KW})
         if c.punc_model:
-            kwargs["punc_model"] = c.punc_model
+            kwargs.update(punc_model=c.punc_model, punc_kwargs=dict(FUNASR_BUILD_KW))
         try:
             model = AutoModel(**kwargs)
         except Exception as exc:
@@ -282,7 +283,7 @@ class AsrEngine:
 
             spk, spk_kwargs = self.model.build_model(
                 model=c.spk_model, model_revision="master", device=self.device, ncpu=c.ncpu,
-                disable_update=True, disable_pbar=True, log_level="ERROR")
+                **FUNASR_BUILD_KW)
             self.model.cb_model = ClusterBackend().to(self.device)
         except Exception as exc:
             first = (str(exc).strip().splitlines() or [""])[0][:300]

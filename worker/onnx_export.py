@@ -35,6 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from worker.model_folders import FUNASR_BUILD_KW
+
 MANIFEST = "tingji-onnx.json"
 # what FunASR's ONNX runtime reads beside the graphs (those present are copied)
 SIDE_FILES = ("config.yaml", "configuration.json", "am.mvn", "tokens.json", "tokens.txt",
@@ -201,8 +203,7 @@ def export_model(role: str, source: str, data_dir: Path, *, quantize: bool,
     except ImportError as exc:
         raise ExportError(f"exporting needs {exc.name}: pip install 'tingji[onnx]'") from exc
     try:
-        auto = AutoModel(model=source, device="cpu", ncpu=threads, disable_update=True,
-                         disable_pbar=True, log_level="ERROR")
+        auto = AutoModel(model=source, device="cpu", ncpu=threads, **FUNASR_BUILD_KW)
     except Exception as exc:
         from worker.errors import load_failure
 

@@ -27,6 +27,8 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
+from worker.model_folders import FUNASR_BUILD_KW
+
 log = logging.getLogger("tingji.worker.vad")
 
 _MODEL: Any = None
@@ -55,8 +57,8 @@ def _init(vad_model: str, vad_kwargs: dict[str, Any], generate_kw: dict[str, Any
     from funasr import AutoModel
 
     _logging.getLogger().setLevel(_logging.ERROR)
-    _MODEL = AutoModel(model=vad_model, device="cpu", ncpu=1, disable_update=True,
-                       disable_pbar=True, log_level="ERROR", **copy.deepcopy(vad_kwargs))
+    _MODEL = AutoModel(model=vad_model, device="cpu", ncpu=1,
+                       **(copy.deepcopy(vad_kwargs) | FUNASR_BUILD_KW))
     from worker.fsmnvad import make_fast_vad
 
     make_fast_vad(_MODEL.model)
