@@ -222,9 +222,8 @@ def main() -> None:
                           "贝叶斯", "马尔可夫", "熵", "信息论", "编码器", "解码器"])
         extras: dict[str, list[float]] = {"plain": [], "hotwords": [], "speakers": []}
         ways: list[tuple[str, dict[str, str]]] = [("plain", {}),
-                                                  ("hotwords", {"hotwords": words})]
-        if a.engine == "torch":  # speaker labels need the torch engine (CAM++)
-            ways.append(("speakers", {"speakers": "auto"}))
+                                                  ("hotwords", {"hotwords": words}),
+                                                  ("speakers", {"speakers": "auto"})]
         two_s = 0.0
         for _ in range(2):
             for name, fields in ways:
@@ -294,9 +293,6 @@ def report(a: argparse.Namespace, clip_s: float, bare_s: float, tingji_asr_s: li
     print(f"(5) {two_s / 60:.1f}-min two-voice clip, transcribe stage per minute of audio "
           f"(median of 2):")
     for name in ("plain", "hotwords", "speakers"):
-        if not extras[name]:
-            print(f"    {name:<9} not run (speaker labels need the torch engine)")
-            continue
         med = statistics.median(extras[name])
         print(f"    {name:<9} {med / (two_s / 60):6.2f} s/min  ({med / plain:.2f}x plain)")
 

@@ -5,4 +5,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh --test
 .venv/bin/ruff check --quiet .
-exec .venv/bin/python -m pytest "$@"
+# two processes, each taking whole test files (module fixtures are built once), each with
+# its own PostgreSQL database (tests/conftest.py); "-n 0" in the arguments runs one
+exec .venv/bin/python -m pytest -n 2 --dist loadfile "$@"

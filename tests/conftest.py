@@ -1,7 +1,8 @@
 """Shared fixtures: real SQLite files and the real PostgreSQL, migrated by Alembic.
 
 ``TINGJI_TEST_PG_URL`` (default: the local server's ``test`` database) names the
-PostgreSQL database the suite may wipe.  Set it to ``skip`` to run SQLite only.
+PostgreSQL database the suite may wipe (under pytest-xdist, one per test process:
+``test_gw0``, ...).  Set it to ``skip`` to run SQLite only.
 """
 
 from __future__ import annotations
@@ -26,6 +27,32 @@ from db.queue import Queue, QueueConfig
 os.environ["XDG_DATA_HOME"] = tempfile.mkdtemp(prefix="tingji-xdg-")
 PG_URL = os.environ.get("TINGJI_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def _own_pg_database(url: str, worker: str) -> str:
+    """Under pytest-xdist (``scripts/test.sh`` runs two processes) each process wipes a
+    database of its own: the named one with the process's id appended (``test_gw0``),
+    created on first use."""
+    from sqlalchemy.engine import make_url
+
+    name = f"{make_url(url).database}_{worker}"
+
+    async def create() -> None:
+        engine = make_engine(url, pool_size=1, isolation_level="AUTOCOMMIT")
+        try:
+            async with engine.connect() as conn:
+                found = await conn.scalar(text("SELECT 1 FROM pg_database WHERE datname = :n"),
+                                          {"n": name})
+                if not found:
+                    await conn.execute(text(f'CREATE DATABASE "{name}"'))
+        finally:
+            await engine.dispose()
+    asyncio.run(create())
+    return make_url(url).set(database=name).render_as_string(hide_password=False)
+
+
+if PG_URL != "skip" and os.environ.get("PYTEST_XDIST_WORKER"):
+    PG_URL = _own_pg_database(PG_URL, os.environ["PYTEST_XDIST_WORKER"])
 
 
 def _reset_pg_schema() -> None:

@@ -175,16 +175,18 @@ def test_export_onnx_reports_each_model_and_keeps_going(models: dict[str, Path],
 
 
 def _engine(models: dict[str, Path], data: Path, engine: str, *, int8: bool = False,
-            batch_tasks: int = 1) -> Any:
+            batch_tasks: int = 1, spk_model: str | None = None, punc: bool = True) -> Any:
     from worker.asr import AsrConfig, AsrEngine
 
     return AsrEngine(AsrConfig(model=str(models["asr"]), vad_model=str(models["vad"]),
-                               punc_model=str(models["punc"]), device="cpu", engine=engine,
-                               onnx_int8=int8, data_dir=data, ncpu=2))
+                               punc_model=str(models["punc"]) if punc else None,
+                               device="cpu", engine=engine,
+                               onnx_int8=int8, data_dir=data, ncpu=2, spk_model=spk_model))
 
 
 def _transcribe(engine: Any, clips: list[Path], *, together: bool = False,
-                hotwords: tuple[str, ...] = ()) -> list[Any]:
+                hotwords: tuple[str, ...] = (), speakers: int | str | None = None
+                ) -> list[Any]:
     """Each clip's transcript: one group of all of them, or one group each."""
     import asyncio
     import threading
@@ -193,7 +195,8 @@ def _transcribe(engine: Any, clips: list[Path], *, together: bool = False,
     from worker.batching import AsrJob
 
     async def run() -> list[Any]:
-        jobs = [AsrJob(c, stop=threading.Event(), hotwords=hotwords) for c in clips]
+        jobs = [AsrJob(c, stop=threading.Event(), hotwords=hotwords, speakers=speakers)
+                for c in clips]
         if together:
             await engine.transcribe_many(jobs)
         else:
@@ -235,6 +238,38 @@ def test_onnx_engine_gives_torch_text_and_timestamps(models: dict[str, Path], ex
     assert all(i.segments for i in int8)
     print(f"ONNX engine, int8 against fp32: character error rate {errors / chars:.3f} over "
           f"{chars} characters (random weights: flat logits flip more than trained ones)")
+
+
+def test_onnx_engine_labels_speakers_as_torch(models: dict[str, Path], exported: Path,
+                                              tiny_models: dict[str, str],
+                                              tmp_path: Path) -> None:
+    """Where torch is installed, a task that asks for speakers on the ONNX engine gets
+    funasr's speaker step (CAM++ on torch) around the engine's segments: the torch
+    engine's sentences, character timestamps and labels, with punctuation (sentences by
+    punctuation) and without (a sentence per VAD segment), for a known count and for
+    ``auto``.  (Random CAM++ weights cluster pauses apart from speech, not voices:
+    ``tests/test_batching.py`` shows two voices labelled apart on the torch engine.)"""
+    from tests.helpers import media as m
+
+    two = m.speech_wav(tmp_path / "two.wav", m.SENTENCES[:6], pause_s=0.9,
+                       voices=("cmn", "cmn+f4"))
+    for punc, speakers in ((True, 2), (True, "auto"), (False, 2)):
+        kw = {"spk_model": tiny_models["spk"], "punc": punc}
+        want = _transcribe(_engine(models, exported, "torch", **kw), [two],
+                           speakers=speakers)[0]
+        onnx = _engine(models, exported, "onnx", **kw)
+        got = _transcribe(onnx, [two], speakers=speakers)[0]
+        assert onnx.engine == "onnx" and onnx.spk_loads == 1
+        assert len(want.segments) >= (3 if punc else 1)
+        assert None not in {s.speaker for s in want.segments}
+        assert [(s.start_ms, s.end_ms, s.text, s.chars, s.speaker) for s in got.segments] \
+            == [(s.start_ms, s.end_ms, s.text, s.chars, s.speaker) for s in want.segments]
+        print(f"punctuation {punc}, speakers {speakers}: "
+              f"{[(s.start_ms, s.end_ms, s.speaker) for s in got.segments]}")
+    # a task without speakers on a worker that has the speaker model: no labels
+    plain = _transcribe(_engine(models, exported, "onnx", spk_model=tiny_models["spk"],
+                                punc=False), [two])[0]
+    assert plain.text == got.text and all(s.speaker is None for s in plain.segments)
 
 
 def test_onnx_vad_cuts_as_funasr_across_chunks(models: dict[str, Path], exported: Path,
@@ -390,7 +425,7 @@ def test_worker_on_the_onnx_engine_completes_upload_and_url_tasks(
         refused = stack.finished(stack.upload(media["speech"], speakers="2"), timeout=120)
         assert refused["status"] == "failed", refused
         assert refused["error"]["type"] == "SpeakersNeedTorch"
-        assert "TINGJI_ENGINE=torch" in refused["error"]["message"]
+        assert "pip install 'tingji[worker]'" in refused["error"]["message"]
         log = worker.output()
         assert f"engine onnx: ASR {ready['asr']}/model_quant.onnx" in log, log[-2000:]
         assert f"VAD {ready['vad']}/model.onnx" in log  # VAD: fp32 always

@@ -272,16 +272,19 @@ class AsrEngine:
         if not c.spk_model:
             raise PermanentTaskError("speaker labels need a speaker model (TINGJI_SPK_MODEL)",
                                      type="NoSpeakerModel")
-        if self.engine == "onnx":
+        if self.engine == "onnx" and not all(
+                importlib.util.find_spec(m) for m in ("torch", "funasr")):
             raise PermanentTaskError(
-                "speaker labels need the torch engine (the speaker model runs on torch): "
-                "run a worker with TINGJI_ENGINE=torch for such tasks",
+                "speaker labels need the speaker model, which runs on torch, and this "
+                "worker has no torch (tingji[worker-onnx]): pip install 'tingji[worker]' "
+                "here, or leave such tasks to a worker that has it",
                 type="SpeakersNeedTorch")
         t = time.perf_counter()
         try:
+            from funasr import AutoModel  # the ONNX engine imports torch here, not before
             from funasr.models.campplus.cluster_backend import ClusterBackend
 
-            spk, spk_kwargs = self.model.build_model(
+            spk, spk_kwargs = AutoModel.build_model(
                 model=c.spk_model, model_revision="master", device=self.device, ncpu=c.ncpu,
                 **FUNASR_BUILD_KW)
             self.model.cb_model = ClusterBackend().to(self.device)
@@ -293,7 +296,8 @@ class AsrEngine:
         self.model.spk_mode = "punc_segment"
         # funasr resets every *kwargs dict to a snapshot taken at construction (when there
         # was no speaker model) before each call: the snapshot must know this one.
-        self.model._base_kwargs_map["spk_kwargs"] = copy.deepcopy(spk_kwargs)
+        if hasattr(self.model, "_base_kwargs_map"):  # funasr's AutoModel (torch engine)
+            self.model._base_kwargs_map["spk_kwargs"] = copy.deepcopy(spk_kwargs)
         self.batcher.spk = (spk, spk_kwargs)
         self.spk_loads += 1
         log.info("loaded speaker model %s in %.1f s", c.spk_model, time.perf_counter() - t)

@@ -24,7 +24,9 @@ hold unchanged.
 SeACo-Paraformer's graph always runs its hotword path; with no hotwords it gets the
 ``<s>`` entry alone, as FunASR's own ONNX runtime does (a trained model then biases
 nothing; torch skips the path).  Speaker labels need the CAM++ model, which runs on
-torch: a task that asks for them on this engine fails with a message that says so.
+torch: where torch and funasr are installed, a task that asks for them gets funasr's
+speaker step around this engine's segments (torch is imported then, not before); without
+them (``tingji[worker-onnx]``) it fails with a message that says so.
 """
 
 from __future__ import annotations
@@ -368,7 +370,12 @@ class OnnxModels:
         self.kwargs: dict[str, Any] = {"device": "cpu", "batch_size": 1}
         self.vad_kwargs = dict(vad_kwargs)
         self.punc_kwargs: dict[str, Any] = {}
-        self.spk_model: Any = None  # speaker labels need torch (worker.asr says so)
+        # speaker labels: funasr's CAM++ on torch, attached by worker.asr when a task asks
+        # for them and torch is installed (``None`` otherwise), with its cluster backend
+        self.spk_model: Any = None
+        self.spk_kwargs: dict[str, Any] = {}
+        self.cb_model: Any = None
+        self.spk_mode = "punc_segment"
 
     def paths(self) -> list[str]:
         done = [f"ASR {self.model.path}"]
@@ -392,6 +399,8 @@ class OnnxModels:
             return [{"key": Path(input).stem, "value": model(audio)}]
         if model is not None and model is self.punc_model:
             return [{"key": "punc", **model(input)}]
+        if model is not None and model is self.spk_model:
+            return self._spk_inference(input)
         inputs = input if isinstance(input, list) else [input]
         return self.model(inputs, cfg.get("hotword"), cfg.get("begin_time", 0))
 
@@ -402,7 +411,7 @@ class OnnxModels:
 
     def _with_vad(self, input: str, **cfg: Any) -> list[dict[str, Any]]:  # noqa: A002, C901
         """funasr's ``AutoModel.inference_with_vad`` on a CPU (one segment per ASR call,
-        shortest first), without speakers."""
+        shortest first), with speaker labels when a speaker model is attached."""
         res = self.inference(input, model=self.vad_model, kwargs=self.vad_kwargs, **cfg)
         kwargs = {**self.kwargs, **cfg}
         key, vadsegments = res[0]["key"], res[0]["value"]
@@ -412,11 +421,14 @@ class OnnxModels:
             return [{"key": key, "text": "", "timestamp": []}]
         order = sorted(range(n), key=lambda i: vadsegments[i][1] - vadsegments[i][0])
         results_sorted: list[dict[str, Any]] = []
+        sv_segments: list[list[Any]] = []  # speakers: [start_s, end_s, samples] chunks
         for i in order:
             start, end = vadsegments[i]
             piece = speech[int(start * 16):min(int(end * 16), len(speech))]
-            results_sorted.extend(self.inference([piece], model=self.model, kwargs=kwargs,
-                                                 **cfg))
+            results = self.inference([piece], model=self.model, kwargs=kwargs, **cfg)
+            if self.spk_model is not None:
+                results[0]["spk_embedding"] = self._embed(start, end, piece, sv_segments, cfg)
+            results_sorted.extend(results)
         if len(results_sorted) != n:
             return [{"key": key, "text": "", "timestamp": []}]
         restored: list[dict[str, Any]] = [{}] * n
@@ -431,6 +443,8 @@ class OnnxModels:
                         t[0] = int(t[0]) + int(vadsegments[j][0])
                         t[1] = int(t[1]) + int(vadsegments[j][0])
                     result[k].extend(v)
+                elif k == "spk_embedding":
+                    result[k] = v if k not in result else _cat(result[k], v)
                 elif "text" in k:
                     result[k] = v if k not in result else result[k] + " " + v
                 else:
@@ -453,7 +467,11 @@ class OnnxModels:
             if punc_array is not None and length != len(sentence_timestamps):
                 punc_array = None
                 alignment_failed = True
-        if kwargs.get("sentence_timestamp", False):
+        if self.spk_model is not None and kwargs.get("return_spk_res", True):
+            result["sentence_info"] = self._speaker_sentences(
+                result, restored, vadsegments, sv_segments, punc_res, punc_array,
+                punc_input_text, kwargs)
+        elif kwargs.get("sentence_timestamp", False):
             if not len(result["text"].strip()):
                 sentences: list[dict[str, Any]] = []
             elif self.punc_model is None and not sentence_timestamps:
@@ -467,8 +485,70 @@ class OnnxModels:
                 sentences = timestamp_sentence(punc_array, sentence_timestamps,
                                                punc_input_text)
             result["sentence_info"] = sentences
+        result.pop("spk_embedding", None)
         result["key"] = key
         return [result]
+
+    # ------------------------------------------------------------------ speakers (torch)
+    def _spk_inference(self, chunks: list[Any]) -> list[dict[str, Any]]:
+        """``AutoModel.inference`` with the speaker model: its own ``inference`` on each
+        batch of chunks (funasr's batch size, 1 unless configured), gradients off."""
+        import torch
+
+        kw = self.spk_kwargs
+        size = max(1, int(kw.get("batch_size", 1)))
+        out: list[dict[str, Any]] = []
+        with torch.no_grad():
+            for n in range(0, len(chunks), size):
+                batch = chunks[n:n + size]
+                res = self.spk_model.inference(
+                    data_in=batch, key=[f"spk{n + i}" for i in range(len(batch))], **kw)
+                out.extend(res[0] if isinstance(res, (list, tuple)) else res)
+        return out
+
+    def _embed(self, start: int, end: int, piece: Any, sv_segments: list[list[Any]],
+               cfg: dict[str, Any]) -> Any:
+        """funasr's speaker step for one VAD segment: 1.5 s chunks (``sv_chunk``), one
+        CAM++ embedding each, concatenated."""
+        import torch
+        from funasr.models.campplus.utils import sv_chunk
+
+        chunks = sv_chunk([[start / 1000.0, end / 1000.0, np.array(piece)]])
+        sv_segments.extend(chunks)
+        res = self.inference([c[2] for c in chunks], model=self.spk_model,
+                             kwargs=self.spk_kwargs, **cfg)
+        return torch.cat([r["spk_embedding"] for r in res], dim=0)
+
+    def _speaker_sentences(self, result: dict[str, Any], restored: list[dict[str, Any]],
+                           vadsegments: list[list[int]], sv_segments: list[list[Any]],
+                           punc_res: Any, punc_array: Any, punc_input_text: str | None,
+                           kwargs: dict[str, Any]) -> list[dict[str, Any]]:
+        """funasr's speaker block of ``inference_with_vad``: cluster the chunks'
+        embeddings (``preset_spk_num`` speakers when known) and give each sentence the
+        speaker that covers most of it; sentences by punctuation, or by VAD segment when
+        there is no punctuation model."""
+        from funasr.models.campplus.utils import distribute_spk, postprocess
+
+        mode = self.spk_mode if punc_res is not None else "vad_segment"
+        embedding = result["spk_embedding"]
+        labels = self.cb_model(embedding.cpu(), oracle_num=kwargs.get("preset_spk_num"))
+        sv_output = postprocess(sorted(sv_segments, key=lambda x: x[0]), None, labels,
+                                embedding.detach().cpu().numpy())
+        if mode == "vad_segment":
+            sentences = [{"start": seg[0], "end": seg[1], "text": rest["text"],
+                          "sentence": rest["text"], "timestamp": rest.get("timestamp", [])}
+                         for rest, seg in zip(restored, vadsegments, strict=False)]
+        else:
+            sentences = timestamp_sentence(punc_array, result.get("timestamp", []),
+                                           punc_input_text)
+        distribute_spk(sentences, sv_output)
+        return sentences
+
+
+def _cat(a: Any, b: Any) -> Any:
+    import torch
+
+    return torch.cat([a, b], dim=0)
 
 
 __all__ = ["OnnxModels", "OrtParaformer", "OrtPunctuation"]
