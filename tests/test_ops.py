@@ -271,3 +271,26 @@ def test_doctor_packages_are_the_engines(tmp_path: Path, monkeypatch: Any) -> No
     assert packages("onnx").ok is False and "onnxruntime" in packages("onnx").detail
     absent.update({"funasr", "torch"})  # the API alone
     assert packages("auto").ok is False
+
+
+def test_doctor_says_what_int8_gains_on_this_cpu(tmp_path: Path) -> None:
+    """The CPU's flags (``/proc/cpuinfo``) decide the note: VNNI, AVX2 alone, or nothing
+    to say (another architecture, or no file)."""
+    from tingji import doctor
+
+    def note(flags: str | None) -> list[Any]:
+        info = tmp_path / "cpuinfo"
+        if flags is None:
+            info.unlink(missing_ok=True)
+        else:
+            info.write_text(f"processor\t: 0\nflags\t\t: {flags}\n\nprocessor\t: 1\n")
+        return list(doctor._int8_speed(doctor.cpu_flags(info)))
+
+    [vnni] = note("fpu sse2 avx2 avx512f avx512_vnni")
+    assert vnni.ok is True and vnni.detail.startswith("VNNI")
+    assert note("avx2 avx_vnni")[0].ok is True  # Alder Lake and later: AVX-VNNI
+    [avx2] = note("fpu sse2 avx2 fma")
+    assert avx2.ok is None and "without VNNI" in avx2.detail
+    assert note("fpu sse2") == [] and note(None) == []
+    if doctor.CPUINFO.is_file():  # this machine's own, as `tingji doctor` reads it
+        assert doctor.cpu_flags() and "fpu" in doctor.cpu_flags()
