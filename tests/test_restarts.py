@@ -61,7 +61,7 @@ def test_previous_boots_task_is_recovered_at_start(stack_factory: Callable[..., 
             await engine.dispose()
     tid = asyncio.run(before_the_reboot())
     stack.worker()
-    task = stack.finished(tid, 30)  # long before the hour is up
+    task = stack.finished(tid, 90)  # the worker starts, then long before the hour is up
     events = [e["event"] for e in stack.events(tid)]
     assert "lease_expired" in events and events.count("claimed") == 2
     expired = next(e for e in stack.events(tid) if e["event"] == "lease_expired")
