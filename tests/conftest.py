@@ -29,30 +29,17 @@ PG_URL = os.environ.get("TINGJI_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _own_pg_database(url: str, worker: str) -> str:
-    """Under pytest-xdist (``scripts/test.sh`` runs two processes) each process wipes a
-    database of its own: the named one with the process's id appended (``test_gw0``),
-    created on first use."""
+if PG_URL != "skip" and (_xdist := os.environ.get("PYTEST_XDIST_WORKER")):
+    # scripts/test.sh runs two processes: each wipes a database of its own, the named one
+    # with the process's id appended (test_gw0, ...), created on first use
     from sqlalchemy.engine import make_url
 
-    name = f"{make_url(url).database}_{worker}"
+    from tests.helpers.pg import admin
 
-    async def create() -> None:
-        engine = make_engine(url, pool_size=1, isolation_level="AUTOCOMMIT")
-        try:
-            async with engine.connect() as conn:
-                found = await conn.scalar(text("SELECT 1 FROM pg_database WHERE datname = :n"),
-                                          {"n": name})
-                if not found:
-                    await conn.execute(text(f'CREATE DATABASE "{name}"'))
-        finally:
-            await engine.dispose()
-    asyncio.run(create())
-    return make_url(url).set(database=name).render_as_string(hide_password=False)
-
-
-if PG_URL != "skip" and os.environ.get("PYTEST_XDIST_WORKER"):
-    PG_URL = _own_pg_database(PG_URL, os.environ["PYTEST_XDIST_WORKER"])
+    _name = f"{make_url(PG_URL).database}_{_xdist}"
+    if not admin(PG_URL, f"SELECT 1 FROM pg_database WHERE datname = '{_name}'"):
+        admin(PG_URL, f'CREATE DATABASE "{_name}"')
+    PG_URL = make_url(PG_URL).set(database=_name).render_as_string(hide_password=False)
 
 
 def _reset_pg_schema() -> None:

@@ -18,20 +18,10 @@ from sqlalchemy.engine import make_url
 from db import migrate
 from db.engine import make_engine
 from tests.conftest import PG_URL
+from tests.helpers.pg import admin
 
 TINGJI = str(Path(sys.executable).with_name("tingji"))
 TABLES = {"tasks", "task_events", "task_stages", "segments", "workers", "webhook_deliveries"}
-
-
-def _admin(sql: str) -> None:
-    async def run() -> None:
-        engine = make_engine(PG_URL, pool_size=1, isolation_level="AUTOCOMMIT")
-        try:
-            async with engine.connect() as conn:
-                await conn.execute(text(sql))
-        finally:
-            await engine.dispose()
-    asyncio.run(run())
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -43,12 +33,12 @@ def empty_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if PG_URL == "skip":
         pytest.skip("PostgreSQL disabled")
     name = f"tingji_mig_{os.getpid()}"
-    _admin(f"DROP DATABASE IF EXISTS {name}")
-    _admin(f"CREATE DATABASE {name}")
+    admin(PG_URL, f"DROP DATABASE IF EXISTS {name}")
+    admin(PG_URL, f"CREATE DATABASE {name}")
     try:
         yield make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
     finally:
-        _admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        admin(PG_URL, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 def tables(url: str) -> set[str]:

@@ -272,18 +272,17 @@ class AsrEngine:
         if not c.spk_model:
             raise PermanentTaskError("speaker labels need a speaker model (TINGJI_SPK_MODEL)",
                                      type="NoSpeakerModel")
-        if self.engine == "onnx" and not all(
-                importlib.util.find_spec(m) for m in ("torch", "funasr")):
-            raise PermanentTaskError(
-                "speaker labels need the speaker model, which runs on torch, and this "
-                "worker has no torch (tingji[worker-onnx]): pip install 'tingji[worker]' "
-                "here, or leave such tasks to a worker that has it",
-                type="SpeakersNeedTorch")
         t = time.perf_counter()
         try:
             from funasr import AutoModel  # the ONNX engine imports torch here, not before
             from funasr.models.campplus.cluster_backend import ClusterBackend
-
+        except ImportError as exc:  # an ONNX worker without torch (tingji[worker-onnx])
+            raise PermanentTaskError(
+                f"speaker labels need the speaker model, which runs on torch, and this "
+                f"worker cannot import {exc.name or 'funasr'}: pip install 'tingji[worker]' "
+                "here, or leave such tasks to a worker that has it",
+                type="SpeakersNeedTorch") from None
+        try:
             spk, spk_kwargs = AutoModel.build_model(
                 model=c.spk_model, model_revision="master", device=self.device, ncpu=c.ncpu,
                 **FUNASR_BUILD_KW)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 from sqlalchemy import text
 
 from db.engine import make_engine
@@ -18,3 +21,17 @@ async def truncate(url: str) -> None:
             await conn.execute(text(f"TRUNCATE {', '.join(TABLES)} CASCADE"))
     finally:
         await engine.dispose()
+
+
+def admin(url: str, sql: str) -> Any:
+    """One statement outside a transaction (``CREATE DATABASE`` and the like) on
+    ``url``'s server; its first value, when it returns rows."""
+    async def run() -> Any:
+        engine = make_engine(url, pool_size=1, isolation_level="AUTOCOMMIT")
+        try:
+            async with engine.connect() as conn:
+                result = await conn.execute(text(sql))
+                return result.scalar() if result.returns_rows else None
+        finally:
+            await engine.dispose()
+    return asyncio.run(run())
