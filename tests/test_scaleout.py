@@ -42,8 +42,7 @@ def test_a_worker_elsewhere_fetches_the_upload(stack_factory: Callable[..., Stac
     assert "fetched upload of task" in worker.output()
     # the API dropped its copy when told; the worker's fetched copy went with its work files
     stack.wait(lambda: not stored[0].exists(), 10, "the API kept the completed upload")
-    assert not (elsewhere / "work" / tid).exists()
-    assert not any((elsewhere / "uploads").iterdir())
+    stack.work_files_removed(tid, elsewhere, upload=True)
     # results come from the database, not from the worker's disk
     worker.stop()
     shutil.rmtree(elsewhere)

@@ -395,7 +395,7 @@ def test_indirect_media_never_reads_local_files(stack_factory: Callable[..., Sta
         assert task["status"] == "failed" and task["attempts"] == 1, task
         assert task["error"]["type"] == "UnsupportedMedia", task
         assert stack.http.get(f"/api/v1/task/{task['task_id']}/segments").json() == []
-        assert not (stack.data / "work" / task["task_id"]).exists()
+        stack.work_files_removed(task["task_id"])
 
 
 def test_flac_bomb_fails_fast_and_flat(stack_factory: Callable[..., Stack],

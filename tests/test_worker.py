@@ -68,8 +68,7 @@ def test_upload_to_completed_with_text_segments_and_srt(
     out = stack.data / "results" / tid
     assert sorted(p.name for p in out.iterdir()) == [
         "result.json", "result.md", "result.srt", "result.txt", "result.vtt"]
-    assert not (stack.data / "work" / tid).exists()  # normalized audio removed
-    assert list((stack.data / "uploads").iterdir()) == []
+    stack.work_files_removed(tid, upload=True)  # normalized audio and the upload removed
     events = [(e["event"], (e["detail"] or {}).get("stage")) for e in stack.events(tid)]
     assert events == [("enqueued", None), ("claimed", None), ("stage_started", "fetch"),
                       ("stage_completed", "fetch"), ("stage_started", "transcribe"),

@@ -56,6 +56,16 @@ class Stack:
         raise AssertionError(f"timed out: {what}\n" + "\n".join(
             w.output()[-3000:] for w in self.workers))
 
+    def work_files_removed(self, tid: str, data: Path | None = None, *,
+                           upload: bool = False) -> None:
+        """The worker removes a finished task's work files (and a completed upload) just
+        after it writes the outcome (only then does it know which outcome won), so a test
+        that saw the status waits a moment for them."""
+        data = data or self.data
+        work, uploads = data / "work" / tid, data / "uploads"
+        self.wait(lambda: not work.exists() and not (upload and any(uploads.iterdir())),
+                  10, f"{work} (or an upload in {uploads}) left behind")
+
     def upload(self, path: Path, **fields: str) -> str:
         with open(path, "rb") as fh:
             resp = self.http.post("/api/v1/process/audio", files={"file": (path.name, fh)},
