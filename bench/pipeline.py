@@ -160,6 +160,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="tingji-pipe-"))
     from tests.helpers.tiny_funasr import build_bench_models  # torch: slow
     models = build_bench_models(str(a.models))
+    import logging
+    logging.getLogger().setLevel(logging.WARNING)  # funasr's import set INFO (httpx's lines)
     speech = m.speech_wav(work / "speech.wav", m.SENTENCES)
     loops = max(0, int(a.clip_min * 60 / 41.2) - 1)
     clip = m.convert(speech, work / "clip.wav", "-filter_complex",
