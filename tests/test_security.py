@@ -24,6 +24,7 @@ from sqlalchemy import text
 
 from db.engine import make_engine
 from tests.helpers.media import flac_bomb
+from tests.helpers.procs import free_port
 from tests.helpers.servers import FileServer, TrapServer
 from tests.helpers.stack import Stack
 from worker.egress import EgressRefused, address_kind, guarded
@@ -292,7 +293,7 @@ def test_ssrf_to_loopback_fails_permanently(stack_factory: Callable[..., Stack],
                                            files: FileServer, trap: TrapServer) -> None:
     stack = stack_factory(TINGJI_ALLOW_PRIVATE_URLS="0")
     stack.worker()
-    closed = f"http://127.0.0.1:{_closed_port()}/x.mp4"
+    closed = f"http://127.0.0.1:{free_port()}/x.mp4"
     tids = [stack.submit_url(u) for u in (f"{files.url}/talk.mp4", f"{trap.url}/secret.html",
                                           trap.url.replace("127.0.0.1", "localhost")
                                           + "/secret.html", closed)]
@@ -308,12 +309,6 @@ def test_ssrf_to_loopback_fails_permanently(stack_factory: Callable[..., Stack],
     # an open port and a closed one read the same
     assert len(messages) == 1
     assert not any((stack.data / "work").glob("*/download/*"))
-
-
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_redirect_to_loopback_is_refused(stack_factory: Callable[..., Stack],

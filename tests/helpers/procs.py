@@ -17,10 +17,34 @@ ROOT = Path(__file__).resolve().parents[2]
 TINGJI = str(Path(sys.executable).with_name("tingji"))
 
 
+def _port_block() -> range:
+    """Ports for this test process's servers: below Linux's ephemeral range (32768 up), so
+    no outgoing connection holds one, and a block of its own per pytest-xdist process, so
+    two processes never pick the same port between choosing it and the server binding it
+    (which ``bind(0)`` then close cannot promise)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    n = int(worker[2:]) if worker[2:].isdigit() else 0
+    start = 10000 + (n % 8) * 2800
+    return range(start, start + 2800)
+
+
+_PORTS = _port_block()
+_next_port = [_PORTS.start + os.getpid() % len(_PORTS)]
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port on 127.0.0.1 that nothing listens on, for a server started next; each call
+    gives another one (a restarted server reuses its port on purpose)."""
+    for _ in range(len(_PORTS)):
+        port = _PORTS.start + (_next_port[0] - _PORTS.start) % len(_PORTS)
+        _next_port[0] = port + 1
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {_PORTS}")
 
 
 def clean_env(**overrides: str) -> dict[str, str]:
