@@ -230,16 +230,16 @@ def cpu_flags(cpuinfo: Path = CPUINFO) -> set[str]:
 
 
 def _int8_speed(flags: set[str]) -> Iterator[Finding]:
-    """What the int8 graphs gain on this CPU (bench/pipeline.py on 2-core AMD EPYCs):
-    with VNNI, 8-bit products are summed in 32 bits in one instruction; with AVX2 alone
-    they take three, and int8 buys much less."""
+    """What the int8 graphs gain on this CPU (bench/pipeline.py on 2-core AMD EPYCs and
+    an Intel Xeon): with VNNI, 8-bit products are summed in 32 bits in one instruction;
+    with AVX2 alone they take three, and int8 buys much less."""
     if flags & {"avx512_vnni", "avx_vnni"}:
         yield Finding("cpu int8", True, "VNNI: the int8 graphs run about 1.9x the fp32 ones "
-                      "(measured 0.23-0.26 of bare funasr's time on 2 cores)")
+                      "(measured 0.23-0.32 of bare funasr's time on 2 cores)")
     elif "avx2" in flags:
         yield Finding("cpu int8", None, "AVX2 without VNNI: the int8 graphs gain about 1.4x "
                       "over fp32 on this CPU (measured 0.46 of bare funasr's time on 2 "
-                      "cores, against 0.23-0.26 with VNNI)")
+                      "cores, against 0.23-0.32 with VNNI)")
 
 
 def _cached(hub_id: str) -> str | None:
