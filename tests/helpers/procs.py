@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import socket
@@ -29,15 +30,14 @@ def _port_block() -> range:
 
 
 _PORTS = _port_block()
-_next_port = [_PORTS.start + os.getpid() % len(_PORTS)]
+_turns = itertools.count(os.getpid())  # where in the block this process starts
 
 
 def free_port() -> int:
     """A port on 127.0.0.1 that nothing listens on, for a server started next; each call
     gives another one (a restarted server reuses its port on purpose)."""
     for _ in range(len(_PORTS)):
-        port = _PORTS.start + (_next_port[0] - _PORTS.start) % len(_PORTS)
-        _next_port[0] = port + 1
+        port = _PORTS[next(_turns) % len(_PORTS)]
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))

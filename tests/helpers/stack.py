@@ -63,8 +63,11 @@ class Stack:
         that saw the status waits a moment for them."""
         data = data or self.data
         work, uploads = data / "work" / tid, data / "uploads"
-        self.wait(lambda: not work.exists() and not (upload and any(uploads.iterdir())),
-                  10, f"{work} (or an upload in {uploads}) left behind")
+
+        def gone() -> bool:
+            return not work.exists() and not (upload and uploads.exists()
+                                              and any(uploads.iterdir()))
+        self.wait(gone, 10, f"{work} (or an upload in {uploads}) left behind")
 
     def upload(self, path: Path, **fields: str) -> str:
         with open(path, "rb") as fh:
