@@ -2,7 +2,7 @@
 its graphs (``worker.onnx_engine``) so that a worker runs with no torch and no funasr
 installed.
 
-funasr's pure Python text functions are copied unchanged into ``worker.funasr_copied``.
+The text steps (tokens to text, punctuation windows, sentences) are ``worker.onnx_text``.
 Here are the parts ported, torch operations replaced by NumPy ones on float32 in the
 same order: the frontend (Kaldi fbank through kaldi-native-fbank, which is also what
 funasr computes with when torchaudio is absent, then LFR and CMVN), the CIF fire loop,

@@ -4,7 +4,7 @@ imported (a worker installed with ``tingji[worker-onnx]`` has neither).
 
 The graphs are those ``tingji models export-onnx`` writes (``worker.onnx_export``), or
 a model folder's own ``model.onnx`` (the hub's ``-onnx`` models).  Around them, funasr's
-own steps, without torch (``worker.funasr_port``, ``worker.funasr_copied``,
+own steps, without torch (``worker.funasr_port``, ``worker.onnx_text``,
 ``worker.onnx_vad``): the frontend, the VAD state machine, the cutting and merging of
 segments, the punctuation windows and the sentence timestamps.  ``OnnxModels`` answers
 the calls the worker makes of funasr's ``AutoModel`` (``generate``, and ``inference``
@@ -42,14 +42,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from worker.funasr_copied import (
-    _join_vad_texts,
-    _vad_segment_sentences,
-    sentence_postprocess,
-    split_to_mini_sentence,
-    split_words,
-    timestamp_sentence,
-)
 from worker.funasr_port import Frontend, Tokens, load_audio, ts_prediction_lfr6_standard
 from worker.onnx_graphs import (
     EXPORT_HINT,
@@ -57,6 +49,15 @@ from worker.onnx_graphs import (
     graph_file,
     read_config,
     session,
+)
+from worker.onnx_text import (
+    join_segment_texts,
+    punctuate,
+    read_seg_dict,
+    sentences_from_punctuation,
+    sentences_from_segments,
+    tokens_to_text,
+    words_for_punctuation,
 )
 
 if TYPE_CHECKING:
@@ -87,8 +88,6 @@ class OrtParaformer:
     segment, funasr's result for each (text, character timestamps)."""
 
     def __init__(self, folder: Path, *, int8: bool, threads: int) -> None:
-        from worker.funasr_copied import load_seg_dict
-
         self.folder = folder
         conf = read_config(folder)
         self.path = graph_file(folder, int8)
@@ -96,7 +95,7 @@ class OrtParaformer:
         self.frontend = Frontend(conf.get("frontend_conf") or {}, folder / "am.mvn")
         self.tokens = Tokens(folder)
         seg = folder / "seg_dict"
-        self.seg_dict = load_seg_dict(str(seg)) if seg.is_file() else None
+        self.seg_dict = read_seg_dict(seg) if seg.is_file() else None
         model_conf = conf.get("model_conf") or {}
         self.sos = int(model_conf.get("sos", 1))
         self.eos = int(model_conf.get("eos", 2))
@@ -192,11 +191,11 @@ class OrtParaformer:
             return result
         token = self.tokens.ids2tokens(ids)
         if not len(us_alphas):
-            result["text"] = sentence_postprocess(token)[0]
+            result["text"] = tokens_to_text(token)[0]
             return result
         stamps = ts_prediction_lfr6_standard(us_alphas, us_peaks, list(token),
                                              vad_offset=begin_ms)
-        text, stamps, _ = sentence_postprocess(token, stamps)
+        text, stamps, _ = tokens_to_text(token, stamps)
         result.update(text=text, timestamp=stamps)
         return result
 
@@ -264,88 +263,14 @@ class OrtPunctuation:
                                       "text_lengths": np.array([len(ids)], np.int32)})
         return np.asarray(out[0]).reshape(-1, out[0].shape[-1]).argmax(-1)
 
-    def __call__(self, text: str) -> dict[str, Any]:  # noqa: C901  (funasr's loop)
+    def __call__(self, text: str) -> dict[str, Any]:
         if not text or not text.strip():
             return {"text": "", "punc_array": None}
-        punc_list, end_id = self.punc_list, self.sentence_end_id
-        tokens = split_words(text, jieba_usr_dict=self.jieba)
-        tokens_int = self.tokens.tokens2ids(tokens)
-        mini_sentences = split_to_mini_sentence(tokens, 20)
-        mini_sentences_id = split_to_mini_sentence(tokens_int, 20)
-        cache_sent: list[str] = []
-        cache_sent_id = np.array([], dtype=np.int64)
-        new_mini_sentence = ""
-        new_mini_sentence_punc: list[int] = []
-        new_mini_sentence_out = ""
-        punc_parts: list[np.ndarray] = []
-        last = len(mini_sentences) - 1
-        for k in range(len(mini_sentences)):
-            mini_sentence = cache_sent + mini_sentences[k]
-            mini_sentence_id = np.concatenate(
-                (cache_sent_id, np.asarray(mini_sentences_id[k], dtype=np.int64)))
-            punctuations = self._forward(mini_sentence_id)
-            if k < last:
-                sentence_end = -1
-                last_comma = -1
-                for i in range(len(punctuations) - 2, 1, -1):
-                    if punc_list[punctuations[i]] in ("。", "？"):
-                        sentence_end = i
-                        break
-                    if last_comma < 0 and punc_list[punctuations[i]] == "，":
-                        last_comma = i
-                if sentence_end < 0 and len(mini_sentence) > 200 and last_comma >= 0:
-                    sentence_end = last_comma  # too long: cut off at a comma
-                    punctuations[sentence_end] = end_id
-                cache_sent = mini_sentence[sentence_end + 1:]
-                cache_sent_id = mini_sentence_id[sentence_end + 1:]
-                mini_sentence = mini_sentence[0:sentence_end + 1]
-                punctuations = punctuations[0:sentence_end + 1]
-            new_mini_sentence_punc += [int(x) for x in punctuations]
-            words_with_punc = []
-            for i in range(len(mini_sentence)):
-                if ((i == 0 or punc_list[punctuations[i - 1]] in ("。", "？"))
-                        and len(mini_sentence[i][0].encode()) == 1):
-                    mini_sentence[i] = mini_sentence[i].capitalize()
-                if i == 0 and len(mini_sentence[i][0].encode()) == 1:
-                    mini_sentence[i] = " " + mini_sentence[i]
-                if (i > 0 and len(mini_sentence[i][0].encode()) == 1
-                        and len(mini_sentence[i - 1][0].encode()) == 1):
-                    mini_sentence[i] = " " + mini_sentence[i]
-                words_with_punc.append(mini_sentence[i])
-                if punc_list[punctuations[i]] != "_":
-                    punc_res = punc_list[punctuations[i]]
-                    if len(mini_sentence[i][0].encode()) == 1:
-                        punc_res = {"，": ",", "。": ".", "？": "?"}.get(punc_res, punc_res)
-                    words_with_punc.append(punc_res)
-            new_mini_sentence += "".join(words_with_punc)
-            new_mini_sentence_out = new_mini_sentence
-            if k == last:
-                tail = new_mini_sentence[-1]
-                ending = False
-                if tail in ("，", "、"):
-                    new_mini_sentence_out = new_mini_sentence[:-1] + "。"
-                    ending = True
-                elif tail == ",":
-                    new_mini_sentence_out = new_mini_sentence[:-1] + "."
-                    ending = True
-                elif tail not in ("。", "？") and len(tail.encode()) != 1:
-                    new_mini_sentence_out = new_mini_sentence + "。"
-                    ending = True
-                elif tail not in (".", "?") and len(tail.encode()) == 1:
-                    new_mini_sentence_out = new_mini_sentence + "."
-                    ending = True
-                if ending and len(punctuations):
-                    punctuations[-1] = end_id
-            punc_parts.append(np.asarray(punctuations))
-        punc_array = np.concatenate(punc_parts) if punc_parts else np.zeros(0, np.int64)
-        if self.jieba is not None:  # word-level model: one entry per character
-            expanded = punc_array.reshape(-1).tolist()
-            for i, token in enumerate(tokens[::-1]):
-                if "\u0e00" <= token[0] <= "\u9fa5" and len(token) > 1:
-                    for _ in range(len(token) - 1):
-                        expanded.insert(len(tokens) - i - 1, 1)
-            punc_array = np.asarray(expanded)
-        return {"text": new_mini_sentence_out, "punc_array": punc_array}
+        words = words_for_punctuation(text, self.jieba)
+        out, marks = punctuate(words, self.tokens.tokens2ids(words), self._forward,
+                               self.punc_list, self.sentence_end_id,
+                               word_level=self.jieba is not None)
+        return {"text": out, "punc_array": marks}
 
 
 class OnnxModels:
@@ -455,7 +380,7 @@ class OnnxModels:
         punc_array = None
         punc_input_text = None
         if self.punc_model is not None:
-            punc_input_text = _join_vad_texts(item.get("text", "") for item in restored)
+            punc_input_text = join_segment_texts(item.get("text", "") for item in restored)
             punc_res = self.inference(punc_input_text, model=self.punc_model,
                                       kwargs=self.punc_kwargs, **cfg)
             punc_array = punc_res[0].get("punc_array")
@@ -475,14 +400,14 @@ class OnnxModels:
             if not len(result["text"].strip()):
                 sentences: list[dict[str, Any]] = []
             elif self.punc_model is None and not sentence_timestamps:
-                sentences = _vad_segment_sentences(restored, vadsegments)
+                sentences = sentences_from_segments(restored, vadsegments)
             elif punc_res is None:
                 log.warning("punctuation is required for sentence timestamps")
                 sentences = []
             elif alignment_failed:
-                sentences = _vad_segment_sentences(restored, vadsegments)
+                sentences = sentences_from_segments(restored, vadsegments)
             else:
-                sentences = timestamp_sentence(punc_array, sentence_timestamps,
+                sentences = sentences_from_punctuation(punc_array, sentence_timestamps,
                                                punc_input_text)
             result["sentence_info"] = sentences
         result.pop("spk_embedding", None)
@@ -539,7 +464,7 @@ class OnnxModels:
                           "sentence": rest["text"], "timestamp": rest.get("timestamp", [])}
                          for rest, seg in zip(restored, vadsegments, strict=False)]
         else:
-            sentences = timestamp_sentence(punc_array, result.get("timestamp", []),
+            sentences = sentences_from_punctuation(punc_array, result.get("timestamp", []),
                                            punc_input_text)
         distribute_spk(sentences, sv_output)
         return sentences

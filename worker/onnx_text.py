@@ -1,0 +1,458 @@
+"""Text around the ONNX engine's graphs, written for tingji: tokens and their
+timestamps into text, punctuation windows, sentences with their times.
+
+The ONNX engine must give the very text, sentences and timestamps that the torch engine
+(funasr itself) gives, so each function here reproduces one of funasr 1.4.16's result
+steps, quirks included (they are named where they matter: a user would see them as a
+difference between the engines).  None of it imports funasr or torch.
+``tests/unit/test_onnx_text.py`` checks each function against funasr's with generated
+token, punctuation and timestamp sequences wherever funasr is installed.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import re
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+import numpy as np
+
+log = logging.getLogger("tingji.worker.onnx")
+
+Stamp = list[int]  # [start_ms, end_ms]
+T = TypeVar("T")
+
+# tokens that never reach the text
+_CONTROL_TOKENS = frozenset({"<s>", "</s>", "<unk>", "<OOV>"})
+# the same, as substrings, plus the space, are ignored when a piece's script is judged
+_IGNORED_IN_PIECE = (" ", "</s>", "<s>", "<unk>", "<OOV>")
+# punctuation ids 2.. of ct-punc's list, as sentence ends (ids 0 and 1: none)
+_SENTENCE_MARKS = ("，", "。", "？", "、")
+_TAG = re.compile(r"<\|[^|]*\|>")  # <|zh|>, <|NEUTRAL|> ... in multilingual models' text
+_ENGLISH_WORD = re.compile(r"[a-zA-Z']+")
+
+
+# ----------------------------------------------------------------------------- scripts
+def _han_or_digit(piece: str) -> bool:
+    """CJK ideograph (basic block), digit, or "@" -- compared as strings, so a piece of
+    several characters is judged mostly by its first one, as funasr judges it."""
+    return "\u4e00" <= piece <= "\u9fff" or "0" <= piece <= "9" or piece == "@"
+
+
+def _clean(piece: str) -> str:
+    for ignored in _IGNORED_IN_PIECE:
+        piece = piece.replace(ignored, "")
+    return piece
+
+
+def _all_han(pieces: Iterable[str]) -> bool:
+    """Every piece (after cleaning) counts as Chinese; an empty sequence does not."""
+    cleaned = [_clean(p) for p in pieces]
+    return bool(cleaned) and all(_han_or_digit(p) for p in cleaned)
+
+
+def _all_latin(pieces: Iterable[str]) -> bool:
+    """Every piece (after cleaning) is a word of letters other than Chinese ones, or an
+    apostrophe; an empty sequence is not."""
+    cleaned = [_clean(p) for p in pieces]
+    if not cleaned:
+        return False
+    for p in cleaned:
+        if p.isalpha():
+            if _han_or_digit(p):
+                return False
+        elif p != "'":
+            return False
+    return True
+
+
+def _ascii_letter(piece: str) -> bool:
+    """One ASCII letter (a UTF-8 byte string's ``isalpha`` knows no other letters)."""
+    return len(piece) == 1 and piece.encode("utf-8").isalpha()
+
+
+# ----------------------------------------------------------------------------- tokens
+def tokens_to_text(tokens: Sequence[str | bytes], stamps: Sequence[Stamp] | None = None
+                   ) -> tuple[str, list[Stamp] | None, list[str]]:
+    """Decoded tokens (and their timestamps) -> (text, timestamps, words).
+
+    Chinese characters are kept as they are; subword pieces (``ab@@`` ``c``) are glued
+    into words separated by spaces, each word timed from its first piece to its last;
+    single spelled-out letters (``a b c``) become one upper-case abbreviation.  With
+    timestamps the text has a space between every word (the punctuation model splits it
+    again); without, the words are joined as written.  Timestamps are indexed by the
+    token's position once control tokens are dropped, so ``stamps`` must hold one per
+    remaining token.  ``stamps`` is ``None`` in the result when none were given.
+    """
+    pieces = [t if isinstance(t, str) else t.decode("utf-8") for t in tokens]
+    pieces = [p for p in pieces if p not in _CONTROL_TOKENS]
+    timed = stamps is not None
+    if _all_han(pieces):
+        words = [p.replace(" ", "") for p in pieces]
+        times: list[Stamp] = list(stamps) if timed else []
+    elif _all_latin(pieces):
+        words, times = _glue_latin(pieces, stamps)
+    else:
+        words, times = _glue_mixed(pieces, stamps)
+    words, times = _abbreviations(words, times if timed else None)
+    kept = [w for w in words if w != " "]
+    if timed:
+        return " ".join(kept).strip(), times, kept
+    return "".join(words).strip(), None, kept
+
+
+def _glue_latin(pieces: list[str], stamps: Sequence[Stamp] | None
+                ) -> tuple[list[str], list[Stamp]]:
+    """Subword pieces -> words, each followed by a " " word; a word still open at the
+    end (its last piece ends in ``@@``) is dropped, as funasr drops it."""
+    words: list[str] = []
+    times: list[Stamp] = []
+    word = ""
+    start = None
+    for n, piece in enumerate(pieces):
+        if stamps is not None and start is None:
+            start = stamps[n][0]
+        if "@@" in piece:
+            word += piece.replace("@@", "")
+            continue
+        words += [word + piece, " "]
+        word = ""
+        if stamps is not None:
+            times.append([start, stamps[n][1]])
+            start = None
+    return words, times
+
+
+def _glue_mixed(pieces: list[str], stamps: Sequence[Stamp] | None
+                ) -> tuple[list[str], list[Stamp]]:
+    """Chinese characters and subword pieces in one text.  A Chinese piece takes back
+    the space after a preceding Latin word; a piece that is neither (punctuation, a
+    mixed token) is kept as it is and gets no timestamp.
+
+    A Chinese piece that follows an unfinished subword (``ab@@`` then ``中``) is timed
+    as that subword: its first piece's start, its last piece's end."""
+    words: list[str] = []
+    times: list[Stamp] = []
+    word = ""
+    latin_space = False  # the last word written is a Latin word and its " "
+    start, end = -1, -1
+    fresh = True  # the next piece's timestamp starts a word
+    for n, piece in enumerate(pieces):
+        if fresh and stamps is not None:
+            start, end = stamps[n]
+        if piece and all(_han_or_digit(c) for c in piece):
+            if latin_space:
+                words.pop()
+            words.append(piece)
+            latin_space = False
+            if stamps is not None:
+                fresh = True
+                times.append([start, end])
+        elif "@@" in piece:
+            word += piece.replace("@@", "")
+            latin_space = False
+            if stamps is not None:
+                fresh = False
+                end = stamps[n][1]
+        elif _all_latin(piece):
+            words += [word + piece, " "]
+            word = ""
+            latin_space = True
+            if stamps is not None:
+                fresh = True
+                end = stamps[n][1]
+                times.append([start, end])
+        else:
+            words.append(piece)
+    return words, times
+
+
+def _abbreviations(words: list[str], stamps: list[Stamp] | None
+                   ) -> tuple[list[str], list[Stamp]]:
+    """Runs of single ASCII letters separated by single spaces (``a b c``) -> one
+    upper-case word timed from its first letter to its last.  The other words keep
+    their timestamps, looked up by their index among the non-space words (and left
+    without one when there are fewer timestamps than words)."""
+    ends: dict[int, int] = {}  # first letter's index -> last letter's index
+    n = 0
+    while n < len(words):
+        last = n
+        while (_ascii_letter(words[last]) and last + 2 < len(words)
+               and words[last + 1] == " " and _ascii_letter(words[last + 2])):
+            last += 2
+        if last > n:
+            ends[n] = last
+            n = last + 1
+        else:
+            n += 1
+    # the timestamp index of every word: how many non-space words stand before it
+    index = list(itertools.accumulate((w != " " for w in words), initial=0))[:-1]
+    out: list[str] = []
+    times: list[Stamp] = []
+    n = 0
+    while n < len(words):
+        if n in ends:
+            last = ends[n]
+            out.append("".join(w.upper() for w in words[n:last + 1:2]))
+            if stamps is not None:
+                start = stamps[index[n]][0]
+                if index[last] < len(stamps):
+                    times.append([start, stamps[index[last]][1]])
+            n = last + 1
+            continue
+        out.append(words[n])
+        if stamps is not None and words[n] != " " and index[n] < len(stamps):
+            times.append(list(stamps[index[n]][:2]))
+        n += 1
+    return out, times
+
+
+# ----------------------------------------------------------------------------- sentences
+def sentences_from_punctuation(punctuation: Sequence[int] | None, stamps: Sequence[Stamp],
+                               text: str) -> list[dict[str, Any]]:
+    """The punctuated sentences of one task: ``text`` holds the words the punctuation
+    model saw (space-separated), ``punctuation`` one id per word (2..5: ，。？、 end a
+    sentence), ``stamps`` one [start, end] per word.  Each sentence: its text with the
+    mark, start, end and the timestamps of its words.  Words after the last mark form no
+    sentence.  Lengths that differ are logged and walked to the longest, missing items
+    as ``None`` (funasr's zip_longest).
+
+    Without punctuation, one entry holds everything, its ``text`` a *list* of words --
+    funasr's shape, which readers of ``sentence_info`` must accept."""
+    if text is None or stamps is None or not len(stamps) or not text:
+        return []
+    words = text.split()
+    if punctuation is None or not len(punctuation):
+        return [{"text": words, "start": stamps[0][0], "end": stamps[-1][1],
+                 "timestamp": stamps}]
+    if len(punctuation) != len(stamps):
+        log.warning("length mismatch between punc and timestamp")
+    sentences: list[dict[str, Any]] = []
+    said = ""
+    times: list[Any] = []
+    start: Any = stamps[0][0]
+    end: Any = stamps[0][1]
+    for mark, stamp, word in itertools.zip_longest(punctuation, stamps, words):
+        if start is None and stamp is not None:
+            start = stamp[0]
+        if word is not None:
+            latin_edge = _latin_initial(word[0]) or (said and _latin_initial(said[-1]))
+            said += (" " + word) if latin_edge else word
+        times.append(stamp)
+        if stamp is not None:
+            end = stamp[1]
+        mark = 1 if mark is None else int(mark)
+        if mark > 1:
+            sentences.append({"text": said + _SENTENCE_MARKS[mark - 2], "start": start,
+                              "end": end, "timestamp": times})
+            said, times, start = "", [], None
+    return sentences
+
+
+def _latin_initial(ch: str) -> bool:
+    return "a" <= ch <= "z" or "A" <= ch <= "Z"
+
+
+def sentences_from_segments(results: Sequence[dict[str, Any]],
+                            segments: Sequence[Sequence[int]]) -> list[dict[str, Any]]:
+    """One sentence per VAD segment with text (when there is no punctuation model, or
+    its marks do not line up with the timestamps): timed by its tokens when it has
+    any, by the segment otherwise.  Timestamps may be [ms, ms] pairs or dicts in
+    seconds (``start_time``/``end_time``)."""
+    sentences = []
+    for result, segment in zip(results, segments, strict=False):
+        text = _TAG.sub("", str(result.get("text", ""))).strip()
+        if not text:
+            continue
+        raw = result.get("timestamp")
+        if raw is None:
+            raw = result.get("timestamps", [])
+        times = [t for t in map(_stamp_ms, raw or []) if t is not None]
+        sentences.append({
+            "start": times[0][0] if times else segment[0],
+            "end": times[-1][1] if times else segment[1],
+            "text": text, "sentence": text, "timestamp": times,
+        })
+    return sentences
+
+
+def _stamp_ms(item: Any) -> Stamp | None:
+    if isinstance(item, dict):
+        if item.get("start_time") is None or item.get("end_time") is None:
+            return None
+        return [int(float(item["start_time"]) * 1000), int(float(item["end_time"]) * 1000)]
+    if isinstance(item, (list, tuple)) and len(item) >= 2:
+        return [int(item[0]), int(item[1])]
+    return None
+
+
+def join_segment_texts(texts: Iterable[str]) -> str:
+    """The VAD segments' texts as one text for the punctuation model: tags removed,
+    empty ones dropped, a space between two texts unless both sides are Chinese."""
+    parts = [t for t in (_TAG.sub("", text).strip() for text in texts) if t]
+    if not parts:
+        return ""
+    joined = parts[0]
+    for part in parts[1:]:
+        both_han = "\u3400" <= joined[-1] <= "\u9fff" and "\u3400" <= part[0] <= "\u9fff"
+        joined += part if both_han else " " + part
+    return joined
+
+
+# ----------------------------------------------------------------------------- words
+class Segmenter(Protocol):
+    def cut(self, sentence: str, HMM: bool = ...) -> Iterable[str]: ...  # noqa: N803
+
+
+def words_for_punctuation(text: str, segmenter: Segmenter | None = None) -> list[str]:
+    """The punctuation model's words of a text.  Character-level models: every
+    non-ASCII character alone, runs of ASCII characters as one word.  Word-level models
+    (a jieba ``segmenter`` with the model's dictionary): English words as they are,
+    each run of other words joined and cut by the segmenter."""
+    if segmenter is None:
+        words: list[str] = []
+        for chunk in text.split():
+            for ascii_run, chars in itertools.groupby(chunk, key=lambda c: len(c.encode()) == 1):
+                run = "".join(chars)
+                words.extend([run] if ascii_run else list(run))
+        return words
+    out: list[str] = []
+    for english, run in itertools.groupby(text.split(), key=_is_english):
+        if english:
+            out.extend(run)
+        else:
+            out.extend(segmenter.cut("".join(run), HMM=False))
+    return out
+
+
+def _is_english(word: str) -> bool:
+    return _ENGLISH_WORD.fullmatch(word) is not None
+
+
+def windows(items: Sequence[T], size: int = 20) -> list[Sequence[T]]:
+    """``items`` in windows of ``size`` (the last may be shorter); a sequence no longer
+    than one window -- the empty one included -- is its own single window."""
+    if size < 2:
+        raise ValueError("a window holds at least two items")
+    if len(items) <= size:
+        return [items]
+    return [items[n:n + size] for n in range(0, len(items), size)]
+
+
+def read_seg_dict(path: Path) -> dict[str, str]:
+    """A model's ``seg_dict``: one word a line, then the tokens it is spelled with."""
+    table: dict[str, str] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        word, *spelling = line.split() or [""]
+        if word:  # blank lines are skipped (funasr stops at them with an IndexError)
+            table[word] = " ".join(spelling)
+    return table
+
+
+# ----------------------------------------------------------------------------- punctuation
+_STOPS = ("。", "？")
+_ASCII_MARK = {"，": ",", "。": ".", "？": "?"}
+_LONGEST_UNCUT = 200  # words without a full stop before a comma may end the sentence
+
+
+def punctuate(words: Sequence[str], ids: Sequence[int],
+              marks_of: Callable[[np.ndarray], Sequence[int]], marks: Sequence[str],
+              end_id: int, *, word_level: bool = False, size: int = 20
+              ) -> tuple[str, np.ndarray]:
+    """CT-Transformer's inference around its forward pass (``marks_of``: ids -> one
+    mark id per id): the punctuated text and one mark id per word (per character of a
+    Chinese word for ``word_level`` models).
+
+    The words go through the model ``size`` at a time.  Each window but the last is cut
+    after its last full stop or question mark; the rest is carried into the next
+    window, so sentences are marked with their whole context.  A carry that grows past
+    200 words with no full stop is cut at its last comma, which becomes a full stop.
+    The text ends with a full stop."""
+    out_text: list[str] = []
+    out_marks: list[list[int]] = []
+    begin = 0
+    ends = [*range(size, len(words), size), len(words)]
+    for end in ends:
+        found = [int(m) for m in marks_of(np.asarray(ids[begin:end], dtype=np.int64))]
+        if end < len(words):
+            found = found[:_sentence_cut(found, marks, end_id) + 1]
+        out_text.append(_render(list(words[begin:begin + len(found)]), found, marks))
+        out_marks.append(found)
+        begin += len(found)
+    text, closed = _close("".join(out_text))
+    if closed and out_marks[-1]:
+        out_marks[-1][-1] = end_id
+    per_word = [m for window in out_marks for m in window]
+    if word_level:
+        per_word = _per_character(words, per_word)
+    return text, np.asarray(per_word, dtype=np.int64)
+
+
+def _sentence_cut(found: list[int], marks: Sequence[str], end_id: int) -> int:
+    """Where a window that is not the last ends: its last stop (not among the first
+    three words nor the very last), else -- in a window over 200 words -- its last
+    comma, turned into a full stop (``found`` is changed), else nowhere (-1: all of it
+    is carried)."""
+    comma = -1
+    for i in range(len(found) - 2, 1, -1):
+        if marks[found[i]] in _STOPS:
+            return i
+        if comma < 0 and marks[found[i]] == "，":
+            comma = i
+    if len(found) > _LONGEST_UNCUT and comma >= 0:
+        found[comma] = end_id
+        return comma
+    return -1
+
+
+def _ascii_initial(word: str) -> bool:
+    return len(word[0].encode()) == 1
+
+
+def _render(words: list[str], found: list[int], marks: Sequence[str]) -> str:
+    """Words and their marks as text: Latin words spaced and capitalised at a window's
+    or sentence's start, a Latin word's marks in their ASCII form, ``_`` for none."""
+    text = []
+    for i, word in enumerate(words):
+        latin = _ascii_initial(word)
+        if latin and (i == 0 or marks[found[i - 1]] in _STOPS):
+            word = word.capitalize()
+        if latin and (i == 0 or _ascii_initial(words[i - 1])):
+            word = " " + word
+        text.append(word)
+        mark = marks[found[i]]
+        if mark != "_":
+            text.append(_ASCII_MARK.get(mark, mark) if latin else mark)
+    return "".join(text)
+
+
+def _close(text: str) -> tuple[str, bool]:
+    """The text with a final full stop (a trailing comma becomes one): (text, whether
+    its end was changed)."""
+    tail = text[-1]
+    if tail in ("，", "、"):
+        return text[:-1] + "。", True
+    if tail == ",":
+        return text[:-1] + ".", True
+    ascii_tail = len(tail.encode()) == 1
+    if not ascii_tail and tail not in _STOPS:
+        return text + "。", True
+    if ascii_tail and tail not in (".", "?"):
+        return text + ".", True
+    return text, False
+
+
+def _per_character(words: Sequence[str], found: list[int]) -> list[int]:
+    """A word-level model's marks, one per character: a Chinese word of n characters
+    gets "no mark" (1) n-1 times, then its own.  (Whether a word is Chinese is judged
+    from ``\\u0e00``, funasr's bound.)"""
+    out: list[int] = []
+    for word, mark in zip(words, found, strict=False):
+        if "\u0e00" <= word[0] <= "\u9fa5" and len(word) > 1:
+            out.extend([1] * (len(word) - 1))
+        out.append(mark)
+    out.extend(found[len(words):])
+    return out
