@@ -6,7 +6,7 @@ The text steps (tokens to text, punctuation windows, sentences) are ``worker.onn
 Here are the parts ported, torch operations replaced by NumPy ones on float32 in the
 same order: the frontend (Kaldi fbank through kaldi-native-fbank, which is also what
 funasr computes with when torchaudio is absent, then LFR and CMVN), the CIF fire loop,
-``ts_prediction_lfr6_standard``, audio loading and the token list.
+token timestamps (``token_times``), audio loading and the token list.
 
 ``tests/test_onnx.py`` runs the same clips through the torch engine (funasr itself)
 and the ONNX engine and compares texts, segments and timestamps.
@@ -42,56 +42,56 @@ def fires_kernel(alphas: np.ndarray, threshold: np.float32, step: np.float32
     return fires
 
 
-def ts_prediction_lfr6_standard(us_alphas: np.ndarray, us_peaks: np.ndarray,
-                                char_list: list[str], vad_offset: float = 0.0,
-                                force_time_shift: float = -1.5, upsample_rate: int = 3
-                                ) -> list[list[int]]:
-    """funasr.utils.timestamp_tools.ts_prediction_lfr6_standard on one sequence: the
-    [start, end] milliseconds of each token (its text form is not needed)."""
-    if not len(char_list):
+_EDGE_FRAMES = 5  # leading or trailing frames beyond which silence is its own span
+_LONGEST_TOKEN = 12  # upsampled frames (0.24 s) a token may last; the rest is silence
+
+
+def token_times(us_alphas: np.ndarray, us_peaks: np.ndarray, tokens: list[str],
+                offset_ms: float = 0.0, shift: float = -1.5, upsample: int = 3
+                ) -> list[list[int]]:
+    """[start, end] milliseconds of each token, from the timestamp head's upsampled
+    firing weights and peaks (funasr's ``ts_prediction_lfr6_standard`` answers).
+
+    A token lasts from its peak to the next, 1.5 frames early; a token longer than 12
+    frames keeps 12 and leaves the rest as silence, and so does the speech before the
+    first peak.  The last token ends halfway to the end of the segment when more than
+    5 frames remain, else at its end.  When the peaks do not number one more than the
+    tokens, the weights are spread evenly and fired again."""
+    if not len(tokens):
         return []
-    start_end_threshold = 5
-    max_token_duration = 12  # 3 times upsampled
-    time_rate = 10.0 * 6 / 1000 / upsample_rate
-    alphas = np.array(us_alphas, dtype=np.float32)
+    if tokens[-1] == "</s>":
+        tokens = tokens[:-1]
+    seconds = 10.0 * 6 / 1000 / upsample  # one upsampled frame of the 60 ms LFR frames
     peaks = np.asarray(us_peaks, dtype=np.float32)
-    if char_list[-1] == "</s>":
-        char_list = char_list[:-1]
-    fire_place = np.where(peaks >= 1.0 - 1e-4)[0] + force_time_shift
-    if len(fire_place) != len(char_list) + 1:
-        alphas /= alphas.sum(dtype=np.float32) / np.float32(len(char_list) + 1)
-        t = np.float32(1.0 - 1e-4)
-        peaks = fires_kernel(alphas[None, :], t, t)[0]
-        fire_place = np.where(peaks >= 1.0 - 1e-4)[0] + force_time_shift
-    num_frames = peaks.shape[0]
-    timestamp_list: list[list[float]] = []
-    new_char_list: list[str] = []
-    if fire_place[0] > start_end_threshold:
-        timestamp_list.append([0.0, fire_place[0] * time_rate])
-        new_char_list.append("<sil>")
-    for i in range(len(fire_place) - 1):
-        new_char_list.append(char_list[i])
-        if fire_place[i + 1] - fire_place[i] <= max_token_duration:
-            timestamp_list.append([fire_place[i] * time_rate, fire_place[i + 1] * time_rate])
-        else:
-            split = fire_place[i] + max_token_duration
-            timestamp_list.append([fire_place[i] * time_rate, split * time_rate])
-            timestamp_list.append([split * time_rate, fire_place[i + 1] * time_rate])
-            new_char_list.append("<sil>")
-    if num_frames - fire_place[-1] > start_end_threshold:
-        end = (num_frames + fire_place[-1]) * 0.5
-        timestamp_list[-1][1] = end * time_rate
-        timestamp_list.append([end * time_rate, num_frames * time_rate])
-        new_char_list.append("<sil>")
-    elif timestamp_list:
-        timestamp_list[-1][1] = num_frames * time_rate
-    if vad_offset:
-        for stamp in timestamp_list:
-            stamp[0] += vad_offset / 1000.0
-            stamp[1] += vad_offset / 1000.0
-    return [[int(s * 1000), int(e * 1000)] for c, (s, e) in zip(new_char_list,
-                                                                timestamp_list, strict=True)
-            if c != "<sil>"]
+    fires = np.where(peaks >= 1.0 - 1e-4)[0] + shift
+    if len(fires) != len(tokens) + 1:
+        weights = np.array(us_alphas, dtype=np.float32)
+        weights /= weights.sum(dtype=np.float32) / np.float32(len(tokens) + 1)
+        level = np.float32(1.0 - 1e-4)
+        peaks = fires_kernel(weights[None, :], level, level)[0]
+        fires = np.where(peaks >= 1.0 - 1e-4)[0] + shift
+    frames = peaks.shape[0]
+    silence = "<sil>"  # spans without a token; a token spelled so is left out too
+    spans: list[tuple[str, list[float]]] = []  # (token, [start_s, end_s])
+    if fires[0] > _EDGE_FRAMES:
+        spans.append((silence, [0.0, fires[0] * seconds]))
+    for n, (here, there) in enumerate(zip(fires[:-1], fires[1:], strict=True)):
+        token = tokens[n]  # more peaks than tokens: IndexError, as in funasr
+        if there - here <= _LONGEST_TOKEN:
+            spans.append((token, [here * seconds, there * seconds]))
+            continue
+        cut = here + _LONGEST_TOKEN
+        spans += [(token, [here * seconds, cut * seconds]),
+                  (silence, [cut * seconds, there * seconds])]
+    if frames - fires[-1] > _EDGE_FRAMES:
+        half = (frames + fires[-1]) * 0.5
+        spans[-1][1][1] = half * seconds
+        spans.append((silence, [half * seconds, frames * seconds]))
+    elif spans:
+        spans[-1][1][1] = frames * seconds
+    extra = offset_ms / 1000.0
+    return [[int((a + extra) * 1000), int((b + extra) * 1000)] for token, (a, b) in spans
+            if token != silence]
 
 
 # ----------------------------------------------------------------------------- frontend

@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from worker.funasr_port import Frontend, Tokens, load_audio, ts_prediction_lfr6_standard
+from worker.funasr_port import Frontend, Tokens, load_audio, token_times
 from worker.onnx_graphs import (
     EXPORT_HINT,
     GraphsMissing,
@@ -66,21 +66,24 @@ if TYPE_CHECKING:
 log = logging.getLogger("tingji.worker.onnx")
 
 
+_HAN_OR_DIGITS = re.compile(r"[\u4E00-\u9FA50-9]+")
+
+
 def _hotword_seg_tokenize(words: list[str], seg_dict: dict[str, str]) -> list[str]:
-    """SeACo-Paraformer's own seg_dict split of a hotword line (funasr's
-    ``generate_hotwords_list``; not the tokenizer's, whose pattern differs)."""
-    pattern = re.compile(r"^[\u4E00-\u9FA50-9]+$")
-    out = ""
-    for word in words:
-        word = word.lower()
+    """A hotword line's tokens as SeACo-Paraformer spells hotwords (funasr's
+    ``generate_hotwords_list``, not the tokenizer's own split): a word the seg_dict
+    knows as it spells it, a word of Chinese characters or digits character by
+    character (``<unk>`` for one it does not know), any other word ``<unk>``."""
+    tokens: list[str] = []
+    for word in (w.lower() for w in words):
         if word in seg_dict:
-            out += seg_dict[word] + " "
-        elif pattern.match(word):
+            tokens += seg_dict[word].split()
+        elif _HAN_OR_DIGITS.fullmatch(word):
             for char in word:
-                out += (seg_dict[char] if char in seg_dict else "<unk>") + " "
+                tokens += seg_dict[char].split() if char in seg_dict else ["<unk>"]
         else:
-            out += "<unk>" + " "
-    return out.strip().split()
+            tokens.append("<unk>")
+    return tokens
 
 
 class OrtParaformer:
@@ -193,8 +196,7 @@ class OrtParaformer:
         if not len(us_alphas):
             result["text"] = tokens_to_text(token)[0]
             return result
-        stamps = ts_prediction_lfr6_standard(us_alphas, us_peaks, list(token),
-                                             vad_offset=begin_ms)
+        stamps = token_times(us_alphas, us_peaks, list(token), offset_ms=begin_ms)
         text, stamps, _ = tokens_to_text(token, stamps)
         result.update(text=text, timestamp=stamps)
         return result

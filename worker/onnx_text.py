@@ -143,31 +143,37 @@ def _glue_mixed(pieces: list[str], stamps: Sequence[Stamp] | None
     for n, piece in enumerate(pieces):
         if fresh and stamps is not None:
             start, end = stamps[n]
-        if piece and all(_han_or_digit(c) for c in piece):
+        kind = _kind(piece)
+        if kind == "other":  # kept as it is, untimed
+            words.append(piece)
+            continue
+        if kind == "subword":
+            word += piece.replace("@@", "")
+        elif kind == "latin":
+            words += [word + piece, " "]
+            word = ""
+        else:
             if latin_space:
                 words.pop()
             words.append(piece)
-            latin_space = False
-            if stamps is not None:
-                fresh = True
-                times.append([start, end])
-        elif "@@" in piece:
-            word += piece.replace("@@", "")
-            latin_space = False
-            if stamps is not None:
-                fresh = False
+        latin_space = kind == "latin"
+        if stamps is not None:
+            if kind != "han":
                 end = stamps[n][1]
-        elif _all_latin(piece):
-            words += [word + piece, " "]
-            word = ""
-            latin_space = True
-            if stamps is not None:
-                fresh = True
-                end = stamps[n][1]
+            fresh = kind != "subword"
+            if fresh:
                 times.append([start, end])
-        else:
-            words.append(piece)
     return words, times
+
+
+def _kind(piece: str) -> str:
+    """A piece of a mixed text: ``han`` (every character Chinese, a digit or "@"),
+    ``subword`` (holds ``@@``), ``latin`` (a word of other letters), or ``other``."""
+    if piece and all(_han_or_digit(c) for c in piece):
+        return "han"
+    if "@@" in piece:
+        return "subword"
+    return "latin" if _all_latin(piece) else "other"
 
 
 def _abbreviations(words: list[str], stamps: list[Stamp] | None

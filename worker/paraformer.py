@@ -180,47 +180,36 @@ class TingjiCifPredictorV3(CifPredictorV3):
                 mask: torch.Tensor | None = None, ignore_id: int = -1,
                 mask_chunk_predictor: torch.Tensor | None = None,
                 target_label_length: torch.Tensor | None = None) -> Any:
-        """``CifPredictorV3.forward`` with padded frames zeroed and the compiled CIF loop;
-        otherwise the same operations in the same order."""
-        if self.training:  # tingji only decodes; training keeps funasr's code
+        """Decoding through ``CifPredictorV3``: the CIF weights of every frame (zero on
+        padded ones) integrated by the compiled loop into acoustic embeddings.  The
+        arithmetic is funasr's, step for step, so the embeddings are the same numbers;
+        training, and a forward given target lengths, run funasr's own method."""
+        if self.training or target_label is not None or target_label_length is not None:
             return super().forward(hidden, target_label, mask, ignore_id,
                                    mask_chunk_predictor, target_label_length)
         hidden = _zero_padding(hidden, mask)
-        token_num2: torch.Tensor | None = None
-        if _in_decode_scope():  # token_num2 is unused there: no timestamp head
-            output = self._cif_conv(hidden)
+        timestamp_tokens: torch.Tensor | None = None  # what the timestamp head counts
+        if _in_decode_scope():  # tingji's decoding reads no timestamp head here
+            conv = self._cif_conv(hidden)
         else:
-            output, alphas2 = self._conv_and_timestamp_alphas(hidden, mask)
-            token_num2 = alphas2.sum(-1)
-
-        output = self.cif_output(output.transpose(1, 2))
-        alphas = torch.sigmoid(output)
-        alphas = torch.nn.functional.relu(alphas * self.smooth_factor - self.noise_threshold)
-        if mask is not None:
-            mask = mask.transpose(-1, -2).float()
-            alphas = alphas * mask
-        if mask_chunk_predictor is not None:
-            alphas = alphas * mask_chunk_predictor
-        alphas = alphas.squeeze(-1)
-        if mask is not None:
-            mask = mask.squeeze(-1)
-        if target_label_length is not None:
-            target_length = target_label_length
-        elif target_label is not None:
-            target_length = (target_label != ignore_id).float().sum(-1)
-        else:
-            target_length = None
-        token_num = alphas.sum(-1)
-        if target_length is not None:
-            alphas *= (target_length / token_num)[:, None].repeat(1, alphas.size(1))
-        elif self.tail_threshold > 0.0:
-            hidden, alphas, token_num = self.tail_process_fn(hidden, alphas, token_num,
-                                                             mask=mask)
-        acoustic_embeds, cif_peak = fast_cif(hidden, alphas, self.threshold)
-        if target_length is None and self.tail_threshold > 0.0:
-            token_num_int = torch.max(token_num).type(torch.int32).item()
-            acoustic_embeds = acoustic_embeds[:, :token_num_int, :]
-        return acoustic_embeds, token_num, alphas, cif_peak, token_num2
+            conv, head_weights = self._conv_and_timestamp_alphas(hidden, mask)
+            timestamp_tokens = head_weights.sum(-1)
+        weights = torch.sigmoid(self.cif_output(conv.transpose(1, 2)))
+        weights = torch.nn.functional.relu(weights * self.smooth_factor - self.noise_threshold)
+        frame_mask = None if mask is None else mask.transpose(-1, -2).float()
+        for factor in (frame_mask, mask_chunk_predictor):
+            if factor is not None:
+                weights = weights * factor
+        weights = weights.squeeze(-1)
+        tokens = weights.sum(-1)
+        if self.tail_threshold <= 0.0:
+            embeds, fires = fast_cif(hidden, weights, self.threshold)
+            return embeds, tokens, weights, fires, timestamp_tokens
+        hidden, weights, tokens = self.tail_process_fn(
+            hidden, weights, tokens, mask=None if frame_mask is None else frame_mask.squeeze(-1))
+        embeds, fires = fast_cif(hidden, weights, self.threshold)
+        embeds = embeds[:, :int(tokens.max().to(torch.int32))]
+        return embeds, tokens, weights, fires, timestamp_tokens
 
     def _conv_and_timestamp_alphas(self, hidden: torch.Tensor, mask: torch.Tensor | None
                                    ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -257,17 +246,14 @@ class TingjiCifPredictorV3(CifPredictorV3):
         """``CifPredictorV3.get_upsample_timestamp`` with padded frames zeroed, the BLSTM
         over packed sequences and the compiled fire loop; otherwise the same operations in
         the same order."""
-        hidden = _zero_padding(hidden, mask)
-        b = hidden.shape[0]
-        _, alphas2 = self._conv_and_timestamp_alphas(hidden, mask)
-        _token_num = alphas2.sum(-1)
-        if token_num is not None:
-            alphas2 *= (token_num / _token_num)[:, None].repeat(1, alphas2.size(1))
-        ds_alphas = alphas2.reshape(b, -1, self.upsample_times).sum(-1)
-        ds_cif_peak = fast_cif_wo_hidden(ds_alphas, self.threshold - 1e-4)
-        us_alphas = alphas2
-        us_cif_peak = fast_cif_wo_hidden(us_alphas, self.threshold - 1e-4)
-        return ds_alphas, ds_cif_peak, us_alphas, us_cif_peak
+        _, upsampled = self._conv_and_timestamp_alphas(_zero_padding(hidden, mask), mask)
+        if token_num is not None:  # scaled so that they add up to the decoded tokens
+            scale = token_num / upsampled.sum(-1)
+            upsampled *= scale[:, None].repeat(1, upsampled.size(1))
+        level = self.threshold - 1e-4
+        frames = upsampled.reshape(upsampled.shape[0], -1, self.upsample_times).sum(-1)
+        return (frames, fast_cif_wo_hidden(frames, level),
+                upsampled, fast_cif_wo_hidden(upsampled, level))
 
     def _blstm(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         if mask is None or x.shape[0] == 1:

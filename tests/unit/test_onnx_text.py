@@ -243,3 +243,32 @@ def test_a_long_carry_is_cut_at_a_comma_as_funasr() -> None:
     ours = onnx_text.punctuate(words, [5] * 250, commas, PUNC_LIST, 3)
     assert (ours[0], ours[1].tolist()) == theirs
     assert theirs[1].count(3) >= 2  # a cut inside, and the final stop
+
+
+HOTWORD = st.sampled_from(["你好", "世界", "GPU", "gpu", "達", "12", "3a", "魔搭", "x", "听记"])
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                  HealthCheck.function_scoped_fixture])
+@given(st.lists(st.lists(HOTWORD, min_size=1, max_size=3), min_size=1, max_size=4))
+def test_hotword_spelling_is_seaco_paraformers(tmp_path: Path, lines: list[list[str]]) -> None:
+    """The ONNX engine's spelling of a hotword file with a ``seg_dict`` (whole words it
+    knows, Chinese words character by character, ``<unk>`` otherwise) against
+    ``SeacoParaformer.generate_hotwords_list``."""
+    import types
+
+    from funasr.models.seaco_paraformer.model import SeacoParaformer
+
+    from worker.onnx_engine import _hotword_seg_tokenize
+
+    (tmp_path / "seg_dict").write_text("你好 你 好\ngpu g@@ p@@ u\n世 世\n界 界\n听 听\n",
+                                       encoding="utf-8")
+    (tmp_path / "am.mvn").write_text("", encoding="utf-8")
+    hotwords = tmp_path / "hotwords.txt"
+    hotwords.write_text("".join(" ".join(words) + "\n" for words in lines), encoding="utf-8")
+    fake = types.SimpleNamespace(sos=1)
+    theirs = SeacoParaformer.generate_hotwords_list(
+        fake, str(hotwords), tokenizer=types.SimpleNamespace(tokens2ids=list),
+        frontend=types.SimpleNamespace(cmvn_file=str(tmp_path / "am.mvn")))
+    seg = onnx_text.read_seg_dict(tmp_path / "seg_dict")
+    assert [_hotword_seg_tokenize(words, seg) for words in lines] + [[1]] == theirs
