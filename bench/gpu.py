@@ -9,7 +9,8 @@ weights, ``tests.helpers.tiny_funasr.build_bench_models``).  The same process ru
 
 (a) ``--clips`` clips of ``--clip-s`` seconds (cut at different offsets from the source
     speech): bare ``AutoModel.generate`` one file at a time, then tingji's worker path
-    (VAD in ``worker.vad``'s processes when configured -> ``worker.lane.AsrLane`` ->
+    (VAD in ``worker.engines.torch.vad_pool``'s processes when configured ->
+    ``worker.scheduler.AsrScheduler`` ->
     ``AsrEngine`` -> ``worker.batching``) with every task's audio ready at once, at K=1
     and at K=``--k`` tasks per group;
 (b) one clip of ``--long-s`` seconds: bare, then tingji (a group of one).
@@ -125,13 +126,13 @@ def tingji_run(engine: Any, files: list[Path], k: int, gpu: Gpu
                ) -> tuple[float, list[dict[str, Any]], list[Any]]:
     """Every file a task, all ready at once, through the worker's lane."""
     from worker.batching import AsrJob
-    from worker.lane import AsrLane
+    from worker.scheduler import AsrScheduler
 
     async def main() -> tuple[float, list[AsrJob], list[Any]]:
         jobs = [AsrJob(f) for f in files]
         vad_left = [len(jobs)]
         # the lane waits briefly for tasks whose VAD is still running, as for fetches
-        lane = AsrLane(engine, k, fetching=lambda: vad_left[0])
+        lane = AsrScheduler(engine, k, fetching=lambda: vad_left[0])
         stats: list[Any] = []
 
         async def one(i: int, job: AsrJob) -> None:

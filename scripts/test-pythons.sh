@@ -18,7 +18,7 @@ find_python() {  # python3.12 on PATH, else pyenv's
 }
 FILES=(tests/test_queue.py tests/test_settings.py tests/test_migrations.py tests/test_api.py
        tests/test_feed.py tests/test_cli.py tests/test_ops.py tests/test_metrics.py
-       tests/test_structure.py)
+       tests/unit/test_structure.py)
 status=0
 for v in ${TINGJI_OTHER_PYTHONS:-3.12 3.13}; do
   py=$(find_python "$v")

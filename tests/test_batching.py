@@ -1,6 +1,6 @@
 """Cross-task batching (worker.batching) and tingji's Paraformer predictor
-(worker.paraformer: padding-invariant, compiled CIF loops), in-process with real funasr
-and random-weight models.
+(worker.engines.torch.paraformer: padding-invariant, compiled CIF loops), in-process
+with real funasr and random-weight models.
 
 The identity checks use an ASR model whose CIF predictor follows the encoder output
 closely (``predictor_gain``), so a frame leaking from the padding changes text or
@@ -63,7 +63,7 @@ def test_padded_decoding_equals_decoding_alone(stock: Any, sensitive_asr: str,
                                                clips: list[Path]) -> None:
     import soundfile as sf
 
-    from worker.paraformer import make_padding_invariant
+    from worker.engines.torch.paraformer import make_padding_invariant
 
     segs = []
     for c in clips:
@@ -102,7 +102,7 @@ def test_decode_scope_leaves_out_only_the_unused_timestamp_head(
     are equal bit for bit, and the bidirectional LSTM does not run."""
     import torch
 
-    from worker.paraformer import decode_scope, make_padding_invariant
+    from worker.engines.torch.paraformer import decode_scope, make_padding_invariant
 
     model = _load(sensitive_asr, tiny_models)
     assert make_padding_invariant(model.model) == "TingjiCifPredictorV3"
@@ -134,7 +134,7 @@ def test_compiled_cif_loops_equal_funasr_bit_for_bit(seed: int) -> None:
     import torch
     from funasr.models.bicif_paraformer.cif_predictor import cif, cif_wo_hidden
 
-    from worker.paraformer import fast_cif, fast_cif_wo_hidden
+    from worker.engines.torch.paraformer import fast_cif, fast_cif_wo_hidden
 
     g = torch.Generator().manual_seed(seed)
     b, t, d = 1 + seed, 40 + 97 * seed, 8 + 5 * seed
@@ -159,8 +159,8 @@ def test_decode_scope_equals_funasr(seed: int) -> None:
     import torch
     from funasr.utils import timestamp_tools
 
-    from worker import paraformer
-    from worker.paraformer import decode_scope
+    from worker.engines.torch import paraformer
+    from worker.engines.torch.paraformer import decode_scope
 
     g = torch.Generator().manual_seed(100 + seed)
     frames = 60 + 150 * seed
@@ -203,13 +203,13 @@ def test_decode_scope_equals_funasr(seed: int) -> None:
 def test_fast_vad_decision_gives_funasr_segments(silence_pdfs: list[int], clips: list[Path],
                                                  tiny_models: dict[str, str],
                                                  tmp_path: Path) -> None:
-    """``worker.fsmnvad``: the per-frame decision read from lists gives stock funasr's
+    """``worker.engines.torch.fsmnvad``: the per-frame decision read from lists gives stock funasr's
     segments, on speech, on silence and on noise, with one silence pdf or several."""
     import numpy as np
     import soundfile as sf
     from funasr import AutoModel
 
-    from worker.fsmnvad import TingjiFsmnVAD, make_fast_vad
+    from worker.engines.torch.fsmnvad import TingjiFsmnVAD, make_fast_vad
 
     rng = np.random.default_rng(7)
     speech = np.concatenate([sf.read(c, dtype="float32")[0] for c in clips[:3]])
@@ -365,7 +365,7 @@ def test_vad_in_a_process_pool_gives_the_same_segments_and_transcripts(
     import asyncio
 
     from worker.asr import AsrConfig
-    from worker.vad import VadPool
+    from worker.engines.torch.vad_pool import VadPool
 
     config = AsrConfig(vad_model=tiny_models["vad"], vad_max_end_silence_ms=None)
     pool = VadPool(tiny_models["vad"], config.vad_kwargs(), 2, config.generate_kw)

@@ -1,4 +1,4 @@
-"""``tingji models export-onnx`` (worker.onnx_export) with random-weight models at the
+"""``tingji models export-onnx`` (worker.engines.onnx.export) with random-weight models at the
 hub's widths: the real command in a subprocess, funasr's exporter, ONNX Runtime.
 
 The ASR model is SeACo-Paraformer at paraformer-zh's widths (512, vocabulary 8404) with
@@ -274,7 +274,7 @@ def test_onnx_engine_labels_speakers_as_torch(models: dict[str, Path], exported:
 
 def test_onnx_vad_cuts_as_funasr_across_chunks(models: dict[str, Path], exported: Path,
                                                clips: list[Path], tmp_path: Path) -> None:
-    """The torch-free FSMN-VAD (``worker.onnx_vad``) against funasr's own on a 2.5-minute
+    """The torch-free FSMN-VAD (``worker.engines.onnx.vad``) against funasr's own on a 2.5-minute
     file: speech, long silences and noise, crossing funasr's 60-second chunks, with the
     dynamic end-silence schedule (the default) and with a fixed end silence.  The
     segments are equal, millisecond for millisecond."""
@@ -282,8 +282,8 @@ def test_onnx_vad_cuts_as_funasr_across_chunks(models: dict[str, Path], exported
     import soundfile as sf
     from funasr import AutoModel
 
-    from worker.onnx_graphs import read_config
-    from worker.onnx_vad import FsmnVad
+    from worker.engines.onnx.graphs import read_config
+    from worker.engines.onnx.vad import FsmnVad
 
     rng = np.random.default_rng(7)
     parts = []

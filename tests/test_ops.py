@@ -230,7 +230,7 @@ def test_the_systemd_unit(tmp_path: Path) -> None:
 
 
 def test_the_environment_file_is_private(tmp_path: Path) -> None:
-    from tingji.service import _write_private
+    from tingji.cli.service import _write_private
 
     target = tmp_path / "env"
     target.write_text("old")
@@ -245,7 +245,7 @@ def test_doctor_packages_are_the_engines(tmp_path: Path, monkeypatch: Any) -> No
     either for auto."""
     from importlib import metadata
 
-    from tingji import doctor
+    from tingji.cli import doctor
     from tingji.settings import Settings
 
     absent: set[str] = set()
@@ -276,7 +276,7 @@ def test_doctor_packages_are_the_engines(tmp_path: Path, monkeypatch: Any) -> No
 def test_doctor_says_what_int8_gains_on_this_cpu(tmp_path: Path) -> None:
     """The CPU's flags (``/proc/cpuinfo``) decide the note: VNNI, AVX2 alone, or nothing
     to say (another architecture, or no file)."""
-    from tingji import doctor
+    from tingji.cli import doctor
 
     def note(flags: str | None) -> list[Any]:
         info = tmp_path / "cpuinfo"

@@ -14,7 +14,7 @@ import pytest
 from tests.helpers.procs import start
 from tests.helpers.stack import Stack
 from worker.errors import PermanentTaskError, RetryableTaskError
-from worker.fetch import fetch_remote_upload
+from worker.stages.fetch import fetch_remote_upload
 
 TOKEN = "scale-out-token"
 

@@ -27,10 +27,10 @@ from tests.helpers.media import flac_bomb
 from tests.helpers.procs import free_port
 from tests.helpers.servers import FileServer, TrapServer
 from tests.helpers.stack import Stack
-from worker.egress import EgressRefused, address_kind, guarded
 from worker.errors import PermanentTaskError
-from worker.fetch import NETWORK_ERROR, _classify
-from worker.media import normalize
+from worker.stages.egress import EgressRefused, address_kind, guarded
+from worker.stages.fetch import NETWORK_ERROR, _classify
+from worker.stages.media import normalize
 
 URL = "https://www.bilibili.com/video/BV1GJ411x7h7"
 
@@ -232,7 +232,7 @@ def test_orphaned_upload_is_swept_at_start(stack_factory: Callable[..., Stack],
 
 
 def test_cli_result_name_stays_in_the_target_folder() -> None:
-    from tingji.commands import _filename
+    from tingji.cli.commands import _filename
 
     for hostile in ("..%2F..%2F.bashrc", "%2Fetc%2Fcron.d%2Fx", "..", "a%00b"):
         name = _filename(f"attachment; filename*=UTF-8''{hostile}", "0" * 36, "srt")
@@ -568,7 +568,7 @@ def test_model_folders_cannot_run_code_in_the_worker(tiny_models: dict[str, str]
 
     from worker.asr import AsrConfig, AsrEngine
     from worker.batching import AsrJob
-    from worker.vad import VadPool
+    from worker.engines.torch.vad_pool import VadPool
 
     def armed(role: str, src: str) -> str:
         folder = tmp_path / role

@@ -19,7 +19,7 @@ import pytest
 
 from tests.helpers.procs import start_server
 from tests.helpers.stack import Stack
-from worker.webhooks import Dispatcher, verify
+from worker.stages.webhooks import Dispatcher, verify
 
 SECRET = "a webhook secret"
 

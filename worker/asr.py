@@ -4,7 +4,7 @@ model lane), so the event loop never blocks on inference.
 Hub ids (``paraformer-zh``, ``fsmn-vad``, ``ct-punc``) and local model folders go
 through the same ``AutoModel`` call; ``disable_update=True`` always (otherwise funasr
 asks PyPI for a newer version, with no timeout).  After loading, the Paraformer
-predictor is switched to tingji's padding-invariant subclass (``worker.paraformer``).
+predictor is switched to tingji's padding-invariant subclass (``worker.engines.torch.paraformer``).
 
 The engine transcribes a *group* of tasks at a time (``worker.batching``): their speech
 is decoded in shared batches; per task it reports the seconds of speech decoded and
@@ -30,9 +30,9 @@ from typing import Any
 
 from db.values import SegmentRow
 from worker.batching import AsrJob, BatchStats, CrossTaskBatch
+from worker.engines.model_folders import FUNASR_BUILD_KW
+from worker.engines.torch.vad_pool import VadPool
 from worker.errors import PermanentTaskError, TaskCancelled, load_failure
-from worker.model_folders import FUNASR_BUILD_KW
-from worker.vad import VadPool
 
 log = logging.getLogger("tingji.worker.asr")
 
@@ -69,7 +69,7 @@ class AsrConfig:
 
     def roles(self) -> list[tuple[str, str, str | None]]:
         """(role, setting, model) of the models the ONNX engine runs as graphs
-        (``worker.onnx_graphs.GRAPH_ROLES``)."""
+        (``worker.engines.onnx.graphs.GRAPH_ROLES``)."""
         return [("ASR", "TINGJI_ASR_MODEL", self.model),
                 ("VAD", "TINGJI_VAD_MODEL", self.vad_model),
                 ("punctuation", "TINGJI_PUNC_MODEL", self.punc_model)]
@@ -158,7 +158,7 @@ class AsrEngine:
             self.device = "cpu"  # ONNX Runtime's CPU provider
             model = self._load_onnx(graphs)
             what = ", ".join(model.paths())
-            per_call = 2 * model.model.lanes  # unpadded: see worker.onnx_engine
+            per_call = 2 * model.model.lanes  # unpadded: see worker.engines.onnx.engine
             batch_size_s = 0
             if self.vad_pool is not None:  # its processes run torch's VAD
                 log.info("TINGJI_VAD_PROCESSES is not used by the ONNX engine: VAD runs on "
@@ -167,7 +167,7 @@ class AsrEngine:
                 self.vad_pool = None
         else:
             model = self._load_torch()
-            from worker.paraformer import decode_scope, make_padding_invariant
+            from worker.engines.torch.paraformer import decode_scope, make_padding_invariant
 
             what = f"predictor {make_padding_invariant(model.model) or 'stock'}"
             scope = decode_scope
@@ -204,7 +204,7 @@ class AsrEngine:
         except Exception as exc:
             raise ModelLoadError(load_failure(f"ASR model {c.description}", c.model,
                                               "TINGJI_ASR_MODEL", exc)) from exc
-        from worker.fsmnvad import make_fast_vad  # imports funasr: lane only
+        from worker.engines.torch.fsmnvad import make_fast_vad  # imports funasr: lane only
 
         make_fast_vad(getattr(model, "vad_model", None))
         return model
@@ -218,7 +218,7 @@ class AsrEngine:
         if c.engine == "torch" or (c.engine == "auto" and self.device != "cpu"):
             self.engine = "torch"
             return {}
-        from worker.onnx_graphs import GraphsMissing, find_graphs
+        from worker.engines.onnx.graphs import GraphsMissing, find_graphs
 
         try:
             if importlib.util.find_spec("onnxruntime") is None:
@@ -239,10 +239,10 @@ class AsrEngine:
         return graphs
 
     def _load_onnx(self, graphs: dict[str, Path]) -> Any:
-        """The ONNX engine's models (``worker.onnx_engine.OnnxModels``): neither torch
+        """The ONNX engine's models (``worker.engines.onnx.engine.OnnxModels``): neither torch
         nor funasr is imported."""
-        from worker.onnx_engine import OnnxModels
-        from worker.onnx_graphs import EXPORT_HINT, GraphsMissing
+        from worker.engines.onnx.engine import OnnxModels
+        from worker.engines.onnx.graphs import EXPORT_HINT, GraphsMissing
 
         c = self.config
         try:

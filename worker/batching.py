@@ -5,7 +5,7 @@ a GPU on small batches.  The worker sees the whole queue; for a group of ready t
 (``TINGJI_ASR_BATCH_TASKS``) ``CrossTaskBatch.run`` does, on the model thread:
 
 1. **split** – each task through ``AutoModel.generate`` with the ASR calls intercepted:
-   VAD runs (or is answered from VAD done ahead, ``worker.vad``) and the segments
+   VAD runs (or is answered from VAD done ahead, ``worker.engines.torch.vad_pool``) and the segments
    funasr cuts are recorded (the ASR calls get empty answers, so nothing else runs);
 2. **decode** – the union of all tasks' segments, sorted by length, in batches bounded by
    padded seconds (``TINGJI_BATCH_SIZE_S`` on a GPU, as funasr bounds them;
@@ -18,7 +18,7 @@ a GPU on small batches.  The worker sees the whole queue; for a group of ready t
    answered from steps 1 and 2, so funasr's own code merges segments, punctuates and
    builds sentence timestamps, per task.
 
-Decoding is padding-invariant (``worker.paraformer``), so every task gets the text and
+Decoding is padding-invariant (``worker.engines.torch.paraformer``), so every task gets the text and
 timestamps it gets alone.  Errors stay with their task: one undecodable file never
 fails the others.
 """
@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from worker.errors import RetryableTaskError, TaskCancelled
-from worker.media import SAMPLE_RATE  # what the normalized audio and funasr use
+from worker.stages.media import SAMPLE_RATE  # what the normalized audio and funasr use
 
 log = logging.getLogger("tingji.worker.batching")
 
@@ -122,7 +122,7 @@ class _Intercept:
         job, sub = self.job, kw.get("model")
         job.check()
         if sub is not None and sub is self.model.vad_model:
-            if job.vad is None:  # not done ahead (worker.vad): here
+            if job.vad is None:  # not done ahead (worker.engines.torch.vad_pool): here
                 job.vad = copy.deepcopy(self.original(input, *args, **kw))
             job.speech_s = sum((seg[1] - seg[0]) / 1000.0 for r in job.vad
                                for seg in r.get("value", []))
@@ -146,7 +146,7 @@ class _Intercept:
 
 class CrossTaskBatch:
     """Runs one group of jobs through a loaded ``funasr.AutoModel``, or the ONNX engine's
-    stand-in for it (``worker.onnx_engine.OnnxModels``), on the model lane."""
+    stand-in for it (``worker.engines.onnx.engine.OnnxModels``), on the model lane."""
 
     def __init__(self, model: Any, *, device: str, batch_size_s: int,
                  batch_size_threshold_s: int = 60, generate_kw: dict[str, Any] | None = None,
@@ -163,7 +163,8 @@ class CrossTaskBatch:
         self.threshold_ms = batch_size_threshold_s * 1000
         self.generate_kw = generate_kw or {}
         self.decode_hook = decode_hook  # tests: called with each batch before decoding
-        self.decode_scope = decode_scope  # around each model call (worker.paraformer's)
+        # around each model call (worker.engines.torch.paraformer's)
+        self.decode_scope = decode_scope
         self._asr_kw: dict[str, Any] | None = None
         self._bias: dict[str, str] = {}  # funasr's hotword argument for the sub-group
         # the speaker model (funasr's spk_model and its kwargs), once a task asked for it

@@ -9,7 +9,7 @@
 - Cross-task batching: tasks ready for ASR are transcribed in groups of up to
   ``TINGJI_ASR_BATCH_TASKS`` (default 8 on CUDA, 1 on a CPU), their speech decoded in
   shared batches (``worker.scheduler``, ``worker.batching``); their VAD can run ahead, in
-  processes (``TINGJI_VAD_PROCESSES``, ``worker.vad``).
+  processes (``TINGJI_VAD_PROCESSES``, ``worker.engines.torch.vad_pool``).
 - SIGTERM/SIGINT: stop claiming; within ``TINGJI_DRAIN_SECONDS`` finish what is
   running, then hand back (release) what is not finished; never leave a task
   ``processing``.  Then mark the worker stopped.
@@ -39,10 +39,10 @@ from tingji.settings import Settings
 from tingji.supervise import EXIT_FATAL
 from worker.asr import AsrConfig, AsrEngine, ModelLoadError, resolve_device
 from worker.errors import TaskCancelled, TaskFailure
-from worker.llm import Llm, LlmConfig
 from worker.pipeline import Phase, RunContext, TaskRun
 from worker.scheduler import AsrScheduler
-from worker.webhooks import Dispatcher
+from worker.stages.llm import Llm, LlmConfig
+from worker.stages.webhooks import Dispatcher
 
 log = logging.getLogger("tingji.worker")
 

@@ -30,22 +30,22 @@ from tingji.taskfiles import TaskFiles, source_of
 from worker.asr import transcript_of
 from worker.batching import AsrJob
 from worker.errors import PermanentTaskError, RetryableTaskError, TaskCancelled
-from worker.fetch import (
+from worker.stages.fetch import (
     fetch_remote_upload,
     fetch_upload,
     fetch_url,
     list_url,
     release_remote_upload,
 )
-from worker.llm import LlmOptions
+from worker.stages.llm import LlmOptions
 
 if TYPE_CHECKING:
     from db.queue import Queue
     from db.reads import Reads
     from tingji.settings import Settings
     from worker.asr import AsrEngine
-    from worker.llm import Llm
     from worker.scheduler import AsrScheduler
+    from worker.stages.llm import Llm
 
 log = logging.getLogger("tingji.worker.pipeline")
 

@@ -122,7 +122,7 @@ async def list_parts(url: FromQuery[str], settings: SettingsDep) -> PartsView:
     url = check_url(url, "url")
     async with _LISTING:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "worker.lists", url, str(settings.max_list_items),
+            sys.executable, "-m", "worker.stages.lists", url, str(settings.max_list_items),
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
         try:
             out, _ = await asyncio.wait_for(proc.communicate(), LIST_TIMEOUT_S)

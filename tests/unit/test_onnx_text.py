@@ -1,4 +1,4 @@
-"""tingji's own result text (``worker.onnx_text``) against funasr's functions, which the
+"""tingji's own result text (``worker.engines.onnx.text``) against funasr's functions, which the
 torch engine runs: generated token, punctuation and timestamp sequences, equal results
 or the same exception.  The end-to-end equality (real clips through both engines) is
 ``tests/test_onnx.py``."""
@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from worker import onnx_text
+from worker.engines.onnx import text as onnx_text
 
 postprocess = pytest.importorskip("funasr.utils.postprocess_utils")
 timestamp_tools = pytest.importorskip("funasr.utils.timestamp_tools")
@@ -259,7 +259,7 @@ def test_hotword_spelling_is_seaco_paraformers(tmp_path: Path, lines: list[list[
 
     from funasr.models.seaco_paraformer.model import SeacoParaformer
 
-    from worker.onnx_engine import _hotword_seg_tokenize
+    from worker.engines.onnx.engine import _hotword_seg_tokenize
 
     (tmp_path / "seg_dict").write_text("你好 你 好\ngpu g@@ p@@ u\n世 世\n界 界\n听 听\n",
                                        encoding="utf-8")

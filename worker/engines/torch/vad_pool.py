@@ -9,8 +9,8 @@ audio is fetched, in parallel with other tasks' VAD and with the GPU decoding ea
 groups; the lane then only slices the audio.
 
 The pool runs the same ``AutoModel.generate`` call on the same model with the same
-settings (and the same per-frame decision, ``worker.fsmnvad``), so the segments are those
-of in-lane VAD (a test checks it).
+settings (and the same per-frame decision, ``worker.engines.torch.fsmnvad``), so the
+segments are those of in-lane VAD (a test checks it).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
-from worker.model_folders import FUNASR_BUILD_KW
+from worker.engines.model_folders import FUNASR_BUILD_KW
 
 log = logging.getLogger("tingji.worker.vad")
 
@@ -59,7 +59,7 @@ def _init(vad_model: str, vad_kwargs: dict[str, Any], generate_kw: dict[str, Any
     _logging.getLogger().setLevel(_logging.ERROR)
     _MODEL = AutoModel(model=vad_model, device="cpu", ncpu=1,
                        **(copy.deepcopy(vad_kwargs) | FUNASR_BUILD_KW))
-    from worker.fsmnvad import make_fast_vad
+    from worker.engines.torch.fsmnvad import make_fast_vad
 
     make_fast_vad(_MODEL.model)
     _GENERATE_KW = generate_kw

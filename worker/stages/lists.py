@@ -1,4 +1,4 @@
-"""``python -m worker.lists URL``: what a URL holds (a multi-part video's parts, a
+"""``python -m worker.stages.lists URL``: what a URL holds (a multi-part video's parts, a
 list's videos), as JSON on stdout, without downloading anything.
 
 The API runs this in a child process for ``GET /api/v1/bilibili/parts``: yt-dlp stays
@@ -13,12 +13,12 @@ import sys
 
 from tingji.settings import Settings
 from worker.errors import PermanentTaskError, RetryableTaskError
-from worker.fetch import list_url
+from worker.stages.fetch import list_url
 
 
 def main(argv: list[str]) -> int:
     if len(argv) != 2:
-        print("usage: python -m worker.lists URL MAX_ITEMS", file=sys.stderr)
+        print("usage: python -m worker.stages.lists URL MAX_ITEMS", file=sys.stderr)
         return 2
     settings = Settings.from_env()
     try:

@@ -1,18 +1,18 @@
 """Where the ONNX engine's graphs are and how they are opened: a model folder holding
 ``model.onnx`` (the hub's ``-onnx`` models) or the folder ``tingji models export-onnx``
-wrote (``worker.onnx_export``), its ``config.yaml``, ONNX Runtime sessions.  Light to
-import (``tingji doctor`` and the CLI use it); ``worker.onnx_engine`` runs the graphs."""
+wrote (``worker.engines.onnx.export``), its ``config.yaml``, ONNX Runtime sessions.  Light to
+import (``tingji doctor`` and the CLI use it); ``worker.engines.onnx.engine`` runs the graphs."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from worker.onnx_export import MANIFEST, export_folder
+from worker.engines.onnx.export import MANIFEST, export_folder
 
 EXPORT_HINT = "tingji models export-onnx --quantize"
 # the models the engine runs as graphs (and ``export-onnx`` exports), by role as
-# ``tingji.doctor.model_roles`` names them
+# ``tingji.cli.doctor.model_roles`` names them
 GRAPH_ROLES = ("ASR", "VAD", "punctuation")
 
 

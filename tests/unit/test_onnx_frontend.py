@@ -1,4 +1,4 @@
-"""The ONNX engine's token timestamps (``worker.funasr_port.token_times``) against
+"""The ONNX engine's token timestamps (``worker.engines.onnx.frontend.token_times``) against
 funasr's ``ts_prediction_lfr6_standard``, which the torch engine runs: random firing
 weights and peaks, with peaks that match the tokens and peaks that do not (funasr's
 fallback then fires the weights again)."""
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from worker.funasr_port import token_times
+from worker.engines.onnx.frontend import token_times
 
 torch = pytest.importorskip("torch")
 timestamp_tools = pytest.importorskip("funasr.utils.timestamp_tools")

@@ -2,10 +2,10 @@
 Runtime, with int8 weights when the export has them, and neither torch nor funasr
 imported (a worker installed with ``tingji[worker-onnx]`` has neither).
 
-The graphs are those ``tingji models export-onnx`` writes (``worker.onnx_export``), or
+The graphs are those ``tingji models export-onnx`` writes (``worker.engines.onnx.export``), or
 a model folder's own ``model.onnx`` (the hub's ``-onnx`` models).  Around them, funasr's
-own steps, without torch (``worker.funasr_port``, ``worker.onnx_text``,
-``worker.onnx_vad``): the frontend, the VAD state machine, the cutting and merging of
+own steps, without torch (``worker.engines.onnx.frontend``, ``worker.engines.onnx.text``,
+``worker.engines.onnx.vad``): the frontend, the VAD state machine, the cutting and merging of
 segments, the punctuation windows and the sentence timestamps.  ``OnnxModels`` answers
 the calls the worker makes of funasr's ``AutoModel`` (``generate``, and ``inference``
 with the VAD, ASR or punctuation model), so ``worker.batching``'s cross-task groups,
@@ -42,15 +42,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from worker.funasr_port import Frontend, Tokens, load_audio, token_times
-from worker.onnx_graphs import (
+from worker.engines.onnx.frontend import Frontend, Tokens, load_audio, token_times
+from worker.engines.onnx.graphs import (
     EXPORT_HINT,
     GraphsMissing,
     graph_file,
     read_config,
     session,
 )
-from worker.onnx_text import (
+from worker.engines.onnx.text import (
     join_segment_texts,
     punctuate,
     read_seg_dict,
@@ -61,7 +61,7 @@ from worker.onnx_text import (
 )
 
 if TYPE_CHECKING:
-    from worker.onnx_vad import FsmnVad
+    from worker.engines.onnx.vad import FsmnVad
 
 log = logging.getLogger("tingji.worker.onnx")
 
@@ -282,7 +282,7 @@ class OnnxModels:
 
     def __init__(self, graphs: dict[str, Path], *, int8: bool, threads: int,
                  vad_kwargs: dict[str, Any]) -> None:
-        from worker.onnx_vad import FsmnVad
+        from worker.engines.onnx.vad import FsmnVad
 
         self.model = OrtParaformer(graphs["ASR"], int8=int8, threads=threads)
         self.vad_model: FsmnVad | None = None

@@ -19,7 +19,7 @@ SeACo-Paraformer, the hotword embedder ``model_eb.onnx``), with ``--quantize`` a
   as it is.
 
 torch, funasr, onnx and onnxruntime are needed here (``pip install 'tingji[onnx]'``);
-the worker runs the graphs with ``TINGJI_ENGINE=onnx`` or ``auto`` (``worker.onnx_engine``).
+the worker runs the graphs with ``TINGJI_ENGINE=onnx`` or ``auto`` (``worker.engines.onnx.engine``).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from worker.model_folders import FUNASR_BUILD_KW
+from worker.engines.model_folders import FUNASR_BUILD_KW
 
 MANIFEST = "tingji-onnx.json"
 # what FunASR's ONNX runtime reads beside the graphs (those present are copied)

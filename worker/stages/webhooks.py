@@ -29,7 +29,7 @@ from typing import Any
 import httpx
 
 from db.queue import Queue
-from worker import egress
+from worker.stages import egress
 
 log = logging.getLogger("tingji.webhooks")
 

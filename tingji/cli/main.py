@@ -172,8 +172,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_client(args: argparse.Namespace) -> int:
+    from tingji.cli.commands import COMMANDS
     from tingji.client import Client, ClientError
-    from tingji.commands import COMMANDS
 
     settings = _settings()
     with Client(settings.url, settings.api_token) as client:
@@ -185,7 +185,7 @@ def cmd_client(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from tingji.doctor import doctor
+    from tingji.cli.doctor import doctor
 
     return doctor(_settings())
 
@@ -197,25 +197,25 @@ def cmd_models(args: argparse.Namespace) -> int:
     settings = _settings()
     if args.models_command == "export-onnx":
         try:
-            from worker.onnx_export import export_models
+            from worker.engines.onnx.export import export_models
         except ImportError as exc:  # the worker's packages are not installed here
             print(f"exporting needs the worker's packages ({exc.name}): "
                   "pip install 'tingji[worker,onnx]'", file=sys.stderr)
             return 1
-        from tingji.doctor import model_roles
-        from worker.onnx_graphs import GRAPH_ROLES
+        from tingji.cli.doctor import model_roles
+        from worker.engines.onnx.graphs import GRAPH_ROLES
 
         roles = [r for r in model_roles(settings) if r[0] in GRAPH_ROLES]
         return export_models(roles, settings.data_dir, quantize=args.quantize,
                              force=args.force, threads=os.cpu_count() or 1)
 
-    from tingji.doctor import download_models
+    from tingji.cli.doctor import download_models
 
     return download_models(settings, Path(args.to).expanduser() if args.to else None)
 
 
 def cmd_service(args: argparse.Namespace) -> int:
-    from tingji import service
+    from tingji.cli import service
 
     if args.service_command == "install":
         return service.install(_settings(), user=args.user, dry_run=args.dry_run)
@@ -225,7 +225,7 @@ def cmd_service(args: argparse.Namespace) -> int:
 
 
 def cmd_mcp(args: argparse.Namespace) -> int:
-    from tingji.mcp_server import serve
+    from tingji.cli.mcp_server import serve
 
     settings = _settings()
     return serve(settings.url, settings.api_token, http=args.http, host=args.host,

@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from worker.funasr_port import Frontend
-from worker.onnx_graphs import session
+from worker.engines.onnx.frontend import Frontend
+from worker.engines.onnx.graphs import session
 
 # funasr.models.fsmn_vad_streaming.model: (accumulated ms, end silence ms)
 SILENCE_SCHEDULE = [(10000, 2000), (20000, 1000), (30000, 800), (40000, 600), (50000, 400),

@@ -5,10 +5,10 @@ Bilibili multi-part videos ("分P"): a link that names no part (no ``?p=``) yiel
 parts, downloaded in order and joined into one recording; each part becomes a chapter
 (title and start time) in the result.  A link with ``?p=N`` fetches that part only.
 
-What a URL may cost: connections only to public addresses (``worker.egress``), at most
+What a URL may cost: connections only to public addresses (``worker.stages.egress``), at most
 ``max_bytes`` downloaded per task, counted across all parts as the bytes arrive (with
 or without a Content-Length), yt-dlp's own downloaders only (no external programs, no
-ffmpeg "fixups" on downloaded files), and the media boundary of ``worker.media`` for
+ffmpeg "fixups" on downloaded files), and the media boundary of ``worker.stages.media`` for
 what was downloaded.  A permanent failure removes what was downloaded.
 """
 
@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from tingji.urls import MAX_PARTS, parts_in_url, strip_control_chars
-from worker.egress import guarded
 from worker.errors import PermanentTaskError, RetryableTaskError, TaskCancelled
-from worker.media import concat_wavs, ffmpeg_dir, normalize, too_long
+from worker.stages.egress import guarded
+from worker.stages.media import concat_wavs, ffmpeg_dir, normalize, too_long
 
 log = logging.getLogger("tingji.worker.fetch")
 

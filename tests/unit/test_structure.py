@@ -1,13 +1,28 @@
-"""The shape of the code: no import cycles inside a package, outcomes written in one
-place, the API free of the worker's heavy imports."""
+"""The shape of the code: imports only go down the layers, no import cycles, no module
+too long to read, outcomes written in one place, the API free of the worker's heavy
+imports."""
 
 from __future__ import annotations
 
 import ast
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("db", "server", "worker", "tingji")
+ROOT = Path(__file__).resolve().parent.parent.parent
+PACKAGES = ("db", "server", "worker", "tingji", "migrations")
+
+# Each layer and the layers it may import, bottom up (ARCHITECTURE.md draws them).  The
+# ``tingji`` library (settings, formats, the client ...) is what the API and the worker
+# share; ``tingji.cli`` (the command line, doctor, service, MCP) sits on top and nothing
+# imports it; ``migrations`` is run by Alembic, beside the command line.
+LAYERS: dict[str, set[str]] = {
+    "db": {"db"},
+    "tingji": {"tingji", "db"},
+    "server": {"server", "tingji", "db"},
+    "worker": {"worker", "tingji", "db"},
+    "migrations": {"migrations", "tingji", "db"},
+    "tingji.cli": {"tingji.cli", "server", "worker", "tingji", "db"},
+}
+LONGEST_MODULE = 450  # lines, outside tests
 
 
 def _module(path: Path) -> str:
@@ -27,10 +42,44 @@ def import_graph() -> dict[str, set[str]]:
             if isinstance(node, ast.Import):
                 targets = [a.name for a in node.names]
             elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                targets = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+                # ``from pkg import module`` imports the module (and runs pkg/__init__,
+                # which says nothing of the importer's layer); ``from module import name``
+                # the module
+                subs = [f"{node.module}.{a.name}" for a in node.names]
+                targets = [t for t in subs if t in files] or [node.module]
             deps.update(t for t in targets if t in files and t != name)
         graph[name] = deps
     return graph
+
+
+def layer(module: str) -> str:
+    return "tingji.cli" if module.startswith("tingji.cli") else module.split(".")[0]
+
+
+def test_imports_only_go_down() -> None:
+    """server and worker -> the tingji library -> db, with the command line on top:
+    a module never imports a layer above its own (function bodies and TYPE_CHECKING
+    blocks count), so each floor can be read, installed and tested without the ones
+    above it."""
+    wrong = sorted(f"{name} imports {dep}" for name, deps in import_graph().items()
+                   for dep in deps if layer(dep) not in LAYERS[layer(name)])
+    assert not wrong, "imports that go up or sideways:\n" + "\n".join(wrong)
+
+
+def test_layers_are_seen() -> None:
+    """The rule above is not vacuous: the graph holds every layer and edges down."""
+    graph = import_graph()
+    assert {layer(n) for n in graph} == set(LAYERS)
+    assert "tingji.settings" in graph["worker.main"]
+    assert "server.app" in graph["tingji.cli.main"]
+    assert "db.models" in graph["server.routes.tasks"]
+
+
+def test_no_module_too_long_to_read() -> None:
+    long = {str(p.relative_to(ROOT)): n for pkg in (*PACKAGES, "bench")
+            for p in (ROOT / pkg).rglob("*.py")
+            if (n := len(p.read_text().splitlines())) > LONGEST_MODULE}
+    assert not long, f"modules over {LONGEST_MODULE} lines: {long}"
 
 
 def test_no_import_cycles() -> None:

@@ -9,8 +9,8 @@ when a chunk arrives or frames are dropped, so the list follows it by identity) 
 otherwise runs funasr's arithmetic in funasr's order: the same frame states, hence the
 same segments (a test compares them with stock funasr's on speech and on silence).
 
-``make_fast_vad`` switches a loaded model in place, as ``worker.paraformer`` does for the
-predictor; it adds no parameters and edits nothing in site-packages.
+``make_fast_vad`` switches a loaded model in place, as ``worker.engines.torch.paraformer``
+does for the predictor; it adds no parameters and edits nothing in site-packages.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """funasr 1.4.16's result building, without torch: what the ONNX engine needs around
-its graphs (``worker.onnx_engine``) so that a worker runs with no torch and no funasr
+its graphs (``worker.engines.onnx.engine``) so that a worker runs with no torch and no funasr
 installed.
 
-The text steps (tokens to text, punctuation windows, sentences) are ``worker.onnx_text``.
+The text steps (tokens to text, punctuation windows, sentences) are ``worker.engines.onnx.text``.
 Here are the parts ported, torch operations replaced by NumPy ones on float32 in the
 same order: the frontend (Kaldi fbank through kaldi-native-fbank, which is also what
 funasr computes with when torchaudio is absent, then LFR and CMVN), the CIF fire loop,
@@ -116,7 +116,7 @@ def load_cmvn(path: Path) -> np.ndarray:
 class Frontend:
     """funasr's ``WavFrontend`` (offline: the ASR model's) for 16 kHz audio in [-1, 1]:
     Kaldi fbank with kaldi-native-fbank, then LFR and CMVN.  Streaming VAD computes the
-    same frames chunk by chunk (``worker.onnx_vad`` counts them)."""
+    same frames chunk by chunk (``worker.engines.onnx.vad`` counts them)."""
 
     def __init__(self, conf: dict[str, Any], cmvn: Path | None) -> None:
         self.fs = int(conf.get("fs", 16000))

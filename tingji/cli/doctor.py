@@ -22,7 +22,7 @@ import httpx
 from tingji.settings import Settings, is_loopback
 
 GIB = 1024**3
-# demuxers every ordinary upload needs; the rest of worker.media.DEMUXERS are rarer
+# demuxers every ordinary upload needs; the rest of worker.stages.media.DEMUXERS are rarer
 ESSENTIAL_DEMUXERS = ("wav", "mp3", "mov", "matroska", "aac", "flac", "ogg")
 MODELSCOPE_API = "https://www.modelscope.cn/api/v1/models/{id}"
 
@@ -68,7 +68,7 @@ def check_python(settings: Settings) -> Iterator[Finding]:
 
 
 def check_ffmpeg() -> Iterator[Finding]:
-    from worker.media import DEMUXERS, ffmpeg_exe
+    from worker.stages.media import DEMUXERS, ffmpeg_exe
 
     try:
         exe = ffmpeg_exe()
@@ -193,7 +193,7 @@ def check_engine(settings: Settings) -> Iterator[Finding]:
                       f"TINGJI_ENGINE={settings.engine}: onnxruntime is not installed",
                       "pip install 'tingji[onnx]'")
         return
-    from worker.onnx_graphs import EXPORT_HINT, GRAPH_ROLES, GraphsMissing, find_graphs
+    from worker.engines.onnx.graphs import EXPORT_HINT, GRAPH_ROLES, GraphsMissing, find_graphs
 
     for role, var, model in model_roles(settings):
         if role not in GRAPH_ROLES or not model:

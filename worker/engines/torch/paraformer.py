@@ -43,7 +43,7 @@ from funasr.models.paraformer.cif_predictor import CifPredictorV2
 from funasr.register import tables
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from worker.funasr_port import fires_kernel
+from worker.engines.onnx.frontend import fires_kernel
 
 # ----------------------------------------------------------------------------- CIF
 # The loops of funasr.models.bicif_paraformer.cif_predictor.cif / cif_wo_hidden, one
