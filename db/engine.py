@@ -105,9 +105,6 @@ def reader(engine: AsyncEngine) -> AsyncEngine:
     return engine.execution_options(**{_READONLY: True})
 
 
-def is_sqlite(engine: AsyncEngine) -> bool:
-    return engine.dialect.name == "sqlite"
-
 
 # The SQLite file and ``synchronous`` of each engine made here, and its writer thread.
 _SQLITE: weakref.WeakKeyDictionary[Engine, tuple[Path, str]] = weakref.WeakKeyDictionary()

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import case, func, select, text
+from sqlalchemy import case, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from db.engine import reader
@@ -68,10 +68,6 @@ class QueueMetrics:
 class Reads:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = reader(engine)
-
-    async def ping(self) -> None:
-        async with self.engine.connect() as conn:
-            await conn.execute(text("SELECT 1"))
 
     async def task(self, task_id: str) -> Task | None:
         async with self.engine.connect() as conn:

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.http import check_srt
 from tests.helpers.procs import TINGJI, clean_env, free_port
 from tests.helpers.stack import Stack
-from tests.test_api import check_srt
 
 pytestmark = pytest.mark.slow
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.http import check_srt, check_vtt
 from tests.helpers.stack import Stack
-from tests.test_api import check_srt, check_vtt
 from tingji.client import AsyncClient, Client, ClientError, Task, WaitTimeout
 
 TOKEN = "client-token"

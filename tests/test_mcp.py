@@ -13,9 +13,9 @@ import pytest
 from mcp import Client as McpClient
 from mcp.client.stdio import StdioServerParameters
 
+from tests.helpers.http import check_srt
 from tests.helpers.procs import TINGJI
 from tests.helpers.stack import Stack
-from tests.test_api import check_srt
 
 TOKEN = "mcp-token"
 

@@ -10,8 +10,8 @@ import httpx
 import openai
 import pytest
 
+from tests.helpers.http import check_srt, check_vtt
 from tests.helpers.stack import Stack
-from tests.test_api import check_srt, check_vtt
 
 TOKEN = "openai-style-token"
 

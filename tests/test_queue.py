@@ -9,7 +9,7 @@ import pytest
 
 from db.errors import IdempotencyMismatch, InvalidTransition, LeaseLost, QueueFull, TaskNotFound
 from db.models import Stage, TaskKind, TaskStatus
-from db.queue import NewTask, Queue, SegmentRow, TaskError
+from db.queue import LeaseBeat, NewTask, Queue, SegmentRow, TaskError
 from db.reads import Reads
 
 T0 = datetime(2026, 11, 26, 8, 0, 0, tzinfo=UTC)
@@ -72,13 +72,12 @@ async def test_claim_skips_tasks_not_yet_due(queue: Queue) -> None:
 async def test_heartbeat_extends_lease_only_for_owner(queue: Queue) -> None:
     await queue.enqueue(item(), now=T0)
     tid = await claimed(queue)
-    assert await queue.heartbeat(tid, W1, progress=0.5, message="half", now=T0 +
-                                 timedelta(seconds=20)) is False
+    assert await queue.beat(W1, [LeaseBeat(tid, progress=0.5, message="half")],
+                            now=T0 + timedelta(seconds=20)) == (set(), set())
     task = await Reads(queue.engine).task(tid)
     assert task is not None and task.progress == 0.5 and task.message == "half"
     assert task.lease_expires_at == T0 + timedelta(seconds=50)
-    with pytest.raises(LeaseLost):
-        await queue.heartbeat(tid, W2, now=T0)
+    assert await queue.beat(W2, [LeaseBeat(tid)], now=T0) == (set(), {tid})  # not W2's
 
 
 async def test_complete_is_guarded_and_final(queue: Queue) -> None:
@@ -152,7 +151,7 @@ async def test_cancel_processing_is_finished_by_its_worker(queue: Queue) -> None
     task = await queue.request_cancel(tid, now=T0)
     assert task.status == TaskStatus.PROCESSING and task.cancel_requested
     assert (await queue.request_cancel(tid, now=T0)).cancel_requested  # idempotent
-    assert await queue.heartbeat(tid, W1, now=T0) is True
+    assert await queue.beat(W1, [LeaseBeat(tid)], now=T0) == ({tid}, set())
     assert await queue.stage_started(tid, W1, Stage.TRANSCRIBE, now=T0) is True
     await queue.mark_cancelled(tid, W1, now=T0)
     assert await status(queue, tid) == TaskStatus.CANCELLED
@@ -360,7 +359,7 @@ async def test_prune_removes_old_terminal_tasks_only(queue: Queue) -> None:
 async def test_worker_registry(queue: Queue) -> None:
     await queue.register(W1, "host", 42, now=T0)
     assert await queue.record_model_load(W1, "paraformer-zh", now=T0) == 1
-    await queue.worker_heartbeat(W1, current_task_id="t", now=T0 + timedelta(seconds=3))
+    await queue.beat(W1, [], current_task_id="t", now=T0 + timedelta(seconds=3))
     [w] = await Reads(queue.engine).workers(now=T0)
     assert (w.model, w.model_loads, w.current_task_id, w.pid) == ("paraformer-zh", 1, "t", 42)
     assert w.heartbeat_at == T0 + timedelta(seconds=3)
@@ -411,7 +410,6 @@ async def test_transition_helper_checks_guards_and_clears_the_lease(queue: Queue
 
 
 async def test_one_heartbeat_for_all_leases(queue: Queue) -> None:
-    from db.queue import LeaseBeat
 
     for i in range(3):
         await queue.enqueue(item(i), now=T0)
@@ -579,7 +577,7 @@ def test_a_fresh_process_snapshots_a_task_before_anything_else() -> None:
 
     code = (
         "from db.models import Task\n"
-        "from db.queue import _task\n"
+        "from db.transitions import _task\n"
         "class Row:\n"
         "    _mapping = {c.name: None for c in Task.__table__.c} | {'id': 'x', 'status': "
         "'pending'}\n"

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import media as m
+from tests.helpers.http import check_srt, check_vtt
 from tests.helpers.stack import Stack
-from tests.test_api import check_srt, check_vtt
 
 
 @pytest.fixture(scope="module")

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
+from tests.helpers.http import check_srt
 from tests.helpers.servers import FileServer
 from tests.helpers.stack import Stack
-from tests.test_api import check_srt
 
 pytestmark = pytest.mark.slow
 

@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
+from tests.helpers.http import check_srt, check_vtt
 from tests.helpers.servers import FileServer, LlmStub
 from tests.helpers.stack import Stack
-from tests.test_api import check_srt, check_vtt
 
 pytestmark = pytest.mark.slow
 

@@ -1,7 +1,7 @@
-"""tingji's own result text (``worker.engines.onnx.text``) against funasr's functions, which the
-torch engine runs: generated token, punctuation and timestamp sequences, equal results
-or the same exception.  The end-to-end equality (real clips through both engines) is
-``tests/test_onnx.py``."""
+"""tingji's own result text (``worker.engines.onnx.text`` and ``.punctuation``) against
+funasr's functions, which the torch engine runs: generated token, punctuation and
+timestamp sequences, equal results or the same exception.  The end-to-end equality
+(real clips through both engines) is ``tests/test_onnx.py``."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from worker.engines.onnx import punctuation
 from worker.engines.onnx import text as onnx_text
 
 postprocess = pytest.importorskip("funasr.utils.postprocess_utils")
@@ -104,7 +105,7 @@ def test_sentences_from_punctuation_are_funasrs_timestamp_sentence(
 @SETTINGS
 @given(st.lists(st.integers(0, 99), max_size=70), st.integers(2, 25))
 def test_windows_are_funasrs_mini_sentences(items: list[int], size: int) -> None:
-    assert onnx_text.windows(items, size) == ct_utils.split_to_mini_sentence(items, size)
+    assert punctuation.windows(items, size) == ct_utils.split_to_mini_sentence(items, size)
 
 
 TEXT = st.lists(st.sampled_from(["今天", "天气", "好", "Hello", "world", "it's", "GPU", "3",
@@ -114,7 +115,7 @@ TEXT = st.lists(st.sampled_from(["今天", "天气", "好", "Hello", "world", "i
 @SETTINGS
 @given(TEXT)
 def test_words_for_punctuation_are_funasrs_split_words(text: str) -> None:
-    assert onnx_text.words_for_punctuation(text) == ct_utils.split_words(text)
+    assert punctuation.words_for_punctuation(text) == ct_utils.split_words(text)
 
 
 @settings(max_examples=100, deadline=None)
@@ -123,7 +124,7 @@ def test_word_level_split_is_funasrs_with_jieba(text: str) -> None:
     jieba = pytest.importorskip("jieba")
     tokenizer = _jieba()
     assert jieba  # the package, for the tokenizer below
-    assert onnx_text.words_for_punctuation(text, tokenizer) == \
+    assert punctuation.words_for_punctuation(text, tokenizer) == \
         ct_utils.split_words(text, jieba_usr_dict=tokenizer)
 
 
@@ -171,9 +172,9 @@ def test_seg_dict_reads_as_funasr_and_skips_blank_lines(tmp_path: Path) -> None:
     path.write_text("你好 你 好\nhello he@@ llo\nx\n", encoding="utf-8")
     from funasr.tokenizer.char_tokenizer import load_seg_dict
 
-    assert onnx_text.read_seg_dict(path) == load_seg_dict(str(path))
+    assert punctuation.read_seg_dict(path) == load_seg_dict(str(path))
     path.write_text("你好 你 好\n\nab a b\n", encoding="utf-8")
-    assert onnx_text.read_seg_dict(path) == {"你好": "你 好", "ab": "a b"}
+    assert punctuation.read_seg_dict(path) == {"你好": "你 好", "ab": "a b"}
 
 
 # ----------------------------------------------------------------------------- punctuation
@@ -224,10 +225,10 @@ def test_punctuate_is_funasrs_ct_transformer_inference(words: list[str], seed: i
     segmenter = _jieba() if jieba else None
     text = " ".join(words)
     theirs = _funasr_punctuate(text, marks, segmenter)
-    split = onnx_text.words_for_punctuation(text, segmenter)
+    split = punctuation.words_for_punctuation(text, segmenter)
     vocab: dict[str, int] = {}
     ids = [vocab.setdefault(t, len(vocab) + 4) for t in split]
-    ours_text, ours_marks = onnx_text.punctuate(split, ids, marks, PUNC_LIST, 3,
+    ours_text, ours_marks = punctuation.punctuate(split, ids, marks, PUNC_LIST, 3,
                                                 word_level=jieba)
     assert (ours_text, ours_marks.tolist()) == theirs
 
@@ -240,7 +241,7 @@ def test_a_long_carry_is_cut_at_a_comma_as_funasr() -> None:
 
     words = ["好"] * 250
     theirs = _funasr_punctuate(" ".join(words), commas, None)
-    ours = onnx_text.punctuate(words, [5] * 250, commas, PUNC_LIST, 3)
+    ours = punctuation.punctuate(words, [5] * 250, commas, PUNC_LIST, 3)
     assert (ours[0], ours[1].tolist()) == theirs
     assert theirs[1].count(3) >= 2  # a cut inside, and the final stop
 
@@ -270,5 +271,5 @@ def test_hotword_spelling_is_seaco_paraformers(tmp_path: Path, lines: list[list[
     theirs = SeacoParaformer.generate_hotwords_list(
         fake, str(hotwords), tokenizer=types.SimpleNamespace(tokens2ids=list),
         frontend=types.SimpleNamespace(cmvn_file=str(tmp_path / "am.mvn")))
-    seg = onnx_text.read_seg_dict(tmp_path / "seg_dict")
+    seg = punctuation.read_seg_dict(tmp_path / "seg_dict")
     assert [_hotword_seg_tokenize(words, seg) for words in lines] + [[1]] == theirs

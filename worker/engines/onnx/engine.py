@@ -2,11 +2,12 @@
 Runtime, with int8 weights when the export has them, and neither torch nor funasr
 imported (a worker installed with ``tingji[worker-onnx]`` has neither).
 
-The graphs are those ``tingji models export-onnx`` writes (``worker.engines.onnx.export``), or
-a model folder's own ``model.onnx`` (the hub's ``-onnx`` models).  Around them, funasr's
-own steps, without torch (``worker.engines.onnx.frontend``, ``worker.engines.onnx.text``,
-``worker.engines.onnx.vad``): the frontend, the VAD state machine, the cutting and merging of
-segments, the punctuation windows and the sentence timestamps.  ``OnnxModels`` answers
+The graphs are those ``tingji models export-onnx`` writes (``export``), or a model
+folder's own ``model.onnx`` (the hub's ``-onnx`` models).  Around them, tingji's own
+code gives funasr's answers without torch: the frontend and token timestamps
+(``frontend``), the VAD state machine and the cutting of segments (``vad``), the
+result text and sentences (``text``) and the punctuation windows (``punctuation``).
+``OnnxModels`` answers
 the calls the worker makes of funasr's ``AutoModel`` (``generate``, and ``inference``
 with the VAD, ASR or punctuation model), so ``worker.batching``'s cross-task groups,
 progress and cancellation between model calls, time limits and one load per worker
@@ -50,14 +51,12 @@ from worker.engines.onnx.graphs import (
     read_config,
     session,
 )
+from worker.engines.onnx.punctuation import punctuate, read_seg_dict, words_for_punctuation
 from worker.engines.onnx.text import (
     join_segment_texts,
-    punctuate,
-    read_seg_dict,
     sentences_from_punctuation,
     sentences_from_segments,
     tokens_to_text,
-    words_for_punctuation,
 )
 
 if TYPE_CHECKING:

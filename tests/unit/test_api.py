@@ -1,44 +1,48 @@
-"""The HTTP API as a real server process, over real HTTP."""
+"""The HTTP API in process: the Litestar app on a real, migrated SQLite file, through
+Litestar's test client (an ``httpx.Client`` that calls the app without a socket).  What
+needs a real server process (the memory it keeps, the imports it never makes, a
+database that goes away, fuzzing over HTTP, the live event stream) is
+``tests/test_api_server.py``."""
 
 from __future__ import annotations
 
-import asyncio
 import io
 import os
-import re
-import subprocess
-import sys
 import zipfile
 from collections.abc import AsyncIterator, Iterator
-from json import loads as json_loads
 from pathlib import Path
 
 import httpx
 import pytest
+from litestar.testing import TestClient
 
+from db import migrate
 from db.engine import make_engine
 from db.models import Stage
 from db.queue import Queue, SegmentRow
-from tests.conftest import PG_URL
-from tests.helpers.procs import Proc, clean_env, free_port, start_server
+from server.app import create_app
+from tests.helpers.http import check_srt, check_vtt, error_of, submit
+from tingji.settings import Settings
+
+BASE_URL = "http://127.0.0.1:8000"  # the boundary answers loopback hosts only
 
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("api-data")
+    path = tmp_path_factory.mktemp("api-data")
+    migrate.upgrade(f"sqlite:///{path / 'tingji.db'}")
+    return path
+
+
+def app_client(data_dir: Path, **env: str) -> TestClient:  # type: ignore[type-arg]
+    """The API as ``tingji serve`` builds it, for these settings."""
+    settings = Settings.from_env({"TINGJI_DATA_DIR": str(data_dir), **env})
+    return TestClient(app=create_app(settings), base_url=BASE_URL, timeout=30)
 
 
 @pytest.fixture(scope="module")
-def server(data_dir: Path) -> Iterator[Proc]:
-    env = clean_env(TINGJI_DATA_DIR=str(data_dir), TINGJI_MAX_UPLOAD_MB="3")
-    proc = start_server(env, data_dir / "server.log")
-    yield proc
-    proc.stop()
-
-
-@pytest.fixture
-def client(server: Proc) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.url, timeout=30) as c:
+def client(data_dir: Path) -> Iterator[httpx.Client]:
+    with app_client(data_dir, TINGJI_MAX_UPLOAD_MB="3") as c:
         yield c
 
 
@@ -47,23 +51,6 @@ async def queue(data_dir: Path) -> AsyncIterator[Queue]:
     engine = make_engine(f"sqlite:///{data_dir / 'tingji.db'}")
     yield Queue(engine)
     await engine.dispose()
-
-
-def error_of(resp: httpx.Response, status: int) -> dict[str, str]:
-    assert resp.status_code == status, resp.text
-    body = resp.json()
-    # tingji's code and message, and OpenAI's type and param (the same for every route)
-    assert set(body) == {"error"} and set(body["error"]) == {"code", "message", "type", "param"}
-    assert body["error"]["type"] == ("invalid_request_error" if status < 500 else "api_error")
-    assert "Traceback" not in resp.text
-    return body["error"]  # type: ignore[no-any-return]
-
-
-def submit(client: httpx.Client, url: str = "https://www.bilibili.com/video/BV1GJ411x7h7",
-           **kw: object) -> dict[str, object]:
-    resp = client.post("/api/v1/process/bilibili", json={"video_url": url, **kw})
-    assert resp.status_code == 202, resp.text
-    return resp.json()  # type: ignore[no-any-return]
 
 
 def test_health(client: httpx.Client) -> None:
@@ -357,43 +344,6 @@ async def test_downloads_of_a_completed_task(client: httpx.Client, queue: Queue)
     error_of(client.post(f"/api/v1/task/{tid}/cancel"), 409)
 
 
-def check_srt(text: str) -> list[tuple[int, int, str]]:
-    """Parse SRT; assert numbering, monotonic times, no empty or zero-length cue."""
-    def ms(t: str) -> int:
-        h, m, rest = t.split(":")
-        s, milli = rest.split(",")
-        return ((int(h) * 60 + int(m)) * 60 + int(s)) * 1000 + int(milli)
-    cues = []
-    blocks = [b for b in text.strip().split("\n\n") if b.strip()]
-    assert blocks, "empty SRT"
-    last_end = -1
-    for i, block in enumerate(blocks, 1):
-        lines = block.split("\n")
-        assert lines[0] == str(i)
-        m = re.fullmatch(r"(\d\d:\d\d:\d\d,\d\d\d) --> (\d\d:\d\d:\d\d,\d\d\d)", lines[1])
-        assert m, lines[1]
-        start, end = ms(m.group(1)), ms(m.group(2))
-        body = "\n".join(lines[2:]).strip()
-        assert body and start < end and start >= last_end
-        last_end = end
-        cues.append((start, end, body))
-    return cues
-
-
-def check_vtt(text: str) -> list[tuple[int, int, str]]:
-    """Parse WebVTT with webvtt-py; assert monotonic, non-empty cues."""
-    import webvtt
-
-    def ms(t: str) -> int:  # webvtt-py's *_in_seconds are whole seconds
-        h, m, s = t.split(":")
-        return round((int(h) * 3600 + int(m) * 60 + float(s)) * 1000)
-    cues = [(ms(c.start), ms(c.end), c.text) for c in webvtt.from_buffer(io.StringIO(text))]
-    assert cues, "empty VTT"
-    for (s1, e1, t1), (s2, _, _) in zip(cues, cues[1:] + [(10**12, 0, "")], strict=True):
-        assert t1.strip() and s1 < e1 <= s2
-    return cues
-
-
 def test_queue_view(client: httpx.Client) -> None:
     body = client.get("/api/v1/queue").json()
     assert set(body) == {"pending", "processing", "completed", "failed", "cancelled",
@@ -406,177 +356,26 @@ def test_openapi_schema_served(client: httpx.Client) -> None:
     assert "/api/v1/process/bilibili" in schema["paths"]
 
 
-def test_server_never_loads_torch(server: Proc, client: httpx.Client) -> None:
-    for _ in range(20):
-        submit(client, "https://x.org/mem.mp4")
-        client.get("/api/v1/tasks")
-    maps = Path(f"/proc/{server.pid}/maps").read_text()
-    assert "torch" not in maps and "funasr" not in maps
-    code = ("import sys; from tingji.settings import Settings; from server.app import create_app;"
-            "create_app(Settings.from_env({'TINGJI_DATA_DIR': sys.argv[1]}));"
-            "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'funasr', 'yt_dlp',"
-            " 'openai')]; print(bad); sys.exit(1 if bad else 0)")
-    res = subprocess.run([sys.executable, "-c", code, str(server.env["TINGJI_DATA_DIR"])],
-                         capture_output=True, text=True, timeout=60)
-    assert res.returncode == 0, res.stdout + res.stderr
-
-
-def test_server_memory_stays_small_under_load(server: Proc) -> None:
-    async def load() -> None:
-        async with httpx.AsyncClient(base_url=server.url, timeout=30) as c:
-            async def one(i: int) -> None:
-                await c.post("/api/v1/process/bilibili", json={"video_url": f"https://x/{i}"})
-                await c.get("/api/v1/tasks", params={"limit": 100})
-            await asyncio.gather(*(one(i) for i in range(200)))
-    asyncio.run(load())
-    status = Path(f"/proc/{server.pid}/status").read_text()
-    rss_kb = int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1))  # type: ignore[union-attr]
-    assert rss_kb < 150 * 1024, f"API RSS {rss_kb / 1024:.0f} MB"
-
-
-# ---------------------------------------------------------------- separate servers
 def test_token_required_when_set(tmp_path: Path) -> None:
-    env = clean_env(TINGJI_DATA_DIR=str(tmp_path), TINGJI_API_TOKEN="s3cret")
-    proc = start_server(env, tmp_path / "server.log")
-    try:
-        with httpx.Client(base_url=proc.url) as c:
-            assert c.get("/health").status_code == 200  # stays open
-            for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"}):
-                err = error_of(c.get("/api/v1/tasks", headers=headers), 401)
-                assert err["code"] == "unauthorized"
-            error_of(c.post("/api/v1/process/bilibili", json={"video_url": "https://x/a"}), 401)
-            ok = c.get("/api/v1/tasks", headers={"Authorization": "Bearer s3cret"})
-            assert ok.status_code == 200
-    finally:
-        proc.stop()
-
-
-def test_refuses_public_bind_without_token(tmp_path: Path) -> None:
-    from tests.helpers.procs import TINGJI
-    env = clean_env(TINGJI_DATA_DIR=str(tmp_path))
-    res = subprocess.run([TINGJI, "serve", "--host", "0.0.0.0", "--port", str(free_port())],
-                         env=env, capture_output=True, text=True, timeout=30)
-    assert res.returncode == 2 and "TINGJI_API_TOKEN" in res.stderr
+    migrate.upgrade(f"sqlite:///{tmp_path / 'tingji.db'}")
+    with app_client(tmp_path, TINGJI_API_TOKEN="s3cret") as c:
+        assert c.get("/health").status_code == 200  # stays open
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"}):
+            err = error_of(c.get("/api/v1/tasks", headers=headers), 401)
+            assert err["code"] == "unauthorized"
+        error_of(c.post("/api/v1/process/bilibili", json={"video_url": "https://x/a"}), 401)
+        ok = c.get("/api/v1/tasks", headers={"Authorization": "Bearer s3cret"})
+        assert ok.status_code == 200
 
 
 def test_queue_full_is_429_with_retry_after(tmp_path: Path) -> None:
-    env = clean_env(TINGJI_DATA_DIR=str(tmp_path), TINGJI_MAX_PENDING="2")
-    proc = start_server(env, tmp_path / "server.log")
-    try:
-        with httpx.Client(base_url=proc.url) as c:
-            submit(c, "https://x/1")
-            submit(c, "https://x/2")
-            resp = c.post("/api/v1/process/bilibili", json={"video_url": "https://x/3"})
-            assert error_of(resp, 429)["code"] == "queue_full"
-            assert int(resp.headers["retry-after"]) > 0
-            resp = c.post("/api/v1/process/audio", files={"file": ("a.wav", b"RIFF....")})
-            error_of(resp, 429)
-            assert list((tmp_path / "uploads").iterdir()) == []
-    finally:
-        proc.stop()
-
-
-class _Proxy:
-    """A TCP forwarder we can pull the plug on: the database becomes unreachable."""
-
-    def __init__(self, target_port: int) -> None:
-        self.target_port, self.port = target_port, free_port()
-        self.conns: list[asyncio.StreamWriter] = []
-
-    async def _pipe(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-        try:
-            while data := await r.read(65536):
-                w.write(data)
-                await w.drain()
-        except (ConnectionError, asyncio.CancelledError):
-            pass
-        finally:
-            w.close()
-
-    async def _handle(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-        ur, uw = await asyncio.open_connection("127.0.0.1", self.target_port)
-        self.conns += [w, uw]
-        await asyncio.gather(self._pipe(r, uw), self._pipe(ur, w))
-
-    async def start(self) -> None:
-        self.server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
-
-    async def stop(self) -> None:
-        self.server.close()
-        for w in self.conns:
-            w.close()
-
-
-async def test_database_unreachable_is_503(tmp_path: Path) -> None:
-    if PG_URL == "skip":
-        pytest.skip("PostgreSQL disabled")
-    from sqlalchemy.engine import make_url
-    target = make_url(PG_URL)
-    proxy = _Proxy(target.port or 5432)
-    await proxy.start()
-    url = target.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
-    env = clean_env(TINGJI_DATA_DIR=str(tmp_path), TINGJI_DATABASE_URL=url)
-    proc = await asyncio.to_thread(start_server, env, tmp_path / "server.log")
-    try:
-        async with httpx.AsyncClient(base_url=proc.url, timeout=30) as c:
-            assert (await c.get("/health")).status_code == 200
-            await proxy.stop()
-            resp = await c.get("/health")
-            assert resp.status_code == 503 and resp.json()["status"] == "unavailable"
-            resp = await c.get("/api/v1/tasks")
-            assert error_of(resp, 503)["code"] == "unavailable"
-            resp = await c.post("/api/v1/process/bilibili", json={"video_url": "https://x/a"})
-            error_of(resp, 503)
-    finally:
-        proc.stop()
-    assert "Traceback" not in proc.output()
-
-
-def test_fuzzing_the_schema_finds_no_server_error(server: Proc) -> None:
-    """schemathesis generates requests from /schema; no answer may be a 5xx.  (The
-    endless SSE stream is tested on its own, below.)"""
-    exe = str(Path(sys.executable).with_name("schemathesis"))
-    res = subprocess.run([exe, "run", f"{server.url}/schema/openapi.json",
-                          "--checks", "not_a_server_error", "-n", "40", "--seed", "7",
-                          "--request-timeout", "10", "--exclude-path", "/api/v1/events"],
-                         capture_output=True, text=True, timeout=300,
-                         env={**os.environ, "NO_COLOR": "1"})
-    assert res.returncode == 0, res.stdout[-4000:]
-    assert "Traceback" not in server.output()
-
-
-def _sse(lines: Iterator[str]) -> Iterator[dict[str, str]]:
-    """Parse a Server-Sent Events stream into {event, id, data} dicts."""
-    msg: dict[str, str] = {}
-    for line in lines:
-        if not line:
-            if msg:
-                yield msg
-            msg = {}
-        elif not line.startswith(":"):
-            field, _, value = line.partition(":")
-            msg[field] = msg.get(field, "") + value.lstrip(" ")
-
-
-def test_events_stream_and_resume(server: Proc, client: httpx.Client) -> None:
-    with httpx.Client(base_url=server.url, timeout=30) as sse:
-        with sse.stream("GET", "/api/v1/events") as resp:
-            assert resp.status_code == 200
-            assert resp.headers["content-type"].startswith("text/event-stream")
-            stream = _sse(resp.iter_lines())
-            hello = next(stream)
-            assert hello["event"] == "hello"
-            tid = submit(client, "https://x.org/sse.mp4")["task_id"]
-            got = next(m for m in stream if m.get("event") == "task")
-            doc = json_loads(got["data"])
-            assert doc["task"]["task_id"] == tid and doc["event"] == "enqueued"
-            first_id = int(got["id"])
-        client.post(f"/api/v1/task/{tid}/cancel")
-        # reconnecting with Last-Event-ID delivers what happened while away
-        with sse.stream("GET", "/api/v1/events",
-                        headers={"Last-Event-ID": str(first_id)}) as resp:
-            stream = _sse(resp.iter_lines())
-            got = next(m for m in stream if m.get("event") == "task")
-            doc = json_loads(got["data"])
-            assert doc["task"]["task_id"] == tid and doc["task"]["status"] == "cancelled"
-            assert int(got["id"]) > first_id
+    migrate.upgrade(f"sqlite:///{tmp_path / 'tingji.db'}")
+    with app_client(tmp_path, TINGJI_MAX_PENDING="2") as c:
+        submit(c, "https://x/1")
+        submit(c, "https://x/2")
+        resp = c.post("/api/v1/process/bilibili", json={"video_url": "https://x/3"})
+        assert error_of(resp, 429)["code"] == "queue_full"
+        assert int(resp.headers["retry-after"]) > 0
+        resp = c.post("/api/v1/process/audio", files={"file": ("a.wav", b"RIFF....")})
+        error_of(resp, 429)
+        assert list((tmp_path / "uploads").iterdir()) == []
