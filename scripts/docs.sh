@@ -34,8 +34,12 @@ src = Path("build/docs-src")
 src.joinpath("index.md").write_text(site_links(Path("README.md").read_text()))
 src.joinpath("architecture.md").write_text(site_links(Path("ARCHITECTURE.md").read_text()))
 PY
-"$venv/bin/mkdocs" build --strict --quiet -f mkdocs.yml
+if ! out=$(NO_MKDOCS_2_WARNING=1 "$venv/bin/mkdocs" build --strict -f mkdocs.yml 2>&1); then
+  grep -v "^INFO" <<< "$out" >&2
+  echo "docs: the strict build failed (a broken link, or a page missing from mkdocs.yml's nav)" >&2
+  exit 1
+fi
 echo "docs: build/site/index.html"
 if [[ ${1:-} == serve ]]; then
-  exec "$venv/bin/mkdocs" serve --strict -f mkdocs.yml -a 127.0.0.1:8001
+  NO_MKDOCS_2_WARNING=1 exec "$venv/bin/mkdocs" serve --strict -f mkdocs.yml -a 127.0.0.1:8001
 fi

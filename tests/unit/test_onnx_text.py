@@ -260,7 +260,7 @@ def test_hotword_spelling_is_seaco_paraformers(tmp_path: Path, lines: list[list[
 
     from funasr.models.seaco_paraformer.model import SeacoParaformer
 
-    from worker.engines.onnx.engine import _hotword_seg_tokenize
+    from worker.engines.onnx.models import hotword_tokens
 
     (tmp_path / "seg_dict").write_text("你好 你 好\ngpu g@@ p@@ u\n世 世\n界 界\n听 听\n",
                                        encoding="utf-8")
@@ -272,4 +272,4 @@ def test_hotword_spelling_is_seaco_paraformers(tmp_path: Path, lines: list[list[
         fake, str(hotwords), tokenizer=types.SimpleNamespace(tokens2ids=list),
         frontend=types.SimpleNamespace(cmvn_file=str(tmp_path / "am.mvn")))
     seg = punctuation.read_seg_dict(tmp_path / "seg_dict")
-    assert [_hotword_seg_tokenize(words, seg) for words in lines] + [[1]] == theirs
+    assert [hotword_tokens(words, seg) for words in lines] + [[1]] == theirs

@@ -71,7 +71,7 @@ def test_layers_are_seen() -> None:
     graph = import_graph()
     assert {layer(n) for n in graph} == set(LAYERS)
     assert "tingji.settings" in graph["worker.main"]
-    assert "server.app" in graph["tingji.cli.main"]
+    assert "server.app" in graph["tingji.cli.local"]
     assert "db.models" in graph["server.routes.tasks"]
 
 

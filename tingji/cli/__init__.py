@@ -1,8 +1,5 @@
-"""The entry points: the ``tingji`` command (``main``), its client commands
-(``commands``), ``doctor``, ``service`` and ``mcp_server``.  They sit on top of
-everything: no module of ``db``, ``server``, ``worker`` or the ``tingji`` library
-imports them (``tests/unit/test_structure.py``)."""
-
-from tingji.cli.main import main
-
-__all__ = ["main"]
+"""The entry points: the ``tingji`` command (``main``: its arguments; ``local``: what
+runs here; ``commands``, ``submit`` and ``console``: what talks to a running service),
+``doctor``, ``service`` and ``mcp_server``.  They sit on top of everything: no module of
+``db``, ``server``, ``worker`` or the ``tingji`` library imports them
+(``tests/unit/test_structure.py``)."""
