@@ -16,9 +16,9 @@ find_python() {  # python3.12 on PATH, else pyenv's
   PYENV_VERSION=$(ls -d "$HOME"/.pyenv/versions/"$v".* 2>/dev/null | tail -1 | xargs -r basename) \
     pyenv which "python$v" 2>/dev/null || true
 }
-FILES=(tests/test_queue.py tests/test_settings.py tests/test_migrations.py tests/test_api.py
-       tests/test_feed.py tests/test_cli.py tests/test_ops.py tests/test_metrics.py
-       tests/unit/test_structure.py)
+FILES=(tests/test_queue.py tests/unit/test_settings.py tests/test_migrations.py
+       tests/unit/test_api.py tests/test_api_server.py tests/test_feed.py tests/test_cli.py
+       tests/test_ops.py tests/test_metrics.py tests/unit/test_structure.py)
 status=0
 for v in ${TINGJI_OTHER_PYTHONS:-3.12 3.13}; do
   py=$(find_python "$v")
