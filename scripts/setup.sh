@@ -19,8 +19,13 @@ extras="worker"
 lock="requirements.lock"
 if [[ $want_test == 1 ]]; then extras="worker,test,onnx"; lock="requirements-test.lock"; fi
 pyver=$(.venv/bin/python -c 'import sys; print("%d.%d" % sys.version_info[:2])')
-sig="$(cat pyproject.toml "$lock" | sha1sum | cut -c1-16)-$extras-$pyver"
-if [[ ! -f $stamp ]] || ! grep -qx -- "$sig" "$stamp" 2>/dev/null; then
+signature() { echo "$(cat pyproject.toml "$2" | sha1sum | cut -c1-16)-$1-$pyver"; }
+sig=$(signature "$extras" "$lock")
+# the test install holds the service's packages too (its lock is constrained by the
+# service's): scripts/start.sh after scripts/test.sh installs nothing
+test_sig=$(signature "worker,test,onnx" requirements-test.lock)
+if [[ ! -f $stamp ]] || ! grep -qx -e "$sig" -e "$test_sig" "$stamp" 2>/dev/null; then
+  echo "setup: installing tingji and its packages into .venv (a few minutes, once)" >&2
   pip=(.venv/bin/pip install -q --disable-pip-version-check)
   if [[ $pyver == 3.11 ]]; then
     # torch before the rest: a bare `torch` requirement would pull a multi-GB CUDA build.

@@ -1,13 +1,14 @@
 """Shared fixtures: real SQLite files and the real PostgreSQL, migrated by Alembic.
 
 ``TINGJI_TEST_PG_URL`` (default: the local server's ``test`` database) names the
-PostgreSQL database the suite may wipe (under pytest-xdist, one per test process:
-``test_gw0``, ...).  Set it to ``skip`` to run SQLite only.
+PostgreSQL database the suite may wipe (under pytest-xdist, one per test process and
+checkout: ``test_<checkout>_gw0``, ...).  Set it to ``skip`` to run SQLite only.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import shutil
 import tempfile
@@ -29,17 +30,35 @@ PG_URL = os.environ.get("TINGJI_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5
 ROOT = Path(__file__).resolve().parent.parent
 
 
-if PG_URL != "skip" and (_xdist := os.environ.get("PYTEST_XDIST_WORKER")):
-    # scripts/test.sh runs two processes: each wipes a database of its own, the named one
-    # with the process's id appended (test_gw0, ...), created on first use
+def _test_database(url: str) -> str:
+    """The database this test process may wipe: ``url``'s own, or under pytest-xdist one
+    per process and checkout (``test_<checkout>_gw0``, ...), so that two processes, or
+    two checkouts on one machine, never wipe each other's; created on first use.  A
+    server that cannot be used stops the run with one line."""
     from sqlalchemy.engine import make_url
 
-    from tests.helpers.pg import admin
+    from tests.helpers.pg import ensure_database
 
-    _name = f"{make_url(PG_URL).database}_{_xdist}"
-    if not admin(PG_URL, f"SELECT 1 FROM pg_database WHERE datname = '{_name}'"):
-        admin(PG_URL, f'CREATE DATABASE "{_name}"')
-    PG_URL = make_url(PG_URL).set(database=_name).render_as_string(hide_password=False)
+    target = make_url(url)
+    if (worker := os.environ.get("PYTEST_XDIST_WORKER")):
+        checkout = hashlib.sha1(str(ROOT).encode()).hexdigest()[:6]
+        target = target.set(database=f"{target.database}_{checkout}_{worker}")
+    rendered = target.render_as_string(hide_password=False)
+    try:
+        ensure_database(rendered)
+    except Exception as exc:  # noqa: BLE001  (refused, bad credentials, no such role ...)
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        pytest.exit(f"the tests' PostgreSQL ({target.render_as_string()}) cannot be used: "
+                    f"{first}. Start it (.ci/run shows how), or set TINGJI_TEST_PG_URL=skip "
+                    "to run on SQLite only", returncode=4)
+    return rendered
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Before any test module is imported (they read ``PG_URL``)."""
+    global PG_URL
+    if PG_URL != "skip":
+        PG_URL = _test_database(PG_URL)
 
 
 def _reset_pg_schema() -> None:

@@ -184,6 +184,11 @@ class AsrEngine:
     def _load_torch(self) -> Any:
         """funasr's ``AutoModel`` with the VAD and punctuation models (torch)."""
         c = self.config
+        from worker.engines.model_sources import unavailable
+
+        why = unavailable(c.roles())  # seconds, where funasr alone retries the hub for 90 s
+        if why is not None:
+            raise ModelLoadError(f"cannot load the models: {why}")
         try:
             from funasr import AutoModel  # 6-10 s: only ever on the model lane
         except ImportError as exc:

@@ -25,9 +25,14 @@ async def truncate(url: str) -> None:
 
 def admin(url: str, sql: str) -> Any:
     """One statement outside a transaction (``CREATE DATABASE`` and the like) on
-    ``url``'s server; its first value, when it returns rows."""
+    ``url``'s server, through its ``postgres`` database (``url``'s own may not exist
+    yet); its first value, when it returns rows."""
+    from sqlalchemy.engine import make_url
+
+    server = make_url(url).set(database="postgres").render_as_string(hide_password=False)
+
     async def run() -> Any:
-        engine = make_engine(url, pool_size=1, isolation_level="AUTOCOMMIT")
+        engine = make_engine(server, pool_size=1, isolation_level="AUTOCOMMIT")
         try:
             async with engine.connect() as conn:
                 result = await conn.execute(text(sql))
@@ -35,3 +40,12 @@ def admin(url: str, sql: str) -> Any:
         finally:
             await engine.dispose()
     return asyncio.run(run())
+
+
+def ensure_database(url: str) -> None:
+    """Create ``url``'s database when it does not exist."""
+    from sqlalchemy.engine import make_url
+
+    name = make_url(url).database
+    if not admin(url, f"SELECT 1 FROM pg_database WHERE datname = '{name}'"):
+        admin(url, f'CREATE DATABASE "{name}"')

@@ -79,3 +79,4 @@ def test_docs_document_every_setting() -> None:
     assert documented == set(Settings.env_names()), (
         f"missing from the docs/settings.md table: {set(Settings.env_names()) - documented}; "
         f"not settings: {documented - set(Settings.env_names())}")
+

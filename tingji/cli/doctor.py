@@ -15,16 +15,15 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any
 
 import httpx
 
 from tingji.settings import Settings, is_loopback
+from worker.engines.model_sources import cached, folder_problem, hub_names, hub_reachable
 
 GIB = 1024**3
 # demuxers every ordinary upload needs; the rest of worker.stages.media.DEMUXERS are rarer
 ESSENTIAL_DEMUXERS = ("wav", "mp3", "mov", "matroska", "aac", "flac", "ogg")
-MODELSCOPE_API = "https://www.modelscope.cn/api/v1/models/{id}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,47 +98,6 @@ def check_ffmpeg() -> Iterator[Finding]:
                   "and take it off PATH")
 
 
-def _hub_names() -> dict[str, str]:
-    """funasr's short names (paraformer-zh, ...) -> ModelScope ids, read without
-    importing funasr (which imports torch)."""
-    spec = importlib.util.find_spec("funasr")
-    if spec is None or not spec.submodule_search_locations:
-        return {}
-    path = Path(next(iter(spec.submodule_search_locations))) / "download" / \
-        "name_maps_from_hub.py"
-    namespace: dict[str, Any] = {}
-    try:
-        exec(compile(path.read_text(encoding="utf-8"), str(path), "exec"), namespace)  # noqa: S102
-    except OSError:
-        return {}
-    return dict(namespace.get("name_maps_ms", {}))
-
-
-def folder_problem(folder: Path) -> str | None:
-    """Why a funasr model folder is incomplete, or None."""
-    import json
-
-    meta = folder / "configuration.json"
-    needed: list[str] = []
-    if meta.is_file():
-        try:
-            doc = json.loads(meta.read_text(encoding="utf-8"))
-        except ValueError:
-            return "configuration.json is not JSON"
-
-        def leaves(v: Any) -> Iterator[str]:
-            if isinstance(v, dict):
-                for x in v.values():
-                    yield from leaves(x)
-            elif isinstance(v, str):
-                yield v
-        needed = list(leaves(doc.get("file_path_metas", {})))
-    needed = needed or ["config.yaml", "model.pt"]
-    missing = [n for n in needed if not (folder / n).is_file() or
-               (folder / n).stat().st_size == 0]
-    return f"missing or empty: {', '.join(missing)}" if missing else None
-
-
 def model_roles(settings: Settings) -> list[tuple[str, str, str | None]]:
     """(role, setting, model) for every model the worker may load."""
     return [("ASR", "TINGJI_ASR_MODEL", settings.asr_model),
@@ -149,7 +107,17 @@ def model_roles(settings: Settings) -> list[tuple[str, str, str | None]]:
 
 
 def check_models(settings: Settings, *, network: bool = True) -> Iterator[Finding]:
-    names = _hub_names()
+    for finding in _check_models(settings, network=network):
+        if finding.name == "model speaker" and finding.ok is False:
+            # only tasks that ask for speaker labels load it: worth knowing, not a failure
+            yield Finding(finding.name, None, f"{finding.detail}; only tasks that ask for "
+                          f"speaker labels need it -- {finding.fix}")
+        else:
+            yield finding
+
+
+def _check_models(settings: Settings, *, network: bool) -> Iterator[Finding]:
+    names = hub_names()
     for role, var, model in model_roles(settings):
         what = f"model {role}"
         if not model:
@@ -168,11 +136,11 @@ def check_models(settings: Settings, *, network: bool = True) -> Iterator[Findin
                           "paraformer-zh")
             continue
         hub_id = names.get(model, model)
-        cached = _cached(hub_id)
-        if cached:
-            yield Finding(what, True, f"{model} -> {hub_id}, cached in {cached}")
+        where = cached(hub_id)
+        if where:
+            yield Finding(what, True, f"{model} -> {hub_id}, cached in {where}")
             continue
-        reachable = network and _reachable(hub_id)
+        reachable = network and hub_reachable(hub_id)
         yield Finding(what, True if reachable else False,
                       f"{model} -> {hub_id}: not cached, "
                       + ("but ModelScope answers, so the worker downloads it at its first start"
@@ -240,24 +208,6 @@ def _int8_speed(flags: set[str]) -> Iterator[Finding]:
         yield Finding("cpu int8", None, "AVX2 without VNNI: the int8 graphs gain about 1.4x "
                       "over fp32 on this CPU (measured 0.46 of bare funasr's time on 2 "
                       "cores, against 0.23-0.32 with VNNI)")
-
-
-def _cached(hub_id: str) -> str | None:
-    try:
-        from modelscope.hub.snapshot_download import snapshot_download
-    except ImportError:
-        return None
-    try:
-        return str(snapshot_download(hub_id, local_files_only=True))
-    except Exception:  # noqa: BLE001  (any failure means: not in the cache)
-        return None
-
-
-def _reachable(hub_id: str) -> bool:
-    try:
-        return httpx.get(MODELSCOPE_API.format(id=hub_id), timeout=5).status_code < 500
-    except httpx.HTTPError:
-        return False
 
 
 def check_cuda(settings: Settings) -> Iterator[Finding]:
@@ -378,7 +328,7 @@ def download_models(settings: Settings, to: Path | None, out: Callable[[str], ob
                     ) -> int:
     """Fetches (or copies) every configured model once, into ``to`` (else the
     ModelScope cache), and prints the settings that use them."""
-    names = _hub_names()
+    names = hub_names()
     lines, failed = [], 0
     for role, var, model in model_roles(settings):
         if not model:
