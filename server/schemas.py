@@ -146,6 +146,7 @@ class QueueView(msgspec.Struct):
     cancelled: int
     capacity: int
     workers: list[WorkerView]
+    llm: bool = False  # an LLM is configured: polish and summaries can run
 
 
 class EventView(msgspec.Struct):

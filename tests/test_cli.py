@@ -57,6 +57,9 @@ def test_submit_wait_and_the_everyday_commands(stack_factory: Callable[..., Stac
     shown = stack.cli("show", tid[:8])
     assert shown.returncode == 0, shown.stderr
     assert tid in shown.stdout and "stage_completed" in shown.stdout
+    # piped: whole lines, not padded out to the 200 columns rich assumes
+    for out in (shown.stdout, listed.stdout):
+        assert not [line for line in out.splitlines() if line != line.rstrip()], out
     detail = json.loads(stack.cli("show", tid[:8], "--json").stdout)
     assert detail["task"]["task_id"] == tid and detail["events"][-1]["event"] == "completed"
 

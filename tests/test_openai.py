@@ -22,7 +22,8 @@ def test_every_response_format_through_the_sdk(stack_factory: Callable[..., Stac
     stack.http.headers["Authorization"] = f"Bearer {TOKEN}"
     stack.worker()
     client = openai.OpenAI(base_url=f"{stack.server.url}/v1", api_key=TOKEN, max_retries=0)
-    assert [m.id for m in client.models.list()] == [stack.env["TINGJI_ASR_MODEL"]]
+    # a local folder by its name: its path is the server's business
+    assert [m.id for m in client.models.list()] == [Path(stack.env["TINGJI_ASR_MODEL"]).name]
 
     def create(fmt: str, **kw: object) -> object:
         with open(media["speech"], "rb") as fh:

@@ -78,6 +78,11 @@ def test_the_page_end_to_end(stack_factory: Callable[..., Stack], page_factory: 
     page = page_factory(stack.server.url)
     page.goto("/")
     page.wait_for_selector("#live.on")  # the SSE stream is connected
+    # no LLM on this server: polish and summary are off and say why
+    page.wait_for_selector("#polish:disabled")
+    assert not page.is_checked("#polish") and page.is_disabled("#summarize")
+    assert "TINGJI_LLM_BASE_URL" in (page.locator("label:has(#polish)").get_attribute("title")
+                                     or "")
 
     # a link -> a pending row, then cancel it with its button
     page.fill("#links", f"{files.url}/part1.mp3")

@@ -71,11 +71,19 @@ class _LinesToLog(io.TextIOBase):
         pass
 
 
+def _not_noise(record: logging.LogRecord) -> bool:
+    """funasr warns ``trust_remote_code: False`` on the root logger for every model it
+    builds: the setting tingji always passes (``worker.engines.model_folders``), not a
+    problem, so it is not printed."""
+    return not (record.name == "root" and str(record.msg).startswith("trust_remote_code:"))
+
+
 def configure(fmt: str = "text") -> None:
     """The root handler for a tingji process.  funasr logs chatty INFO lines on the root
     logger: those stay at WARNING; tingji's own at INFO.  With ``json``, what is printed
     to stdout or stderr is logged too (as ``stdout``/``stderr`` records)."""
     handler = logging.StreamHandler(sys.__stderr__)
+    handler.addFilter(_not_noise)
     handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(
         "%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"))
     root = logging.getLogger()

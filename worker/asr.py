@@ -234,7 +234,9 @@ class AsrEngine:
         except GraphsMissing as exc:
             if c.engine == "onnx":
                 raise ModelLoadError(str(exc)) from None
-            log.info("TINGJI_ENGINE=auto: %s; running the torch engine", exc)
+            log.info("engine: torch (TINGJI_ENGINE=auto runs ONNX graphs on a CPU where "
+                     "they have been exported; there are none for %s)", c.model)
+            log.debug("no ONNX graphs: %s", exc)
             self.engine = "torch"
             return {}
         if c.engine == "onnx" and self.device != "cpu":

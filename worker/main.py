@@ -31,6 +31,7 @@ from typing import Any
 
 from db.engine import make_engine
 from db.errors import LeaseLost
+from db.models import TaskStatus
 from db.queue import Queue
 from db.reads import Reads
 from db.values import LeaseBeat, TaskError
@@ -39,7 +40,7 @@ from tingji.settings import Settings
 from tingji.supervise import EXIT_FATAL
 from worker.asr import AsrConfig, AsrEngine, ModelLoadError, resolve_device
 from worker.errors import TaskCancelled, TaskFailure
-from worker.pipeline import Phase, RunContext, TaskRun
+from worker.pipeline import Phase, RunContext, StopReason, TaskRun
 from worker.scheduler import AsrScheduler
 from worker.stages.llm import Llm, LlmConfig
 from worker.stages.webhooks import Dispatcher
@@ -64,6 +65,11 @@ class Outcome(enum.Enum):
     SHUTDOWN = "handed back"  # released to pending: the worker is stopping
     LOST = "lost"  # the lease was taken away: nothing to write
     ABANDONED = "abandoned"  # nothing could be written: the lease will expire
+
+
+# how a stopped run ends (a timeout fails its stage, retryably, before it gets here)
+STOPPED = {StopReason.CANCEL: Outcome.CANCEL, StopReason.SHUTDOWN: Outcome.SHUTDOWN,
+           StopReason.LOST: Outcome.LOST, StopReason.TIMEOUT: Outcome.SHUTDOWN}
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,7 +254,7 @@ class Worker:
                     while self.executions:
                         await asyncio.wait(set(self.executions), return_when="FIRST_COMPLETED")
         for run in list(self.runs.values()):
-            run.stop("shutdown")
+            run.stop(StopReason.SHUTDOWN)
         if self.executions:  # outcome writes are bounded by STOP_PATIENCE_S + fallbacks
             await asyncio.wait(set(self.executions), timeout=30)
 
@@ -279,15 +285,15 @@ class Worker:
         except asyncio.CancelledError:
             if not inner.cancelled():
                 raise  # this coroutine itself was cancelled
-            reason = run.stop_reason or "shutdown"
+            reason = run.stop_reason or StopReason.SHUTDOWN
         except TaskCancelled:
-            reason = run.stop_reason or "cancel"
+            reason = run.stop_reason or StopReason.CANCEL
         except LeaseLost:
-            reason = "lost"
+            reason = StopReason.LOST
         except ModelLoadError as exc:
             self.fatal = str(exc)
             self.request_stop()
-            reason = "shutdown"
+            reason = StopReason.SHUTDOWN
         except TaskFailure as exc:
             return Ended(Outcome.FAILED, TaskError(exc.type, exc.message, exc.retryable))
         except Exception as exc:  # noqa: BLE001  (a bug: fail visibly, keep the worker up)
@@ -295,8 +301,7 @@ class Worker:
             return Ended(Outcome.FAILED, TaskError(
                 "InternalError", f"internal error: {type(exc).__name__}: {str(exc)[:300]}",
                 True))
-        return Ended({"cancel": Outcome.CANCEL, "lost": Outcome.LOST}.get(
-            reason, Outcome.SHUTDOWN))
+        return Ended(STOPPED[reason])
 
     async def _write(self, run: TaskRun, ended: Ended) -> Outcome:
         q, tid, me = self.queue, run.id, self.id
@@ -306,16 +311,16 @@ class Worker:
         elif ended.outcome is Outcome.FAILED:
             assert ended.error is not None
             status = await q.fail(tid, me, ended.error)
-            log.info("task %s %s: %s", tid, "will be retried" if status == "pending"
+            log.info("task %s %s: %s", tid, "will be retried" if status is TaskStatus.PENDING
                      else "failed", ended.error.message,
                      extra={"stage": run.stage.value if run.stage else None})
-            if status == "pending":
+            if status is TaskStatus.PENDING:
                 return Outcome.RETRY
         elif ended.outcome is Outcome.CANCEL:
             await q.mark_cancelled(tid, me)
         elif ended.outcome is Outcome.SHUTDOWN:
             if await q.release(tid, me, reason=ended.reason,
-                               count_attempt=ended.count_attempt) == "cancelled":
+                               count_attempt=ended.count_attempt) is TaskStatus.CANCELLED:
                 self.webhooks.wake.set()
                 return Outcome.CANCEL
             return ended.outcome
@@ -393,10 +398,10 @@ class Worker:
             current_task_id=current)
         for run in runs:
             if run.id in lost:
-                run.stop("lost")
+                run.stop(StopReason.LOST)
             elif run.id in cancel:
                 log.info("task %s: cancel requested", run.id)
-                run.stop("cancel")
+                run.stop(StopReason.CANCEL)
         if rescue:
             for tid, status in await self.queue.requeue_expired():
                 log.info("requeued expired task %s -> %s", tid, status)

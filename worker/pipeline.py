@@ -65,6 +65,15 @@ class RunContext:
     io_sem: asyncio.Semaphore
 
 
+class StopReason(enum.Enum):
+    """Why a run was asked to stop before it finished; each becomes one outcome."""
+
+    CANCEL = "cancel"  # a user cancelled the task: recorded as cancelled
+    SHUTDOWN = "shutdown"  # the worker is stopping: the task is handed back (released)
+    LOST = "lost"  # the lease is gone (expired, taken): nothing to write
+    TIMEOUT = "timeout"  # a stage ran past its limit: a retryable failure
+
+
 class Phase(enum.Enum):
     """Where a run is, as its worker schedules claims and groups."""
 
@@ -81,7 +90,7 @@ class TaskRun:
     task: Task
     ctx: RunContext
     stop_event: threading.Event = field(default_factory=threading.Event)
-    stop_reason: str | None = None  # "cancel" | "shutdown" | "lost" | "timeout"
+    stop_reason: StopReason | None = None
     stage: Stage | None = None
     progress: float = 0.0
     message: str | None = None
@@ -93,7 +102,7 @@ class TaskRun:
     def id(self) -> str:
         return self.task.id
 
-    def stop(self, reason: str) -> None:
+    def stop(self, reason: StopReason) -> None:
         """Ask the run to stop now.  Its coroutine is cancelled at once; an ASR batch in
         progress on the model thread sees the event and stops at the batch's end."""
         if self.stop_reason is None:
@@ -129,7 +138,7 @@ class TaskRun:
         self.stage, self.progress, self.message = stage, 0.0, None
         if await asyncio.shield(self.ctx.queue.stage_started(self.id, self.ctx.worker_id,
                                                              stage)):
-            self.stop("cancel")
+            self.stop(StopReason.CANCEL)
             raise TaskCancelled()
         return time.perf_counter()
 
@@ -146,7 +155,7 @@ class TaskRun:
         return seconds
 
     def _timed_out(self, stage: Stage, timeout: float | None) -> RetryableTaskError:
-        self.stop_reason = self.stop_reason or "timeout"
+        self.stop_reason = self.stop_reason or StopReason.TIMEOUT
         self.stop_event.set()  # an ASR batch in progress stops at its end
         return RetryableTaskError(f"the {stage.value} stage timed out after "
                                   f"{timeout or 0:.0f} s", type="Timeout")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from pathlib import PurePath
 from typing import Any
 
 from litestar import Request, Response, get, post
@@ -60,7 +61,7 @@ async def transcriptions(request: Request[Any, Any, Any], queue: QueueDep, reads
         fmt = f.get("response_format") or "json"
         if fmt not in FORMATS:
             raise bad_request(f"response_format: one of {', '.join(FORMATS)}, not {fmt[:20]!r}")
-        model = f.get("model") or settings.asr_model
+        model = f.get("model") or public_model_id(settings.asr_model)
         if len(model) > 200:
             raise bad_request("model: at most 200 characters")
         options: dict[str, Any] = {"polish": False, "summarize": False}
@@ -156,10 +157,18 @@ def _answer(fmt: str, task: Any, segments: list[Any], headers: dict[str, str],
 PUNCT = set("，。！？、；：,.!?;:…“”‘’\"'（）()《》【】")
 
 
+def public_model_id(model: str) -> str:
+    """The ASR model as clients see it: a hub id as it is, a local folder by its name
+    only (its path tells a client about the server's disk, and helps no one)."""
+    if model.startswith(("/", "~", ".")):
+        return PurePath(model).name or model
+    return model
+
+
 @get("/models", summary="Models (OpenAI-compatible)")
 async def models(settings: SettingsDep) -> dict[str, Any]:
-    return {"object": "list", "data": [
-        {"id": settings.asr_model, "object": "model", "created": 0, "owned_by": "tingji"}]}
+    return {"object": "list", "data": [{"id": public_model_id(settings.asr_model),
+                                        "object": "model", "created": 0, "owned_by": "tingji"}]}
 
 
 @post("/audio/translations", summary="Not offered", status_code=400,

@@ -42,7 +42,8 @@ async def queue_view(reads: ReadsDep, settings: SettingsDep) -> QueueView:
                           model=w.model, model_loaded_at=w.model_loaded_at,
                           model_loads=w.model_loads, current_task_id=w.current_task_id)
                for w in await reads.workers(now=now)]
-    return QueueView(capacity=settings.max_pending, workers=workers, **counts)
+    return QueueView(capacity=settings.max_pending, workers=workers,
+                     llm=settings.llm_configured, **counts)
 
 
 @get("/", include_in_schema=False, media_type=MediaType.HTML)

@@ -7,7 +7,8 @@ const I18N = {
     token: "API token", token_hint: "TINGJI_API_TOKEN", save: "Save", submit: "Submit",
     links_label: "Links (one per line: Bilibili, b23.tv or any media URL)",
     drop: "Drop audio or video files here, or", choose: "choose files",
-    polish: "Polish (LLM)", summarize: "Summary (LLM)", priority: "Priority", send: "Transcribe",
+    polish: "Polish (LLM)", summarize: "Summary (LLM)",
+    no_llm: "No LLM is configured on this server (TINGJI_LLM_BASE_URL)", priority: "Priority", send: "Transcribe",
     queue: "Queue", tasks: "Tasks", all: "All", col_source: "Source", col_status: "Status",
     col_progress: "Progress", col_elapsed: "Time", empty: "No tasks yet.", more: "More",
     back: "← All tasks", download: "Download", summary: "Summary", polished: "Polished",
@@ -31,7 +32,8 @@ const I18N = {
     token: "API 令牌", token_hint: "TINGJI_API_TOKEN", save: "保存", submit: "提交",
     links_label: "链接（每行一个：B 站、b23.tv 或任意媒体地址）",
     drop: "把音频或视频文件拖到这里，或", choose: "选择文件",
-    polish: "润色（LLM）", summarize: "摘要（LLM）", priority: "优先级", send: "开始转写",
+    polish: "润色（LLM）", summarize: "摘要（LLM）",
+    no_llm: "服务器未配置 LLM（TINGJI_LLM_BASE_URL）", priority: "优先级", send: "开始转写",
     queue: "队列", tasks: "任务", all: "全部", col_source: "来源", col_status: "状态",
     col_progress: "进度", col_elapsed: "用时", empty: "还没有任务。", more: "更多",
     back: "← 全部任务", download: "下载", summary: "摘要", polished: "润色稿",
@@ -227,9 +229,26 @@ async function loadTasks() {
 }
 
 /* ------------------------------------------------------------------ queue panel */
+let llmShown = null;
+function showLlm(configured) {
+  // polish and summaries need an LLM on the server: without one they are off and greyed,
+  // and the box says why; the first answer sets polish's default, the user's choice stays
+  if (llmShown === configured) return;
+  const first = llmShown === null;
+  llmShown = configured;
+  for (const id of ["#polish", "#summarize"]) {
+    const box = $(id);
+    box.disabled = !configured;
+    box.closest("label").title = configured ? "" : T("no_llm");
+    if (!configured) box.checked = false;
+  }
+  if (configured && first) $("#polish").checked = true;
+}
+
 async function loadQueue() {
   let q;
   try { q = await getJSON("/api/v1/queue"); } catch (e) { return; }
+  showLlm(q.llm);
   const counts = $("#queue-counts");
   counts.replaceChildren();
   for (const k of ["pending", "processing", "completed", "failed"]) {

@@ -96,7 +96,7 @@ def start(args: list[str], env: dict[str, str], log: Path, cwd: Path | None = No
 
 
 def start_server(env: dict[str, str], log: Path, *, port: int | None = None,
-                 timeout: float = 60) -> Proc:
+                 timeout: float = 180) -> Proc:
     port = port or free_port()
     proc = start(["serve", "--port", str(port)], env, log)
     proc.url = f"http://127.0.0.1:{port}"

@@ -13,6 +13,8 @@ import httpx
 
 from tests.helpers.procs import TINGJI, Proc, clean_env, start, start_server
 
+LOAD_CEILING_S = 240.0  # a worker that neither loads nor exits by then is hung
+
 
 class Stack:
     """A data dir, an API server and workers started as subprocesses."""
@@ -41,9 +43,16 @@ class Stack:
                      self.root / f"worker{n}.log", exe=exe)
         self.workers.append(proc)
         if preload and wait_loaded:
-            self.wait(lambda: any(w["pid"] == proc.pid and w["model_loads"] == 1
-                                  for w in self.http.get("/api/v1/queue").json()["workers"]),
-                      60, f"worker {proc.pid} did not load its model:\n{proc.output()}")
+            def loaded() -> bool:
+                if proc.popen.poll() is not None:  # no use waiting: say why at once
+                    raise AssertionError(f"worker {proc.pid} exited {proc.popen.returncode} "
+                                         f"before loading its model:\n{proc.output()}")
+                return any(w["pid"] == proc.pid and w["model_loads"] == 1
+                           for w in self.http.get("/api/v1/queue").json()["workers"])
+            # the readiness signal is the load itself: a busy machine's torch import
+            # took 60-95 s, so the ceiling is only there to end a hung test
+            self.wait(loaded, LOAD_CEILING_S,
+                      f"worker {proc.pid} did not load its model:\n{proc.output()}")
         return proc
 
     def wait(self, cond: Callable[[], Any], timeout: float, what: str) -> Any:

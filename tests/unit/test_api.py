@@ -347,7 +347,8 @@ async def test_downloads_of_a_completed_task(client: httpx.Client, queue: Queue)
 def test_queue_view(client: httpx.Client) -> None:
     body = client.get("/api/v1/queue").json()
     assert set(body) == {"pending", "processing", "completed", "failed", "cancelled",
-                         "capacity", "workers"}
+                         "capacity", "workers", "llm"}
+    assert body["llm"] is False  # no TINGJI_LLM_BASE_URL here
     assert body["capacity"] == 1000 and isinstance(body["workers"], list)
 
 
@@ -379,3 +380,12 @@ def test_queue_full_is_429_with_retry_after(tmp_path: Path) -> None:
         resp = c.post("/api/v1/process/audio", files={"file": ("a.wav", b"RIFF....")})
         error_of(resp, 429)
         assert list((tmp_path / "uploads").iterdir()) == []
+
+
+def test_models_name_a_local_folder_by_its_name_only(tmp_path: Path) -> None:
+    migrate.upgrade(f"sqlite:///{tmp_path / 'tingji.db'}")
+    for configured, shown in (("/srv/models/paraformer-zh", "paraformer-zh"),
+                              ("paraformer-zh", "paraformer-zh"),
+                              ("iic/speech_seaco_paraformer", "iic/speech_seaco_paraformer")):
+        with app_client(tmp_path, TINGJI_ASR_MODEL=configured) as c:
+            assert [m["id"] for m in c.get("/v1/models").json()["data"]] == [shown]

@@ -23,6 +23,7 @@ from tingji.cli.console import (
     out,
     progress_text,
     short,
+    show_table,
     source_label,
     when,
 )
@@ -60,7 +61,7 @@ def cmd_list(client: Client, args: Any) -> int:
     if args.json:
         print(json.dumps(page, ensure_ascii=False, indent=2))
         return 0
-    out.print(_table(page["tasks"]))
+    show_table(_table(page["tasks"]))
     if page["total"] > len(page["tasks"]):
         out.print(f"({len(page['tasks'])} of {page['total']}; --limit for more)")
     return 0
@@ -95,7 +96,7 @@ def cmd_show(client: Client, args: Any) -> int:
     info.add_column(overflow="fold")
     for k, v in rows:
         info.add_row(k, v)
-    out.print(info)
+    show_table(info)
     history = Table(box=None, pad_edge=False, title="history", title_justify="left")
     for col in ("at", "event", "from", "to", "worker", "detail"):
         history.add_column(col, overflow="fold")
@@ -104,7 +105,7 @@ def cmd_show(client: Client, args: Any) -> int:
         history.add_row(e["at"][:23].replace("T", " "), e["event"], e.get("from_status") or "",
                         e.get("to_status") or "", (e.get("worker_id") or "")[:8],
                         json.dumps(detail, ensure_ascii=False) if detail else "")
-    out.print(history)
+    show_table(history)
     return 0
 
 

@@ -18,6 +18,17 @@ err = Console(stderr=True, highlight=False, soft_wrap=True,
               width=None if sys.stderr.isatty() else 200)
 
 
+def show_table(table: Any) -> None:
+    """A rich table; piped, without the padding that fills each line to the width
+    (200 columns when the output is not a terminal)."""
+    if out.is_terminal:
+        out.print(table)
+        return
+    with out.capture() as captured:
+        out.print(table)
+    sys.stdout.write("".join(line.rstrip() + "\n" for line in captured.get().splitlines()))
+
+
 class UsageError(Exception):
     """Bad input from the user: nothing was submitted."""
 

@@ -11,13 +11,16 @@ import sys
 from tingji.settings import Settings, SettingsError
 
 
-def _settings() -> Settings:
+def _settings(*, uses_data: bool = True) -> Settings:
+    """The settings, read once; ``uses_data``: the command reads or writes the data
+    folder here (the client commands talk to a service instead)."""
     try:
         settings = Settings.from_env()
     except SettingsError as exc:
         print(f"tingji: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    _tell_about_old_data(settings)
+    if uses_data:
+        _tell_about_old_data(settings)
     return settings
 
 
@@ -175,7 +178,7 @@ def cmd_client(args: argparse.Namespace) -> int:
     from tingji.cli.commands import COMMANDS
     from tingji.client import Client, ClientError
 
-    settings = _settings()
+    settings = _settings(uses_data=False)  # the service has its own data folder
     with Client(settings.url, settings.api_token) as client:
         try:
             return COMMANDS[args.command](client, args)

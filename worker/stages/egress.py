@@ -97,11 +97,13 @@ def _install() -> None:
 @contextmanager
 def guarded(allowed: tuple[str, ...] = ()) -> Iterator[Refusals]:
     """Apply the policy to the current thread's connections for the block's duration;
-    ``allowed`` lists non-public networks that may be reached all the same."""
+    ``allowed`` lists non-public networks that may be reached all the same.  Blocks
+    nest: the innermost policy applies, and leaving it restores the one around it."""
     refusals = Refusals(tuple(ipaddress.ip_network(n) for n in allowed))
     _install()
+    outer: Refusals | None = getattr(_local, "refusals", None)
     _local.refusals = refusals
     try:
         yield refusals
     finally:
-        _local.refusals = None
+        _local.refusals = outer  # an inner block gives the thread back its outer policy
