@@ -170,7 +170,7 @@ def test_decode_scope_equals_funasr(seed: int) -> None:
     assert (peaks >= 1.0 - 1e-4).sum() != len(tokens) + 1  # the fallback runs
 
     calls: list[tuple[str, str]] = []
-    fast, stock_loop = paraformer.fast_cif_wo_hidden, paraformer._STOCK_CIF_WO_HIDDEN
+    fast, stock_loop = paraformer.fast_cif_wo_hidden, paraformer.STOCK_CIF_WO_HIDDEN
 
     def spy(which: str, fn: Any) -> Any:
         def call(*a: Any) -> Any:
@@ -183,7 +183,7 @@ def test_decode_scope_equals_funasr(seed: int) -> None:
             alphas.clone(), peaks.clone(), list(tokens), force_time_shift=-3.0)
     stock = predict()
     paraformer.fast_cif_wo_hidden = spy("compiled", fast)
-    paraformer._STOCK_CIF_WO_HIDDEN = spy("funasr", stock_loop)
+    paraformer.STOCK_CIF_WO_HIDDEN = spy("funasr", stock_loop)
     other: list[Any] = []
     try:
         with decode_scope():
@@ -193,7 +193,7 @@ def test_decode_scope_equals_funasr(seed: int) -> None:
             t.join()
         after = predict()
     finally:
-        paraformer.fast_cif_wo_hidden, paraformer._STOCK_CIF_WO_HIDDEN = fast, stock_loop
+        paraformer.fast_cif_wo_hidden, paraformer.STOCK_CIF_WO_HIDDEN = fast, stock_loop
     assert compiled == stock == other[0] == after and len(stock[1]) >= len(tokens)
     main = threading.current_thread().name
     assert calls == [(main, "compiled"), ("other", "funasr"), (main, "funasr")]

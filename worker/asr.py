@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
 import importlib.util
 import logging
 import os
@@ -167,9 +166,10 @@ class AsrEngine:
                 self.vad_pool = None
         else:
             model = self._load_torch()
-            from worker.engines.torch.paraformer import decode_scope, make_padding_invariant
+            from worker.engines.torch import patches
+            from worker.engines.torch.paraformer import decode_scope
 
-            what = f"predictor {make_padding_invariant(model.model) or 'stock'}"
+            what = patches.patch_model(model)
             scope = decode_scope
             per_call = 0
             batch_size_s = c.cpu_batch_size_s if self.device == "cpu" else c.batch_size_s
@@ -191,6 +191,10 @@ class AsrEngine:
             raise ModelLoadError(f"cannot load the models: {why}")
         try:
             from funasr import AutoModel  # 6-10 s: only ever on the model lane
+
+            from worker.engines.torch import patches
+
+            patches.apply()
         except ImportError as exc:
             raise ModelLoadError(
                 f"the torch engine needs {exc.name or 'funasr'}, which is not installed: "
@@ -209,9 +213,6 @@ class AsrEngine:
         except Exception as exc:
             raise ModelLoadError(load_failure(f"ASR model {c.description}", c.model,
                                               "TINGJI_ASR_MODEL", exc)) from exc
-        from worker.engines.torch.fsmnvad import make_fast_vad  # imports funasr: lane only
-
-        make_fast_vad(getattr(model, "vad_model", None))
         return model
 
     def _onnx_graphs(self) -> dict[str, Path]:
@@ -300,10 +301,9 @@ class AsrEngine:
                                      f"{type(exc).__name__}: {first}",
                                      type="SpeakerModelLoad") from exc
         self.model.spk_mode = "punc_segment"
-        # funasr resets every *kwargs dict to a snapshot taken at construction (when there
-        # was no speaker model) before each call: the snapshot must know this one.
-        if hasattr(self.model, "_base_kwargs_map"):  # funasr's AutoModel (torch engine)
-            self.model._base_kwargs_map["spk_kwargs"] = copy.deepcopy(spk_kwargs)
+        from worker.engines.torch import patches
+
+        patches.add_speaker_model(self.model, spk_kwargs)  # funasr's kwargs snapshot
         self.batcher.spk = (spk, spk_kwargs)
         self.spk_loads += 1
         log.info("loaded speaker model %s in %.1f s", c.spk_model, time.perf_counter() - t)

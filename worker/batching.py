@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from worker.engines.torch import patches
 from worker.errors import RetryableTaskError, TaskCancelled
 from worker.stages.media import SAMPLE_RATE  # what the normalized audio and funasr use
 
@@ -223,13 +224,13 @@ class CrossTaskBatch:
         model = self.model
         hook = _Intercept(model, model.inference, job, replay=replay)
         t = time.perf_counter()
-        model.inference = hook
         # Speakers: only while assembling a task that asked for them (funasr labels the
         # sentences then; during the split pass its embeddings would be thrown away).
         extra = self._speakers(job) if replay else {}
         try:
-            res = model.generate(input=str(job.audio), **self.generate_kw, **self._bias,
-                                 **extra)
+            with patches.intercepting(model, hook):  # funasr's calls come to the hook
+                res = model.generate(input=str(job.audio), **self.generate_kw,
+                                     **self._bias, **extra)
             if replay:
                 job.result = res[0] if res else {"text": "", "timestamp": []}
             else:
@@ -240,7 +241,6 @@ class CrossTaskBatch:
         except Exception as exc:  # noqa: BLE001  (stays with this job)
             job.error = exc
         finally:
-            del model.inference  # back to the class's method
             model.spk_model = None
             job.seconds += time.perf_counter() - t
 

@@ -91,25 +91,6 @@ def export_folder(data_dir: Path, source: str) -> Path:
     return data_dir / "onnx" / f"{name}-{digest}"
 
 
-@contextlib.contextmanager
-def _torchscript_exporter() -> Iterator[None]:
-    """``torch.onnx.export`` with ``dynamo=False`` unless the caller says otherwise:
-    funasr passes ``dynamic_axes``, which torch's dynamo exporter (the default since
-    torch 2.9) fails to convert."""
-    import torch.onnx
-
-    stock = torch.onnx.export
-
-    def export(*args: Any, **kwargs: Any) -> Any:
-        kwargs.setdefault("dynamo", False)
-        return stock(*args, **kwargs)
-    torch.onnx.export = export  # type: ignore[assignment]
-    try:
-        yield
-    finally:
-        torch.onnx.export = stock
-
-
 def _flat(out: Any) -> Iterator[Any]:
     """A module's outputs in the order the exporter flattens them."""
     if isinstance(out, (list, tuple)):
@@ -217,7 +198,9 @@ def export_model(role: str, source: str, data_dir: Path, *, quantize: bool,
     try:
         from funasr.utils import export_utils
 
-        with _torchscript_exporter():
+        from worker.engines.torch import patches  # torch's exporter, for this export
+
+        with patches.torchscript_exporter():
             # funasr's rebuild for export, then its exporter on each module it returns
             modules = auto.model.export(**kwargs)
             modules = list(modules) if isinstance(modules, (list, tuple)) else [modules]

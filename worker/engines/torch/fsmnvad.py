@@ -23,7 +23,6 @@ from funasr.models.fsmn_vad_streaming.model import (
     FrameState,
     FsmnVADStreaming,
 )
-from funasr.register import tables
 
 
 def _silence_posteriors(cache: dict[str, Any]) -> list[float] | list[list[float]]:
@@ -45,7 +44,6 @@ def _silence_posteriors(cache: dict[str, Any]) -> list[float] | list[list[float]
     return values  # type: ignore[no-any-return]
 
 
-@tables.register("model_classes", "TingjiFsmnVAD")
 class TingjiFsmnVAD(FsmnVADStreaming):
     def GetFrameState(self, t: int, cache: dict[str, Any] | None = None) -> FrameState:  # noqa: N802
         """``FsmnVADStreaming.GetFrameState`` with the posterior read from a list; the

@@ -22,10 +22,10 @@ operations per frame - on a GPU thousands of tiny kernels per batch - with compi
 loops (numba) that do the same float32 operations in the same order: bit-identical
 results, without the per-frame overhead.
 
-The classes are registered with funasr's tables under their own names (a model's
-``config.yaml`` may name them) and ``make_padding_invariant`` switches an already
-loaded model's predictor to them in place; they add no parameters, so the weights are
-the model's own.  Nothing in site-packages is edited.
+``worker.engines.torch.patches`` registers the classes with funasr's tables under
+their own names (a model's ``config.yaml`` may name them), and ``make_padding_invariant``
+switches an already loaded model's predictor to them in place; they add no parameters,
+so the weights are the model's own.  Nothing in site-packages is edited.
 """
 
 from __future__ import annotations
@@ -40,7 +40,6 @@ import numpy as np
 import torch
 from funasr.models.bicif_paraformer.cif_predictor import CifPredictorV3, cif, cif_wo_hidden
 from funasr.models.paraformer.cif_predictor import CifPredictorV2
-from funasr.register import tables
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from worker.engines.onnx.frontend import fires_kernel
@@ -98,7 +97,8 @@ def fast_cif_wo_hidden(alphas: torch.Tensor, threshold: float) -> torch.Tensor:
 
 
 _SCOPE = threading.local()  # .active: this thread is inside decode_scope
-_STOCK_CIF_WO_HIDDEN = cif_wo_hidden
+STOCK_CIF_WO_HIDDEN = cif_wo_hidden  # funasr's own loop, as imported
+_REPLACED: dict[str, Any] = {}  # what install_cif_dispatcher replaced
 
 
 def _in_decode_scope() -> bool:
@@ -110,7 +110,25 @@ def _scoped_cif_wo_hidden(alphas: torch.Tensor, threshold: float) -> torch.Tenso
     ``decode_scope``, funasr's own loop on every other thread."""
     if _in_decode_scope():
         return fast_cif_wo_hidden(alphas, threshold)
-    return _STOCK_CIF_WO_HIDDEN(alphas, threshold)
+    return STOCK_CIF_WO_HIDDEN(alphas, threshold)
+
+
+def install_cif_dispatcher() -> None:
+    """Bind funasr's module-level ``cif_wo_hidden`` to the thread-scoped dispatcher
+    (``worker.engines.torch.patches``, change 2); idempotent."""
+    from funasr.utils import timestamp_tools
+
+    if timestamp_tools.cif_wo_hidden is not _scoped_cif_wo_hidden:
+        _REPLACED["timestamp_tools"] = timestamp_tools.cif_wo_hidden
+        timestamp_tools.cif_wo_hidden = _scoped_cif_wo_hidden
+
+
+def remove_cif_dispatcher() -> None:
+    """timestamp_tools' own function back (it has its own copy of the loop)."""
+    from funasr.utils import timestamp_tools
+
+    if timestamp_tools.cif_wo_hidden is _scoped_cif_wo_hidden:
+        timestamp_tools.cif_wo_hidden = _REPLACED.pop("timestamp_tools")
 
 
 @contextlib.contextmanager
@@ -131,10 +149,7 @@ def decode_scope() -> Iterator[None]:
     Scoped to the calling thread, not the process: funasr's module-level name is bound
     once to a dispatcher that asks a thread-local flag, so funasr on any other thread
     (stock funasr in ``bench/``, even while tingji decodes) runs its own code."""
-    from funasr.utils import timestamp_tools
-
-    if timestamp_tools.cif_wo_hidden is not _scoped_cif_wo_hidden:
-        timestamp_tools.cif_wo_hidden = _scoped_cif_wo_hidden
+    install_cif_dispatcher()
     outer = _in_decode_scope()
     _SCOPE.active = True
     try:
@@ -166,7 +181,6 @@ def _zero_padding(hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tens
     return hidden * mask.transpose(-1, -2).to(hidden.dtype)
 
 
-@tables.register("predictor_classes", "TingjiCifPredictorV2")
 class TingjiCifPredictorV2(CifPredictorV2):
     def forward(self, hidden: torch.Tensor, target_label: Any = None,
                 mask: torch.Tensor | None = None, *args: Any, **kwargs: Any) -> Any:
@@ -174,7 +188,6 @@ class TingjiCifPredictorV2(CifPredictorV2):
                                *args, **kwargs)
 
 
-@tables.register("predictor_classes", "TingjiCifPredictorV3")
 class TingjiCifPredictorV3(CifPredictorV3):
     def forward(self, hidden: torch.Tensor, target_label: Any = None,
                 mask: torch.Tensor | None = None, ignore_id: int = -1,

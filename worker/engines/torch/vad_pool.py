@@ -61,7 +61,7 @@ def _init(vad_model: str, vad_kwargs: dict[str, Any], generate_kw: dict[str, Any
                        **(copy.deepcopy(vad_kwargs) | FUNASR_BUILD_KW))
     from worker.engines.torch.fsmnvad import make_fast_vad
 
-    make_fast_vad(_MODEL.model)
+    make_fast_vad(_MODEL.model)  # worker.engines.torch.patches, change 3
     _GENERATE_KW = generate_kw
 
 
