@@ -90,8 +90,11 @@ def test_the_page_end_to_end(stack_factory: Callable[..., Stack], page_factory: 
     wait_total(stack, 1)
     doomed = newest_task_id(stack)
     wait_status(page, doomed, "pending", 10)
+    # its Time says it is waiting, not that it runs
+    assert row(page, doomed).locator(".time").inner_text().split()[0] in ("waiting", "等待")
     row(page, doomed).locator("button.cancel").click()
     wait_status(page, doomed, "cancelled", 10)
+    assert row(page, doomed).locator(".time").inner_text() == "—"  # it never ran
     assert stack.task(doomed)["status"] == "cancelled"
 
     # two links at once -> a batch

@@ -10,7 +10,7 @@ const I18N = {
     polish: "Polish (LLM)", summarize: "Summary (LLM)",
     no_llm: "No LLM is configured on this server (TINGJI_LLM_BASE_URL)", priority: "Priority", send: "Transcribe",
     queue: "Queue", tasks: "Tasks", all: "All", col_source: "Source", col_status: "Status",
-    col_progress: "Progress", col_elapsed: "Time", empty: "No tasks yet.", more: "More",
+    col_progress: "Progress", col_elapsed: "Time", waiting: "waiting", empty: "No tasks yet.", more: "More",
     back: "← All tasks", download: "Download", summary: "Summary", polished: "Polished",
     raw: "Raw transcript", subtitles: "Subtitles", history: "History", cancel: "Cancel",
     retry: "Retry", st_pending: "pending", st_processing: "processing",
@@ -35,7 +35,7 @@ const I18N = {
     polish: "润色（LLM）", summarize: "摘要（LLM）",
     no_llm: "服务器未配置 LLM（TINGJI_LLM_BASE_URL）", priority: "优先级", send: "开始转写",
     queue: "队列", tasks: "任务", all: "全部", col_source: "来源", col_status: "状态",
-    col_progress: "进度", col_elapsed: "用时", empty: "还没有任务。", more: "更多",
+    col_progress: "进度", col_elapsed: "用时", waiting: "等待", empty: "还没有任务。", more: "更多",
     back: "← 全部任务", download: "下载", summary: "摘要", polished: "润色稿",
     raw: "原始转写", subtitles: "字幕", history: "历史", cancel: "取消", retry: "重试",
     st_pending: "排队中", st_processing: "处理中", st_completed: "已完成", st_failed: "失败",
@@ -110,10 +110,16 @@ function fmtSeconds(s) {
            : `${m}:${String(r).padStart(2, "0")}`;
 }
 function elapsed(t) {
+  // the time a task has run (since a worker first took it); a task no worker has taken
+  // yet shows how long it has waited, marked as waiting, and one cancelled before it
+  // ran shows none
   const now = Date.now();
-  const start = Date.parse(t.started_at || t.created_at);
+  if (!t.started_at) {
+    return t.status === "pending"
+      ? `${T("waiting")} ${fmtSeconds((now - Date.parse(t.created_at)) / 1000)}` : "—";
+  }
   const end = t.completed_at ? Date.parse(t.completed_at) : now;
-  return fmtSeconds((end - start) / 1000);
+  return fmtSeconds((end - Date.parse(t.started_at)) / 1000);
 }
 function fmtMs(ms) {
   const s = Math.floor(ms / 1000), milli = ms % 1000;
@@ -626,7 +632,9 @@ async function start() {
   setInterval(() => {  // tick elapsed times of running tasks
     for (const tr of document.querySelectorAll("#tasks tbody tr")) {
       const t = state.tasks.get(tr.dataset.id);
-      if (t && t.status === "processing") tr.querySelector(".time").textContent = elapsed(t);
+      if (t && (t.status === "processing" || t.status === "pending")) {
+        tr.querySelector(".time").textContent = elapsed(t);
+      }
     }
   }, 1000);
   setInterval(loadQueue, 5000);
