@@ -4,6 +4,7 @@ the real API server; SIGKILL and SIGTERM for recovery."""
 
 from __future__ import annotations
 
+import re
 import signal
 import sqlite3
 import time
@@ -111,7 +112,9 @@ def test_polish_and_summary_survive_500s(stack_factory: Callable[..., Stack],
     assert task["status"] == "completed", task
     r = task["result"]
     assert r["polished_text"].count("【润色】") >= 2  # several chunks
-    assert r["summary"].startswith("【摘要】【润色】")  # summarized the polished text
+    # summarized the polished text (in one round, or a summary of the chunks' summaries
+    # when it is longer than a chunk: the stub marks each round)
+    assert re.match(r"(【摘要】)+【润色】", r["summary"]), r["summary"]
     assert r["llm_tokens_in"] > 0 and r["llm_tokens_out"] > 0
     failed = [c for c in llm.b.calls if c["failed"]]
     assert len(failed) == 2 and task["attempts"] == 1  # the client retried, not the queue

@@ -118,46 +118,34 @@ class _Decoder:
         self.window = _Window(o)
         self.max_end_sil = o.max_end_silence_time - o.speech_to_sil_time_thres
         self.speech_noise_thres = speech_noise_thres
-        self.data_buf_start_frame = 0
-        self.frm_cnt = 0
-        self.latest_confirmed_speech_frame = 0
-        self.lastest_confirmed_silence_frame = -1
-        self.continous_silence_frame_count = 0
-        self.state = START_NOT_DETECTED
-        self.confirmed_start_frame = -1
-        self.confirmed_end_frame = -1
-        self.number_end_time_detected = 0
-        self.noise_average_decibel = -100.0
-        self.output: list[list[Any]] = []  # [start_ms, end_ms, has_start, has_end]
-        self.output_offset = 0
+        # the file's: frames decided, the first frame not yet written out, the running
+        # noise level, the segments so far ([start_ms, end_ms, has_start, has_end])
+        self.frames_seen, self.buffer_start, self.noise_db = 0, 0, -100.0
+        self.ends_found, self.output_offset = 0, 0
+        self.output: list[list[Any]] = []
+        self.reset()  # and the utterance's
 
     # -------------------------------------------------------------- frame decision
     def frame_state(self, t: int) -> int:
+        """Speech or silence for frame ``t`` (the decision of ``TingjiFsmnVAD`` with one
+        silence pdf: the same float operations in the same order); a silent frame moves
+        the running noise level."""
         o = self.o
-        if t >= self.frm_cnt:
+        if t >= self.frames_seen or self.decibel[t] < o.decibel_thres:
             return SIL
-        cur_decibel = self.decibel[t]
-        cur_snr = cur_decibel - self.noise_average_decibel
-        if cur_decibel < o.decibel_thres:
-            return SIL
-        sum_score = self.silence[t]
-        noise_prob = math.log(sum_score) * o.speech_2_noise_ratio
-        sum_score = 1.0 - sum_score
-        speech_prob = math.log(sum_score)
-        if math.exp(speech_prob) >= math.exp(noise_prob) + self.speech_noise_thres:
-            if cur_snr >= o.snr_thres and cur_decibel >= o.decibel_thres:
-                return SPEECH
-            return SIL
-        if self.noise_average_decibel < -99.9:
-            self.noise_average_decibel = cur_decibel
-        else:
-            n = o.noise_frame_num_used_for_snr
-            self.noise_average_decibel = (cur_decibel + self.noise_average_decibel * (n - 1)) / n
+        level = self.decibel[t]
+        noise_logp = math.log(self.silence[t]) * o.speech_2_noise_ratio
+        speech_logp = math.log(1.0 - self.silence[t])
+        if math.exp(speech_logp) >= math.exp(noise_logp) + self.speech_noise_thres:
+            return SPEECH if level - self.noise_db >= o.snr_thres else SIL
+        n = o.noise_frame_num_used_for_snr
+        self.noise_db = level if self.noise_db < -99.9 else (
+            level + self.noise_db * (n - 1)) / n
         return SIL
 
     # -------------------------------------------------------------- output buffer
     def pop_till(self, frame: int) -> None:
-        self.data_buf_start_frame = max(self.data_buf_start_frame, frame)
+        self.buffer_start = max(self.buffer_start, frame)
 
     def pop_to_output(self, start: int, count: int, first_is_start: bool,
                       last_is_end: bool) -> None:
@@ -166,7 +154,7 @@ class _Decoder:
         if not self.output or first_is_start:
             self.output.append([start * ms, start * ms, False, False])
         seg = self.output[-1]
-        self.data_buf_start_frame += count
+        self.buffer_start += count
         seg[1] = (start + count) * ms
         if first_is_start:
             seg[2] = True
@@ -174,28 +162,28 @@ class _Decoder:
             seg[3] = True
 
     def on_silence(self, frame: int) -> None:
-        self.lastest_confirmed_silence_frame = frame
+        self.last_silence = frame
         if self.state == START_NOT_DETECTED:
             self.pop_till(frame)
 
     def on_voice(self, frame: int) -> None:
-        self.latest_confirmed_speech_frame = frame
+        self.last_speech = frame
         self.pop_to_output(frame, 1, False, False)
 
     def on_voice_start(self, frame: int, fake: bool = False) -> None:
-        if self.confirmed_start_frame == -1:
-            self.confirmed_start_frame = frame
+        if self.start_frame == -1:
+            self.start_frame = frame
         if not fake and self.state == START_NOT_DETECTED:
-            self.pop_to_output(self.confirmed_start_frame, 1, True, False)
+            self.pop_to_output(self.start_frame, 1, True, False)
 
     def on_voice_end(self, frame: int, fake: bool, is_last: bool) -> None:
-        for t in range(self.latest_confirmed_speech_frame + 1, frame):
+        for t in range(self.last_speech + 1, frame):
             self.on_voice(t)
-        if self.confirmed_end_frame == -1:
-            self.confirmed_end_frame = frame
+        if self.end_frame == -1:
+            self.end_frame = frame
         if not fake:
-            self.pop_to_output(self.confirmed_end_frame, 1, False, True)
-        self.number_end_time_detected += 1
+            self.pop_to_output(self.end_frame, 1, False, True)
+        self.ends_found += 1
 
     def maybe_end_if_last(self, is_final: bool, frame: int) -> None:
         if is_final:
@@ -209,44 +197,42 @@ class _Decoder:
         return frames
 
     def reset(self) -> None:
-        self.continous_silence_frame_count = 0
-        self.latest_confirmed_speech_frame = 0
-        self.lastest_confirmed_silence_frame = -1
-        self.confirmed_start_frame = -1
-        self.confirmed_end_frame = -1
+        """A new utterance: nothing confirmed yet, no silence counted, the window empty."""
         self.state = START_NOT_DETECTED
+        self.start_frame = self.end_frame = self.last_silence = -1
+        self.last_speech = self.silent_frames = 0
         self.window.reset()
 
     # -------------------------------------------------------------- one frame
     def detect(self, frame_state: int, t: int, is_final: bool) -> None:  # noqa: C901
         o = self.o
         ms = o.frame_in_ms
-        too_long = t - self.confirmed_start_frame + 1 > o.max_single_segment_time / ms
+        too_long = t - self.start_frame + 1 > o.max_single_segment_time / ms
         change = self.window.detect(SPEECH if frame_state == SPEECH and 1.0 > o.fe_prior_thres
                                     else SIL)
         if change == SIL2SPEECH:
-            self.continous_silence_frame_count = 0
+            self.silent_frames = 0
             if self.state == START_NOT_DETECTED:
-                start = max(self.data_buf_start_frame, t - self.latency())
+                start = max(self.buffer_start, t - self.latency())
                 self.on_voice_start(start)
                 self.state = IN_SPEECH
                 for f in range(start + 1, t + 1):
                     self.on_voice(f)
             elif self.state == IN_SPEECH:
-                for f in range(self.latest_confirmed_speech_frame + 1, t):
+                for f in range(self.last_speech + 1, t):
                     self.on_voice(f)
                 self._continue(t, is_final, too_long)
         elif change in (SPEECH2SIL, SPEECH2SPEECH):
-            self.continous_silence_frame_count = 0
+            self.silent_frames = 0
             if self.state == IN_SPEECH:
                 self._continue(t, is_final, too_long)
         elif change == SIL2SIL:
-            self.continous_silence_frame_count += 1
-            silent_ms = self.continous_silence_frame_count * ms
+            self.silent_frames += 1
+            silent_ms = self.silent_frames * ms
             if self.state == START_NOT_DETECTED:
                 if ((o.detect_mode == 0 and silent_ms > o.max_start_silence_time)
-                        or (is_final and self.number_end_time_detected == 0)):
-                    for f in range(self.lastest_confirmed_silence_frame + 1, t):
+                        or (is_final and self.ends_found == 0)):
+                    for f in range(self.last_silence + 1, t):
                         self.on_silence(f)
                     self.on_voice_start(0, True)
                     self.on_voice_end(0, True, False)
@@ -266,7 +252,7 @@ class _Decoder:
                     self.on_voice_end(t, False, False)
                     self.state = END_DETECTED
                 elif o.do_extend and not is_final:
-                    if self.continous_silence_frame_count <= int(o.lookahead_time_end_point / ms):
+                    if self.silent_frames <= int(o.lookahead_time_end_point / ms):
                         self.on_voice(t)
                 else:
                     self.maybe_end_if_last(is_final, t)
@@ -290,11 +276,11 @@ class _Decoder:
         then the segments complete so far (all of them at the end of the file)."""
         if frames <= 0:
             return []
-        first = self.frm_cnt
-        self.frm_cnt += frames
+        first = self.frames_seen
+        self.frames_seen += frames
         if self.state != END_DETECTED:
-            for t in range(first, self.frm_cnt):
-                self.detect(self.frame_state(t), t, is_final and t == self.frm_cnt - 1)
+            for t in range(first, self.frames_seen):
+                self.detect(self.frame_state(t), t, is_final and t == self.frames_seen - 1)
         out = []
         for seg in self.output[self.output_offset:]:
             if not is_final and not (seg[2] and seg[3]):

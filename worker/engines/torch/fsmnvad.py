@@ -46,50 +46,36 @@ def _silence_posteriors(cache: dict[str, Any]) -> list[float] | list[list[float]
 
 class TingjiFsmnVAD(FsmnVADStreaming):
     def GetFrameState(self, t: int, cache: dict[str, Any] | None = None) -> FrameState:  # noqa: N802
-        """``FsmnVADStreaming.GetFrameState`` with the posterior read from a list; the
-        same operations on the same values otherwise."""
-        if cache is None:
-            cache = {}
-        stats, opts = cache["stats"], self.vad_opts
-        if t >= len(stats.decibel):
+        """Speech or silence for frame ``t``, as ``FsmnVADStreaming.GetFrameState`` decides
+        it (the same float operations in the same order, so the same decisions), with the
+        silence posteriors read from a list made once per chunk instead of a tensor
+        indexed per frame."""
+        stats, opts = (cache if cache is not None else {})["stats"], self.vad_opts
+        if t >= len(stats.decibel) or stats.decibel[t] < opts.decibel_thres:
             return FrameState.kFrameStateSil
-        cur_decibel = stats.decibel[t]
-        cur_snr = cur_decibel - stats.noise_average_decibel
-        if cur_decibel < opts.decibel_thres:
-            return FrameState.kFrameStateSil
-
-        sum_score = 0.0
-        noise_prob = 0.0
-        ids = stats.sil_pdf_ids
-        assert len(ids) == opts.silence_pdf_num
-        if len(ids) > 0:
-            post = _silence_posteriors(cache)
-            if len(ids) > 1:
-                sum_score = sum(column[t] for column in post)  # type: ignore[union-attr]
-            else:
-                sum_score = post[t]  # type: ignore[assignment]
-            noise_prob = math.log(sum_score) * opts.speech_2_noise_ratio
-            total_score = 1.0
-            sum_score = total_score - sum_score
-        speech_prob = math.log(sum_score)
+        level = stats.decibel[t]
+        pdfs = stats.sil_pdf_ids
+        assert len(pdfs) == opts.silence_pdf_num
+        speech_score, noise_logp = 0.0, 0.0
+        if pdfs:
+            posteriors = _silence_posteriors(cache)  # type: ignore[arg-type]
+            silence = (posteriors[t] if len(pdfs) == 1
+                       else sum(column[t] for column in posteriors))  # type: ignore[union-attr]
+            noise_logp = math.log(silence) * opts.speech_2_noise_ratio
+            speech_score = 1.0 - silence
+        speech_logp = math.log(speech_score)
         if opts.output_frame_probs:
-            frame_prob = E2EVadFrameProb()
-            frame_prob.noise_prob = noise_prob
-            frame_prob.speech_prob = speech_prob
-            frame_prob.score = sum_score
-            frame_prob.frame_id = t
-            stats.frame_probs.append(frame_prob)
-        if math.exp(speech_prob) >= math.exp(noise_prob) + stats.speech_noise_thres:
-            if cur_snr >= opts.snr_thres and cur_decibel >= opts.decibel_thres:
-                return FrameState.kFrameStateSpeech
-            return FrameState.kFrameStateSil
-        if stats.noise_average_decibel < -99.9:
-            stats.noise_average_decibel = cur_decibel
-        else:
-            stats.noise_average_decibel = (
-                cur_decibel
-                + stats.noise_average_decibel * (opts.noise_frame_num_used_for_snr - 1)
-            ) / opts.noise_frame_num_used_for_snr
+            record = E2EVadFrameProb()
+            record.noise_prob, record.speech_prob = noise_logp, speech_logp
+            record.score, record.frame_id = speech_score, t
+            stats.frame_probs.append(record)
+        # exp(log(x)) and not x: funasr compares these, and so must the same floats
+        if math.exp(speech_logp) >= math.exp(noise_logp) + stats.speech_noise_thres:
+            loud = level - stats.noise_average_decibel >= opts.snr_thres
+            return FrameState.kFrameStateSpeech if loud else FrameState.kFrameStateSil
+        n = opts.noise_frame_num_used_for_snr
+        stats.noise_average_decibel = level if stats.noise_average_decibel < -99.9 else (
+            level + stats.noise_average_decibel * (n - 1)) / n
         return FrameState.kFrameStateSil
 
 
