@@ -18,7 +18,7 @@ weights, ``tests.helpers.tiny_funasr.build_bench_models``).  The same process ru
 Each configuration runs ``--repeat`` times, interleaved with the others; for each it
 prints the median x-realtime (audio seconds / wall seconds), peak GPU memory (CUDA), the
 batch sizes the engine chose, how many transcripts (text, timestamps, sentences) equal
-bare funasr's, and the model thread's time by phase (split with VAD, decode, replay:
+bare funasr's, and the model thread's time by phase (split with VAD, decode, assemble:
 punctuation and sentences), so a change can be judged on a CPU too.
 
 Identity: the reference is bare funasr decoding each VAD segment alone (one segment per
@@ -44,7 +44,6 @@ import json  # noqa: E402
 import os  # noqa: E402
 import statistics  # noqa: E402
 import tempfile  # noqa: E402
-import threading  # noqa: E402
 import time  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -113,17 +112,19 @@ def duration(p: Path) -> float:
 
 
 def bare_run(model: Any, files: list[Path], gpu: Gpu, batch_size_s: int
-             ) -> tuple[float, list[dict[str, Any]]]:
+             ) -> tuple[float, list[Any]]:
+    from worker.engines.base import assembled
+
     gpu.reset()
     t = time.perf_counter()
     out = [model.generate(input=str(f), sentence_timestamp=True, batch_size_s=batch_size_s)[0]
            for f in files]
     gpu.sync()
-    return time.perf_counter() - t, out
+    return time.perf_counter() - t, [assembled(r) for r in out]
 
 
 def tingji_run(engine: Any, files: list[Path], k: int, gpu: Gpu
-               ) -> tuple[float, list[dict[str, Any]], list[Any]]:
+               ) -> tuple[float, list[Any], list[Any]]:
     """Every file a task, all ready at once, through the worker's lane."""
     from worker.batching import AsrJob
     from worker.scheduler import AsrScheduler
@@ -155,7 +156,7 @@ def tingji_run(engine: Any, files: list[Path], k: int, gpu: Gpu
     for j in jobs:
         if j.error is not None:
             raise RuntimeError(f"{j.audio}: {j.error!r}")
-    return wall, [j.result or {} for j in jobs], stats
+    return wall, [j.result for j in jobs], stats
 
 
 def batch_sizes(stats: list[Any]) -> dict[str, Any]:
@@ -168,20 +169,18 @@ def batch_sizes(stats: list[Any]) -> dict[str, Any]:
             "oom_splits": sum(st.oom_splits for st in stats)}
 
 
-def same(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> int:
-    """Transcripts equal in text, character timestamps and sentences."""
-    keys = ("text", "timestamp", "sentence_info")
-    return sum(1 for x, y in zip(a, b, strict=True)
-               if all(x.get(k) == y.get(k) for k in keys))
+def same(a: list[Any], b: list[Any]) -> int:
+    """Transcripts equal in text, sentences and their character timestamps."""
+    return sum(1 for x, y in zip(a, b, strict=True) if x == y)
 
 
-def against(out: list[dict[str, Any]], ref: list[dict[str, Any]]) -> dict[str, Any]:
+def against(out: list[Any], ref: list[Any]) -> dict[str, Any]:
     """Texts equal to the reference's, and the character error rate against it (edit
     distance over the reference's characters, whitespace ignored)."""
     from rapidfuzz.distance import Levenshtein
 
-    def chars(r: dict[str, Any]) -> str:
-        return "".join(str(r.get("text", "")).split())
+    def chars(r: Any) -> str:
+        return "".join(r.text.split())
     pairs = [(chars(x), chars(y)) for x, y in zip(out, ref, strict=True)]
     total = sum(len(y) for _, y in pairs)
     errors = sum(Levenshtein.distance(x, y) for x, y in pairs)
@@ -192,7 +191,7 @@ def against(out: list[dict[str, Any]], ref: list[dict[str, Any]]) -> dict[str, A
 def phases(stats: list[Any]) -> dict[str, float]:
     """The model thread's seconds by phase over one run's groups."""
     return {p: round(sum(getattr(st, f"{p}_s") for st in stats), 2)
-            for p in ("split", "decode", "replay")}
+            for p in ("split", "decode", "assemble")}
 
 
 def main() -> None:
@@ -225,6 +224,7 @@ def main() -> None:
     from funasr import AutoModel
 
     from worker.asr import AsrConfig, AsrEngine, resolve_device
+    from worker.batching import AsrJob
     from worker.main import default_vad_processes
 
     device = resolve_device(a.device)
@@ -246,7 +246,7 @@ def main() -> None:
     assert engine.batcher is not None
     # warm-up (CUDA context, kernels) on both
     bare.generate(input=str(clips[0]), sentence_timestamp=True)
-    asyncio.run(engine.transcribe(clips[0], lambda d, t: None, threading.Event()))
+    asyncio.run(engine.transcribe_many([AsrJob(clips[0])]))
     log(f"device {device}; VAD processes {engine.config.vad_processes}; "
         f"warm in {time.perf_counter() - t0:.0f} s")
 

@@ -35,8 +35,12 @@ def stock(sensitive_asr: str, tiny_models: dict[str, str]) -> Any:
 
 @pytest.fixture(scope="session")
 def reference(stock: Any, clips: list[Path]) -> list[dict[str, Any]]:
-    """Stock funasr, one file at a time."""
-    return [stock.generate(input=str(c), sentence_timestamp=True)[0] for c in clips]
+    """Stock funasr, one file at a time (as the engines' transcripts: text, sentences
+    with their character timestamps)."""
+    from worker.engines.base import assembled
+
+    return [assembled(stock.generate(input=str(c), sentence_timestamp=True)[0])
+            for c in clips]
 
 
 @pytest.fixture
@@ -52,9 +56,8 @@ def engine(sensitive_asr: str, tiny_models: dict[str, str]) -> Any:
     eng.close()
 
 
-def _same(result: dict[str, Any], ref: dict[str, Any]) -> bool:
-    keys = ("text", "timestamp", "sentence_info")
-    return all(result.get(k) == ref.get(k) for k in keys)
+def _same(result: Any, ref: Any) -> bool:
+    return result is not None and result == ref and bool(ref.segments)
 
 
 # ---------------------------------------------------------------- padding
@@ -239,7 +242,7 @@ def test_fast_vad_decision_gives_funasr_segments(silence_pdfs: list[int], clips:
 
 # ---------------------------------------------------------------- groups
 def test_group_gives_every_task_its_own_transcript(engine: Any, clips: list[Path],
-                                                   reference: list[dict[str, Any]]) -> None:
+                                                   reference: list[Any]) -> None:
     jobs = _jobs(clips)
     owner = _owner(jobs)
     mixed: list[set[int]] = []
@@ -247,18 +250,18 @@ def test_group_gives_every_task_its_own_transcript(engine: Any, clips: list[Path
     stats = engine.batcher.run(jobs)
     assert all(j.error is None for j in jobs)
     for job, ref in zip(jobs, reference, strict=True):
-        assert _same(job.result, ref), (job.audio.name, job.result["text"], ref["text"])
+        assert _same(job.result, ref), (job.audio.name, job.result, ref)
     # it really batched across tasks, in few model calls
     assert max(len(s) for s in mixed) >= 3
     assert stats.calls == len(mixed) < stats.segments
     assert stats.tasks == 5 and max(stats.sizes) > 1
     # the phases the benchmark reports are parts of the group's time
-    phases = (stats.split_s, stats.decode_s, stats.replay_s)
+    phases = (stats.split_s, stats.decode_s, stats.assemble_s)
     assert all(p > 0 for p in phases) and sum(phases) <= stats.seconds
 
 
 def test_batched_as_on_a_cpu_gives_the_same(engine: Any, clips: list[Path],
-                                            reference: list[dict[str, Any]]) -> None:
+                                            reference: list[Any]) -> None:
     engine.batcher.max_ms = 0  # one segment per model call
     jobs = _jobs(clips)
     stats = engine.batcher.run(jobs)
@@ -267,7 +270,7 @@ def test_batched_as_on_a_cpu_gives_the_same(engine: Any, clips: list[Path],
 
 
 def test_cancelled_task_leaves_the_next_batches(engine: Any, clips: list[Path],
-                                                reference: list[dict[str, Any]]) -> None:
+                                                reference: list[Any]) -> None:
     from worker.asr import transcript_of
     from worker.errors import TaskCancelled
 
@@ -290,7 +293,7 @@ def test_cancelled_task_leaves_the_next_batches(engine: Any, clips: list[Path],
 
 
 def test_undecodable_file_fails_alone(engine: Any, clips: list[Path], tmp_path: Path,
-                                      reference: list[dict[str, Any]]) -> None:
+                                      reference: list[Any]) -> None:
     bad = tmp_path / "bad.wav"
     bad.write_bytes(b"RIFF not really a wave file" * 100)
     jobs = _jobs([clips[0], bad, clips[1]])
@@ -300,7 +303,7 @@ def test_undecodable_file_fails_alone(engine: Any, clips: list[Path], tmp_path: 
 
 
 def test_decode_error_is_narrowed_down_to_its_task(engine: Any, clips: list[Path],
-                                                  reference: list[dict[str, Any]]) -> None:
+                                                  reference: list[Any]) -> None:
     jobs = _jobs(clips)
     owner = _owner(jobs)
 
@@ -315,7 +318,7 @@ def test_decode_error_is_narrowed_down_to_its_task(engine: Any, clips: list[Path
 
 
 def test_out_of_memory_splits_the_batch_and_fails_nothing(
-        engine: Any, clips: list[Path], reference: list[dict[str, Any]]) -> None:
+        engine: Any, clips: list[Path], reference: list[Any]) -> None:
     import torch
 
     sizes: list[int] = []
@@ -336,7 +339,7 @@ def test_out_of_memory_splits_the_batch_and_fails_nothing(
 
 
 def test_single_segment_out_of_memory_fails_only_its_task(
-        engine: Any, clips: list[Path], reference: list[dict[str, Any]]) -> None:
+        engine: Any, clips: list[Path], reference: list[Any]) -> None:
     import torch
 
     from worker.errors import RetryableTaskError
@@ -360,7 +363,7 @@ def test_single_segment_out_of_memory_fails_only_its_task(
 
 
 def test_vad_in_a_process_pool_gives_the_same_segments_and_transcripts(
-        engine: Any, clips: list[Path], reference: list[dict[str, Any]],
+        engine: Any, clips: list[Path], reference: list[Any],
         tiny_models: dict[str, str]) -> None:
     import asyncio
 
@@ -397,7 +400,7 @@ def test_hotwords_bias_the_decoder_and_groups_keep_them_apart(engine: Any,
     from worker.batching import AsrJob
 
     words = ("听记", "转写服务", "Paraformer")
-    seaco = engine.model.model
+    seaco = engine.backend.model.model
     built: list[Any] = []
     original = seaco.generate_hotwords_list
 
@@ -416,7 +419,7 @@ def test_hotwords_bias_the_decoder_and_groups_keep_them_apart(engine: Any,
                 alone[clip, hw] = job.result
         biased = [b for b in built if b is not None]
         assert biased and all(len(b) == len(words) + 1 for b in biased)  # + funasr's <s>
-        assert any(alone[c, ()]["text"] != alone[c, words]["text"] for c in clips[1:3])
+        assert any(alone[c, ()].text != alone[c, words].text for c in clips[1:3])
 
         built.clear()
         mixed = [AsrJob(c, hotwords=hw) for c in clips[1:3] for hw in (words, ())]
@@ -436,7 +439,7 @@ def test_speakers_label_sentences_and_load_only_when_asked(tiny_models: dict[str
     the tasks that ask for it, loaded the first time one does; a task without speakers
     in the same group is untouched."""
     from tests.helpers import media as m
-    from worker.asr import AsrConfig, AsrEngine, to_segments
+    from worker.asr import AsrConfig, AsrEngine
     from worker.batching import AsrJob
 
     two = m.speech_wav(tmp_path / "two.wav", m.SENTENCES[:6], pause_s=0.9,
@@ -448,20 +451,20 @@ def test_speakers_label_sentences_and_load_only_when_asked(tiny_models: dict[str
     try:
         plain = AsrJob(two)
         eng._run_group([plain])
-        assert eng.batcher.spk is None and eng.spk_loads == 0  # never loaded
-        assert all(s.speaker is None for s in to_segments(plain.result))
+        assert not eng.backend.speakers_loaded and eng.spk_loads == 0  # never loaded
+        assert all(s.speaker is None for s in plain.result.segments)
 
         labelled, other = AsrJob(two, speakers=2), AsrJob(two)
         eng._run_group([labelled, other])
         assert labelled.error is None and other.error is None
         assert eng.spk_loads == 1
-        assert {s.speaker for s in to_segments(labelled.result)} == {0, 1}
-        assert all(s.speaker is None for s in to_segments(other.result))
-        assert other.result["text"] == plain.result["text"] == labelled.result["text"]
+        assert {s.speaker for s in labelled.result.segments} == {0, 1}
+        assert all(s.speaker is None for s in other.result.segments)
+        assert other.result.text == plain.result.text == labelled.result.text
 
         auto = AsrJob(two, speakers="auto")
         eng._run_group([auto])
-        assert all(s.speaker is not None for s in to_segments(auto.result))
+        assert all(s.speaker is not None for s in auto.result.segments)
         assert eng.spk_loads == 1  # once per worker
     finally:
         eng.close()

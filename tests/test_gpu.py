@@ -45,6 +45,5 @@ def test_group_on_cuda_equals_each_task_alone(cuda_engine: Any,
     assert all(j.error is None for j in jobs)
     assert max(len(s) for s in mixed) >= 3 and stats.calls < stats.segments
     for job, ref in zip(jobs, alone, strict=True):
-        assert job.result["text"] == ref["text"]
-        assert job.result["timestamp"] == ref["timestamp"]
+        assert job.result == ref and ref.segments
     assert torch.cuda.max_memory_allocated() > 0

@@ -220,7 +220,7 @@ def test_onnx_engine_gives_torch_text_and_timestamps(models: dict[str, Path], ex
     torch_tr = _transcribe(_engine(models, exported, "torch"), clips)
     onnx = _engine(models, exported, "onnx")
     fp32 = _transcribe(onnx, clips)
-    assert onnx.engine == "onnx" and onnx.model.model.int8 is False
+    assert onnx.engine == "onnx" and onnx.backend.asr.int8 is False
     for t, o in zip(torch_tr, fp32, strict=True):
         assert len(t.text) > 10
         assert o.text == t.text
@@ -232,7 +232,7 @@ def test_onnx_engine_gives_torch_text_and_timestamps(models: dict[str, Path], ex
 
     int8_engine = _engine(models, exported, "onnx", int8=True)
     int8 = _transcribe(int8_engine, clips)
-    assert int8_engine.model.model.path.name == "model_quant.onnx"
+    assert int8_engine.backend.asr.path.name == "model_quant.onnx"
     errors = sum(Levenshtein.distance(i.text, f.text) for i, f in zip(int8, fp32, strict=True))
     chars = sum(len(f.text) for f in fp32)
     assert all(i.segments for i in int8)
@@ -334,11 +334,9 @@ def test_onnx_engine_hotwords_take_the_bias_path(models: dict[str, Path], export
     onnx = _engine(models, exported, "onnx")
     got = _transcribe(onnx, clips[:2], hotwords=words)
     assert [g.text for g in got] == [w.text for w in want]
-    hotwords = Path(str(exported)) / "hotwords.txt"
-    hotwords.write_text("听记\n", encoding="utf-8")
-    ids = onnx.model.model.hotword_ids(str(hotwords))
-    assert ids[-1] == [onnx.model.model.sos] and len(ids) == 2
-    assert onnx.model.model.bias(ids).shape == (1, 2, 512)
+    ids = onnx.backend.asr.hotword_ids(["听记"])
+    assert ids[-1] == [onnx.backend.asr.sos] and len(ids) == 2
+    assert onnx.backend.asr.bias(ids).shape == (1, 2, 512)
 
 
 def test_onnx_engine_without_graphs_says_how_to_make_them(models: dict[str, Path],

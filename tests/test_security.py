@@ -594,7 +594,7 @@ def test_model_folders_cannot_run_code_in_the_worker(tiny_models: dict[str, str]
     try:
         job = AsrJob(clips[2], speakers=2)  # loads the speaker model too
         eng._run_group([job])
-        assert job.error is None and job.result["text"], job.error
+        assert job.error is None and job.result.text, job.error
         assert eng.spk_loads == 1
     finally:
         eng.close()

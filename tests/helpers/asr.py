@@ -17,7 +17,7 @@ def owner_of(jobs: list[Any]) -> Callable[[Any], int]:
     """Which job a segment array (as handed to the model) belongs to."""
     def owner(seg: Any) -> int:
         for n, job in enumerate(jobs):
-            if any(seg is s for s in job.segments):
+            if any(seg is s for s in job.pieces):
                 return n
         raise AssertionError("a segment of no job")
     return owner

@@ -75,6 +75,27 @@ def test_layers_are_seen() -> None:
     assert "db.models" in graph["server.routes.tasks"]
 
 
+def test_the_worker_talks_to_engines_through_the_protocol() -> None:
+    """Batching, the scheduler and the pipeline know engines only by
+    ``worker.engines.base``: no import of either engine's package, nor of funasr,
+    torch or ONNX Runtime; the engine is chosen in one module (``loading``)."""
+    graph = import_graph()
+    engine_packages = ("worker.engines.torch", "worker.engines.onnx")
+    for name in ("worker.batching", "worker.scheduler", "worker.pipeline"):
+        tree = ast.parse((ROOT / (name.replace(".", "/") + ".py")).read_text())
+        heavy = sorted({a.name for n in ast.walk(tree) if isinstance(n, ast.Import)
+                        for a in n.names}
+                       | {n.module for n in ast.walk(tree)
+                          if isinstance(n, ast.ImportFrom) and n.module})
+        heavy = [m for m in heavy if m.split(".")[0] in {"funasr", "torch", "onnxruntime"}]
+        inside = sorted(d for d in graph[name] if d.startswith(engine_packages))
+        assert not inside and not heavy, f"{name} imports {inside + heavy}"
+    assert "worker.engines.base" in graph["worker.batching"]
+    choosers = sorted(n for n, deps in graph.items()
+                      if {"worker.engines.torch.engine", "worker.engines.onnx.engine"} <= deps)
+    assert choosers == ["worker.engines.loading"]
+
+
 def test_no_module_too_long_to_read() -> None:
     long = {str(p.relative_to(ROOT)): n for pkg in (*PACKAGES, "bench")
             for p in (ROOT / pkg).rglob("*.py")

@@ -7,11 +7,9 @@ folder's own ``model.onnx`` (the hub's ``-onnx`` models).  Around them, tingji's
 code gives funasr's answers without torch: the frontend and token timestamps
 (``frontend``), the VAD state machine and the cutting of segments (``vad``), the
 result text and sentences (``text``) and the punctuation windows (``punctuation``).
-``OnnxModels`` answers
-the calls the worker makes of funasr's ``AutoModel`` (``generate``, and ``inference``
-with the VAD, ASR or punctuation model), so ``worker.batching``'s cross-task groups,
-progress and cancellation between model calls, time limits and one load per worker
-hold unchanged.
+``OnnxEngine`` implements the ``Engine`` protocol (``worker.engines.base``) with them:
+``split`` is the VAD, ``decode`` the Paraformer graph on any pieces, ``assemble``
+funasr's merge of one file's pieces, punctuation and sentences.
 
 - **ASR**: one ONNX Runtime call per VAD segment, batch size 1, several segments at
   once on one-thread lanes.  An exported Paraformer graph is not padding-invariant,
@@ -34,230 +32,226 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from worker.engines.onnx.frontend import load_audio
-from worker.engines.onnx.graphs import (
-    graph_file,
-    read_config,
+from worker.engines.base import (
+    AsrConfig,
+    Assembled,
+    BatchLimits,
+    ModelLoadError,
+    Split,
+    assembled,
+    says_out_of_memory,
+    speech_seconds,
 )
+from worker.engines.onnx.frontend import load_audio
+from worker.engines.onnx.graphs import EXPORT_HINT, GraphsMissing, graph_file, read_config
+from worker.engines.onnx.models import OrtParaformer, OrtPunctuation
 from worker.engines.onnx.text import (
     join_segment_texts,
     sentences_from_punctuation,
     sentences_from_segments,
 )
-
-if TYPE_CHECKING:
-    from worker.engines.onnx.vad import FsmnVad
-
-from worker.engines.onnx.models import OrtParaformer, OrtPunctuation
+from worker.engines.onnx.vad import FsmnVad
 
 log = logging.getLogger("tingji.worker.onnx")
 
+SAMPLES_PER_MS = 16
 
-class OnnxModels:
-    """Stands in for funasr's ``AutoModel`` (VAD + ASR + punctuation): ``generate`` runs
-    funasr's ``inference_with_vad`` steps and asks ``inference`` for each model call,
-    as funasr does, so ``worker.batching`` can record and replay those calls."""
 
-    def __init__(self, graphs: dict[str, Path], *, int8: bool, threads: int,
-                 vad_kwargs: dict[str, Any]) -> None:
-        from worker.engines.onnx.vad import FsmnVad
+class _State:
+    """What ``split`` keeps for ``assemble``: the file's VAD segments (ms, time order)
+    and the order its pieces were handed out in (shortest first)."""
 
-        self.model = OrtParaformer(graphs["ASR"], int8=int8, threads=threads)
-        self.vad_model: FsmnVad | None = None
-        self.punc_model: OrtPunctuation | None = None
+    def __init__(self, key: str, vad: list[list[int]], order: list[int]) -> None:
+        self.key, self.vad, self.order = key, vad, order
+
+
+class OnnxEngine:
+    name = "onnx"
+    device = "cpu"  # ONNX Runtime's CPU provider
+
+    def __init__(self, graphs: dict[str, Path], config: AsrConfig) -> None:
+        threads = config.ncpu
+        self.config = config
+        self.asr = OrtParaformer(graphs["ASR"], int8=config.onnx_int8, threads=threads)
+        self.vad: FsmnVad | None = None
+        self.punc: OrtPunctuation | None = None
         if "VAD" in graphs:
             folder = graphs["VAD"]
-            self.vad_model = FsmnVad(folder, graph_file(folder, False), read_config(folder),
-                                     vad_kwargs, threads)
+            self.vad = FsmnVad(folder, graph_file(folder, False), read_config(folder),
+                               config.vad_kwargs(), threads)
         if "punctuation" in graphs:
-            self.punc_model = OrtPunctuation(graphs["punctuation"], int8=int8,
-                                             threads=threads)
-        self.kwargs: dict[str, Any] = {"device": "cpu", "batch_size": 1}
-        self.vad_kwargs = dict(vad_kwargs)
-        self.punc_kwargs: dict[str, Any] = {}
-        # speaker labels: funasr's CAM++ on torch, attached by worker.asr when a task asks
-        # for them and torch is installed (``None`` otherwise), with its cluster backend
-        self.spk_model: Any = None
-        self.spk_kwargs: dict[str, Any] = {}
-        self.cb_model: Any = None
-        self.spk_mode = "punc_segment"
+            self.punc = OrtPunctuation(graphs["punctuation"], int8=config.onnx_int8,
+                                       threads=threads)
+        # unpadded: one graph call per piece, two per lane in flight
+        self.limits = BatchLimits(pieces=2 * self.asr.lanes)
+        self.speakers: Any = None  # worker.engines.torch.speakers.SpeakerModel, on demand
 
-    def paths(self) -> list[str]:
-        done = [f"ASR {self.model.path}"]
-        if self.vad_model is not None:
-            done.append(f"VAD {self.vad_model.path}")
-        if self.punc_model is not None:
-            done.append(f"punctuation {self.punc_model.path}")
-        return done
+    @classmethod
+    def load(cls, config: AsrConfig, graphs: dict[str, Path]) -> OnnxEngine:
+        """Neither torch nor funasr is imported."""
+        try:
+            return cls(graphs, config)
+        except GraphsMissing as exc:
+            raise ModelLoadError(str(exc)) from None
+        except Exception as exc:
+            first = (str(exc).strip().splitlines() or [""])[0][:300]
+            raise ModelLoadError(f"cannot load the ONNX graphs: {type(exc).__name__}: "
+                                 f"{first} (`{EXPORT_HINT} --force` exports them again)"
+                                 ) from exc
+
+    # ------------------------------------------------------------------ protocol
+    @property
+    def speakers_loaded(self) -> bool:
+        return self.speakers is not None
+
+    def describe(self) -> str:
+        done = [f"ASR {self.asr.path}"]
+        if self.vad is not None:
+            done.append(f"VAD {self.vad.path}")
+        if self.punc is not None:
+            done.append(f"punctuation {self.punc.path}")
+        return ", ".join(done)
+
+    def split(self, audio: Path, hotwords: tuple[str, ...],
+              vad: list[dict[str, Any]] | None = None) -> Split:
+        speech = load_audio(audio)
+        if self.vad is None:  # the file whole, as funasr without a VAD model
+            return Split([speech], len(speech) / 1000 / SAMPLES_PER_MS, None)
+        segments = self.vad(speech)
+        order = sorted(range(len(segments)), key=lambda i: segments[i][1] - segments[i][0])
+        pieces = [speech[int(segments[i][0] * SAMPLES_PER_MS):
+                         min(int(segments[i][1] * SAMPLES_PER_MS), len(speech))]
+                  for i in order]
+        return Split(pieces, speech_seconds(segments), _State(audio.stem, segments, order))
+
+    def decode(self, pieces: list[Any], hotwords: tuple[str, ...]) -> list[Any]:
+        return self.asr(pieces, hotwords)
+
+    def assemble(self, audio: Path, split: Split, decoded: list[Any],
+                 hotwords: tuple[str, ...], speakers: int | str | None) -> Assembled:
+        state: _State | None = split.state
+        if state is None:  # no VAD: one piece, no punctuation (funasr's generate)
+            return assembled(decoded[0] if decoded else {"text": "", "timestamp": []})
+        return assembled(self._merge(state, split.pieces, decoded, speakers))
+
+    def load_speakers(self) -> None:
+        from worker.engines.torch.speakers import load_speaker_model
+
+        self.speakers = load_speaker_model(self.config, self.device)
+
+    def out_of_memory(self, exc: BaseException) -> bool:
+        return says_out_of_memory(exc)
+
+    def free_memory(self) -> None:
+        return None
 
     def close(self) -> None:
-        self.model.close()
+        self.asr.close()
 
-    # ------------------------------------------------------------------ funasr's calls
-    def inference(self, input: Any, input_len: Any = None, model: Any = None,  # noqa: A002
-                  kwargs: dict[str, Any] | None = None, **cfg: Any) -> list[dict[str, Any]]:
-        """One model call, as ``AutoModel.inference``: the VAD's segments of a file,
-        the ASR results of a list of segments (or of a file), or the punctuation of
-        a text."""
-        if model is not None and model is self.vad_model:
-            audio = load_audio(Path(input))
-            return [{"key": Path(input).stem, "value": model(audio)}]
-        if model is not None and model is self.punc_model:
-            return [{"key": "punc", **model(input)}]
-        if model is not None and model is self.spk_model:
-            return self._spk_inference(input)
-        inputs = input if isinstance(input, list) else [input]
-        return self.model(inputs, cfg.get("hotword"), cfg.get("begin_time", 0))
-
-    def generate(self, input: str, **cfg: Any) -> list[dict[str, Any]]:  # noqa: A002
-        if self.vad_model is None:
-            return self.inference(input, model=self.model, kwargs=self.kwargs, **cfg)
-        return self._with_vad(input, **cfg)
-
-    def _with_vad(self, input: str, **cfg: Any) -> list[dict[str, Any]]:  # noqa: A002, C901
-        """funasr's ``AutoModel.inference_with_vad`` on a CPU (one segment per ASR call,
-        shortest first), with speaker labels when a speaker model is attached."""
-        res = self.inference(input, model=self.vad_model, kwargs=self.vad_kwargs, **cfg)
-        kwargs = {**self.kwargs, **cfg}
-        key, vadsegments = res[0]["key"], res[0]["value"]
-        speech = load_audio(Path(input))
-        n = len(vadsegments)
+    # ------------------------------------------------------------------ one file
+    def _merge(self, state: _State, pieces: list[Any], decoded: list[Any],  # noqa: C901
+               speakers: int | str | None) -> dict[str, Any]:
+        """funasr's ``AutoModel.inference_with_vad`` after its ASR calls: the pieces'
+        results back in time order, timestamps moved by their segment's start, the text
+        punctuated, sentences (labelled by speaker when asked)."""
+        vad, n = state.vad, len(state.vad)
         if not n:
-            return [{"key": key, "text": "", "timestamp": []}]
-        order = sorted(range(n), key=lambda i: vadsegments[i][1] - vadsegments[i][0])
-        results_sorted: list[dict[str, Any]] = []
-        sv_segments: list[list[Any]] = []  # speakers: [start_s, end_s, samples] chunks
-        for i in order:
-            start, end = vadsegments[i]
-            piece = speech[int(start * 16):min(int(end * 16), len(speech))]
-            results = self.inference([piece], model=self.model, kwargs=kwargs, **cfg)
-            if self.spk_model is not None:
-                results[0]["spk_embedding"] = self._embed(start, end, piece, sv_segments, cfg)
-            results_sorted.extend(results)
-        if len(results_sorted) != n:
-            return [{"key": key, "text": "", "timestamp": []}]
+            return {"key": state.key, "text": "", "timestamp": []}
         restored: list[dict[str, Any]] = [{}] * n
-        for j, i in enumerate(order):
-            restored[i] = results_sorted[j]
+        in_time: list[Any] = [None] * n
+        for j, i in enumerate(state.order):
+            restored[i], in_time[i] = decoded[j], pieces[j]
+        labels = speakers is not None and self.speakers is not None
         result: dict[str, Any] = {}
         for j in range(n):
             for k, v in restored[j].items():
                 if k.startswith("timestamp"):
                     result.setdefault(k, [])
                     for t in v:
-                        t[0] = int(t[0]) + int(vadsegments[j][0])
-                        t[1] = int(t[1]) + int(vadsegments[j][0])
+                        t[0] = int(t[0]) + int(vad[j][0])
+                        t[1] = int(t[1]) + int(vad[j][0])
                     result[k].extend(v)
-                elif k == "spk_embedding":
-                    result[k] = v if k not in result else _cat(result[k], v)
                 elif "text" in k:
                     result[k] = v if k not in result else result[k] + " " + v
-                else:
+                elif k != "key":
                     result[k] = v if k not in result else result[k] + v
         if not len(result["text"].strip()):
-            return []
-        punc_res = None
-        punc_array = None
-        punc_input_text = None
-        if self.punc_model is not None:
-            punc_input_text = join_segment_texts(item.get("text", "") for item in restored)
-            punc_res = self.inference(punc_input_text, model=self.punc_model,
-                                      kwargs=self.punc_kwargs, **cfg)
-            punc_array = punc_res[0].get("punc_array")
-            result["text"] = punc_res[0]["text"]
-        sentence_timestamps = result.get("timestamp", [])
-        alignment_failed = False
-        if punc_res is not None:
-            length = len(punc_array) if punc_array is not None else -1
-            if punc_array is not None and length != len(sentence_timestamps):
-                punc_array = None
-                alignment_failed = True
-        if self.spk_model is not None and kwargs.get("return_spk_res", True):
+            return {}
+        punc_array = punc_text = None
+        if self.punc is not None:
+            punc_text = join_segment_texts(item.get("text", "") for item in restored)
+            punctuated = self.punc(punc_text)
+            punc_array = punctuated.get("punc_array")
+            result["text"] = punctuated["text"]
+        stamps = result.get("timestamp", [])
+        misaligned = punc_array is not None and len(punc_array) != len(stamps)
+        if misaligned:
+            punc_array = None
+        if labels:
             result["sentence_info"] = self._speaker_sentences(
-                result, restored, vadsegments, sv_segments, punc_res, punc_array,
-                punc_input_text, kwargs)
-        elif kwargs.get("sentence_timestamp", False):
-            if not len(result["text"].strip()):
-                sentences: list[dict[str, Any]] = []
-            elif self.punc_model is None and not sentence_timestamps:
-                sentences = sentences_from_segments(restored, vadsegments)
-            elif punc_res is None:
-                log.warning("punctuation is required for sentence timestamps")
-                sentences = []
-            elif alignment_failed:
-                sentences = sentences_from_segments(restored, vadsegments)
-            else:
-                sentences = sentences_from_punctuation(punc_array, sentence_timestamps,
-                                               punc_input_text)
-            result["sentence_info"] = sentences
-        result.pop("spk_embedding", None)
-        result["key"] = key
-        return [result]
+                result, restored, in_time, vad, punc_array, punc_text, speakers)
+        elif not len(result["text"].strip()):
+            result["sentence_info"] = []
+        elif self.punc is None:  # funasr: sentences by VAD segment without timestamps
+            result["sentence_info"] = [] if stamps else sentences_from_segments(restored, vad)
+        elif misaligned:
+            result["sentence_info"] = sentences_from_segments(restored, vad)
+        else:
+            result["sentence_info"] = sentences_from_punctuation(punc_array, stamps,
+                                                                 punc_text)
+        result["key"] = state.key
+        return result
 
     # ------------------------------------------------------------------ speakers (torch)
-    def _spk_inference(self, chunks: list[Any]) -> list[dict[str, Any]]:
-        """``AutoModel.inference`` with the speaker model: its own ``inference`` on each
-        batch of chunks (funasr's batch size, 1 unless configured), gradients off."""
-        import torch
-
-        kw = self.spk_kwargs
-        size = max(1, int(kw.get("batch_size", 1)))
-        out: list[dict[str, Any]] = []
-        with torch.no_grad():
-            for n in range(0, len(chunks), size):
-                batch = chunks[n:n + size]
-                res = self.spk_model.inference(
-                    data_in=batch, key=[f"spk{n + i}" for i in range(len(batch))], **kw)
-                out.extend(res[0] if isinstance(res, (list, tuple)) else res)
-        return out
-
-    def _embed(self, start: int, end: int, piece: Any, sv_segments: list[list[Any]],
-               cfg: dict[str, Any]) -> Any:
-        """funasr's speaker step for one VAD segment: 1.5 s chunks (``sv_chunk``), one
-        CAM++ embedding each, concatenated."""
-        import torch
-        from funasr.models.campplus.utils import sv_chunk
-
-        chunks = sv_chunk([[start / 1000.0, end / 1000.0, np.array(piece)]])
-        sv_segments.extend(chunks)
-        res = self.inference([c[2] for c in chunks], model=self.spk_model,
-                             kwargs=self.spk_kwargs, **cfg)
-        return torch.cat([r["spk_embedding"] for r in res], dim=0)
-
     def _speaker_sentences(self, result: dict[str, Any], restored: list[dict[str, Any]],
-                           vadsegments: list[list[int]], sv_segments: list[list[Any]],
-                           punc_res: Any, punc_array: Any, punc_input_text: str | None,
-                           kwargs: dict[str, Any]) -> list[dict[str, Any]]:
-        """funasr's speaker block of ``inference_with_vad``: cluster the chunks'
-        embeddings (``preset_spk_num`` speakers when known) and give each sentence the
-        speaker that covers most of it; sentences by punctuation, or by VAD segment when
-        there is no punctuation model."""
-        from funasr.models.campplus.utils import distribute_spk, postprocess
+                           pieces: list[Any], vad: list[list[int]], punc_array: Any,
+                           punc_text: str | None, speakers: int | str | None
+                           ) -> list[dict[str, Any]]:
+        """funasr's speaker step of ``inference_with_vad``: each VAD segment in 1.5 s
+        chunks (``sv_chunk``), one CAM++ embedding per chunk, clustered (``speakers``
+        of them when known), and each sentence given the speaker that covers most of it;
+        sentences by punctuation, or by VAD segment without a punctuation model."""
+        import torch
+        from funasr.models.campplus.utils import distribute_spk, postprocess, sv_chunk
 
-        mode = self.spk_mode if punc_res is not None else "vad_segment"
-        embedding = result["spk_embedding"]
-        labels = self.cb_model(embedding.cpu(), oracle_num=kwargs.get("preset_spk_num"))
-        sv_output = postprocess(sorted(sv_segments, key=lambda x: x[0]), None, labels,
+        chunks: list[list[Any]] = []
+        embeddings = []
+        with torch.no_grad():
+            for (start, end), piece in zip(vad, pieces, strict=True):
+                mine = sv_chunk([[start / 1000.0, end / 1000.0, np.array(piece)]])
+                chunks.extend(mine)
+                embeddings.extend(r["spk_embedding"] for r in self._embed([c[2] for c in mine]))
+        embedding = torch.cat(embeddings, dim=0)
+        labels = self.speakers.cluster(embedding.cpu(), oracle_num=speakers
+                                       if isinstance(speakers, int) else None)
+        sv_output = postprocess(sorted(chunks, key=lambda x: x[0]), None, labels,
                                 embedding.detach().cpu().numpy())
-        if mode == "vad_segment":
+        if self.punc is None:
             sentences = [{"start": seg[0], "end": seg[1], "text": rest["text"],
                           "sentence": rest["text"], "timestamp": rest.get("timestamp", [])}
-                         for rest, seg in zip(restored, vadsegments, strict=False)]
+                         for rest, seg in zip(restored, vad, strict=False)]
         else:
             sentences = sentences_from_punctuation(punc_array, result.get("timestamp", []),
-                                           punc_input_text)
+                                                   punc_text)
         distribute_spk(sentences, sv_output)
         return sentences
 
+    def _embed(self, chunks: list[Any]) -> list[dict[str, Any]]:
+        """The speaker model's ``inference`` on batches of chunks (funasr's batch size,
+        1 unless configured)."""
+        kw = self.speakers.kwargs
+        size = max(1, int(kw.get("batch_size", 1)))
+        out: list[dict[str, Any]] = []
+        for n in range(0, len(chunks), size):
+            batch = chunks[n:n + size]
+            res = self.speakers.model.inference(
+                data_in=batch, key=[f"spk{n + i}" for i in range(len(batch))], **kw)
+            out.extend(res[0] if isinstance(res, (list, tuple)) else res)
+        return out
 
-def _cat(a: Any, b: Any) -> Any:
-    import torch
 
-    return torch.cat([a, b], dim=0)
-
-
-__all__ = ["OnnxModels", "OrtParaformer", "OrtPunctuation"]
+__all__ = ["OnnxEngine"]

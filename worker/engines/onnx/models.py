@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -16,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from worker.engines.onnx.frontend import Frontend, Tokens, load_audio, token_times
+from worker.engines.onnx.frontend import Frontend, Tokens, token_times
 from worker.engines.onnx.graphs import (
     EXPORT_HINT,
     GraphsMissing,
@@ -94,18 +93,15 @@ class OrtParaformer:
         return f"onnx {'int8' if self.int8 else 'fp32'}"
 
     # ------------------------------------------------------------------ hotwords
-    def hotword_ids(self, hotword: str | None) -> list[list[int]]:
-        """funasr's tokenization of a hotword file (one per line, ``<s>`` last), or
-        ``<s>`` alone when there are none."""
-        if not hotword or not (hotword.endswith(".txt") and os.path.exists(hotword)):
-            return [[self.sos]]
+    def hotword_ids(self, hotwords: Sequence[str]) -> list[list[int]]:
+        """funasr's tokenization of hotwords (one per line of its hotword file, ``<s>``
+        last), or ``<s>`` alone when there are none."""
         ids = []
-        with open(hotword, encoding="utf-8") as fin:
-            for line in fin.readlines():
-                words = line.strip().split()
-                if self.seg_dict is not None:
-                    words = hotword_tokens(words, self.seg_dict)
-                ids.append(self.tokens.tokens2ids(words))
+        for line in hotwords:
+            words = line.strip().split()
+            if self.seg_dict is not None:
+                words = hotword_tokens(words, self.seg_dict)
+            ids.append(self.tokens.tokens2ids(words))
         ids.append([self.sos])
         return ids
 
@@ -170,12 +166,11 @@ class OrtParaformer:
         result.update(text=text, timestamp=stamps)
         return result
 
-    def __call__(self, inputs: list[Any], hotword: str | None, begin_ms: float = 0.0
+    def __call__(self, inputs: list[Any], hotwords: Sequence[str] = (), begin_ms: float = 0.0
                  ) -> list[dict[str, Any]]:
-        """A list of segments (sample arrays, or a file path for a whole file)."""
-        samples = [load_audio(Path(a)) if isinstance(a, (str, Path)) else np.asarray(
-            a, dtype=np.float32) for a in inputs]
-        bias = self.bias(self.hotword_ids(hotword)) if self.seaco else None
+        """A list of segments (sample arrays), several at once on the lanes."""
+        samples = [np.asarray(a, dtype=np.float32) for a in inputs]
+        bias = self.bias(self.hotword_ids(hotwords)) if self.seaco else None
 
         def one(n: int) -> dict[str, Any]:
             return self.decode(samples[n], bias, f"seg{n}", begin_ms)
