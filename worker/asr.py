@@ -82,6 +82,18 @@ class AsrEngine:
     def device(self) -> str:
         return self.backend.device if self.backend is not None else "cpu"
 
+    @property
+    def description(self) -> str:
+        return self.config.description
+
+    def take_speaker_loads(self) -> str | None:
+        """What the speaker model's loads since the last call loaded (for the workers
+        table's count of model loads), once; None when there were none."""
+        if not self.spk_loads:
+            return None
+        self.spk_loads = 0
+        return f"{self.config.description} + {self.config.spk_model}"
+
     def _load(self) -> None:
         t = time.perf_counter()
         backend = load_engine(self.config)

@@ -18,15 +18,16 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from db.models import Stage, Task, TaskKind
 from db.reads import Checkpoint
 from db.values import NewTask, SegmentRow
-from tingji.formats import labelled_text, render_all
+from tingji.formats import labelled_text
 from tingji.hotwords import merged
 from tingji.logs import bind
-from tingji.taskfiles import TaskFiles, source_of
+from tingji.results import TaskResult, result_files
+from tingji.taskfiles import TaskFiles
 from worker.asr import transcript_of
 from worker.batching import AsrJob
 from worker.errors import PermanentTaskError, RetryableTaskError, TaskCancelled
@@ -43,11 +44,29 @@ if TYPE_CHECKING:
     from db.queue import Queue
     from db.reads import Reads
     from tingji.settings import Settings
-    from worker.asr import AsrEngine
     from worker.scheduler import AsrScheduler
     from worker.stages.llm import Llm
 
 log = logging.getLogger("tingji.worker.pipeline")
+
+
+class AsrLane(Protocol):
+    """What a run needs of the worker's ASR lane (``worker.asr.AsrEngine``) besides the
+    scheduler that feeds it: VAD ahead of the model, whether the model is loaded yet,
+    what it is (for the result), and the speaker-model loads to record."""
+
+    @property
+    def loaded(self) -> bool: ...
+
+    @property
+    def device(self) -> str: ...
+
+    @property
+    def description(self) -> str: ...
+
+    async def detect_vad(self, audio: Path) -> list[dict[str, Any]] | None: ...
+
+    def take_speaker_loads(self) -> str | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +78,7 @@ class RunContext:
     settings: Settings
     queue: Queue
     reads: Reads
-    asr: AsrEngine
+    asr: AsrLane
     scheduler: AsrScheduler
     llm: Llm | None
     io_sem: asyncio.Semaphore
@@ -285,25 +304,22 @@ class TaskRun:
                 duration, lambda o: w.llm.summarize(source_text, o))  # type: ignore[union-attr]
 
         # export
-        result: dict[str, Any] = {
-            "title": title, "text": text, "polished_text": polished, "summary": summary,
-            "segments": len(segments), "duration_s": duration,
-            "speech_s": tr_out.get("speech_s"), "chapters": fetch_out.get("chapters") or [],
-            "model": tr_out.get("model"), "device": tr_out.get("device"),
-            "hotwords": tr_out.get("hotwords") or [],
-            "speakers": tr_out.get("speakers"),  # how many (None: not labelled)
-            "speaker_names": {},  # S1 -> a name (PATCH /api/v1/task/{id}/speakers)
-            "asr_group": tr_out.get("asr_group"),  # tasks transcribed together, batch sizes
-            "asr_rtf": round(seconds.get("transcribe", 0.0) / duration, 4) if duration else None,
-            "llm_tokens_in": sum(int(n.get("tokens_in", 0)) for n in llm_notes.values()),
-            "llm_tokens_out": sum(int(n.get("tokens_out", 0)) for n in llm_notes.values()),
-            "llm": llm_notes,
-        }
+        result = TaskResult(
+            title=title, text=text, polished_text=polished, summary=summary,
+            segments=len(segments), duration_s=duration,
+            speech_s=tr_out.get("speech_s"), chapters=fetch_out.get("chapters") or [],
+            model=tr_out.get("model"), device=tr_out.get("device"),
+            hotwords=tr_out.get("hotwords") or [], speakers=tr_out.get("speakers"),
+            speaker_names={}, asr_group=tr_out.get("asr_group"),
+            asr_rtf=round(seconds.get("transcribe", 0.0) / duration, 4) if duration else None,
+            llm_tokens_in=sum(int(n.get("tokens_in", 0)) for n in llm_notes.values()),
+            llm_tokens_out=sum(int(n.get("tokens_out", 0)) for n in llm_notes.values()),
+            llm=llm_notes)
 
         async def export() -> dict[str, Any]:
-            source = source_of(self.task.payload) or ""
-            files = render_all(task_id=self.id, title=title, source=source,
-                               result={**result, "stage_seconds": seconds}, segments=segments)
+            files = result_files(task_id=self.id, title=title, payload=self.task.payload,
+                                 result={**result, "stage_seconds": seconds},
+                                 segments=segments)
             names = await asyncio.to_thread(self.files.write_results, files)
             return {"dir": self._rel(self.files.results), "files": names}
         exp_out, seconds["export"] = await self._stage(Stage.EXPORT, export)
@@ -375,15 +391,14 @@ class TaskRun:
                 if limit.expired():
                     raise self._timed_out(Stage.TRANSCRIBE, limit_s) from None
                 raise
-        if ctx.asr.spk_loads:  # this group loaded the speaker model: count it
-            ctx.asr.spk_loads = 0
-            await ctx.queue.record_model_load(
-                ctx.worker_id, f"{ctx.asr.config.description} + {ctx.asr.config.spk_model}")
+        loaded = ctx.asr.take_speaker_loads()
+        if loaded is not None:  # this group loaded the speaker model: count it
+            await ctx.queue.record_model_load(ctx.worker_id, loaded)
         tr = transcript_of(job)
         self.message = None
         out: dict[str, Any] = {
             "text": tr.text, "segments": len(tr.segments),
-            "speech_s": round(tr.speech_s, 3), "model": ctx.asr.config.description,
+            "speech_s": round(tr.speech_s, 3), "model": ctx.asr.description,
             "device": ctx.asr.device, "asr_seconds": round(tr.seconds, 3)}
         if hotwords:
             out["hotwords"] = hotwords

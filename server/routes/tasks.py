@@ -26,8 +26,9 @@ from server.schemas import (
     check_task_id,
     task_view,
 )
-from tingji.formats import CONTENT_TYPES, FORMATS, render_all, safe_filename, speaker_label
-from tingji.taskfiles import TaskFiles, source_of, title_of
+from tingji.formats import CONTENT_TYPES, FORMATS, safe_filename, speaker_label
+from tingji.results import result_files
+from tingji.taskfiles import TaskFiles, title_of
 
 _PREFIX = re.compile(r"[0-9a-f-]{4,36}")
 
@@ -111,10 +112,10 @@ async def name_speakers(reads: ReadsDep, queue: QueueDep, settings: SettingsDep,
     named = await queue.name_speakers(task.id, names)
     files = TaskFiles.of(settings.data_dir, named.id, named.payload)
     if files.results.is_dir() and named.result is not None:  # exported here, not elsewhere
-        rendered = render_all(task_id=named.id, title=title_of(named.id, named.title,
-                                                               named.payload),
-                              source=source_of(named.payload) or "", result=named.result,
-                              segments=await reads.segments(named.id))
+        rendered = result_files(task_id=named.id,
+                                title=title_of(named.id, named.title, named.payload),
+                                payload=named.payload, result=named.result,
+                                segments=await reads.segments(named.id))
         await asyncio.to_thread(files.write_results, rendered)
     return task_view(named)
 
@@ -137,11 +138,11 @@ async def download(reads: ReadsDep, task_id: FromPath[str],
                        f"task {task.id} is {task.status}; results exist once it is completed")
     segments = await reads.segments(task.id)
     title = title_of(task.id, task.title, task.payload)
-    files = render_all(task_id=task.id, title=title, source=source_of(task.payload) or "",
-                       result=task.result, segments=segments,
-                       meta={"created_at": task.created_at.isoformat(),
-                             "completed_at": task.completed_at.isoformat()
-                             if task.completed_at else None})
+    files = result_files(task_id=task.id, title=title, payload=task.payload,
+                         result=task.result, segments=segments,
+                         meta={"created_at": task.created_at.isoformat(),
+                               "completed_at": task.completed_at.isoformat()
+                               if task.completed_at else None})
     stem = safe_filename(task.title, f"tingji-{task.id[:8]}")
     if format is None:
         buf = io.BytesIO()
