@@ -4,7 +4,9 @@ same run, same schema and indexes.
     .venv/bin/python bench/queue.py [--n 2000] [--pg postgresql://postgres@127.0.0.1/test]
 
 For each backend: enqueue (one task + its event per transaction) and
-claim+complete (two transactions per task, each with its event), in tasks/s.
+claim+complete (two transactions per task, each with its event), in tasks/s.  On SQLite
+also the same layer without ``db.engine.hot`` (every statement through SQLAlchemy's
+execution), in the same run: what the hot path pays.
 The raw loop runs the same single-row statements with the stdlib sqlite3 module on a
 database migrated by the same Alembic migration: the physical limit here.
 """
@@ -29,7 +31,7 @@ import uuid  # noqa: E402
 from datetime import UTC, datetime, timedelta  # noqa: E402
 
 from db import migrate  # noqa: E402
-from db.engine import make_engine  # noqa: E402
+from db.engine import HOT_PATH, make_engine  # noqa: E402
 from db.models import TaskKind  # noqa: E402
 from db.queue import NewTask, Queue, QueueConfig  # noqa: E402
 from tests.helpers.pg import truncate  # noqa: E402
@@ -87,7 +89,8 @@ def raw_sqlite(path: Path, sync: str, n: int) -> tuple[float, float]:
     return enq, cc
 
 
-async def layer(url: str, sync: str, n: int) -> tuple[float, float]:
+async def layer(url: str, sync: str, n: int, *, hot: bool = True) -> tuple[float, float]:
+    HOT_PATH["on"] = hot
     engine = make_engine(url, sqlite_synchronous=sync)
     q = Queue(engine, QueueConfig(max_pending=10 * n))
     try:
@@ -103,6 +106,7 @@ async def layer(url: str, sync: str, n: int) -> tuple[float, float]:
         return enq, cc
     finally:
         await engine.dispose()
+        HOT_PATH["on"] = True
 
 
 def main() -> None:
@@ -130,6 +134,8 @@ def main() -> None:
                 raw_sqlite(fresh("raw"), sync, a.n))
             results.setdefault(f"tingji SQLite {sync}", []).append(
                 asyncio.run(layer(f"sqlite:///{fresh('layer')}", sync, a.n)))
+            results.setdefault(f"  without hot() {sync}", []).append(
+                asyncio.run(layer(f"sqlite:///{fresh('cold')}", sync, a.n, hot=False)))
         if a.pg:
             asyncio.run(truncate(a.pg))
             results.setdefault("tingji PostgreSQL", []).append(

@@ -126,6 +126,7 @@ class Transactor:
 # Statements run straight on the SQLite cursor by the writer (see ``hot``), with their
 # compiled plans per set of parameter names.
 _HOT: dict[Any, dict[tuple[str, ...] | None, _Plan]] = {}
+HOT_PATH = {"on": True}  # bench/queue.py turns it off to measure what it pays
 
 
 def hot(stmt: Any) -> Any:
@@ -203,7 +204,7 @@ class _WriterConnection:
         self._cursor = conn.connection.driver_connection.cursor()
 
     def execute(self, stmt: Any, params: Any = None) -> Any:
-        plans = _HOT.get(stmt)
+        plans = _HOT.get(stmt) if HOT_PATH["on"] else None
         if plans is None:
             return self._conn.execute(stmt, params)
         many = isinstance(params, list)

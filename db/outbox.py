@@ -25,7 +25,7 @@ _INSERT_DELIVERY = hot(insert(D))
 MAX_BATCH_BODY = 500  # tasks listed in a batch.finished message
 
 
-def _origin(url: str) -> str:
+def origin(url: str) -> str:
     """scheme://host[:port] of a receiver: what events show (a path or query may carry
     the receiver's own secret)."""
     parts = urlsplit(url)
@@ -94,19 +94,39 @@ class Outbox(Transitions):
 
     async def claim_deliveries(self, owner: str, *, limit: int = 8, lease_seconds: float = 60,
                                now: datetime | None = None) -> list[Row[Any]]:
-        """Lease up to ``limit`` due webhook deliveries for one dispatcher."""
+        """Lease up to ``limit`` due webhook deliveries for one dispatcher.  Claiming is an
+        attempt (``attempts`` counts it now), so a delivery whose sending kills its
+        worker (a receiver's answer that exhausts memory, say) uses up its attempts
+        across crashes: one whose lease expired on its last attempt fails for good."""
         now = now or utcnow()
+        max_attempts = self.config.webhook_max_attempts
+        expired = (D.c.status == DeliveryStatus.PENDING, D.c.attempts >= max_attempts,
+                   D.c.lease_expires_at.is_not(None), D.c.lease_expires_at < now)
+        error = ("its dispatcher stopped during the last attempt (the worker crashed or was "
+                 "killed while sending)")
         due = (select(D.c.id)
                .where(D.c.status == DeliveryStatus.PENDING, D.c.next_attempt_at <= now,
+                      D.c.attempts < max_attempts,
                       (D.c.lease_expires_at.is_(None)) | (D.c.lease_expires_at < now))
                .order_by(D.c.next_attempt_at, D.c.id).limit(limit))
         due_cte = self._lock(due, skip_locked=True).cte("due").prefix_with(
             "MATERIALIZED", dialect="postgresql")
         stmt = (update(D).where(D.c.id.in_(select(due_cte.c.id)))
-                .values(lease_owner=owner,
+                .values(lease_owner=owner, attempts=D.c.attempts + 1,
                         lease_expires_at=now + timedelta(seconds=lease_seconds))
                 .returning(*D.c))
-        return await self._tx(lambda conn: conn.execute(stmt).all())
+
+        def tx(conn: Connection) -> list[Row[Any]]:
+            dead = conn.execute(update(D).where(*expired).values(
+                status=DeliveryStatus.FAILED, last_error=error, lease_owner=None,
+                lease_expires_at=None).returning(D.c.id, D.c.task_id, D.c.event, D.c.url,
+                                                 D.c.attempts)).all()
+            self._events(conn, [self._ev(d.task_id, EventType.WEBHOOK_FAILED, now, detail={
+                "delivery_id": d.id, "webhook": d.event, "receiver": origin(d.url),
+                "attempt": d.attempts, "error": error}) for d in dead])
+            return conn.execute(stmt).all()
+
+        return await self._tx(tx)
 
     async def delivery_result(self, delivery: Row[Any], owner: str, *, ok: bool,
                               detail: str, permanent: bool = False,
@@ -115,11 +135,10 @@ class Outbox(Transitions):
         (attempts used up, or ``permanent``).  Each outcome is an event of the task.
         None when the lease was lost (another dispatcher owns the delivery now)."""
         now = now or utcnow()
-        attempt = delivery.attempts + 1
+        attempt = delivery.attempts  # counted when it was claimed
         detail_of = {"delivery_id": delivery.id, "webhook": delivery.event,
-                     "receiver": _origin(delivery.url), "attempt": attempt}
-        values: dict[str, Any] = {"attempts": attempt, "lease_owner": None,
-                                  "lease_expires_at": None}
+                     "receiver": origin(delivery.url), "attempt": attempt}
+        values: dict[str, Any] = {"lease_owner": None, "lease_expires_at": None}
         if ok:
             status, event = DeliveryStatus.DELIVERED, EventType.WEBHOOK_DELIVERED
             values |= {"status": status, "delivered_at": now, "last_error": None}

@@ -546,7 +546,7 @@ async def test_delivery_attempts_back_off_then_fail_and_show_in_the_events(
     assert await queue.claim_deliveries("d1", now=T0) == []  # backing off
     later = T0 + timedelta(seconds=queue.config.webhook_backoff_seconds + 1)
     [d] = await queue.claim_deliveries("d1", now=later)
-    assert d.attempts == 1
+    assert d.attempts == 2  # counted when claimed
     # a dispatcher that lost its lease records nothing
     assert await queue.delivery_result(d, "someone-else", ok=True, detail="HTTP 200",
                                        now=later) is None
@@ -561,6 +561,30 @@ async def test_delivery_attempts_back_off_then_fail_and_show_in_the_events(
     assert [e.event for e in hooks] == ["webhook_retry", "webhook_retry", "webhook_failed"]
     assert hooks[0].detail is not None and hooks[0].detail["receiver"] == "http://127.0.0.1:9"
     assert hooks[0].detail["delivery_id"] == d.id
+
+
+async def test_a_dispatcher_that_dies_sending_uses_up_the_attempts(queue: Queue) -> None:
+    """Claiming is an attempt: a delivery whose sending kills its worker every time (a
+    receiver whose answer exhausts memory) is not claimed for ever; once its last
+    attempt's lease expires it fails for good, with an event saying why."""
+    from db.models import DeliveryStatus
+
+    queue.config.webhook_url = HOOK
+    queue.config.webhook_max_attempts = 2
+    tid = (await queue.enqueue(hooked(0), now=T0)).task.id
+    await queue.complete(await claimed(queue), W1, {}, now=T0)
+    [d] = await queue.claim_deliveries("d1", now=T0, lease_seconds=60)
+    assert d.attempts == 1  # ... and d1 dies without a word
+    after = T0 + timedelta(seconds=61)
+    [d] = await queue.claim_deliveries("d2", now=after, lease_seconds=60)
+    assert d.attempts == 2 and d.lease_owner == "d2"  # d2 dies too
+    assert await queue.claim_deliveries("d3", now=after + timedelta(seconds=30)) == []
+    assert await queue.claim_deliveries("d3", now=after + timedelta(seconds=61)) == []
+    [row] = await deliveries(queue)
+    assert row["status"] == DeliveryStatus.FAILED and "crashed" in row["last_error"]
+    hooks = [e for e in await Reads(queue.engine).events(tid) if e.event.startswith("webhook")]
+    assert [e.event for e in hooks] == ["webhook_failed"]
+    assert hooks[0].detail is not None and hooks[0].detail["attempt"] == 2
 
 
 async def test_no_webhook_configured_writes_nothing(queue: Queue) -> None:

@@ -22,6 +22,7 @@ from tests.helpers.stack import Stack
 from worker.stages.webhooks import Dispatcher, verify
 
 SECRET = "a webhook secret"
+CALLBACK_SECRET = "a callback secret"
 
 
 class Receiver:
@@ -67,7 +68,8 @@ def test_signed_deliveries_survive_sigkill_and_refusals(
         stack_factory: Callable[..., Stack], media: dict[str, Path], receiver: Receiver
 ) -> None:
     stack = stack_factory(TINGJI_WEBHOOK_URL=receiver.url + "/all",
-                          TINGJI_WEBHOOK_SECRET=SECRET, TINGJI_WEBHOOK_RETRY_SECONDS="0.5")
+                          TINGJI_WEBHOOK_SECRET=SECRET, TINGJI_CALLBACK_SECRET=CALLBACK_SECRET,
+                          TINGJI_WEBHOOK_RETRY_SECONDS="0.5")
     worker = stack.worker()
     batch = str(uuid.uuid4())
     in_batch = [stack.upload(media["speech"], batch_id=batch),
@@ -96,9 +98,12 @@ def test_signed_deliveries_survive_sigkill_and_refusals(
     assert refused_ids <= set(ids)  # the same delivery ids after the restart
     seen = set()
     for g in accepted:
-        assert verify(SECRET, {k.lower(): v for k, v in g["headers"].items()}, g["body"])
-        assert not verify("another secret", {k.lower(): v for k, v in g["headers"].items()},
-                          g["body"])
+        # the operator's receiver: the webhook secret; a submitter's own callback: the
+        # callback secret, so what a submitter sees cannot be replayed to the operator
+        headers = {k.lower(): v for k, v in g["headers"].items()}
+        mine, other = (SECRET, CALLBACK_SECRET) if g["path"] == "/all" \
+            else (CALLBACK_SECRET, SECRET)
+        assert verify(mine, headers, g["body"]) and not verify(other, headers, g["body"])
         doc = json.loads(g["body"])
         assert doc["delivery_id"] == g["headers"]["X-Tingji-Delivery"]
         assert doc["event"] == g["headers"]["X-Tingji-Event"]
@@ -155,6 +160,33 @@ def test_callback_urls_obey_the_egress_policy(receiver: Receiver) -> None:
     allowed = Dispatcher(None, "d", secret=None, allow_private=("127.0.0.0/8",))  # type: ignore[arg-type]
     assert allowed._post(delivery) == (True, "HTTP 204", False)
     assert len(receiver.got) == 1 and "X-Tingji-Signature" not in receiver.got[0]["headers"]
+
+
+def test_the_operators_receiver_has_its_own_allow_list_and_secret(receiver: Receiver) -> None:
+    """TINGJI_WEBHOOK_ALLOW_PRIVATE lets the operator's receiver (TINGJI_WEBHOOK_URL) be on
+    a private network without opening that network to callback URLs; the operator's
+    messages are signed with the webhook secret, a callback's with the callback secret."""
+    receiver.status = 200
+    operator = receiver.url + "/operator"
+    dispatcher = Dispatcher(None, "d", secret=SECRET, operator_url=operator,  # type: ignore[arg-type]
+                            operator_allow_private=("127.0.0.0/8",),
+                            callback_secret=CALLBACK_SECRET)
+
+    def delivery(url: str) -> Any:
+        return SimpleNamespace(id=str(uuid.uuid4()), event="task.completed", url=url,
+                               body={"event": "task.completed"})
+    assert dispatcher._post(delivery(operator)) == (True, "HTTP 200", False)
+    ok, detail, permanent = dispatcher._post(delivery(receiver.url + "/callback"))
+    assert (ok, permanent) == (False, True) and "loopback" in detail
+    [got] = receiver.got
+    headers = {k.lower(): v for k, v in got["headers"].items()}
+    assert got["path"] == "/operator" and verify(SECRET, headers, got["body"])
+    # with the network open to all URLs, a callback goes out signed with its own secret
+    dispatcher.allow_private = ("127.0.0.0/8",)
+    assert dispatcher._post(delivery(receiver.url + "/callback"))[0]
+    headers = {k.lower(): v for k, v in receiver.got[-1]["headers"].items()}
+    assert verify(CALLBACK_SECRET, headers, receiver.got[-1]["body"])
+    assert not verify(SECRET, headers, receiver.got[-1]["body"])
 
 
 def test_a_hostile_callback_url_is_a_400_and_stores_nothing(

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+_MAY_HOLD_SECRETS = re.compile(r"URL|TOKEN|KEY|SECRET|PASSWORD")
+
 
 class SettingsError(ValueError):
     """One or more ``TINGJI_*`` variables hold a value tingji cannot use."""
@@ -135,6 +137,17 @@ def _http_url(raw: str) -> str | None:
     return raw
 
 
+def _proxy_url(raw: str) -> str | None:
+    if not raw:
+        return None
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https", "socks4", "socks4a", "socks5", "socks5h") \
+            or not parts.netloc:
+        raise ValueError("must be a proxy URL such as http://127.0.0.1:7890 or "
+                         "socks5://127.0.0.1:1080")
+    return raw
+
+
 def _bool(raw: str) -> bool:
     low = raw.lower()
     if low in ("1", "true", "yes", "on"):
@@ -240,6 +253,9 @@ class Settings:
     # networks URL tasks may reach although they are not public (loopback, private,
     # link-local...): "1" allows every address, or a list such as 192.168.1.10/32
     allow_private_urls: tuple[str, ...] = _setting((), _networks)
+    # the proxy media downloads (yt-dlp) go through; HTTP(S)_PROXY / ALL_PROXY in the
+    # environment are not used by downloads nor webhooks
+    proxy: str | None = _setting(None, _proxy_url)
     drain_seconds: float = _setting(30.0, _float, _between(0))
     # text: lines for people; json: one object per line (task_id, worker_id, stage)
     log_format: str = _setting("text", _choice(("text", "json"), upper=False))
@@ -264,6 +280,13 @@ class Settings:
     # webhooks: each task's final status and each batch's end, POSTed and signed
     webhook_url: str | None = _setting(None, _http_url)
     webhook_secret: str | None = _setting(None, _optional)
+    # signs deliveries to submitters' own callback_url (unsigned without it): never the
+    # webhook secret, which a submitter could otherwise collect and replay to the
+    # operator's receiver
+    callback_secret: str | None = _setting(None, _optional)
+    # non-public networks TINGJI_WEBHOOK_URL (the operator's receiver) may reach,
+    # without opening them to media URLs and callback URLs ("1": every address)
+    webhook_allow_private: tuple[str, ...] = _setting((), _networks)
     webhook_max_attempts: int = _setting(12, _int, _between(1, 100))
     webhook_retry_seconds: float = _setting(10.0, _float, _between(0))
 
@@ -300,15 +323,18 @@ class Settings:
             raw = env.get(var)
             if raw is None:
                 continue
+            # a URL, token, key or secret may hold a password: its value is not repeated
+            shown = f"{var} (its value not shown)" if _MAY_HOLD_SECRETS.search(var) \
+                else f"{var}={raw!r}"
             try:
                 value = f.metadata["parse"](raw.strip())
             except ValueError as exc:
-                problems.append(f"{var}={raw!r}: {exc}")
+                problems.append(f"{shown}: {exc}")
                 continue
             check = f.metadata["check"]
             why = check(value) if check else None
             if why:
-                problems.append(f"{var}={raw!r}: {why}")
+                problems.append(f"{shown}: {why}")
                 continue
             values[f.name] = value
 

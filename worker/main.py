@@ -142,8 +142,11 @@ class Worker:
         self.wake = asyncio.Event()
         self.fatal: str | None = None
         self.max_active = settings.io_concurrency + self.prefetch
-        self.webhooks = Dispatcher(self.queue, self.id, secret=settings.webhook_secret,
-                                   allow_private=settings.allow_private_urls)
+        self.webhooks = Dispatcher(
+            self.queue, self.id, secret=settings.webhook_secret,
+            allow_private=settings.allow_private_urls, operator_url=settings.webhook_url,
+            operator_allow_private=settings.webhook_allow_private,
+            callback_secret=settings.callback_secret)
 
     # ------------------------------------------------------------------ lifecycle
     async def run(self, *, preload: bool = False) -> int:

@@ -202,7 +202,8 @@ class TaskRun:
                                           max_duration_s=s.max_duration_s,
                                           allow_private=s.allow_private_urls,
                                           cancel=self.stop_event, cookies=s.ytdlp_cookies,
-                                          parts=(payload.get("options") or {}).get("parts"))
+                                          parts=(payload.get("options") or {}).get("parts"),
+                                          proxy=s.proxy)
             else:
                 up, path = payload["upload"], self.files.upload
                 assert path is not None
@@ -231,7 +232,7 @@ class TaskRun:
             async with self.ctx.io_sem:
                 listing = await asyncio.to_thread(
                     list_url, payload["video_url"], allow_private=s.allow_private_urls,
-                    max_items=s.max_list_items, cookies=s.ytdlp_cookies)
+                    max_items=s.max_list_items, cookies=s.ytdlp_cookies, proxy=s.proxy)
             entries = [e for e in listing["entries"] if e["url"]]
             if len(listing["entries"]) > s.max_list_items:
                 raise PermanentTaskError(

@@ -36,3 +36,14 @@ def test_offline_hub_ids_fail_at_once_naming_every_model_and_variable(tmp_path: 
                  "paraformer-zh", "fsmn-vad", "tingji models download --to DIR",
                  "missing or empty: config.yaml, model.pt"):
         assert name in message, message
+
+
+def test_torch_versions_that_load_tensors_only() -> None:
+    """funasr calls ``torch.load`` without ``weights_only``: only torch 2.6 and later
+    refuse pickled code by default, so the torch engine refuses older ones."""
+    from worker.engines.model_folders import torch_loads_tensors_only
+
+    for version in ("2.6.0", "2.13.0+cpu", "2.10.0a0+git", "3.0.0"):
+        assert torch_loads_tensors_only(version), version
+    for version in ("2.4.1", "2.5.1+cu121", "1.13.1"):
+        assert not torch_loads_tensors_only(version), version

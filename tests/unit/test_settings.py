@@ -59,6 +59,16 @@ def test_bad_values_name_the_variable(var: str, value: str, why: str) -> None:
     assert var in str(info.value) and why in str(info.value)
 
 
+def test_a_bad_url_or_secret_is_not_repeated_in_the_error() -> None:
+    """A database URL carries its password; the error names the variable only."""
+    with pytest.raises(SettingsError) as info:
+        Settings.from_env({"TINGJI_DATABASE_URL": "mysql://admin:hunter2@db/x",
+                           "TINGJI_PORT": "http"})
+    message = str(info.value)
+    assert "TINGJI_DATABASE_URL (its value not shown)" in message
+    assert "hunter2" not in message and "TINGJI_PORT='http'" in message
+
+
 def test_asr_batch_tasks_default_follows_the_device() -> None:
     from worker.main import default_batch_tasks, default_vad_processes
 

@@ -301,6 +301,68 @@ def check_llm(settings: Settings) -> Iterator[Finding]:
                       f"{', '.join(ids[:8])}{'...' if len(ids) > 8 else ''})", fix)
 
 
+# ------------------------------------------------------------------ the running service
+@dataclass(frozen=True, slots=True)
+class Service:
+    """What a running service says of itself (``GET /api/v1/queue``)."""
+
+    url: str
+    models: list[str]  # what its live workers loaded
+    llm: bool
+
+
+def running_service(settings: Settings, timeout: float = 2.0) -> Service | None:
+    """The service this shell's ``tingji`` commands would talk to (``TINGJI_URL``, else
+    this shell's host and port), if one answers."""
+    import os
+
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
+    url = (os.environ.get("TINGJI_URL") or f"http://{host}:{settings.port}").rstrip("/")
+    token = os.environ.get("TINGJI_API_TOKEN") or settings.api_token
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        r = httpx.get(f"{url}/api/v1/queue", headers=headers, timeout=timeout,
+                      follow_redirects=False)
+        body = r.json() if r.status_code == 200 else None
+    except (httpx.HTTPError, ValueError):
+        return None
+    if not isinstance(body, dict):
+        return None
+    models = sorted({str(w.get("model")) for w in body.get("workers") or []
+                     if isinstance(w, dict) and w.get("alive") and w.get("model")})
+    return Service(url, models, bool(body.get("llm")))
+
+
+def check_service(service: Service | None) -> Iterator[Finding]:
+    if service is None:
+        yield Finding("service", None, "no service answers here; the checks below are of "
+                      "this shell's settings, which `tingji run` started from here would use")
+        return
+    loaded = "; ".join(service.models) or "no model loaded yet"
+    yield Finding("service", True, f"running at {service.url} (workers' models: {loaded}; "
+                  f"LLM {'configured' if service.llm else 'not configured'})")
+    yield Finding("service", None, "the checks below are of this shell's settings; the "
+                  "running service may have been started with others (a FAIL it does not "
+                  "share is marked as a note)")
+
+
+# checks whose FAIL a running service that works proves does not apply to it
+SHELL_ONLY = ("model ", "onnx ", "engine", "database", "llm")
+MODEL_CHECKS = ("model ", "onnx ", "engine")
+
+
+def softened(finding: Finding, service: Service | None) -> Finding:
+    """A shell setting's FAIL beside a service that evidently does not share it."""
+    if finding.ok is not False or service is None or not finding.name.startswith(SHELL_ONLY):
+        return finding
+    if finding.name.startswith(MODEL_CHECKS) and not service.models:
+        return finding  # the service has not shown that its models load
+    if finding.name.startswith("llm") and not service.llm:
+        return finding
+    return Finding(finding.name, None, f"{finding.detail} (this shell's settings; the "
+                   f"service at {service.url} is working with its own)", finding.fix)
+
+
 CHECKS: list[Callable[[Settings], Iterator[Finding]]] = [
     check_python, lambda s: check_ffmpeg(), check_models, check_engine,
     check_cuda,
@@ -310,13 +372,16 @@ CHECKS: list[Callable[[Settings], Iterator[Finding]]] = [
 def doctor(settings: Settings, out: Callable[[str], object] = print) -> int:
     """Runs every check, printing each finding as it comes; 0 if none failed."""
     failed = 0
+    service = running_service(settings)
+    for f in check_service(service):
+        out(f.line())
     for check in CHECKS:
         try:
             findings = list(check(settings))
         except Exception as exc:  # noqa: BLE001  (a check that breaks is a finding too)
             findings = [Finding(getattr(check, "__name__", "check"), False,
                                 f"the check itself failed: {type(exc).__name__}: {exc}")]
-        for f in findings:
+        for f in map(softened, findings, [service] * len(findings)):
             out(f.line())
             failed += f.ok is False
     out(f"{failed} problem(s) found" if failed else "no problems found")

@@ -14,6 +14,19 @@ from __future__ import annotations
 
 from typing import Any
 
+SAFE_TORCH = (2, 6)  # torch.load's weights_only default: tensors, never pickled code
+
+
+def torch_loads_tensors_only(version: str) -> bool:
+    """Whether this torch version's ``torch.load`` (which funasr calls without
+    ``weights_only``) refuses pickled objects by default."""
+    parts = []
+    for piece in version.split("+", 1)[0].split(".")[:2]:
+        digits = "".join(c for c in piece if c.isdigit())
+        parts.append(int(digits) if digits else 0)
+    return tuple(parts) >= SAFE_TORCH
+
+
 FUNASR_BUILD_KW: dict[str, Any] = {
     "trust_remote_code": False,
     "disable_update": True,  # no hub request to check for a newer funasr

@@ -151,12 +151,14 @@ def _private_cookies(cookies: Path, dest: Path) -> Path:
 
 def _download(url: str, dest: Path, max_bytes: int, cancel: threading.Event,
               ffmpeg_location: str, allow_private: tuple[str, ...],
-              cookies: Path | None = None, parts: list[int] | None = None
+              cookies: Path | None = None, parts: list[int] | None = None,
+              proxy: str | None = None
               ) -> tuple[dict[str, Any], list[tuple[int, str, Path]]]:
     """Blocking: run yt-dlp; returns its info and the downloaded files in order, each
     with its part number.  ``parts`` (or the URL's ``?p=``) selects parts."""
     budget = _Budget(max_bytes, cancel)
     opts = _ydl_options(dest, budget, ffmpeg_location, parts or parts_in_url(url))
+    opts["proxy"] = proxy or ""
     if cookies is None:
         return _run_ytdlp(url, opts, budget, cancel, allow_private)
     opts["cookiefile"] = str(_private_cookies(cookies, dest))
@@ -174,6 +176,8 @@ def _extract(url: str, opts: dict[str, Any], allow_private: tuple[str, ...], *,
     from yt_dlp.networking.exceptions import HTTPError, RequestError, TransportError
     from yt_dlp.utils import DownloadCancelled, DownloadError
 
+    # "": no proxy, whatever HTTP(S)_PROXY / ALL_PROXY say (TINGJI_PROXY sets one)
+    opts = {"proxy": "", **opts}
     with guarded(allow_private) as refused:
         try:
             with yt_dlp.YoutubeDL(opts) as ydl:  # type: ignore[arg-type]
@@ -197,7 +201,7 @@ def _extract(url: str, opts: dict[str, Any], allow_private: tuple[str, ...], *,
 
 
 def list_url(url: str, *, allow_private: tuple[str, ...], max_items: int,
-             cookies: Path | None = None) -> dict[str, Any]:
+             cookies: Path | None = None, proxy: str | None = None) -> dict[str, Any]:
     """Blocking: what a URL holds, without downloading: its title and its entries (the
     parts of a multi-part video, or the videos of a list), each with its number, title,
     URL and duration.  Reads at most ``max_items + 1`` entries (``count`` is the total
@@ -206,6 +210,7 @@ def list_url(url: str, *, allow_private: tuple[str, ...], max_items: int,
         "extract_flat": "in_playlist", "skip_download": True, "playlistend": max_items + 1,
         "socket_timeout": 30, "retries": 3, "extractor_retries": 2, "quiet": True,
         "no_warnings": True, "noprogress": True, "logger": _QuietLogger(),
+        "proxy": proxy or "",
     }
     with tempfile.TemporaryDirectory(prefix="tingji-list-") as tmp:
         if cookies is not None:
@@ -263,13 +268,14 @@ def _run_ytdlp(url: str, opts: dict[str, Any], budget: _Budget, cancel: threadin
 
 async def fetch_url(url: str, work: Path, *, max_bytes: int, max_duration_s: float,
                     allow_private: tuple[str, ...], cancel: threading.Event,
-                    cookies: Path | None = None, parts: list[int] | None = None) -> Fetched:
+                    cookies: Path | None = None, parts: list[int] | None = None,
+                    proxy: str | None = None) -> Fetched:
     dest = work / "download"
     dest.mkdir(parents=True, exist_ok=True)
     loc = ffmpeg_dir(work.parent)
     try:
         info, files = await asyncio.to_thread(_download, url, dest, max_bytes, cancel, loc,
-                                              allow_private, cookies, parts)
+                                              allow_private, cookies, parts, proxy)
     except PermanentTaskError:
         shutil.rmtree(dest, ignore_errors=True)
         raise

@@ -23,7 +23,8 @@ def main(argv: list[str]) -> int:
     settings = Settings.from_env()
     try:
         listing = list_url(argv[0], allow_private=settings.allow_private_urls,
-                           max_items=int(argv[1]), cookies=settings.ytdlp_cookies)
+                           max_items=int(argv[1]), cookies=settings.ytdlp_cookies,
+                           proxy=settings.proxy)
     except (PermanentTaskError, RetryableTaskError) as exc:
         print(json.dumps({"error": {"type": exc.type, "message": str(exc),
                                     "retryable": isinstance(exc, RetryableTaskError)}}))

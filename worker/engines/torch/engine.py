@@ -34,7 +34,7 @@ from worker.engines.base import (
     says_out_of_memory,
     speech_seconds,
 )
-from worker.engines.model_folders import FUNASR_BUILD_KW
+from worker.engines.model_folders import FUNASR_BUILD_KW, torch_loads_tensors_only
 from worker.engines.torch import patches
 from worker.engines.torch.speakers import SpeakerModel, load_speaker_model
 from worker.errors import load_failure
@@ -112,6 +112,13 @@ class TorchEngine:
         if why is not None:
             raise ModelLoadError(f"cannot load the models: {why}")
         try:
+            import torch
+
+            if not torch_loads_tensors_only(torch.__version__):
+                raise ModelLoadError(
+                    f"torch {torch.__version__} would let a model folder's checkpoint run "
+                    "code when funasr loads it (torch.load reads tensors only from 2.6): "
+                    "pip install 'torch>=2.6'")
             from funasr import AutoModel  # 6-10 s: only ever on the model lane
 
             patches.apply()
