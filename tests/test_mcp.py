@@ -20,10 +20,11 @@ from tests.helpers.stack import Stack
 TOKEN = "mcp-token"
 
 
-def _spawn(stack: Stack, token: str) -> StdioServerParameters:
+def _spawn(stack: Stack, token: str, roots: Path | None = None) -> StdioServerParameters:
     # only what tingji mcp needs: the SDK starts the server with a minimal environment
     return StdioServerParameters(command=TINGJI, args=["mcp"], env={
-        "TINGJI_URL": stack.server.url, "TINGJI_API_TOKEN": token})
+        "TINGJI_URL": stack.server.url, "TINGJI_API_TOKEN": token,
+        "TINGJI_MCP_FILE_ROOTS": str(roots or stack.data)})
 
 
 def _structured(result: Any) -> Any:
@@ -42,7 +43,8 @@ async def test_an_agent_transcribes_a_local_clip(stack_factory: Callable[..., St
     async def on_progress(value: float, total: float | None, message: str | None) -> None:
         progress.append((value, message))
 
-    async with McpClient(_spawn(stack, TOKEN), read_timeout_seconds=120) as agent:
+    async with McpClient(_spawn(stack, TOKEN, media["speech"].parent),
+                         read_timeout_seconds=120) as agent:
         tools = {t.name for t in (await agent.list_tools()).tools}
         assert tools == {"transcribe_url", "transcribe_file", "task_status", "get_result",
                          "list_tasks", "cancel_task"}
@@ -83,8 +85,18 @@ async def test_an_agent_transcribes_a_local_clip(stack_factory: Callable[..., St
         assert refused.is_error and "completed" in refused.content[0].text  # type: ignore
         missing = await agent.call_tool("task_status", {"task_id": "ffffffff"})
         assert missing.is_error and "no task id starts with" in missing.content[0].text  # type: ignore
-        nofile = await agent.call_tool("transcribe_file", {"path": "/nonexistent.wav"})
-        assert nofile.is_error and "no such file" in nofile.content[0].text  # type: ignore
+        # a missing file, one outside TINGJI_MCP_FILE_ROOTS (a key an injected prompt asks
+        # for), and one inside that is not media: one answer, nothing uploaded
+        before = len(stack.http.get("/api/v1/tasks").json()["tasks"])
+        answers = set()
+        for path in ("/nonexistent.wav", "/etc/hostname", str(media["text_mp3"]),
+                     str(media["speech"].parent / ".." / "x.wav")):
+            refused_file = await agent.call_tool("transcribe_file", {"path": path})
+            text = refused_file.content[0].text  # type: ignore[union-attr]
+            assert refused_file.is_error and "not an audio or video file" in text, text
+            answers.add(text.replace(path, "PATH"))
+        assert len(answers) == 1
+        assert len(stack.http.get("/api/v1/tasks").json()["tasks"]) == before
 
         # wait_seconds=0: the id at once; the task goes on in the queue
         queued = _structured(await agent.call_tool(
@@ -110,29 +122,50 @@ async def test_without_a_service_the_tools_say_how_to_start_it(tmp_path: Path) -
 async def test_streamable_http_on_loopback(stack_factory: Callable[..., Stack],
                                            tmp_path: Path) -> None:
     import httpx
+    import httpx2
+    from mcp.client.streamable_http import streamable_http_client
 
     from tests.helpers.procs import free_port, start
 
     stack = stack_factory()
+    for host in ("127.0.0.1", "127.0.0.2"):  # the SDK checks nothing itself for .2
+        port = free_port()
+        proc = start(["mcp", "--http", "--host", host, "--port", str(port)],
+                     {**stack.env, "TINGJI_URL": stack.server.url,
+                      "TINGJI_MCP_TOKEN": "mcp-http-token"}, tmp_path / f"mcp-{host}.log")
+        url = f"http://{host}:{port}/mcp"
+        try:
+            stack.wait(lambda: _listening(port, host), 30,  # noqa: B023
+                       f"tingji mcp --http:\n{proc.output()}")
+            authorized = httpx2.AsyncClient(headers={"Authorization": "Bearer mcp-http-token"})
+            async with McpClient(streamable_http_client(url, http_client=authorized),
+                                 read_timeout_seconds=30) as agent:
+                assert _structured(await agent.call_tool("list_tasks", {})) == []
+            # any other local process (or page) without the token gets nothing
+            for headers in ({}, {"Authorization": "Bearer wrong"}):
+                denied = httpx.post(url, headers=headers, json={})
+                assert denied.status_code == 401, denied.text
+            # a page on another site that rebinds its DNS name to loopback gets nothing
+            rebound = httpx.post(url, json={}, headers={
+                "Host": f"evil.example:{port}", "Authorization": "Bearer mcp-http-token"})
+            assert rebound.status_code in (403, 421), rebound.text
+        finally:
+            proc.kill()
+    # without TINGJI_MCP_TOKEN a token is made and printed for the user
     port = free_port()
-    proc = start(["mcp", "--http", "--port", str(port)],
-                 {**stack.env, "TINGJI_URL": stack.server.url}, tmp_path / "mcp.log")
-    url = f"http://127.0.0.1:{port}/mcp"
+    made = start(["mcp", "--http", "--port", str(port)],
+                 {**stack.env, "TINGJI_URL": stack.server.url}, tmp_path / "made.log")
     try:
-        stack.wait(lambda: _listening(port), 30, f"tingji mcp --http:\n{proc.output()}")
-        async with McpClient(url, read_timeout_seconds=30) as agent:
-            assert _structured(await agent.call_tool("list_tasks", {})) == []
-        # a page on another site that rebinds its DNS name to 127.0.0.1 gets nothing
-        rebound = httpx.post(url, headers={"Host": f"evil.example:{port}"}, json={})
-        assert rebound.status_code in (403, 421), rebound.text
+        stack.wait(lambda: "Authorization: Bearer " in made.output(), 30, made.output())
+        assert httpx.post(f"http://127.0.0.1:{port}/mcp", json={}).status_code == 401
     finally:
-        proc.kill()
+        made.kill()
     refused = start(["mcp", "--http", "--host", "0.0.0.0"], stack.env, tmp_path / "pub.log")
     assert refused.popen.wait(30) != 0 and "loopback only" in refused.output()
 
 
-def _listening(port: int) -> bool:
+def _listening(port: int, host: str = "127.0.0.1") -> bool:
     import socket
 
     with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
+        return s.connect_ex((host, port)) == 0

@@ -359,6 +359,10 @@ def test_bad_inputs_fail_clearly_and_affect_nothing_else(
     assert stack.task(bad["unreachable"][0])["attempts"] == 2  # transient: retried
     for tid in (good, good2):
         assert stack.finished(tid)["status"] == "completed"
+    # what is not media is not kept for a retry that cannot help (nor served to workers):
+    # with the completed tasks' uploads, nothing is left
+    stack.wait(lambda: not any((stack.data / "uploads").iterdir()), 10,
+               "an upload that is not media was kept")
 
 
 # ---------------------------------------------------------------- pipelining

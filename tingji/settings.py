@@ -148,6 +148,19 @@ def _proxy_url(raw: str) -> str | None:
     return raw
 
 
+def _folders(raw: str) -> tuple[Path, ...]:
+    """Folders separated by ``:`` (``os.pathsep``) or commas; each must exist."""
+    out = []
+    for piece in (p.strip() for p in raw.replace(",", os.pathsep).split(os.pathsep)):
+        if not piece:
+            continue
+        folder = Path(piece).expanduser()
+        if not folder.is_dir():
+            raise ValueError(f"{piece}: no such folder")
+        out.append(folder.resolve())
+    return tuple(out)
+
+
 def _bool(raw: str) -> bool:
     low = raw.lower()
     if low in ("1", "true", "yes", "on"):
@@ -277,6 +290,11 @@ class Settings:
     llm_max_tokens: int = _setting(4096, _int, _positive)
     # models a task may ask for besides llm_model; "*": any
     llm_models: tuple[str, ...] = _setting((), _names)
+    # `tingji mcp`: the folders whose audio and video agents may send (transcribe_file;
+    # none: the tool is off), and the bearer token its HTTP transport requires (one is
+    # made and printed at start when unset)
+    mcp_file_roots: tuple[Path, ...] = _setting((), _folders)
+    mcp_token: str | None = _setting(None, _optional)
     # webhooks: each task's final status and each batch's end, POSTed and signed
     webhook_url: str | None = _setting(None, _http_url)
     webhook_secret: str | None = _setting(None, _optional)

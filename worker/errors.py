@@ -46,3 +46,8 @@ def load_failure(what: str, source: str, setting: str, exc: BaseException) -> st
         hint = (" (a hub id needs network access to download the model once; "
                 f"set {setting} to a local model folder otherwise)")
     return f"cannot load {what}: {type(exc).__name__}: {first}{hint}"
+
+
+# permanent failures that say an upload is not media: kept for a retry, it would only
+# sit in uploads/ (and be served to workers by the internal route)
+NOT_MEDIA = frozenset({"UnsupportedMedia", "UndecodableMedia", "NoAudio"})

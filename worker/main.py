@@ -39,7 +39,7 @@ from tingji.logs import bind
 from tingji.settings import Settings
 from tingji.supervise import EXIT_FATAL
 from worker.asr import AsrConfig, AsrEngine, ModelLoadError, resolve_device
-from worker.errors import TaskCancelled, TaskFailure
+from worker.errors import NOT_MEDIA, TaskCancelled, TaskFailure
 from worker.pipeline import Phase, RunContext, StopReason, TaskRun
 from worker.scheduler import AsrScheduler
 from worker.stages.llm import Llm, LlmConfig
@@ -270,8 +270,12 @@ class Worker:
             outcome = await self._outcome_of(run)
             written = await self._record(run, outcome)
             if written in (Outcome.COMPLETED, Outcome.FAILED, Outcome.CANCEL):
+                # the upload is kept for a retry, unless the task is done with it or it is
+                # not media at all (an agent steered to upload a key file, say)
+                not_media = written is Outcome.FAILED and outcome.error is not None and \
+                    outcome.error.type in NOT_MEDIA
                 await asyncio.to_thread(run.cleanup_files,
-                                        upload=written is Outcome.COMPLETED)
+                                        upload=written is Outcome.COMPLETED or not_media)
             if written is Outcome.COMPLETED:
                 await run.release_remote_upload()
             log.info("task %s: %s", run.id, written.value)

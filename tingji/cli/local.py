@@ -232,4 +232,5 @@ def cmd_mcp(args: argparse.Namespace) -> int:
 
     settings = _settings()
     return serve(settings.url, settings.api_token, http=args.http, host=args.host,
-                 port=args.port)
+                 port=args.port, mcp_token=settings.mcp_token,
+                 file_roots=settings.mcp_file_roots)

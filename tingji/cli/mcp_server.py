@@ -3,12 +3,24 @@
 It is a thin layer over ``tingji.client.AsyncClient``: every tool talks to the running
 service over HTTP (``TINGJI_URL``, ``TINGJI_API_TOKEN``), so an agent's work is an
 ordinary durable task, in the same queue and history as everything else.  Over stdio by
-default; ``--http`` serves streamable HTTP on loopback (with the SDK's Host/Origin
-checks against DNS rebinding).
+default; ``--http`` serves streamable HTTP on a loopback address, and acts with the
+service's token for whoever connects, so: every request must carry its own bearer token
+(``TINGJI_MCP_TOKEN``, or one made and printed at start), and the Host and Origin
+headers must name the address it listens on (a web page that rebinds its DNS name to
+loopback gets nothing).
+
+An agent chooses the paths it sends to ``transcribe_file`` (and a prompt in a page it
+read may choose for it): only audio and video files under ``TINGJI_MCP_FILE_ROOTS`` are
+sent, and a missing file, one outside those folders and one that is not media get the
+same answer.
 """
 
 from __future__ import annotations
 
+import hmac
+import ipaddress
+import secrets
+import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -19,6 +31,7 @@ from mcp_types import Resource as MCPResource
 
 from tingji import __version__
 from tingji.client import AsyncClient, ClientError, Task, TaskOptions, WaitTimeout
+from tingji.mediafiles import allowed_media
 from tingji.settings import is_loopback
 
 Format = Literal["txt", "md", "json", "srt", "vtt"]
@@ -69,7 +82,8 @@ def _options(hotwords: list[str] | None, speakers: int | Literal["auto"] | None,
     return opts
 
 
-def build_server(api: Callable[[], AsyncClient]) -> MCPServer:
+def build_server(api: Callable[[], AsyncClient], file_roots: tuple[Path, ...] = ()
+                 ) -> MCPServer:
     """The MCP server; ``api`` makes a client of the tingji service (one per call)."""
 
     class Server(MCPServer):
@@ -146,10 +160,12 @@ def build_server(api: Callable[[], AsyncClient]) -> MCPServer:
                               wait_seconds: float = 600) -> dict[str, Any]:
         """Transcribe a local audio or video file (a path on this machine); it is
         uploaded to the tingji service.  Waits up to wait_seconds for the transcript."""
-        file = Path(path).expanduser()
-        if not file.is_file():
-            raise ToolError(f"{path}: no such file (give a path on the machine that runs "
-                            "tingji mcp)")
+        file = allowed_media(path, file_roots)
+        if file is None:
+            where = ", ".join(map(str, file_roots)) or "none: TINGJI_MCP_FILE_ROOTS is unset"
+            raise ToolError(f"{path}: not an audio or video file tingji mcp may send (it "
+                            f"sends those under the folders of TINGJI_MCP_FILE_ROOTS: "
+                            f"{where})")
 
         async def work(tj: AsyncClient) -> dict[str, Any]:
             got = await tj.submit_file(file, **_options(hotwords, speakers, polish, summarize))
@@ -204,14 +220,58 @@ def build_server(api: Callable[[], AsyncClient]) -> MCPServer:
     return server
 
 
+class BearerGuard:
+    """ASGI: every HTTP request must carry ``Authorization: Bearer <token>``."""
+
+    def __init__(self, app: Any, token: str) -> None:
+        self.app, self.expected = app, f"Bearer {token}".encode()
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            given = dict(scope.get("headers") or []).get(b"authorization", b"")
+            if not hmac.compare_digest(given, self.expected):
+                body = b'{"error": "a bearer token is required (TINGJI_MCP_TOKEN)"}'
+                await send({"type": "http.response.start", "status": 401, "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"www-authenticate", b'Bearer realm="tingji-mcp"'),
+                    (b"content-length", str(len(body)).encode())]})
+                await send({"type": "http.response.body", "body": body})
+                return
+        await self.app(scope, receive, send)
+
+
+def host_names(host: str, port: int) -> tuple[list[str], list[str]]:
+    """The Host and Origin values a client of ``host:port`` sends: the address itself
+    (IPv6 in brackets) and ``localhost`` for the usual loopback addresses."""
+    ip = ipaddress.ip_address(host) if host != "localhost" else None
+    names = [f"[{ip.compressed}]" if ip is not None and ip.version == 6
+             else (ip.compressed if ip is not None else host)]
+    if host == "localhost" or (ip is not None and ip.compressed in ("127.0.0.1", "::1")):
+        names.append("localhost")
+    hosts = [f"{n}:{port}" for n in names]
+    return hosts, [f"http://{h}" for h in hosts]
+
+
 def serve(url: str, token: str | None, *, http: bool = False, host: str = "127.0.0.1",
-          port: int = 8765) -> int:
-    server = build_server(lambda: AsyncClient(url, token, timeout=120.0))
+          port: int = 8765, mcp_token: str | None = None,
+          file_roots: tuple[Path, ...] = ()) -> int:
+    server = build_server(lambda: AsyncClient(url, token, timeout=120.0), file_roots)
     if not http:
         server.run("stdio")
         return 0
     if not is_loopback(host):
         raise SystemExit("tingji mcp: --http listens on loopback only (it acts with the "
                          "service's token for whoever connects)")
-    server.run("streamable-http", host=host, port=port)
+    import uvicorn
+    from mcp.server.transport_security import TransportSecuritySettings
+
+    if not mcp_token:
+        mcp_token = secrets.token_urlsafe(24)
+        print(f"tingji mcp: clients send 'Authorization: Bearer {mcp_token}' (set "
+              "TINGJI_MCP_TOKEN to choose it)", file=sys.stderr, flush=True)
+    hosts, origins = host_names(host, port)
+    security = TransportSecuritySettings(enable_dns_rebinding_protection=True,
+                                         allowed_hosts=hosts, allowed_origins=origins)
+    app = server.streamable_http_app(transport_security=security, host=host)
+    uvicorn.run(BearerGuard(app, mcp_token), host=host, port=port, log_level="warning")
     return 0
