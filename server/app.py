@@ -14,6 +14,7 @@ import logging
 
 from litestar import Litestar, Router
 from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import JsonRenderPlugin, YamlRenderPlugin
 from litestar.static_files import create_static_files_router
 
 from db.engine import make_engine
@@ -78,7 +79,13 @@ def create_app(settings: Settings) -> Litestar:
         before_send=[security_headers],
         on_startup=[on_startup],
         on_shutdown=[on_shutdown],
-        openapi_config=OpenAPIConfig(title="tingji", version=__version__, path="/schema"),
+        # the schema as JSON and YAML, behind the token when one is set; no HTML viewer
+        # (each loads its scripts from a CDN, on the origin where the page keeps the token)
+        openapi_config=OpenAPIConfig(
+            title="tingji", version=__version__, path="/schema",
+            render_plugins=[JsonRenderPlugin(), YamlRenderPlugin()],
+            openapi_router=Router(path="/schema", guards=[token_guard(settings.api_token)],
+                                  route_handlers=[])),
         request_max_body_size=1024 * 1024,
         debug=False,
         logging_config=None,  # tingji.logs configures the process (text or JSON lines)

@@ -46,11 +46,6 @@ _HEADERS = {
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
        "connect-src 'self'; font-src 'self'; base-uri 'none'; form-action 'self'; "
        "frame-ancestors 'none'")
-# Swagger UI (/schema/swagger) is Litestar's page: an inline script and assets from a CDN.
-SCHEMA_CSP = ("default-src 'none'; script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net "
-              "https://unpkg.com; style-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net "
-              "https://unpkg.com; img-src 'self' data: https:; connect-src 'self'; "
-              "base-uri 'none'; frame-ancestors 'none'")
 
 
 def split_host(value: str) -> str:
@@ -159,8 +154,7 @@ async def security_headers(message: Message, scope: Scope) -> None:
         return
     headers: list[tuple[bytes, bytes]] = list(message.get("headers") or [])
     present = {k.lower() for k, _ in headers}
-    csp = SCHEMA_CSP if scope.get("path", "").startswith("/schema") else CSP
-    for name, value in {**_HEADERS, "content-security-policy": csp}.items():
+    for name, value in {**_HEADERS, "content-security-policy": CSP}.items():
         if name.encode() not in present:
             headers.append((name.encode(), value.encode()))
     message["headers"] = headers

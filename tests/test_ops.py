@@ -202,23 +202,49 @@ def test_models_download_makes_folders_to_carry(tmp_path: Path,
 
 # ------------------------------------------------------------------ systemd
 def test_the_systemd_unit(tmp_path: Path) -> None:
+    """A system unit for the user who ran sudo: restarts on failure but not on a model
+    that cannot load, fenced in by systemd's sandboxing, its secrets masked in the dry
+    run; never root."""
+    import os
+    import pwd
     import shutil
 
+    someone = next(p.pw_name for p in pwd.getpwall() if p.pw_uid not in (0, 65534))
     env = clean_env(TINGJI_DATA_DIR=str(tmp_path), TINGJI_API_TOKEN='se"cret',
-                    XDG_CONFIG_HOME=str(tmp_path / "config"))
-    shown = subprocess.run([TINGJI, "service", "install", "--user", "--dry-run"], env=env,
+                    TINGJI_DATABASE_URL="postgresql://tingji:hunter2@127.0.0.1/tingji",
+                    XDG_CONFIG_HOME=str(tmp_path / "config"), SUDO_USER=someone)
+    shown = subprocess.run([TINGJI, "service", "install", "--dry-run"], env=env,
                            capture_output=True, text=True, timeout=60)
     assert shown.returncode == 0, shown.stderr
     unit = shown.stdout.split("\n### ", 1)[0].split("\n", 1)[1]
     assert "Restart=on-failure" in unit and "RestartPreventExitStatus=3" in unit
-    assert f"EnvironmentFile={tmp_path / 'config' / 'tingji' / 'env'}" in unit
-    assert 'TINGJI_API_TOKEN="se\\"cret"' in shown.stdout
+    assert f"User={someone}" in unit and "EnvironmentFile=/etc/tingji/env" in unit
+    for fence in ("NoNewPrivileges=yes", "ProtectSystem=strict", "ProtectHome=read-only",
+                  "PrivateTmp=yes", f"ReadWritePaths={tmp_path}", "RestrictAddressFamilies=",
+                  f"NUMBA_CACHE_DIR={tmp_path / 'cache' / 'numba'}"):
+        assert fence in unit, fence
+    assert 'TINGJI_API_TOKEN="********"' in shown.stdout and "se" not in \
+        shown.stdout.split("TINGJI_API_TOKEN=", 1)[1].split("\n", 1)[0]
+    assert "hunter2" not in shown.stdout and "tingji:********@127.0.0.1" in shown.stdout
     assert f'TINGJI_DATA_DIR="{tmp_path}"' in shown.stdout
+    # the user's own unit: the fences a user manager can apply
+    user_unit = subprocess.run([TINGJI, "service", "install", "--user", "--dry-run"],
+                               env={**env, "SUDO_USER": ""}, capture_output=True, text=True,
+                               timeout=60)
+    if os.geteuid() == 0:  # root's own user manager would run it as root: refused
+        assert user_unit.returncode == 2 and "run as root" in user_unit.stderr
+    else:
+        assert "NoNewPrivileges=yes" in user_unit.stdout
+        assert "ProtectSystem" not in user_unit.stdout.split("\n### ", 2)[1]
+    as_root = subprocess.run([TINGJI, "service", "install", "--dry-run"],
+                             env={**env, "SUDO_USER": "root"}, capture_output=True,
+                             text=True, timeout=60)
+    assert as_root.returncode == 2 and "run as root" in as_root.stderr
     if shutil.which("systemd-analyze") is None:
         return
-    (tmp_path / "tingji.service").write_text(unit)
-    (tmp_path / "config" / "tingji").mkdir(parents=True)
-    (tmp_path / "config" / "tingji" / "env").write_text("")
+    (tmp_path / "tingji.service").write_text(unit.replace("EnvironmentFile=/etc/tingji/env",
+                                                          f"EnvironmentFile={tmp_path}/env"))
+    (tmp_path / "env").write_text("")
     verify = subprocess.run(["systemd-analyze", "verify", str(tmp_path / "tingji.service")],
                             capture_output=True, text=True, timeout=60)
     assert verify.returncode == 0 and verify.stderr == "", verify.stderr

@@ -2,8 +2,9 @@
 
 A worker that does not find a task's upload on its own disk fetches it here (streamed),
 and tells the API when the task completed so the API's copy goes at once (the hourly
-sweep would remove it too).  With no ``TINGJI_API_TOKEN`` these routes answer only
-this machine: an upload never crosses the network unauthenticated.
+sweep would remove it too).  They are off without ``TINGJI_API_TOKEN``: "this machine"
+cannot be told from the client's address (behind a reverse proxy on the same machine
+every client is loopback), and a worker on the API's machine reads the upload from disk.
 """
 
 from __future__ import annotations
@@ -21,17 +22,16 @@ from db.models import Task, TaskKind, TaskStatus
 from server.deps import ReadsDep, SettingsDep
 from server.errors import ApiError
 from server.schemas import check_task_id
-from tingji.settings import Settings, is_loopback
+from tingji.settings import Settings
 from tingji.taskfiles import TaskFiles
 
 
 async def _upload_task(request: Request[Any, Any, Any], reads: ReadsDep, settings: Settings,
                        task_id: str) -> Task:
-    client = request.client.host if request.client else ""
-    if not settings.api_token and not is_loopback(client):
+    if not settings.api_token:
         raise PermissionDeniedException(
-            "uploads are served to other machines only with TINGJI_API_TOKEN set (on the "
-            "API and on the workers)")
+            "uploads are served to workers on other machines only with TINGJI_API_TOKEN "
+            "set (on the API and on the workers)")
     tid = check_task_id(task_id)
     task = await reads.task(tid)
     if task is None or task.kind != TaskKind.UPLOAD:

@@ -361,6 +361,12 @@ def test_token_required_when_set(tmp_path: Path) -> None:
     migrate.upgrade(f"sqlite:///{tmp_path / 'tingji.db'}")
     with app_client(tmp_path, TINGJI_API_TOKEN="s3cret") as c:
         assert c.get("/health").status_code == 200  # stays open
+        # the schema too is behind the token, and no viewer page loads CDN scripts
+        error_of(c.get("/schema/openapi.json"), 401)
+        assert c.get("/schema/openapi.json", headers={
+            "Authorization": "Bearer s3cret"}).json()["info"]["title"] == "tingji"
+        assert c.get("/schema/swagger", headers={
+            "Authorization": "Bearer s3cret"}).status_code == 404
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"}):
             err = error_of(c.get("/api/v1/tasks", headers=headers), 401)
             assert err["code"] == "unauthorized"

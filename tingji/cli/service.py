@@ -4,6 +4,11 @@ queue is worked on again after a reboot without anyone logging in.
 The unit restarts ``tingji run`` when it fails, except with exit code 3 (the model
 cannot be loaded: restarting would only fail again); the ``TINGJI_*`` settings live in
 an environment file only its owner can read (it may hold the API token and LLM key).
+
+It never runs as root, and systemd fences it in: yt-dlp and ffmpeg read hostile input
+under it, so the system is read-only to it but for the data folder and the model and
+compile caches, it gets no new privileges, a private /tmp and the network families it
+needs.  ``--dry-run`` shows the files with secrets masked.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import getpass
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -49,8 +55,25 @@ def executable() -> Path:
     return exe if exe.exists() else Path(shutil.which("tingji") or exe)
 
 
+def sandbox(layout: Layout, settings: Settings, home: Path) -> str:
+    """systemd's fences.  A user manager applies only those that need no namespaces."""
+    common = ("NoNewPrivileges=yes\n"
+              "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK\n"
+              "RestrictRealtime=yes\nLockPersonality=yes\n")
+    if layout.user:
+        return common
+    return common + (
+        "ProtectSystem=strict\nProtectHome=read-only\nPrivateTmp=yes\n"
+        f"ReadWritePaths={settings.data_dir}\n"
+        f"ReadWritePaths=-{home / '.cache'}\n"  # the hub's model cache (- : if it exists)
+        "ProtectKernelTunables=yes\nProtectKernelModules=yes\nProtectKernelLogs=yes\n"
+        "ProtectControlGroups=yes\nProtectClock=yes\nRestrictSUIDSGID=yes\n"
+        "RestrictNamespaces=yes\nSystemCallArchitectures=native\n")
+
+
 def render_unit(layout: Layout, settings: Settings, *, run_as: str | None = None) -> str:
     user_line = "" if layout.user or not run_as else f"User={run_as}\n"
+    home = Path(os.path.expanduser(f"~{run_as}")) if run_as else Path.home()
     return f"""\
 [Unit]
 Description=tingji (听记) transcription service: the API and one worker
@@ -70,19 +93,34 @@ RestartPreventExitStatus={EXIT_FATAL}
 # SIGTERM lets the worker finish or hand back its tasks (TINGJI_DRAIN_SECONDS)
 TimeoutStopSec={int(settings.drain_seconds) + 60}
 KillMode=mixed
-
+# numba's compiled loops are cached with the data, not beside the (read-only) code
+Environment=NUMBA_CACHE_DIR={settings.data_dir / "cache" / "numba"}
+{sandbox(layout, settings, home)}
 [Install]
 WantedBy={"default.target" if layout.user else "multi-user.target"}
 """
 
 
-def render_env(settings: Settings, environ: dict[str, str] | None = None) -> str:
+_SECRET_NAME = re.compile(r"TOKEN|KEY|SECRET|PASSWORD")
+_URL_PASSWORD = re.compile(r"(//[^/:@\s]*:)[^@/\s]*@")
+
+
+def masked(key: str, value: str) -> str:
+    """What ``--dry-run`` shows of a setting: no token, key, secret or URL password."""
+    if _SECRET_NAME.search(key):
+        return "********" if value else value
+    return _URL_PASSWORD.sub(r"\1********@", value)
+
+
+def render_env(settings: Settings, environ: dict[str, str] | None = None, *,
+               mask: bool = False) -> str:
     """The ``TINGJI_*`` variables set now, and the data folder, for the service."""
     env = dict(os.environ if environ is None else environ)
     env["TINGJI_DATA_DIR"] = str(settings.data_dir)  # the same data as this user's commands
     lines = ["# tingji's settings for the systemd service (see the README's Settings)"]
     for key in sorted(k for k in env if k.startswith("TINGJI_")):
-        value = env[key].replace("\\", "\\\\").replace('"', '\\"')
+        raw = masked(key, env[key]) if mask else env[key]
+        value = raw.replace("\\", "\\\\").replace('"', '\\"')
         lines.append(f'{key}="{value}"')
     return "\n".join(lines) + "\n"
 
@@ -102,10 +140,17 @@ def install(settings: Settings, *, user: bool, dry_run: bool = False) -> int:
         # sudo: the service runs as the user who asked, on that user's data
         home = Path(os.path.expanduser(f"~{run_as}"))
         settings = dataclasses.replace(settings, data_dir=home / ".local" / "share" / "tingji")
+    if (run_as == "root" and not user) or (user and os.geteuid() == 0):
+        print("tingji service install: the service would run as root, and yt-dlp and ffmpeg "
+              "handle untrusted input under it; run this from your own account (with sudo "
+              "for a system service: it then runs as you), or as a user made for it "
+              "(sudo useradd --system --create-home tingji; sudo -u tingji tingji service "
+              "install --user)", file=sys.stderr)
+        return 2
     unit = render_unit(layout, settings, run_as=run_as)
     if dry_run:
-        print(f"### {layout.unit}\n{unit}\n### {layout.env_file} (mode 600)\n"
-              f"{render_env(settings)}", end="")
+        print(f"### {layout.unit}\n{unit}\n### {layout.env_file} (mode 600, secrets "
+              f"masked here)\n{render_env(settings, mask=True)}", end="")
         return 0
     if not user and os.geteuid() != 0:
         print("tingji service install: a system service needs root (sudo), or use --user",
