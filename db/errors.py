@@ -67,6 +67,17 @@ class IdempotencyMismatch(QueueError):
                          "was submitted with a different request; use another key")
 
 
+class BatchClosed(QueueError):
+    """The batch cannot take more tasks: it is full, or it ended and said so."""
+
+    code = "batch_closed"
+
+    def __init__(self, batch_id: str, why: str) -> None:
+        self.batch_id = batch_id
+        super().__init__(f"batch {batch_id} takes no more tasks: {why}; submit them as a "
+                         "new batch")
+
+
 class IdempotencyConflict(QueueError):
     code = "conflict"
 

@@ -289,4 +289,6 @@ class WebhookDelivery(Base):
               sqlite_where=text("status = 'pending'"),
               postgresql_where=text("status = 'pending'")),
         Index("ix_webhook_deliveries_task_id", "task_id"),
+        # whether a batch's end was announced (it is, once)
+        Index("ix_webhook_deliveries_batch_id", "batch_id"),
     )

@@ -17,7 +17,6 @@ from db.models import (
     TERMINAL,
     DeliveryStatus,
     EventType,
-    TaskStatus,
 )
 from db.transitions import D, T, Transitions, utcnow
 
@@ -48,8 +47,9 @@ class Outbox(Transitions):
     def _announce(self, conn: Connection, row: Row[Any], now: datetime) -> None:
         """Queue the webhook messages a task's final status calls for, in the status
         change's own transaction: one to ``TINGJI_WEBHOOK_URL`` and one to the task's
-        ``callback_url``, and, when it was the last live task of its batch, the batch's
-        summary to the same receivers."""
+        ``callback_url``; and, when it was the last live task of its batch, the batch's
+        summary, once per batch, to ``TINGJI_WEBHOOK_URL`` and to a callback URL only
+        when every task of the batch has that one (a summary lists every task's title)."""
         options = (row.payload or {}).get("options") or {}
         urls = list(dict.fromkeys(u for u in (self.config.webhook_url,
                                               options.get("callback_url")) if u))
@@ -60,10 +60,13 @@ class Outbox(Transitions):
         rows = [self._delivery(row, f"task.{row.status}", url, {"task": _task_body(row)}, now)
                 for url in urls]
         if row.batch_id:
-            batch = self._batch_summary(conn, row.batch_id)
-            if batch is not None:
+            ended = self._batch_end(conn, row.batch_id)
+            if ended is not None:
+                batch, callbacks = ended
+                receivers = [u for u in (self.config.webhook_url,
+                                         *(callbacks if len(callbacks) == 1 else ())) if u]
                 rows += [self._delivery(row, "batch.finished", url, {"batch": batch}, now)
-                         for url in urls]
+                         for url in dict.fromkeys(receivers)]
         conn.execute(_INSERT_DELIVERY, rows)
 
     @staticmethod
@@ -78,19 +81,31 @@ class Outbox(Transitions):
                 "lease_owner": None, "lease_expires_at": None, "last_error": None,
                 "created_at": now, "delivered_at": None}
 
-    def _batch_summary(self, conn: Connection, batch_id: str) -> dict[str, Any] | None:
-        """The batch's summary if none of its tasks is live any more, else None."""
+    def _batch_end(self, conn: Connection, batch_id: str
+                   ) -> tuple[dict[str, Any], set[str | None]] | None:
+        """The batch's summary and its tasks' callback URLs if this is its end: none of its
+        tasks is live and its end was not announced before.  Every final transition asks;
+        only the last reads the batch's tasks (one indexed lookup each before that)."""
         if self._pg:  # two last tasks finishing at once: one of them must see the other
             conn.execute(select(func.pg_advisory_xact_lock(func.hashtext(batch_id))))
-        tasks = conn.execute(
-            select(T.c.id, T.c.status, T.c.title).where(T.c.batch_id == batch_id)
-            .order_by(T.c.created_at, T.c.id)).all()
-        if any(TaskStatus(t.status) not in TERMINAL for t in tasks):
+        live = conn.execute(select(T.c.id).where(
+            T.c.batch_id == batch_id, T.c.status.not_in([*TERMINAL]))
+            .limit(1)).first()
+        if live is not None:
             return None
+        announced = conn.execute(select(D.c.id).where(
+            D.c.batch_id == batch_id, D.c.event == "batch.finished").limit(1)).first()
+        if announced is not None:  # a retried task finished it again: said once already
+            return None
+        tasks = conn.execute(
+            select(T.c.id, T.c.status, T.c.title, T.c.payload).where(T.c.batch_id == batch_id)
+            .order_by(T.c.created_at, T.c.id)).all()
         counts = {str(s): sum(1 for t in tasks if t.status == s) for s in TERMINAL}
-        return {"batch_id": batch_id, "total": len(tasks), **counts,
-                "tasks": [{"task_id": t.id, "status": str(t.status), "title": t.title}
-                          for t in tasks[:MAX_BATCH_BODY]]}
+        callbacks = {((t.payload or {}).get("options") or {}).get("callback_url")
+                     for t in tasks}
+        return ({"batch_id": batch_id, "total": len(tasks), **counts,
+                 "tasks": [{"task_id": t.id, "status": str(t.status), "title": t.title}
+                           for t in tasks[:MAX_BATCH_BODY]]}, callbacks)
 
     async def claim_deliveries(self, owner: str, *, limit: int = 8, lease_seconds: float = 60,
                                now: datetime | None = None) -> list[Row[Any]]:

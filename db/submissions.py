@@ -13,6 +13,7 @@ from sqlalchemy.exc import IntegrityError
 
 from db.engine import hot
 from db.errors import (
+    BatchClosed,
     IdempotencyConflict,
     IdempotencyMismatch,
     InvalidTransition,
@@ -31,6 +32,7 @@ from db.transitions import (
     FAILED,
     PENDING,
     PROCESSING,
+    D,
     T,
     Transitions,
     _task,
@@ -38,6 +40,7 @@ from db.transitions import (
 )
 from db.values import Enqueued, NewTask, request_of
 
+MAX_BATCH_TASKS = 1000  # tasks in one batch (a list task adds at most TINGJI_MAX_LIST_ITEMS)
 _COUNT_PENDING = hot(select(func.count()).select_from(T).where(T.c.status == PENDING))
 _BY_KEY = hot(select(T).where(T.c.idempotency_key == bindparam("key")))
 
@@ -70,6 +73,18 @@ class Submissions(Transitions):
             raise IdempotencyMismatch(item.idempotency_key, row.id)
         return row
 
+    def _joinable(self, conn: Connection, batch_id: str, adding: int) -> None:
+        """A batch takes at most ``MAX_BATCH_TASKS``, and nothing once its end was
+        announced (``batch.finished`` is sent once: a task added later would never be
+        in one)."""
+        count = conn.execute(select(func.count()).select_from(T)
+                             .where(T.c.batch_id == batch_id)).scalar_one()
+        if count + adding > MAX_BATCH_TASKS:
+            raise BatchClosed(batch_id, f"a batch holds at most {MAX_BATCH_TASKS} tasks")
+        if count and conn.execute(select(D.c.id).where(
+                D.c.batch_id == batch_id, D.c.event == "batch.finished").limit(1)).first():
+            raise BatchClosed(batch_id, "it finished, and its end was announced")
+
     async def enqueue(self, item: NewTask, *, batch_id: str | None = None,
                       now: datetime | None = None) -> Enqueued:
         """Insert one pending task.  An idempotency key names one task for as long as it
@@ -82,6 +97,8 @@ class Submissions(Transitions):
             if existing is not None:
                 return Enqueued(_task(existing), created=False)
             self._capacity(conn, 1)
+            if batch_id is not None:
+                self._joinable(conn, batch_id, 1)
             row = self._new_row(item, now, batch_id)
             conn.execute(_INSERT_TASK, [row])
             self._events(conn, [self._ev(row["id"], EventType.ENQUEUED, now, None, PENDING)])
@@ -103,6 +120,7 @@ class Submissions(Transitions):
         request, that batch is returned (created False); when only some do, or one was
         made from another request, ``IdempotencyMismatch``."""
         now = now or utcnow()
+        joining = batch_id is not None
         batch_id = batch_id or str(uuid.uuid4())
         rows = [self._new_row(item, now, batch_id) for item in items]
 
@@ -117,6 +135,8 @@ class Submissions(Transitions):
                 found = [_task(e) for e in existing if e is not None]
                 return found[0].batch_id or batch_id, found, False
             self._capacity(conn, len(rows))
+            if joining:
+                self._joinable(conn, batch_id, len(rows))
             conn.execute(_INSERT_TASK, rows)
             self._events(conn, [
                 self._ev(r["id"], EventType.ENQUEUED, now, None, PENDING,

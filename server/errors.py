@@ -27,6 +27,7 @@ from litestar.status_codes import (
 from sqlalchemy.exc import DataError, DBAPIError, OperationalError
 
 from db.errors import (
+    BatchClosed,
     IdempotencyConflict,
     IdempotencyMismatch,
     InvalidTransition,
@@ -68,6 +69,7 @@ def _respond(status: int, code: str, message: str,
 _QUEUE_STATUS: dict[type[QueueError], int] = {
     TaskNotFound: HTTP_404_NOT_FOUND,
     InvalidTransition: HTTP_409_CONFLICT,
+    BatchClosed: HTTP_409_CONFLICT,
     IdempotencyConflict: HTTP_409_CONFLICT,
     IdempotencyMismatch: HTTP_409_CONFLICT,
     LeaseLost: HTTP_409_CONFLICT,

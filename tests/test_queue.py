@@ -531,6 +531,51 @@ async def test_a_batch_reports_once_when_its_last_task_ends(queue: Queue) -> Non
     assert {t["task_id"] for t in summary["tasks"]} == {t.id for t in tasks}
 
 
+async def test_a_batch_ends_once_and_tells_only_who_may_see_it(
+        queue: Queue, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``batch.finished`` is sent once, however often a task is retried after it; it
+    goes to the operator's receiver, and to a callback URL only when every task of the
+    batch has that one (a summary lists every task's title); a batch that ended takes
+    no more tasks, and no batch more than ``MAX_BATCH_TASKS``."""
+    from db import submissions
+    from db.errors import BatchClosed
+    from db.models import TaskStatus
+
+    queue.config.webhook_url = HOOK
+    mine = "http://127.0.0.1:9/mine"
+    batch_id, tasks, _ = await queue.enqueue_many([hooked(0, mine), hooked(1, mine)], now=T0)
+    other = (await queue.enqueue(hooked(2, "http://127.0.0.1:9/other"), batch_id=batch_id,
+                                 now=T0)).task
+    for _ in range(3):
+        tid = await claimed(queue)
+        if tid == other.id:
+            await queue.fail(tid, W1, TaskError("Bad", "no", False), now=T0)
+        else:
+            await queue.complete(tid, W1, {}, now=T0)
+    ends = [r for r in await deliveries(queue) if r["event"] == "batch.finished"]
+    assert [r["url"] for r in ends] == [HOOK]  # two callbacks in the batch: neither
+    # a cancel/retry cycle of a task of the ended batch does not announce it again
+    await queue.retry(other.id, now=T0)
+    await queue.complete(await claimed(queue), W1, {}, now=T0)
+    assert len([r for r in await deliveries(queue) if r["event"] == "batch.finished"]) == 1
+    with pytest.raises(BatchClosed, match="finished"):
+        await queue.enqueue(hooked(3), batch_id=batch_id, now=T0)
+    # one submitter's batch: its callback hears of the end too
+    solo, _, _ = await queue.enqueue_many([hooked(4, mine), hooked(5, mine)], now=T0)
+    for _ in range(2):
+        await queue.complete(await claimed(queue), W1, {}, now=T0)
+    assert sorted(r["url"] for r in await deliveries(queue)
+                  if r["event"] == "batch.finished" and r["batch_id"] == solo) == \
+        sorted([HOOK, mine])
+    monkeypatch.setattr(submissions, "MAX_BATCH_TASKS", 3)
+    open_batch, _, _ = await queue.enqueue_many([hooked(6), hooked(7)], now=T0)
+    await queue.enqueue(hooked(8), batch_id=open_batch, now=T0)
+    with pytest.raises(BatchClosed, match="at most 3"):
+        await queue.enqueue(hooked(9), batch_id=open_batch, now=T0)
+    task = await Reads(queue.engine).task(other.id)
+    assert task is not None and task.status == TaskStatus.COMPLETED
+
+
 async def test_delivery_attempts_back_off_then_fail_and_show_in_the_events(
         queue: Queue) -> None:
     from db.models import DeliveryStatus
