@@ -27,7 +27,7 @@ from server.errors import handle
 from server.feed import LiveFeed
 from server.routes import events, internal, metrics, openai, process, system, tasks
 from server.routes.system import STATIC_DIR
-from server.uploads import sweep_orphans
+from server.uploads import UploadGate, sweep_orphans
 from tingji import __version__
 from tingji.settings import Settings
 
@@ -73,7 +73,10 @@ def create_app(settings: Settings) -> Litestar:
                                         include_in_schema=False)
     return Litestar(
         route_handlers=[api, openai_api, scrape, static, *system.open_handlers],
-        dependencies=provide(queue=queue, reads=reads, settings=settings, feed=feed),
+        dependencies=provide(queue=queue, reads=reads, settings=settings, feed=feed,
+                             uploads_gate=UploadGate(
+                                 settings.uploads_dir, settings.max_concurrent_uploads,
+                                 int(settings.max_pending_upload_gb * 2**30))),
         exception_handlers={Exception: handle},
         middleware=[make_boundary(settings.host, settings.allowed_hosts)],
         before_send=[security_headers],

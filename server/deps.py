@@ -1,5 +1,5 @@
 """What handlers get by dependency injection, by parameter name: ``queue``, ``reads``,
-``settings`` and ``feed``.  Route modules import these aliases, never the app."""
+``settings``, ``feed`` and ``uploads_gate``.  Route modules import these aliases, never the app."""
 
 from __future__ import annotations
 
@@ -10,12 +10,14 @@ from litestar.di import NamedDependency, Provide
 from db.queue import Queue
 from db.reads import Reads
 from server.feed import LiveFeed
+from server.uploads import UploadGate
 from tingji.settings import Settings
 
 QueueDep = NamedDependency[Queue]
 ReadsDep = NamedDependency[Reads]
 SettingsDep = NamedDependency[Settings]
 FeedDep = NamedDependency[LiveFeed]
+GateDep = NamedDependency[UploadGate]
 
 
 def provide(**values: Any) -> dict[str, Provide]:

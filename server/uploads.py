@@ -6,6 +6,8 @@ and nothing is enqueued.  The client's file name is kept only as metadata.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import os
 import time
@@ -15,7 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from litestar.status_codes import HTTP_413_REQUEST_ENTITY_TOO_LARGE
+from litestar.status_codes import (
+    HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+    HTTP_429_TOO_MANY_REQUESTS,
+    HTTP_507_INSUFFICIENT_STORAGE,
+)
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
@@ -43,6 +49,58 @@ def too_large(limit_mb: int) -> ApiError:
     return ApiError(HTTP_413_REQUEST_ENTITY_TOO_LARGE, "too_large",
                     f"the upload is larger than the limit of {limit_mb} MB "
                     "(TINGJI_MAX_UPLOAD_MB)")
+
+
+def bytes_in(folder: Path) -> int:
+    """The bytes of the files in ``folder`` (the uploads waiting for their tasks)."""
+    total = 0
+    try:
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                with contextlib.suppress(OSError):
+                    if entry.is_file(follow_symlinks=False):
+                        total += entry.stat(follow_symlinks=False).st_size
+    except FileNotFoundError:
+        return 0
+    return total
+
+
+class UploadGate:
+    """Admits an upload before its body is read: at most ``max_concurrent`` at once
+    (429), and the uploads folder plus what is arriving under ``max_pending_bytes``
+    (507), each answer saying which setting bounds it; the queue's capacity is checked by
+    the route, also before the body."""
+
+    def __init__(self, folder: Path, max_concurrent: int, max_pending_bytes: int) -> None:
+        self.folder, self.max_concurrent = folder, max_concurrent
+        self.max_pending_bytes = max_pending_bytes
+        self.active = 0
+        self.reserved = 0  # bytes announced by the uploads arriving now
+
+    @contextlib.asynccontextmanager
+    async def admit(self, announced: int | None, limit: int) -> AsyncIterator[None]:
+        want = min(announced, limit) if announced is not None else limit
+        held = await asyncio.to_thread(bytes_in, self.folder)
+        # no await from here to the increment: concurrent requests see each other
+        if self.active >= self.max_concurrent:
+            raise ApiError(HTTP_429_TOO_MANY_REQUESTS, "too_many_uploads",
+                           f"{self.active} uploads are arriving already, the most at once "
+                           "(TINGJI_MAX_CONCURRENT_UPLOADS); try again shortly",
+                           {"Retry-After": "5"})
+        if held + self.reserved + want > self.max_pending_bytes:
+            gb = self.max_pending_bytes / 2**30
+            raise ApiError(HTTP_507_INSUFFICIENT_STORAGE, "uploads_full",
+                           f"the uploads waiting for their tasks hold {held / 2**30:.1f} GB, "
+                           f"and this one would pass the limit of {gb:g} GB "
+                           "(TINGJI_MAX_PENDING_UPLOAD_GB); try again when tasks have run",
+                           {"Retry-After": "300"})
+        self.active += 1
+        self.reserved += want
+        try:
+            yield
+        finally:
+            self.active -= 1
+            self.reserved -= want
 
 
 class _Receiver:
@@ -206,3 +264,22 @@ async def sweep_orphans(uploads: Path, referenced: Callable[[], Awaitable[set[st
             path.unlink(missing_ok=True)
             removed.append(name)
     return removed
+
+
+async def accept_upload(request: Any, settings: Any, reads: Any, gate: UploadGate,
+                        field_names: frozenset[str]) -> StoredUpload:
+    """An upload route's body: refused before it is read when it is announced too large,
+    when the queue is full (429, as a submission would be) or by the gate; then stored."""
+    from db.errors import QueueFull
+
+    limit = settings.max_upload_mb * 2**20
+    header = request.headers.get("content-length")
+    announced = int(header) if header and header.isdigit() else None
+    if announced is not None and announced > limit + 2**20:
+        raise too_large(settings.max_upload_mb)
+    pending = (await reads.counts())["pending"]
+    if pending >= settings.max_pending:
+        raise QueueFull(pending, settings.max_pending, 30)
+    async with gate.admit(announced, limit + 2**20):
+        return await receive_upload(request.headers.get("content-type", ""), request.stream(),
+                                    settings.uploads_dir, limit, field_names)

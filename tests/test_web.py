@@ -4,6 +4,7 @@ retry.  Screenshots go to test-artifacts/ for a person to look at."""
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -130,7 +131,8 @@ def test_the_page_end_to_end(stack_factory: Callable[..., Stack], page_factory: 
     wait_status(page, bad_id, "failed", 60)
     page.screenshot(path=str(ARTIFACTS / "web-list.png"), full_page=True)
 
-    # retry the failed one with its button: it runs again (and fails again: not audio)
+    # retry the failed one with its button: it runs again, and fails again (what was not
+    # media was not kept: its upload is gone)
     row(page, bad_id).locator("button.retry").click()
     stack.wait(lambda: stack.task(bad_id)["attempts"] == 2 and
                stack.task(bad_id)["status"] == "failed", 60, "retry did not run")
@@ -155,7 +157,9 @@ def test_the_page_end_to_end(stack_factory: Callable[..., Stack], page_factory: 
     # the failed task's page shows its error
     page.goto(f"/#/task/{bad_id}")
     page.wait_for_selector("#t-error:not([hidden])")
-    assert "not audio or video" in page.locator("#t-error").inner_text()
+    assert "uploaded file is gone" in page.locator("#t-error").inner_text()
+    first = [e for e in stack.events(bad_id) if e["event"] == "failed"][0]
+    assert "not audio or video" in json.dumps(first, ensure_ascii=False)
     assert page.errors == []
 
 

@@ -228,8 +228,16 @@ class Settings:
                          else "must be a port number (1-65535)")
     api_token: str | None = _setting(None, _optional)
     max_upload_mb: int = _setting(2048, _int, _positive)
+    # uploads arriving at once, and the bytes the uploads folder may hold (files waiting
+    # for their tasks, and those arriving): beyond them 429 and 507, before the body
+    max_concurrent_uploads: int = _setting(4, _int, _positive)
+    max_pending_upload_gb: float = _setting(20.0, _float, _positive)
     # how long POST /v1/audio/transcriptions holds the request for the result
     sync_wait_seconds: float = _setting(600.0, _float, _between(0, 86_400))
+    # requests held open at once: OpenAI-route waits (beyond: 202 with the task id at
+    # once) and live event streams (beyond: 503 + Retry-After)
+    max_sync_waiters: int = _setting(32, _int, _between(0, 10_000))
+    max_event_streams: int = _setting(64, _int, _between(1, 10_000))
     # Host names (besides loopback names, IP literals and the bind host) the API answers
     # to: a reverse proxy's public name.  "*" turns the check off.
     allowed_hosts: tuple[str, ...] = _setting((), _names)

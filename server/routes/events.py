@@ -20,17 +20,26 @@ import msgspec
 from litestar import Request, get
 from litestar.params import Parameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
+from litestar.status_codes import HTTP_503_SERVICE_UNAVAILABLE
 
-from server.deps import FeedDep, ReadsDep
-from server.errors import bad_request
+from server.deps import FeedDep, ReadsDep, SettingsDep
+from server.errors import ApiError, bad_request
 from server.feed import BATCH, Item, task_items
 
 _EVENT_ID = re.compile(r"[0-9]{1,18}")  # ASCII digits only: str.isdigit() takes "²"
 KEEPALIVE_SECONDS = 15.0
+MAX_CATCH_UP = 1000  # events replayed to a stream that resumes from an old id
 
 
 def _json(obj: Any) -> str:
     return msgspec.json.encode(obj).decode()
+
+
+def catch_up_from(last: int, since: int) -> tuple[int, int]:
+    """Where a stream resuming after ``since`` starts, and how many events it skips: an
+    old id replays the last ``MAX_CATCH_UP`` events only (the page reloads its list)."""
+    skipped = max(0, last - MAX_CATCH_UP - since)
+    return since + skipped, skipped
 
 
 @get("/events", summary="Server-Sent Events: task changes and progress")
@@ -38,6 +47,7 @@ async def events(
     request: Request[Any, Any, Any],
     reads: ReadsDep,
     feed: FeedDep,
+    settings: SettingsDep,
     since: Annotated[int | None, Parameter(ge=0, le=2**62, description=(
         "resume after this event id (the Last-Event-ID header does the same)"))] = None,
 ) -> ServerSentEvent:
@@ -47,13 +57,20 @@ async def events(
             raise bad_request("Last-Event-ID: expected an event id (digits), got "
                               f"{header[:40]!r}")
         since = int(header)
-    start = await reads.last_event_id() if since is None else since
+    if len(feed.subscribers) >= settings.max_event_streams:
+        raise ApiError(HTTP_503_SERVICE_UNAVAILABLE, "too_many_streams",
+                       f"{len(feed.subscribers)} live event streams are open, the most at "
+                       "once (TINGJI_MAX_EVENT_STREAMS); try again shortly",
+                       {"Retry-After": "10"})
+    last = await reads.last_event_id()
+    start, skipped = (last, 0) if since is None else catch_up_from(last, since)
 
     async def stream() -> AsyncIterator[ServerSentEventMessage]:
         sub = await feed.subscribe()
         try:
             yield ServerSentEventMessage(event="hello", data=_json(
-                {"last_event_id": start, "queue": await reads.counts()}), retry=2000)
+                {"last_event_id": start, "skipped": skipped, "queue": await reads.counts()}),
+                retry=2000)
             # Catch up from `start` to what the shared feed delivers from now on (its
             # items up to what was sent here are skipped below).
             sent = start

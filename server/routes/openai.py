@@ -21,10 +21,10 @@ from litestar import Request, Response, get, post
 from litestar.status_codes import HTTP_202_ACCEPTED, HTTP_400_BAD_REQUEST
 
 from db.models import TaskStatus
-from server.deps import QueueDep, ReadsDep, SettingsDep
+from server.deps import GateDep, QueueDep, ReadsDep, SettingsDep
 from server.errors import ApiError, bad_request, body
 from server.routes.process import enqueue_upload, idempotency_key
-from server.uploads import receive_upload, too_large
+from server.uploads import accept_upload
 from tingji.formats import render_srt, render_vtt, speaker_label
 from tingji.hotwords import MAX_HOTWORD_CHARS, MAX_HOTWORDS, split_hotwords
 
@@ -45,14 +45,9 @@ def _hotwords(prompt: str) -> list[str]:
 @post("/audio/transcriptions", summary="OpenAI-compatible transcription (durable)",
       request_max_body_size=None, opt={"body": "multipart"}, status_code=200)
 async def transcriptions(request: Request[Any, Any, Any], queue: QueueDep, reads: ReadsDep,
-                         settings: SettingsDep) -> Response[Any]:
-    limit = settings.max_upload_mb * 2**20
-    announced = request.headers.get("content-length")
-    if announced and announced.isdigit() and int(announced) > limit + 2**20:
-        raise too_large(settings.max_upload_mb)
+                         settings: SettingsDep, uploads_gate: GateDep) -> Response[Any]:
     key = idempotency_key(request, None)
-    upload = await receive_upload(request.headers.get("content-type", ""), request.stream(),
-                                  settings.uploads_dir, limit, FIELDS)
+    upload = await accept_upload(request, settings, reads, uploads_gate, FIELDS)
     try:
         f = {k.removesuffix("[]"): v.strip() for k, v in upload.fields.items()}
         if f.get("stream", "false").lower() in ("1", "true"):
@@ -75,11 +70,22 @@ async def transcriptions(request: Request[Any, Any, Any], queue: QueueDep, reads
         upload.path.unlink(missing_ok=True)
         raise
     enq = await enqueue_upload(queue, upload, options, key=key, openai=openai)
-    task = await _wait(request, reads, enq.task.id, settings.sync_wait_seconds)
+    waited = _WAITING[0] < settings.max_sync_waiters
+    if waited:
+        _WAITING[0] += 1
+        try:
+            task = await _wait(request, reads, enq.task.id, settings.sync_wait_seconds)
+        finally:
+            _WAITING[0] -= 1
+    else:  # enough connections are held open already: the task id at once
+        task = await reads.task(enq.task.id)
     headers = {"X-Tingji-Task-Id": enq.task.id}
     if task is None or task.status in (TaskStatus.PENDING, TaskStatus.PROCESSING):
-        doc = body("task_pending", f"still transcribing after {settings.sync_wait_seconds:.0f}"
-                   f" s (TINGJI_SYNC_WAIT_SECONDS); the task goes on: poll "
+        why = (f"still transcribing after {settings.sync_wait_seconds:.0f} s "
+               "(TINGJI_SYNC_WAIT_SECONDS)" if waited else
+               f"{settings.max_sync_waiters} requests are waiting already "
+               "(TINGJI_MAX_SYNC_WAITERS)")
+        doc = body("task_pending", f"{why}; the task goes on: poll "
                    f"/api/v1/task/{enq.task.id}", HTTP_202_ACCEPTED)
         doc["task_id"] = enq.task.id
         return Response(doc, status_code=HTTP_202_ACCEPTED,
@@ -90,6 +96,9 @@ async def transcriptions(request: Request[Any, Any, Any], queue: QueueDep, reads
         raise ApiError(status, "transcription_failed",
                        f"task {task.id} {task.status}: {err.get('message') or task.status}")
     return _answer(fmt, task, await reads.segments(task.id), headers, openai)
+
+
+_WAITING = [0]  # requests of this process waiting for their task (TINGJI_MAX_SYNC_WAITERS)
 
 
 async def _wait(request: Request[Any, Any, Any], reads: ReadsDep, task_id: str,

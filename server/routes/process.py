@@ -23,7 +23,7 @@ from litestar.status_codes import (
 
 from db.models import TaskKind
 from db.values import Enqueued, NewTask
-from server.deps import QueueDep, SettingsDep
+from server.deps import GateDep, QueueDep, ReadsDep, SettingsDep
 from server.errors import ApiError, bad_request
 from server.schemas import (
     FORM_FIELDS,
@@ -39,7 +39,7 @@ from server.schemas import (
     options_from_form,
     options_payload,
 )
-from server.uploads import StoredUpload, receive_upload, too_large
+from server.uploads import StoredUpload, accept_upload
 from tingji.urls import check_parts, has_control_chars, is_list_url, url_problem
 
 
@@ -171,16 +171,11 @@ async def enqueue_upload(queue: QueueDep, upload: StoredUpload, options: dict[st
 
 @post("/process/audio", status_code=HTTP_202_ACCEPTED, summary="Transcribe an uploaded file",
       request_max_body_size=None, opt={"body": "multipart"})
-async def process_upload(request: Request[Any, Any, Any], queue: QueueDep, settings: SettingsDep
-                         ) -> Response[Submitted]:
+async def process_upload(request: Request[Any, Any, Any], queue: QueueDep, reads: ReadsDep,
+                         settings: SettingsDep, uploads_gate: GateDep) -> Response[Submitted]:
     """multipart/form-data: ``file`` (audio or video) plus the options as form fields;
     an optional ``batch_id`` (a UUID) files the task under a batch."""
-    limit = settings.max_upload_mb * 2**20
-    announced = request.headers.get("content-length")
-    if announced and announced.isdigit() and int(announced) > limit + 2**20:
-        raise too_large(settings.max_upload_mb)
-    upload = await receive_upload(request.headers.get("content-type", ""), request.stream(),
-                                  settings.uploads_dir, limit, FORM_FIELDS)
+    upload = await accept_upload(request, settings, reads, uploads_gate, FORM_FIELDS)
     try:
         batch_id = upload.fields.pop("batch_id", None)
         if batch_id is not None:

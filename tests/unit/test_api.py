@@ -384,8 +384,44 @@ def test_queue_full_is_429_with_retry_after(tmp_path: Path) -> None:
         assert error_of(resp, 429)["code"] == "queue_full"
         assert int(resp.headers["retry-after"]) > 0
         resp = c.post("/api/v1/process/audio", files={"file": ("a.wav", b"RIFF....")})
-        error_of(resp, 429)
-        assert list((tmp_path / "uploads").iterdir()) == []
+        error_of(resp, 429)  # before its body was read: nothing written
+        uploads = tmp_path / "uploads"
+        assert not uploads.exists() or list(uploads.iterdir()) == []
+
+
+def test_uploads_are_bounded_before_their_bodies(tmp_path: Path) -> None:
+    """The bytes the uploads folder may hold (waiting uploads and those arriving) and the
+    uploads at once: past them 507 and 429 with Retry-After, nothing half-written."""
+    import asyncio
+
+    from server.uploads import UploadGate
+
+    migrate.upgrade(f"sqlite:///{tmp_path / 'tingji.db'}")
+    uploads = tmp_path / "uploads"
+    uploads.mkdir()
+    (uploads / "waiting.wav").write_bytes(b"\0" * 600_000)  # a task's upload, waiting
+    limit_gb = str(1_000_000 / 2**30)  # room for 1 MB
+    with app_client(tmp_path, TINGJI_MAX_PENDING_UPLOAD_GB=limit_gb) as c:
+        small = c.post("/api/v1/process/audio", files={"file": ("a.wav", b"RIFF" * 1000)})
+        assert small.status_code == 202, small.text
+        big = c.post("/api/v1/process/audio", files={"file": ("b.wav", b"\0" * 500_000)})
+        err = error_of(big, 507)
+        assert err["code"] == "uploads_full" and "TINGJI_MAX_PENDING_UPLOAD_GB" in \
+            err["message"] and int(big.headers["retry-after"]) > 0
+        assert len(list(uploads.iterdir())) == 2  # the waiting one and the small one
+
+    async def at_once() -> None:
+        gate = UploadGate(uploads, max_concurrent=1, max_pending_bytes=2**30)
+        async with gate.admit(100, 1000):
+            with pytest.raises(Exception) as refused:
+                async with gate.admit(100, 1000):
+                    pass
+            assert getattr(refused.value, "status", None) == 429
+            assert "TINGJI_MAX_CONCURRENT_UPLOADS" in str(refused.value)
+        async with gate.admit(None, 1000):  # free again; unannounced: the limit counts
+            assert gate.reserved == 1000
+        assert (gate.active, gate.reserved) == (0, 0)
+    asyncio.run(at_once())
 
 
 def test_models_name_a_local_folder_by_its_name_only(tmp_path: Path) -> None:
@@ -395,3 +431,20 @@ def test_models_name_a_local_folder_by_its_name_only(tmp_path: Path) -> None:
                               ("iic/speech_seaco_paraformer", "iic/speech_seaco_paraformer")):
         with app_client(tmp_path, TINGJI_ASR_MODEL=configured) as c:
             assert [m["id"] for m in c.get("/v1/models").json()["data"]] == [shown]
+
+
+
+def test_held_connections_are_bounded(tmp_path: Path) -> None:
+    """OpenAI-route waits beyond TINGJI_MAX_SYNC_WAITERS answer at once with 202 and the
+    task id; a stream that resumes from an old event id replays the last events only."""
+    from server.routes.events import MAX_CATCH_UP, catch_up_from
+
+    migrate.upgrade(f"sqlite:///{tmp_path / 'tingji.db'}")
+    with app_client(tmp_path, TINGJI_MAX_SYNC_WAITERS="0") as c:
+        resp = c.post("/v1/audio/transcriptions", files={"file": ("a.wav", b"RIFF" * 100)},
+                      data={"model": "whisper-1"})
+        assert resp.status_code == 202 and resp.headers["x-tingji-task-id"]
+        assert "TINGJI_MAX_SYNC_WAITERS" in resp.json()["error"]["message"]
+    assert catch_up_from(5000, 0) == (5000 - MAX_CATCH_UP, 5000 - MAX_CATCH_UP)
+    assert catch_up_from(5000, 4500) == (4500, 0)
+    assert catch_up_from(10, 99) == (99, 0)  # an id from the future: nothing skipped
