@@ -201,3 +201,18 @@ def test_rebuilding_tasks_for_list_kinds_keeps_every_dependent_row(empty_url: st
     migrate.check(empty_url)
     migrate.downgrade(empty_url, "0004")
     assert migrate.upgrade(empty_url) == migrate.head_revision()
+
+
+def test_alembic_by_hand_from_the_repository_root(tmp_path: Path) -> None:
+    """``alembic upgrade head`` with the repository's ``alembic.ini`` (only our own
+    settings in it: no logging template) migrates the database tingji's settings name."""
+    root = Path(__file__).resolve().parent.parent
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TINGJI_")}
+    env["TINGJI_DATA_DIR"] = str(tmp_path)
+    alembic = str(Path(sys.executable).with_name("alembic"))
+    done = subprocess.run([alembic, "upgrade", "head"], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    current = subprocess.run([alembic, "current"], cwd=root, env=env, capture_output=True,
+                             text=True, timeout=120)
+    assert "(head)" in current.stdout, current.stdout + current.stderr
