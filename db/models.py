@@ -88,6 +88,15 @@ class EventType(enum.StrEnum):
     WEBHOOK_RETRY = "webhook_retry"
     WEBHOOK_FAILED = "webhook_failed"
     SPEAKERS_NAMED = "speakers_named"  # a user named a completed task's speakers
+    # a worker took over a transcription another run had partly done (details: from_s,
+    # the seconds of speech already decoded, and segments, the pieces)
+    TRANSCRIBE_RESUMED = "transcribe_resumed"
+    # a task took the sentences of a completed task with the same audio and settings
+    # (details: from_task) instead of transcribing
+    TRANSCRIPT_REUSED = "transcript_reused"
+    # the worker that ran this task last recycled itself after it: its memory had grown
+    # past TINGJI_WORKER_MAX_RSS_MB (details: rss_mb, limit_mb, worker_id)
+    WORKER_RECYCLED = "worker_recycled"
 
 
 class DeliveryStatus(enum.StrEnum):
@@ -161,6 +170,10 @@ class Task(Base):
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
     batch_id: Mapped[str | None] = mapped_column(String(36))
+    # what identifies the task's transcript once transcribed: the normalized audio's
+    # SHA-256 with what changes a transcription (worker.reuse); a later task with the
+    # same one takes its sentences instead of transcribing again
+    transcript_key: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime]
     started_at: Mapped[datetime | None]
     completed_at: Mapped[datetime | None]
@@ -182,6 +195,7 @@ class Task(Base):
         # An idempotency key names one task for as long as the task exists.
         Index("uq_tasks_idempotency_key", "idempotency_key", unique=True),
         Index("ix_tasks_batch_id", "batch_id"),
+        Index("ix_tasks_transcript_key", "transcript_key"),
         # No plain index on status: SQLite's planner would pick it for the claim and
         # sort every pending row, instead of walking ix_tasks_claim in order.
         Index("ix_tasks_created_at", "created_at"),
@@ -237,6 +251,39 @@ class Segment(Base):
     speaker: Mapped[int | None] = mapped_column(Integer)  # 0, 1, ... (S1, S2, ...)
 
     __table_args__ = (CheckConstraint("end_ms >= start_ms", name="segment_order"),)
+
+
+class TranscribePartial(Base):
+    """A transcription in progress (``worker.checkpoints``): what identifies its decoding
+    (engine, device, models, hotwords), what the VAD found and how many pieces that cut;
+    its decoded pieces are ``transcribe_pieces``.  A worker that takes the task over
+    decodes only the rest.  Gone once the transcribe stage is checkpointed, or when the
+    audio is fetched again."""
+
+    __tablename__ = "transcribe_partials"
+
+    task_id: Mapped[str] = mapped_column(String(36), ForeignKey("tasks.id", ondelete="CASCADE"),
+                                         primary_key=True)
+    key: Mapped[str] = mapped_column(Text)
+    vad: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    pieces: Mapped[int] = mapped_column(Integer)
+    speech_s: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[datetime]
+    worker_id: Mapped[str | None] = mapped_column(String(36))
+
+
+class TranscribePiece(Base):
+    """One decoded speech piece of a transcription in progress: its place in the split
+    (``idx``), its seconds, and the engine's result for it (text, token times)."""
+
+    __tablename__ = "transcribe_pieces"
+
+    task_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("transcribe_partials.task_id", ondelete="CASCADE"),
+        primary_key=True)
+    idx: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    seconds: Mapped[float] = mapped_column(Float)
+    result: Mapped[dict[str, Any]]
 
 
 class Worker(Base):

@@ -11,8 +11,9 @@ overwriting someone else's task.
 """
 
 
+import contextlib
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Row, bindparam, delete, func, insert, select, update
@@ -36,6 +37,8 @@ from db.transitions import (
     PENDING,
     PROCESSING,
     SEG,
+    TP,
+    TPC,
     QueueConfig,
     S,
     T,
@@ -122,13 +125,15 @@ class Queue(Outbox, Submissions, WorkerRegistry):
         return await self._tx(tx)
 
     async def stage_started(self, task_id: str, worker_id: str, stage: Stage, *,
-                            message: str | None = None, now: datetime | None = None) -> bool:
-        """Record that ``stage`` began; returns whether cancel was requested."""
+                            message: str | None = None, progress: float = 0.0,
+                            now: datetime | None = None) -> bool:
+        """Record that ``stage`` began (``progress``: how much of it an earlier run
+        already did); returns whether cancel was requested."""
         now = now or utcnow()
 
         def tx(conn: Connection) -> bool:
             row = self._owned(conn, task_id, worker_id, {
-                "stage": stage, "progress": 0.0, "message": message, "updated_at": now,
+                "stage": stage, "progress": progress, "message": message, "updated_at": now,
                 "lease_expires_at": self._lease(now)}, [T.c.cancel_requested])
             self._events(conn, [self._ev(task_id, EventType.STAGE_STARTED, now,
                                          worker_id=worker_id, detail={"stage": stage.value})])
@@ -139,14 +144,18 @@ class Queue(Outbox, Submissions, WorkerRegistry):
     async def checkpoint(self, task_id: str, worker_id: str, stage: Stage,
                          output: dict[str, Any], *, seconds: float | None = None,
                          segments: Sequence[SegmentRow] | None = None,
-                         title: str | None = None, now: datetime | None = None) -> None:
-        """Store a finished stage's output (and transcript segments) before the next
-        stage starts, so a retry or a recovery resumes after it."""
+                         title: str | None = None, transcript_key: str | None = None,
+                         now: datetime | None = None) -> None:
+        """Store a finished stage's output (and transcript segments, and what identifies
+        the transcript) before the next stage starts, so a retry or a recovery resumes
+        after it."""
         now = now or utcnow()
         values: dict[str, Any] = {"progress": 1.0, "updated_at": now,
                                   "lease_expires_at": self._lease(now)}
         if title is not None:
             values["title"] = title
+        if transcript_key is not None:
+            values["transcript_key"] = transcript_key
 
         def tx(conn: Connection) -> None:
             self._owned(conn, task_id, worker_id, values)
@@ -154,6 +163,9 @@ class Queue(Outbox, Submissions, WorkerRegistry):
             conn.execute(insert(S), [{"task_id": task_id, "stage": stage,
                                             "completed_at": now, "seconds": seconds,
                                             "worker_id": worker_id, "output": output}])
+            if stage in (Stage.FETCH, Stage.TRANSCRIBE):  # done, or other audio now
+                conn.execute(delete(TPC).where(TPC.c.task_id == task_id))
+                conn.execute(delete(TP).where(TP.c.task_id == task_id))
             if segments is not None:
                 conn.execute(delete(SEG).where(SEG.c.task_id == task_id))
                 if segments:
@@ -169,6 +181,58 @@ class Queue(Outbox, Submissions, WorkerRegistry):
                                          worker_id=worker_id, detail=detail)])
 
         await self._tx(tx)
+
+    async def save_transcription(self, task_id: str, worker_id: str, *, key: str,
+                                 vad: list[dict[str, Any]], pieces: int, speech_s: float,
+                                 decoded: Sequence[tuple[int, float, dict[str, Any]]],
+                                 now: datetime | None = None) -> None:
+        """Keep a transcription's newly decoded pieces (``decoded``: index, seconds,
+        result) while it runs: a worker that takes the task over after a crash decodes
+        only the others.  Written only while this worker holds the task; a partial made
+        by another decoding (``key``) is replaced.  Saving a piece again is harmless."""
+        now = now or utcnow()
+
+        def tx(conn: Connection) -> None:
+            self._owned(conn, task_id, worker_id, {"updated_at": now,
+                                                   "lease_expires_at": self._lease(now)})
+            head = conn.execute(select(TP.c.key).where(TP.c.task_id == task_id)).first()
+            if head is not None and head.key != key:
+                conn.execute(delete(TPC).where(TPC.c.task_id == task_id))
+                conn.execute(delete(TP).where(TP.c.task_id == task_id))
+                head = None
+            if head is None:
+                conn.execute(insert(TP), [{"task_id": task_id, "key": key, "vad": vad,
+                                           "pieces": pieces, "speech_s": speech_s,
+                                           "updated_at": now, "worker_id": worker_id}])
+            else:
+                conn.execute(update(TP).where(TP.c.task_id == task_id)
+                             .values(updated_at=now, worker_id=worker_id))
+            if decoded:
+                conn.execute(delete(TPC).where(TPC.c.task_id == task_id,
+                                               TPC.c.idx.in_([i for i, _, _ in decoded])))
+                conn.execute(insert(TPC), [{"task_id": task_id, "idx": i, "seconds": sec,
+                                            "result": res} for i, sec, res in decoded])
+
+        await self._tx(tx)
+
+    async def note(self, task_id: str, worker_id: str, event: EventType,
+                   detail: dict[str, Any], *, now: datetime | None = None) -> None:
+        """An event about a task this worker holds (no change of status)."""
+        now = now or utcnow()
+
+        def tx(conn: Connection) -> None:
+            self._owned(conn, task_id, worker_id, {"updated_at": now})
+            self._events(conn, [self._ev(task_id, event, now, worker_id=worker_id,
+                                         detail=detail)])
+
+        await self._tx(tx)
+
+    async def record(self, task_id: str, event: EventType, detail: dict[str, Any], *,
+                     worker_id: str | None = None, now: datetime | None = None) -> None:
+        """An event about a task, whoever holds it now (no change of status)."""
+        now = now or utcnow()
+        await self._tx(lambda conn: self._events(conn, [self._ev(
+            task_id, event, now, worker_id=worker_id, detail=detail)]))
 
     async def complete(self, task_id: str, worker_id: str, result: dict[str, Any], *,
                        now: datetime | None = None) -> None:
@@ -187,23 +251,67 @@ class Queue(Outbox, Submissions, WorkerRegistry):
 
         def tx(conn: Connection) -> TaskStatus:
             row = self._held(conn, task_id, worker_id)
-            if error.retryable and row.attempts < row.max_attempts:
+            deferred = self._deferral(row, error, now)
+            if deferred is not None:
+                err, run_after = deferred
+                self._transition(
+                    conn, task_id, PROCESSING, PENDING, EventType.RETRY_SCHEDULED, now,
+                    worker_id=worker_id, values={
+                        "error": err, "run_after": run_after,
+                        "attempts": self._uncounted(),
+                        "message": f"next try at {run_after:%Y-%m-%d %H:%M:%S} UTC: "
+                                   f"{error.message}"},
+                    detail={"error": err, "run_after": run_after.isoformat(),
+                            "attempt": row.attempts, "counted": False})
+                return PENDING
+            err_now = error
+            if error.deferrable and row.error and row.error.get("since"):
+                hours = (self.config.defer_window or timedelta()).total_seconds() / 3600
+                err_now = TaskError(error.type, f"{error.message} (tried again for "
+                                    f"{hours:g} hours: TINGJI_FETCH_RETRY_HOURS)", False,
+                                    error.code)
+            if err_now.retryable and row.attempts < row.max_attempts:
                 run_after = now + self.backoff(row.attempts)
                 self._transition(
                     conn, task_id, PROCESSING, PENDING, EventType.RETRY_SCHEDULED, now,
                     worker_id=worker_id, values={
-                        "error": error.as_dict(), "run_after": run_after,
-                        "message": f"retry scheduled: {error.message}"},
-                    detail={"error": error.as_dict(), "run_after": run_after.isoformat(),
+                        "error": err_now.as_dict(), "run_after": run_after,
+                        "message": f"retry scheduled: {err_now.message}"},
+                    detail={"error": err_now.as_dict(), "run_after": run_after.isoformat(),
                             "attempt": row.attempts})
                 return PENDING
             self._transition(
                 conn, task_id, PROCESSING, FAILED, EventType.FAILED, now, worker_id=worker_id,
-                values={"error": error.as_dict(), "message": error.message},
-                detail={"error": error.as_dict(), "attempt": row.attempts})
+                values={"error": err_now.as_dict(), "message": err_now.message},
+                detail={"error": err_now.as_dict(), "attempt": row.attempts})
             return FAILED
 
         return await self._tx(tx)
+
+    def _uncounted(self) -> Any:
+        """The claim's attempt given back: a hand-back or a deferral uses none."""
+        return func.greatest(T.c.attempts - 1, 0) if self._pg \
+            else func.max(T.c.attempts - 1, 0)
+
+    def _deferral(self, row: Row[Any], error: TaskError, now: datetime
+                  ) -> tuple[dict[str, Any], datetime] | None:
+        """A deferrable failure inside its window: the error to keep (with when the
+        refusals began and how many there were) and when to try again; else None."""
+        window = self.config.defer_window
+        if not error.deferrable or window is None:
+            return None
+        before = row.error or {}
+        since = now
+        tries = 1
+        if before.get("since"):
+            with contextlib.suppress(ValueError, TypeError):
+                since = datetime.fromisoformat(before["since"])
+                tries = int(before.get("tries", 0)) + 1
+        if now - since >= window:
+            return None
+        run_after = now + self.backoff(tries, cap=self.config.defer_cap_seconds)
+        return ({**error.as_dict(), "since": since.isoformat(), "tries": tries},
+                run_after)
 
     async def mark_cancelled(self, task_id: str, worker_id: str, *,
                              now: datetime | None = None) -> None:
@@ -230,8 +338,7 @@ class Queue(Outbox, Submissions, WorkerRegistry):
                 return CANCELLED
             values: dict[str, Any] = {"message": reason, "run_after": now}
             if not count_attempt:
-                values["attempts"] = func.max(T.c.attempts - 1, 0) if not self._pg \
-                    else func.greatest(T.c.attempts - 1, 0)
+                values["attempts"] = self._uncounted()
             self._transition(conn, task_id, PROCESSING, PENDING, EventType.RELEASED, now,
                                    worker_id=worker_id, values=values,
                                    detail={"reason": reason, "attempt": row.attempts,

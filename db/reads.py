@@ -22,12 +22,15 @@ from db.models import (
     TaskKind,
     TaskStage,
     TaskStatus,
+    TranscribePartial,
+    TranscribePiece,
     Worker,
 )
-from db.values import SegmentRow
+from db.values import Partial, SegmentRow
 
 T, E, S, SEG, W = (Task.__table__, TaskEvent.__table__, TaskStage.__table__,
                    Segment.__table__, Worker.__table__)
+TP, TPC = TranscribePartial.__table__, TranscribePiece.__table__
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +134,29 @@ class Reads:
             rows = (await conn.execute(select(S).where(S.c.task_id == task_id))).all()
         return {Stage(r.stage): Checkpoint(Stage(r.stage), r.completed_at, r.seconds, r.output)
                 for r in rows}
+
+    async def transcript_source(self, transcript_key: str, *, other_than: str
+                                ) -> str | None:
+        """The latest completed task whose transcript has this key (the same audio and
+        transcription settings), other than ``other_than``; None when there is none (a
+        pruned task is gone with its key)."""
+        async with self.engine.connect() as conn:
+            return (await conn.execute(
+                select(T.c.id).where(T.c.transcript_key == transcript_key,
+                                     T.c.status == TaskStatus.COMPLETED,
+                                     T.c.id != other_than)
+                .order_by(T.c.completed_at.desc()).limit(1))).scalar()
+
+    async def partial_transcription(self, task_id: str) -> Partial | None:
+        """What a run that was interrupted had decoded of the task's transcription."""
+        async with self.engine.connect() as conn:
+            head = (await conn.execute(select(TP).where(TP.c.task_id == task_id))).first()
+            if head is None:
+                return None
+            rows = (await conn.execute(select(TPC).where(TPC.c.task_id == task_id))).all()
+        return Partial(head.key, head.vad, head.pieces, head.speech_s,
+                       {r.idx: r.result for r in rows},
+                       round(sum(r.seconds for r in rows), 3))
 
     async def segments(self, task_id: str) -> list[SegmentRow]:
         async with self.engine.connect() as conn:

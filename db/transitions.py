@@ -44,6 +44,8 @@ from db.models import (
     TaskEvent,
     TaskStage,
     TaskStatus,
+    TranscribePartial,
+    TranscribePiece,
     WebhookDelivery,
     Worker,
 )
@@ -54,6 +56,7 @@ S = TaskStage.__table__
 SEG = Segment.__table__
 W = Worker.__table__
 D = WebhookDelivery.__table__
+TP, TPC = TranscribePartial.__table__, TranscribePiece.__table__
 
 PENDING, PROCESSING = TaskStatus.PENDING, TaskStatus.PROCESSING
 COMPLETED, FAILED, CANCELLED = TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED
@@ -69,6 +72,10 @@ class QueueConfig:
     max_attempts: int = 3
     max_pending: int = 1000
     backoff_base_seconds: float = 10.0
+    # deferrable failures (a site's refusal, the network) are tried again without using
+    # an attempt for this long (None: they use attempts like any other)
+    defer_window: timedelta | None = timedelta(hours=12)
+    defer_cap_seconds: float = 3600.0
     backoff_cap_seconds: float = 600.0
     queue_full_retry_after: int = 30
     webhook_url: str | None = None  # every task's final status goes there too
@@ -154,6 +161,8 @@ class Transitions:
             lease_seconds=settings.lease_seconds, max_attempts=settings.max_attempts,
             max_pending=settings.max_pending,
             backoff_base_seconds=settings.retry_backoff_seconds,
+            defer_window=timedelta(hours=settings.fetch_retry_hours)
+            if settings.fetch_retry_hours > 0 else None,
             webhook_url=settings.webhook_url,
             webhook_max_attempts=settings.webhook_max_attempts,
             webhook_backoff_seconds=settings.webhook_retry_seconds))
@@ -162,11 +171,13 @@ class Transitions:
     def _lease(self, now: datetime) -> datetime:
         return now + timedelta(seconds=self.config.lease_seconds)
 
-    def backoff(self, attempts: int, base: float | None = None) -> timedelta:
+    def backoff(self, attempts: int, base: float | None = None,
+                cap: float | None = None) -> timedelta:
         """Exponential backoff with equal jitter: half fixed, half random."""
         c = self.config
         base = c.backoff_base_seconds if base is None else base
-        delay = min(c.backoff_cap_seconds, base * 2 ** max(0, attempts - 1))
+        delay = min(c.backoff_cap_seconds if cap is None else cap,
+                    base * 2 ** max(0, attempts - 1))
         return timedelta(seconds=delay / 2 + c.rng.random() * delay / 2)
 
     @staticmethod

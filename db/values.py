@@ -16,9 +16,17 @@ class TaskError:
     type: str
     message: str
     retryable: bool
+    code: str | None = None  # a fetch failure's class (rate_limited, not_found, ...)
+    # tried again later without using up an attempt (a site's refusal, the network),
+    # for as long as the queue's deferral window allows
+    deferrable: bool = False
 
     def as_dict(self) -> dict[str, Any]:
-        return {"type": self.type, "message": self.message, "retryable": self.retryable}
+        out: dict[str, Any] = {"type": self.type, "message": self.message,
+                               "retryable": self.retryable}
+        if self.code is not None:
+            out["code"] = self.code
+        return out
 
 
 def request_of(payload: dict[str, Any] | None) -> Any:
@@ -52,6 +60,20 @@ class SegmentRow:
     # Chinese character (punctuation has none)
     chars: list[list[int]] | None = None
     speaker: int | None = None  # 0, 1, ...: shown as S1, S2, ... (None: not labelled)
+
+
+@dataclass(frozen=True, slots=True)
+class Partial:
+    """A transcription in progress, as its checkpoints keep it (``transcribe_partials``
+    and ``transcribe_pieces``): what identifies its decoding, the VAD result (funasr's
+    shape), how many pieces the VAD cut, and the decoded ones by index."""
+
+    key: str
+    vad: list[dict[str, Any]]
+    pieces: int
+    speech_s: float
+    decoded: dict[int, dict[str, Any]]
+    decoded_s: float  # seconds of speech in ``decoded``
 
 
 @dataclass(frozen=True, slots=True)

@@ -39,6 +39,9 @@ class TaskOptions(msgspec.Struct, forbid_unknown_fields=True):
     callback_url: str | None = None
     hotwords: list[str] | None = None  # names and terms to favour (SeACo bias decoder)
     speakers: int | str | None = None  # label speakers: "auto", or how many (2-16)
+    # take the sentences of a completed task with the same audio and transcription
+    # settings instead of transcribing again (TINGJI_REUSE=0 turns it off everywhere)
+    reuse: bool = True
 
 
 class BilibiliRequest(TaskOptions, forbid_unknown_fields=True):
@@ -89,6 +92,9 @@ class PartsView(msgspec.Struct):
 class ErrorInfo(msgspec.Struct):
     type: str
     message: str
+    # a fetch failure's stable class: rate_limited, network, not_found, login_required,
+    # geo_blocked, unsupported_url, too_large, ...; None for other failures
+    code: str | None = None
 
 
 class TaskView(msgspec.Struct):
@@ -111,6 +117,8 @@ class TaskView(msgspec.Struct):
     source: str | None
     title: str | None
     cancel_requested: bool
+    # a pending task's next try (after a retryable failure or a site's refusal)
+    next_attempt_at: datetime | None = None
 
 
 class TaskList(msgspec.Struct):
@@ -166,11 +174,14 @@ def task_view(task: Task) -> TaskView:
         stage=str(task.stage) if task.stage else None, progress=round(task.progress, 4),
         message=task.message, priority=task.priority, attempts=task.attempts,
         max_attempts=task.max_attempts,
-        error=ErrorInfo(err.get("type", "Error"), err.get("message", "")) if err else None,
+        error=ErrorInfo(err.get("type", "Error"), err.get("message", ""), err.get("code"))
+        if err else None,
         result=task.result if task.status == TaskStatus.COMPLETED else None,
         created_at=task.created_at, started_at=task.started_at,
         completed_at=task.completed_at, updated_at=task.updated_at, batch_id=task.batch_id,
-        source=source_of(task.payload), title=task.title, cancel_requested=task.cancel_requested)
+        source=source_of(task.payload), title=task.title, cancel_requested=task.cancel_requested,
+        next_attempt_at=task.run_after if task.status == TaskStatus.PENDING and err
+        else None)
 
 
 def check_url(url: Any, field: str = "video_url") -> str:
@@ -219,6 +230,8 @@ def options_payload(opts: TaskOptions, settings: Settings) -> dict[str, Any]:
             raise bad_request(f"hotwords: {exc}") from None
     if opts.speakers is not None:
         options["speakers"] = check_speakers(opts.speakers)
+    if not opts.reuse:
+        options["reuse"] = False
     return options
 
 
@@ -268,7 +281,7 @@ def options_from_form(fields: dict[str, str]) -> TaskOptions:
     values: dict[str, Any] = {}
     for name, raw in fields.items():
         raw = raw.strip()
-        if name in ("polish", "summarize"):
+        if name in ("polish", "summarize", "reuse"):
             low = raw.lower()
             if low in ("1", "true", "yes", "on"):
                 values[name] = True

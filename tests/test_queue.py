@@ -69,6 +69,78 @@ async def test_claim_skips_tasks_not_yet_due(queue: Queue) -> None:
     assert [t.id for t in await queue.claim_next(W1, now=task.run_after)] == [tid]
 
 
+async def test_a_sites_refusal_is_tried_again_without_using_attempts(queue: Queue) -> None:
+    """A deferrable failure (a site's 412/429, the network) goes back to pending with a
+    growing backoff and its attempt given back, for as long as the deferral window
+    lasts; then it fails with its code, whatever attempts are left."""
+    queue.config.rng = random.Random(3)
+    queue.config.defer_window = timedelta(hours=12)
+    tid = (await queue.enqueue(item(), now=T0)).task.id
+    refused = TaskError("FetchFailed", "the site refuses requests for now", True,
+                        "rate_limited", True)
+    now, delays = T0, []
+    for tries in range(1, 6):  # more refusals than the task has attempts
+        await claimed(queue, now)
+        assert await queue.fail(tid, W1, refused, now=now) == TaskStatus.PENDING
+        task = await Reads(queue.engine).task(tid)
+        assert task is not None and task.attempts == 0  # none used
+        assert task.error is not None and task.error["code"] == "rate_limited"
+        assert task.error["tries"] == tries and task.error["since"] == T0.isoformat()
+        assert task.message is not None and task.message.startswith("next try at ")
+        delays.append((task.run_after - now).total_seconds())
+        now = task.run_after
+    assert delays[-1] > delays[0] * 4  # growing
+    evs = [e for e in await Reads(queue.engine).events(tid) if e.event == "retry_scheduled"]
+    assert len(evs) == 5 and all(e.detail and e.detail["counted"] is False for e in evs)
+    # past the window: failed for good, with its code
+    await claimed(queue, T0 + timedelta(hours=12, seconds=1))
+    assert await queue.fail(tid, W1, refused, now=T0 + timedelta(hours=12, seconds=1)) \
+        == TaskStatus.FAILED
+    task = await Reads(queue.engine).task(tid)
+    assert task is not None and task.error is not None
+    assert task.error["code"] == "rate_limited" and "12 hours" in task.error["message"]
+
+
+async def test_a_permanent_refusal_fails_at_once(queue: Queue) -> None:
+    tid = (await queue.enqueue(item(), now=T0)).task.id
+    await claimed(queue)
+    gone = TaskError("Unavailable", "the video was not found", False, "not_found")
+    assert await queue.fail(tid, W1, gone, now=T0) == TaskStatus.FAILED
+    task = await Reads(queue.engine).task(tid)
+    assert task is not None and task.attempts == 1 and task.error is not None
+    assert task.error["code"] == "not_found"
+
+
+async def test_transcription_checkpoints_are_kept_while_held(queue: Queue) -> None:
+    """Decoded pieces are written only by the worker holding the task, saving a piece
+    twice is harmless, another decoding replaces them, and the transcribe checkpoint
+    (or a new fetch) removes them."""
+    reads = Reads(queue.engine)
+    tid = (await queue.enqueue(item(), now=T0)).task.id
+    await claimed(queue)
+    vad = [{"key": "audio", "value": [[0, 900], [1200, 2500], [3000, 3400]]}]
+    piece = {"key": "seg0", "text": "听 记", "timestamp": [[10, 200], [300, 500]]}
+    save = dict(key="k1", vad=vad, pieces=3, speech_s=2.6)
+    await queue.save_transcription(tid, W1, **save, decoded=[(0, 0.4, piece)], now=T0)
+    await queue.save_transcription(tid, W1, **save, decoded=[(0, 0.4, piece),
+                                                             (2, 0.9, piece)], now=T0)
+    partial = await reads.partial_transcription(tid)
+    assert partial is not None and partial.key == "k1" and partial.vad == vad
+    assert partial.pieces == 3 and partial.decoded == {0: piece, 2: piece}
+    assert partial.decoded_s == pytest.approx(1.3)
+    with pytest.raises(LeaseLost):
+        await queue.save_transcription(tid, W2, **save, decoded=[(1, 1.3, piece)], now=T0)
+    await queue.save_transcription(tid, W1, **{**save, "key": "k2"},
+                                   decoded=[(1, 1.3, piece)], now=T0)
+    partial = await reads.partial_transcription(tid)
+    assert partial is not None and partial.key == "k2" and set(partial.decoded) == {1}
+    await queue.checkpoint(tid, W1, Stage.TRANSCRIBE, {"text": "听记"}, segments=[],
+                           transcript_key="a" * 64, now=T0)
+    assert await reads.partial_transcription(tid) is None
+    task = await reads.task(tid)
+    assert task is not None and task.transcript_key == "a" * 64
+
+
 async def test_heartbeat_extends_lease_only_for_owner(queue: Queue) -> None:
     await queue.enqueue(item(), now=T0)
     tid = await claimed(queue)

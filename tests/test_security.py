@@ -29,8 +29,8 @@ from tests.helpers.servers import FileServer, TrapServer
 from tests.helpers.stack import Stack
 from worker.errors import PermanentTaskError
 from worker.stages.egress import EgressRefused, address_kind, guarded
-from worker.stages.fetch import NETWORK_ERROR, _classify
 from worker.stages.media import normalize
+from worker.stages.refusals import NETWORK_ERROR, classify
 
 URL = "https://www.bilibili.com/video/BV1GJ411x7h7"
 
@@ -278,8 +278,11 @@ def test_guard_checks_resolution_in_its_thread_only() -> None:
 def test_network_errors_do_not_tell_port_states() -> None:
     texts = ["[Errno 111] Connection refused", "The read operation timed out",
              "Remote end closed connection without response", "[Errno 104] Connection reset"]
-    assert {_classify(f"ERROR: Unable to download webpage: {t}").message for t in texts} \
-        == {NETWORK_ERROR}
+    from yt_dlp.utils import DownloadError
+
+    found = [classify(DownloadError(f"ERROR: Unable to download webpage: {t}")) for t in texts]
+    assert {e.message for e in found} == {NETWORK_ERROR}
+    assert {e.code for e in found} == {"network"} and all(e.retryable for e in found)
 
 
 @pytest.fixture

@@ -88,6 +88,30 @@ def test_url_task_through_local_media_server(stack_factory: Callable[..., Stack]
     assert_segments_and_srt(stack, tid)
 
 
+def test_a_site_that_refuses_for_a_while_is_tried_again(stack_factory: Callable[..., Stack],
+                                                        files: FileServer) -> None:
+    """A site answering 412, then 429, then the media: the task waits as pending with the
+    code and its next try, uses none of its attempts (it has one), and completes.  A
+    404 fails at once with ``not_found``."""
+    stack = stack_factory(TINGJI_RETRY_BACKOFF_SECONDS="2", TINGJI_MAX_ATTEMPTS="1")
+    files.refusals[:] = [412, 429]
+    stack.worker()
+    tid = stack.submit_url(f"{files.url}/talk.mp4")
+    waiting = stack.wait(lambda: (t := stack.task(tid))["status"] == "pending"
+                         and t["error"] and t, 60, "a deferred try")
+    assert waiting["error"]["code"] == "rate_limited" and waiting["next_attempt_at"]
+    task = stack.finished(tid)
+    assert task["status"] == "completed" and task["attempts"] == 1, task
+    retries = [e["detail"] for e in stack.events(tid) if e["event"] == "retry_scheduled"]
+    assert len(retries) == 2 and all(not d["counted"] for d in retries)
+    assert [d["error"]["code"] for d in retries] == ["rate_limited", "rate_limited"]
+    assert not files.refusals
+
+    gone = stack.finished(stack.submit_url(f"{files.url}/missing.mp4"))
+    assert gone["status"] == "failed" and gone["attempts"] == 1, gone
+    assert gone["error"]["code"] == "not_found" and gone["next_attempt_at"] is None
+
+
 def test_multi_part_page_becomes_chapters(stack_factory: Callable[..., Stack],
                                           files: FileServer) -> None:
     stack = stack_factory()
@@ -220,22 +244,80 @@ def _wait_stage(stack: Stack, tid: str, stage: str, min_progress: float = 0.0) -
                t["progress"] >= min_progress, 90, f"{tid} never reached {stage}")
 
 
-def test_sigkill_during_transcribe_then_restart_completes(
+def _decoded_share(stack: Stack, tid: str) -> float:
+    """How much of the task's speech its transcription checkpoints hold."""
+    with sqlite3.connect(f"file:{stack.data / 'tingji.db'}?mode=ro", uri=True) as db:
+        head = db.execute("SELECT speech_s FROM transcribe_partials WHERE task_id = ?",
+                          (tid,)).fetchone()
+        done = db.execute("SELECT coalesce(sum(seconds), 0) FROM transcribe_pieces "
+                          "WHERE task_id = ?", (tid,)).fetchone()[0]
+    return done / head[0] if head and head[0] else 0.0
+
+
+def test_sigkill_during_transcribe_resumes_where_the_checkpoints_end(
         stack_factory: Callable[..., Stack], media: dict[str, Path]) -> None:
-    stack = stack_factory()
-    first = stack.worker()
+    """Killed twice inside the transcription of a long clip, past a third and past two
+    thirds: each new worker continues after the decoded pieces the database kept
+    (``transcribe_resumed``), the finished fetch is not redone, and the transcript is
+    the one an uninterrupted run of the same audio gives."""
+    stack = stack_factory(TINGJI_ASR_CHECKPOINT_S="0.3")
+    worker = stack.worker()
     tid = stack.upload(media["long"])
-    _wait_stage(stack, tid, "transcribe", 0.05)
-    first.kill(signal.SIGKILL)
-    assert stack.task(tid)["status"] == "processing"
-    stack.worker()  # recovers the dead worker's task at start-up (its pid is gone)
+    for share in (1 / 3, 2 / 3):
+        stack.wait(lambda share=share: _decoded_share(stack, tid) > share, 120,
+                   f"checkpoints past {share:.0%}")
+        worker.kill(signal.SIGKILL)
+        assert stack.task(tid)["status"] == "processing"
+        kept = _decoded_share(stack, tid)
+        worker = stack.worker()  # recovers the dead worker's task at start-up
+        stack.wait(lambda n=share: len([e for e in stack.events(tid)
+                                        if e["event"] == "transcribe_resumed"]) >= (
+            1 if n < 0.5 else 2), 120, "transcribe_resumed")
+        resumed = [e for e in stack.events(tid) if e["event"] == "transcribe_resumed"][-1]
+        partial = resumed["detail"]
+        assert partial["segments"] > 0 and partial["from_s"] > 0
+        assert stack.task(tid)["progress"] >= share * 0.9  # never back to zero
+        assert kept >= share
     task = stack.finished(tid, 180)
-    assert task["status"] == "completed" and task["attempts"] == 2
-    events = [e["event"] for e in stack.events(tid)]
-    assert events.count("lease_expired") == 1
-    fetches = [e for e in stack.events(tid) if e["event"] == "stage_started"
+    assert task["status"] == "completed" and task["attempts"] == 3, task
+    events = stack.events(tid)
+    assert [e["event"] for e in events].count("lease_expired") == 2
+    fetches = [e for e in events if e["event"] == "stage_started"
                and e["detail"]["stage"] == "fetch"]
     assert len(fetches) == 1  # the finished fetch was not redone
+    with sqlite3.connect(stack.data / "tingji.db") as db:  # gone with the checkpoint
+        assert db.execute("SELECT count(*) FROM transcribe_pieces").fetchone()[0] == 0
+
+    again = stack.upload(media["long"], reuse=False)  # the same audio, never stopped
+    assert stack.finished(again, 180)["status"] == "completed"
+    segs = [stack.http.get(f"/api/v1/task/{t}/segments").json() for t in (tid, again)]
+    assert segs[0] and segs[0] == segs[1]
+    worker.stop()
+
+
+def test_a_worker_over_its_memory_limit_recycles_without_losing_tasks(
+        stack_factory: Callable[..., Stack], media: dict[str, Path]) -> None:
+    """TINGJI_WORKER_MAX_RSS_MB below what a loaded worker holds: after its first task
+    it stops claiming, finishes what it holds, records ``worker_recycled`` and exits
+    with 75 (``tingji run`` restarts it at once); no lease expires, nothing is lost, and
+    the next worker takes the rest."""
+    from worker.recycle import EXIT_RECYCLE
+
+    stack = stack_factory(TINGJI_WORKER_MAX_RSS_MB="50")
+    tids = [stack.upload(media["speech"]), stack.upload(media["mp3"]),
+            stack.upload(media["video"])]
+    first = stack.worker()
+    assert first.popen.wait(timeout=120) == EXIT_RECYCLE, first.output()[-3000:]
+    done = [t for t in tids if stack.task(t)["status"] == "completed"]
+    statuses = [stack.task(t)["status"] for t in tids]
+    assert done and set(statuses) <= {"completed", "pending"}, (statuses, first.output()[-3000:])
+    recycled = [e for t in tids for e in stack.events(t) if e["event"] == "worker_recycled"]
+    assert len(recycled) == 1 and recycled[0]["detail"]["rss_mb"] > 50
+    stack.env.pop("TINGJI_WORKER_MAX_RSS_MB")  # the next one stays (it would recycle too)
+    stack.worker(wait_loaded=False)  # as `tingji run` does at once
+    for t in tids:
+        assert stack.finished(t)["status"] == "completed"
+    assert not [e for t in tids for e in stack.events(t) if e["event"] == "lease_expired"]
 
 
 def test_sigkill_during_polish_does_not_transcribe_again(

@@ -25,6 +25,7 @@ class TaskOptions(TypedDict, total=False):
     callback_url: str  # a webhook POSTed when the task finishes
     hotwords: list[str]  # names and terms to favour
     speakers: int | Literal["auto"]  # label who speaks: "auto" or 2-16
+    reuse: bool  # False: transcribe even when a finished task had the same audio
     parts: list[int]  # URLs only: parts of a multi-part video
     expand: bool  # URLs only: the URL is a list, one task per entry
 
@@ -32,6 +33,7 @@ class TaskOptions(TypedDict, total=False):
 class ErrorInfo(TypedDict):
     type: str
     message: str
+    code: str | None  # a fetch failure's class: rate_limited, not_found, ...
 
 
 class Task(TypedDict):
@@ -54,6 +56,7 @@ class Task(TypedDict):
     source: str | None
     title: str | None
     cancel_requested: bool
+    next_attempt_at: str | None  # a pending task's next try after a failure
 
 
 class Submitted(TypedDict, total=False):

@@ -217,6 +217,10 @@ class Settings:
     max_pending: int = _setting(1000, _int, _positive)
     sqlite_synchronous: str = _setting("FULL", _choice(SQLITE_SYNCHRONOUS, upper=True))
     retry_backoff_seconds: float = _setting(10.0, _float, _between(0))
+    # a site's refusal (HTTP 412/429, risk control) or a network failure while fetching
+    # is tried again, with a growing backoff (at most an hour), for this long without
+    # using up the task's attempts; then the task fails with the refusal's code
+    fetch_retry_hours: float = _setting(12.0, _float, _between(0))
     # API (and the command line's way to reach it)
     url: str = _setting("http://127.0.0.1:8000",
                         lambda r: (_http_url(r) or _raise("must not be empty")).rstrip("/"))
@@ -257,6 +261,12 @@ class Settings:
     cpu_batch_size_s: int = _setting(60, _int, _between(0))
     # None: 8 on CUDA, 1 on a CPU
     asr_batch_tasks: int | None = _setting(None, _optional_int, _between(1, 256, optional=True))
+    # a transcription's decoded pieces are written to the database at least this often
+    # (seconds of work), so a crash costs at most that much; 0: only at the end
+    asr_checkpoint_s: float = _setting(60.0, _float, _between(0))
+    # a task whose audio and transcription settings match a completed task's takes its
+    # sentences instead of transcribing (a submission's ``reuse: false`` turns it off)
+    reuse: bool = _setting(True, _bool)
     # None: a quarter of the cores (max 4) on CUDA, 0 on a CPU
     vad_processes: int | None = _setting(None, _optional_int, _between(0, 64, optional=True))
     io_concurrency: int = _setting(4, _int, _positive)
@@ -278,6 +288,9 @@ class Settings:
     # environment are not used by downloads nor webhooks
     proxy: str | None = _setting(None, _proxy_url)
     drain_seconds: float = _setting(30.0, _float, _between(0))
+    # a worker whose resident memory passes this (MB) after a task finishes what it
+    # holds and exits to be restarted at once (`tingji run`, the service unit); None: never
+    worker_max_rss_mb: int | None = _setting(None, _optional_int, _between(1, optional=True))
     # text: lines for people; json: one object per line (task_id, worker_id, stage)
     log_format: str = _setting("text", _choice(("text", "json"), upper=False))
     worker_nice: int = _setting(10, _int, _between(0, 19))

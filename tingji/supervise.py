@@ -3,7 +3,9 @@
 Ctrl-C (or SIGTERM) stops both cleanly: the worker drains or hands back its task.
 A worker that dies (a crash, the OOM killer) is restarted, with a pause that grows
 when it keeps dying; one that exits because it cannot work at all (the model does not
-load) stops the service.  If the API exits, the worker is stopped too.
+load) stops the service; one that recycled itself (its memory grew past
+TINGJI_WORKER_MAX_RSS_MB, ``worker.recycle``) is restarted at once.  If the API exits,
+the worker is stopped too.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 
 log = logging.getLogger("tingji.run")
 EXIT_FATAL = 3  # a worker that cannot work at all (its model does not load): do not restart
+EXIT_RECYCLE = 75  # a worker whose memory grew too large (worker.recycle): restart at once
 
 
 def _tingji() -> list[str]:
@@ -52,6 +55,11 @@ def supervise(host: str, port: int, *, preload: bool = True) -> int:
                     log.error("the worker cannot start (see above); stopping")
                     code = EXIT_FATAL
                     break
+                if worker.returncode == EXIT_RECYCLE:  # it asked to be restarted: now
+                    log.info("the worker recycled itself (TINGJI_WORKER_MAX_RSS_MB); "
+                             "starting a new one")
+                    worker = subprocess.Popen(worker_cmd)
+                    continue
                 now = time.monotonic()
                 restarts = [t for t in restarts if now - t < 600] + [now]
                 pause = min(60.0, 2.0 ** (len(restarts) - 1))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import json
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -86,6 +87,10 @@ class AsrEngine:
     def description(self) -> str:
         return self.config.description
 
+    @property
+    def key(self) -> str | None:
+        return self.batcher.key if self.batcher is not None else None
+
     def take_speaker_loads(self) -> str | None:
         """What the speaker model's loads since the last call loaded (for the workers
         table's count of model loads), once; None when there were none."""
@@ -93,6 +98,15 @@ class AsrEngine:
             return None
         self.spk_loads = 0
         return f"{self.config.description} + {self.config.spk_model}"
+
+    def decoding_key(self, backend: Engine) -> str:
+        """What a checkpoint of a transcription must have been decoded with to be
+        continued here (``worker.batching.Resume``): the engine on its device, the models
+        and the VAD's settings."""
+        c = self.config
+        return json.dumps({"engine": backend.name, "device": backend.device,
+                           "int8": backend.name == "onnx" and c.onnx_int8,
+                           "models": c.description, "vad": c.vad_kwargs()}, sort_keys=True)
 
     def _load(self) -> None:
         t = time.perf_counter()
@@ -102,7 +116,7 @@ class AsrEngine:
                      "its lane")
             self.vad_pool.close()
             self.vad_pool = None
-        self.batcher = CrossTaskBatch(backend)
+        self.batcher = CrossTaskBatch(backend, key=self.decoding_key(backend))
         self.backend = backend
         release_freed_memory()
         log.info("loaded %s on %s in %.1f s (engine %s: %s)", self.config.description,

@@ -25,19 +25,33 @@ never fails the others.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from worker.engines.base import Assembled, Engine, Split
+from worker.engines.base import Assembled, Engine, Split, plain
 from worker.errors import RetryableTaskError, TaskCancelled
 from worker.stages.media import SAMPLE_RATE  # what the normalized audio and engines use
 
 log = logging.getLogger("tingji.worker.batching")
+
+
+@dataclass(frozen=True)
+class Resume:
+    """A transcription interrupted after some of its pieces were decoded (a checkpoint,
+    ``db.reads.Partial``): its audio is split again with the VAD it found then, which
+    gives the same pieces in the same order, and only the others are decoded.  Used only
+    when the same engine, models and hotwords made it (``key``)."""
+
+    key: str
+    pieces: int
+    decoded: dict[int, Any]
 
 
 @dataclass
@@ -50,6 +64,8 @@ class AsrJob:
     vad: list[dict[str, Any]] | None = None  # funasr's VAD result, when done ahead
     hotwords: tuple[str, ...] = ()  # the bias for SeACo-Paraformer; groups never mix sets
     speakers: int | str | None = None  # label speakers: "auto" or how many (None: don't)
+    resume: Resume | None = None  # pieces decoded before an interruption
+    keep: bool = False  # put each decoded piece in ``fresh`` too (for checkpoints)
     result: Assembled | None = None
     error: BaseException | None = None
     seconds: float = 0.0  # model-lane time attributed to this job
@@ -58,6 +74,14 @@ class AsrJob:
     split: Split | None = None
     decoded: list[Any] = field(default_factory=list)
     done_s: float = 0.0
+    # set by the split, for checkpoints: what identifies this decoding, what the VAD
+    # found, each piece's seconds, how many pieces came from ``resume``; ``fresh`` gets
+    # (index, plain result) as pieces are decoded, taken by the checkpoint writer
+    key: str = ""
+    found_vad: list[dict[str, Any]] | None = None
+    piece_s: list[float] = field(default_factory=list)
+    resumed: int = 0
+    fresh: deque[tuple[int, Any]] = field(default_factory=deque)
 
     @property
     def alive(self) -> bool:
@@ -99,9 +123,10 @@ class BatchStats:
 class CrossTaskBatch:
     """Runs one group of jobs through an engine, on the model lane."""
 
-    def __init__(self, engine: Engine, *,
+    def __init__(self, engine: Engine, *, key: str = "",
                  decode_hook: Callable[[list[Any]], None] | None = None) -> None:
         self.engine = engine
+        self.key = key  # what changes a decoding: engine, device, models (the lane's)
         limits = engine.limits
         # padded milliseconds per batch (0: one piece per call, as funasr on a CPU)
         self.max_ms = max(0, limits.padded_s) * 1000
@@ -140,7 +165,7 @@ class CrossTaskBatch:
                 share = sum(len(p) for p in job.pieces) / SAMPLE_RATE / total if total else 0
                 job.seconds += decode_s * share
                 self._assemble(job)
-            job.split, job.decoded = None, []  # the audio is no longer needed
+            job.split = None  # the audio is no longer needed
         stats.split_s += t1 - t0
         stats.decode_s += decode_s
         stats.assemble_s += time.perf_counter() - t2
@@ -150,10 +175,26 @@ class CrossTaskBatch:
             return
         t = time.perf_counter()
         try:
-            job.split = self.engine.split(job.audio, self._hotwords, job.vad)
-            job.speech_s = job.split.speech_s
-            job.decoded = [None] * len(job.split.pieces)
-            job.progress(0.0, job.speech_s)
+            resume = job.resume
+            # resumed: job.vad is the VAD the checkpoint kept, so the pieces are the same
+            split = self.engine.split(job.audio, self._hotwords, job.vad)
+            job.split, job.speech_s = split, split.speech_s
+            job.decoded = [None] * len(split.pieces)
+            job.piece_s = [len(p) / SAMPLE_RATE for p in split.pieces]
+            job.key = json_key(self.key, self._hotwords)
+            job.found_vad = plain(split.vad) if split.vad is not None else None
+            if resume is not None and resume.key == job.key \
+                    and resume.pieces == len(split.pieces):
+                for i, res in resume.decoded.items():
+                    if 0 <= i < len(job.decoded):
+                        job.decoded[i] = res
+                        job.done_s += job.piece_s[i]
+                        job.resumed += 1
+            elif resume is not None:
+                log.warning("a checkpoint of %s is not used: made by another engine, model "
+                            "or hotwords, or its pieces differ (%d, now %d)", job.audio,
+                            resume.pieces, len(split.pieces))
+            job.progress(job.done_s, job.speech_s)
         except Exception as exc:  # noqa: BLE001  (stays with this job)
             job.error = exc
         finally:
@@ -172,7 +213,8 @@ class CrossTaskBatch:
 
     def _decode_all(self, jobs: list[AsrJob], stats: BatchStats) -> None:
         items = sorted(((len(p), j, i) for j in jobs if j.alive
-                        for i, p in enumerate(j.pieces)), key=lambda x: x[0])
+                        for i, p in enumerate(j.pieces) if j.decoded[i] is None),
+                       key=lambda x: x[0])
         stats.segments += len(items)
         pos = 0
         while pos < len(items):
@@ -229,6 +271,8 @@ class CrossTaskBatch:
         for (n, job, i), res in zip(batch, results, strict=True):
             job.decoded[i] = res
             job.done_s += n / SAMPLE_RATE
+            if job.keep:
+                job.fresh.append((i, plain(res)))
             touched[id(job)] = job
         for job in touched.values():
             job.progress(min(job.done_s, job.speech_s), job.speech_s)
@@ -257,4 +301,9 @@ class CrossTaskBatch:
         return results
 
 
-__all__ = ["AsrJob", "BatchStats", "CrossTaskBatch"]
+def json_key(lane_key: str, hotwords: tuple[str, ...]) -> str:
+    """What identifies a decoding: the lane's engine and models, and the hotwords."""
+    return json.dumps([lane_key, list(hotwords)], ensure_ascii=False)
+
+
+__all__ = ["AsrJob", "BatchStats", "CrossTaskBatch", "Resume"]

@@ -10,12 +10,24 @@ from pathlib import Path
 class TaskFailure(Exception):
     retryable = True
     type = "Error"
+    # a fetch failure's stable class (``error.code``): rate_limited, network, not_found,
+    # login_required, geo_blocked, unsupported_url, too_large, ... (``worker.stages.fetch``)
+    code: str | None = None
 
-    def __init__(self, message: str, *, type: str | None = None) -> None:  # noqa: A002
+    def __init__(self, message: str, *, type: str | None = None,  # noqa: A002
+                 code: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         if type:
             self.type = type
+        if code:
+            self.code = code
+
+    @property
+    def deferrable(self) -> bool:
+        """A refusal that heals by itself: tried again later, for up to
+        ``TINGJI_FETCH_RETRY_HOURS``, without using up the task's attempts."""
+        return self.retryable and self.code in TRANSIENT_CODES
 
 
 class PermanentTaskError(TaskFailure):
@@ -30,6 +42,10 @@ class RetryableTaskError(TaskFailure):
 
     retryable = True
     type = "Transient"
+
+
+# the fetch refusals that heal with time (the site's rate limit, the network)
+TRANSIENT_CODES = frozenset({"rate_limited", "network"})
 
 
 class TaskCancelled(Exception):

@@ -19,19 +19,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import logging
 import os
 import signal
 import socket
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from db.engine import make_engine
 from db.errors import LeaseLost
-from db.models import TaskStatus
+from db.models import EventType, TaskStatus
 from db.queue import Queue
 from db.reads import Reads
 from db.values import LeaseBeat, TaskError
@@ -40,7 +37,9 @@ from tingji.settings import Settings
 from tingji.supervise import EXIT_FATAL
 from worker.asr import AsrConfig, AsrEngine, ModelLoadError, resolve_device
 from worker.errors import NOT_MEDIA, TaskCancelled, TaskFailure
+from worker.outcomes import STOPPED, Ended, Outcome
 from worker.pipeline import Phase, RunContext, StopReason, TaskRun
+from worker.recycle import EXIT_RECYCLE, Recycler
 from worker.scheduler import AsrScheduler
 from worker.stages.llm import Llm, LlmConfig
 from worker.stages.webhooks import Dispatcher
@@ -53,32 +52,6 @@ PREFETCH = 2  # tasks fetched (or fetching) ahead of the model
 OUTCOME_PATIENCE_S = 60.0
 STOP_PATIENCE_S = 8.0
 FALLBACK_PATIENCE_S = 4.0
-
-
-class Outcome(enum.Enum):
-    """How a run ended, as recorded (or not) in the queue."""
-
-    COMPLETED = "completed"
-    FAILED = "failed"  # failed for good
-    RETRY = "will be retried"  # a retryable failure went back to pending
-    CANCEL = "cancelled"
-    SHUTDOWN = "handed back"  # released to pending: the worker is stopping
-    LOST = "lost"  # the lease was taken away: nothing to write
-    ABANDONED = "abandoned"  # nothing could be written: the lease will expire
-
-
-# how a stopped run ends (a timeout fails its stage, retryably, before it gets here)
-STOPPED = {StopReason.CANCEL: Outcome.CANCEL, StopReason.SHUTDOWN: Outcome.SHUTDOWN,
-           StopReason.LOST: Outcome.LOST, StopReason.TIMEOUT: Outcome.SHUTDOWN}
-
-
-@dataclass(frozen=True, slots=True)
-class Ended:
-    outcome: Outcome
-    error: TaskError | None = None
-    result: dict[str, Any] | None = None
-    reason: str = "worker stopping"
-    count_attempt: bool = False  # a hand-back that uses up an attempt (not a graceful stop)
 
 
 def boot_id() -> str | None:
@@ -141,6 +114,8 @@ class Worker:
         self.stopping = asyncio.Event()
         self.wake = asyncio.Event()
         self.fatal: str | None = None
+        self.signalled = False  # SIGTERM/SIGINT: the drain is bounded
+        self.recycler = Recycler(settings.worker_max_rss_mb)
         self.max_active = settings.io_concurrency + self.prefetch
         self.webhooks = Dispatcher(
             self.queue, self.id, secret=settings.webhook_secret,
@@ -190,7 +165,7 @@ class Worker:
         if self.fatal:
             log.error("%s", self.fatal)
             return EXIT_FATAL
-        return 0
+        return EXIT_RECYCLE if self.recycler.decided else 0
 
     async def _preload(self) -> None:
         try:
@@ -204,6 +179,7 @@ class Worker:
         log.info("model loaded (load #%d of this process) on %s", n, self.asr.device)
 
     def request_stop(self) -> None:
+        self.signalled = True
         if not self.stopping.is_set():
             log.info("stopping: no new tasks; draining for up to %.0f s",
                      self.settings.drain_seconds)
@@ -250,6 +226,8 @@ class Worker:
     async def _drain(self) -> None:
         """Let running tasks finish for up to ``TINGJI_DRAIN_SECONDS``, then stop the rest
         (each records its own outcome: handed back, or cancelled)."""
+        while self.executions and self.recycler.decided and not self.signalled:
+            await asyncio.wait(set(self.executions), timeout=1.0)  # recycling: all of them
         if self.executions:
             log.info("draining %d task(s)", len(self.executions))
             with contextlib.suppress(TimeoutError):
@@ -279,9 +257,25 @@ class Worker:
             if written is Outcome.COMPLETED:
                 await run.release_remote_upload()
             log.info("task %s: %s", run.id, written.value)
+            if self.recycler.due():
+                await self._recycle(run)
         finally:
             self.runs.pop(run.id, None)
             self.wake.set()
+
+    async def _recycle(self, last: TaskRun) -> None:
+        """Memory past TINGJI_WORKER_MAX_RSS_MB: no more claims; what is held finishes
+        (``_drain``), then the process exits to be restarted (``worker.recycle``)."""
+        detail = {"rss_mb": round(self.recycler.rss_mb or 0), "limit_mb":
+                  self.recycler.max_rss_mb, "worker_id": self.id}
+        log.warning("recycling: resident memory %d MB is over TINGJI_WORKER_MAX_RSS_MB=%s; "
+                    "finishing %d task(s), then restarting", detail["rss_mb"],
+                    detail["limit_mb"], len(self.runs) - 1)
+        self.stopping.set()
+        self.wake.set()
+        with contextlib.suppress(Exception):
+            await self.queue.record(last.id, EventType.WORKER_RECYCLED, detail,
+                                    worker_id=self.id)
 
     async def _outcome_of(self, run: TaskRun) -> Ended:
         """Run the pipeline; how it ended, as the outcome to record."""
@@ -302,7 +296,8 @@ class Worker:
             self.request_stop()
             reason = StopReason.SHUTDOWN
         except TaskFailure as exc:
-            return Ended(Outcome.FAILED, TaskError(exc.type, exc.message, exc.retryable))
+            return Ended(Outcome.FAILED, TaskError(exc.type, exc.message, exc.retryable,
+                                                   exc.code, exc.deferrable))
         except Exception as exc:  # noqa: BLE001  (a bug: fail visibly, keep the worker up)
             log.exception("task %s crashed", run.id)
             return Ended(Outcome.FAILED, TaskError(

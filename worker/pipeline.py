@@ -10,7 +10,7 @@ download is never fetched again and a finished transcript never re-transcribed
 from __future__ import annotations
 
 import asyncio
-import enum
+import contextlib
 import logging
 import shutil
 import threading
@@ -18,19 +18,22 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any
 
-from db.models import Stage, Task, TaskKind
+from db.models import EventType, Stage, Task, TaskKind
 from db.reads import Checkpoint
-from db.values import NewTask, SegmentRow
+from db.values import NewTask, Partial, SegmentRow
 from tingji.formats import labelled_text
 from tingji.hotwords import merged
 from tingji.logs import bind
 from tingji.results import TaskResult, result_files
 from tingji.taskfiles import TaskFiles
 from worker.asr import transcript_of
-from worker.batching import AsrJob
+from worker.batching import AsrJob, Resume
+from worker.checkpoints import PieceWriter
+from worker.context import AsrLane, Phase, RunContext, StopReason
 from worker.errors import PermanentTaskError, RetryableTaskError, TaskCancelled
+from worker.reuse import audio_sha256, transcript_key
 from worker.stages.fetch import (
     fetch_remote_upload,
     fetch_upload,
@@ -40,66 +43,7 @@ from worker.stages.fetch import (
 )
 from worker.stages.llm import LlmOptions
 
-if TYPE_CHECKING:
-    from db.queue import Queue
-    from db.reads import Reads
-    from tingji.settings import Settings
-    from worker.scheduler import AsrScheduler
-    from worker.stages.llm import Llm
-
 log = logging.getLogger("tingji.worker.pipeline")
-
-
-class AsrLane(Protocol):
-    """What a run needs of the worker's ASR lane (``worker.asr.AsrEngine``) besides the
-    scheduler that feeds it: VAD ahead of the model, whether the model is loaded yet,
-    what it is (for the result), and the speaker-model loads to record."""
-
-    @property
-    def loaded(self) -> bool: ...
-
-    @property
-    def device(self) -> str: ...
-
-    @property
-    def description(self) -> str: ...
-
-    async def detect_vad(self, audio: Path) -> list[dict[str, Any]] | None: ...
-
-    def take_speaker_loads(self) -> str | None: ...
-
-
-@dataclass(frozen=True, slots=True)
-class RunContext:
-    """What a task's run may use of its worker: built once by the worker, shared by its
-    runs.  A run never sees the ``Worker`` itself."""
-
-    worker_id: str
-    settings: Settings
-    queue: Queue
-    reads: Reads
-    asr: AsrLane
-    scheduler: AsrScheduler
-    llm: Llm | None
-    io_sem: asyncio.Semaphore
-
-
-class StopReason(enum.Enum):
-    """Why a run was asked to stop before it finished; each becomes one outcome."""
-
-    CANCEL = "cancel"  # a user cancelled the task: recorded as cancelled
-    SHUTDOWN = "shutdown"  # the worker is stopping: the task is handed back (released)
-    LOST = "lost"  # the lease is gone (expired, taken): nothing to write
-    TIMEOUT = "timeout"  # a stage ran past its limit: a retryable failure
-
-
-class Phase(enum.Enum):
-    """Where a run is, as its worker schedules claims and groups."""
-
-    FETCHING = "fetching"  # claimed: downloading, normalizing, VAD ahead of the model
-    READY = "ready"  # fetched, waiting for the scheduler to admit it to a group
-    TRANSCRIBING = "transcribing"  # admitted to a group
-    FINISHING = "finishing"  # past ASR (LLM stages, export) or resumed after it
 
 
 @dataclass
@@ -149,27 +93,28 @@ class TaskRun:
         s = self.ctx.settings
         return s.task_timeout_base_s + s.task_timeout_factor * duration_s
 
-    async def _begin(self, stage: Stage) -> float:
-        """Record that ``stage`` starts (a requested cancel stops the run here); returns
-        the start time for ``_finish``."""
+    async def _begin(self, stage: Stage, progress: float = 0.0) -> float:
+        """Record that ``stage`` starts, ``progress`` of it done by an earlier run (a
+        requested cancel stops the run here); returns the start time for ``_finish``."""
         if self.stop_event.is_set():
             raise TaskCancelled()
-        self.stage, self.progress, self.message = stage, 0.0, None
+        self.stage, self.progress, self.message = stage, progress, None
         if await asyncio.shield(self.ctx.queue.stage_started(self.id, self.ctx.worker_id,
-                                                             stage)):
+                                                             stage, progress=progress)):
             self.stop(StopReason.CANCEL)
             raise TaskCancelled()
         return time.perf_counter()
 
     async def _finish(self, stage: Stage, output: dict[str, Any], started: float, *,
-                      title: str | None = None, segments: list[SegmentRow] | None = None
-                      ) -> float:
+                      title: str | None = None, segments: list[SegmentRow] | None = None,
+                      transcript_key: str | None = None) -> float:
         """Checkpoint a finished stage; returns its seconds."""
         seconds = time.perf_counter() - started
         # Shielded: a cancel arriving now must not cut a checkpoint's transaction short.
         await asyncio.shield(self.ctx.queue.checkpoint(
             self.id, self.ctx.worker_id, stage, output, seconds=seconds, segments=segments,
-            title=output.get("title") if stage == Stage.FETCH else title))
+            title=output.get("title") if stage == Stage.FETCH else title,
+            transcript_key=transcript_key))
         self.progress = 1.0
         return seconds
 
@@ -219,6 +164,7 @@ class TaskRun:
         if download.exists():  # the normalized WAV is all later stages need
             shutil.rmtree(download, ignore_errors=True)
         return {"audio": self._rel(fetched.audio), "duration_s": round(fetched.duration_s, 3),
+                "sha256": await asyncio.to_thread(audio_sha256, fetched.audio),
                 "title": fetched.title, "chapters": fetched.chapters, "meta": fetched.meta}
 
     async def _expand(self) -> dict[str, Any]:
@@ -279,10 +225,18 @@ class TaskRun:
         tr_cp = cps.get(Stage.TRANSCRIBE)
         if tr_cp is None:
             audio = self._abs(fetch_out["audio"])
-            # VAD ahead of the model (TINGJI_VAD_PROCESSES), in parallel with other tasks
-            vad = await w.asr.detect_vad(audio)
-            self.phase = Phase.READY
-            tr_out, seconds["transcribe"] = await self._transcribe(audio, duration, vad)
+            key = await self._transcript_key(audio, fetch_out)
+            reused = await self._reuse(key) if key is not None else None
+            if reused is not None:
+                tr_out, seconds["transcribe"] = reused
+            else:
+                # an earlier run's decoded pieces (worker.checkpoints), with the VAD it
+                # found; else VAD ahead of the model (TINGJI_VAD_PROCESSES)
+                partial = await w.reads.partial_transcription(self.id)
+                vad = partial.vad if partial is not None else await w.asr.detect_vad(audio)
+                self.phase = Phase.READY
+                tr_out, seconds["transcribe"] = await self._transcribe(
+                    audio, duration, vad, partial, key)
         else:
             tr_out = tr_cp.output
         self.phase = Phase.FINISHING
@@ -356,10 +310,55 @@ class TaskRun:
         notes[stage.value] = {k: v for k, v in out.items() if k != key}
         return str(out[key])
 
+    def _hotwords(self) -> list[str]:
+        try:
+            return merged((self.task.payload.get("options") or {}).get("hotwords") or [],
+                          self.ctx.settings.hotwords_file)
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise PermanentTaskError(f"TINGJI_HOTWORDS_FILE: {exc}", type="BadSetting") from None
+
+    async def _transcript_key(self, audio: Path, fetch_out: dict[str, Any]) -> str | None:
+        """What identifies this task's transcript (``worker.reuse``), once the model is
+        loaded; None where it cannot be known (the model did not load: the transcribe
+        stage reports that)."""
+        with contextlib.suppress(Exception):
+            await self.ctx.scheduler.load()
+        lane_key = self.ctx.asr.key
+        if lane_key is None:
+            return None
+        sha = fetch_out.get("sha256") or await asyncio.to_thread(audio_sha256, audio)
+        return transcript_key(sha, lane_key, self._hotwords(),
+                              (self.task.payload.get("options") or {}).get("speakers"))
+
+    async def _reuse(self, key: str) -> tuple[dict[str, Any], float] | None:
+        """The transcript of a completed task with the same audio and settings, taken as
+        this task's transcribe stage; None when there is none or reuse is off."""
+        w = self.ctx
+        if not w.settings.reuse or (self.task.payload.get("options") or {}).get("reuse") \
+                is False:
+            return None
+        source = await w.reads.transcript_source(key, other_than=self.id)
+        if source is None:
+            return None
+        cp = (await w.reads.checkpoints(source)).get(Stage.TRANSCRIBE)
+        if cp is None:  # pruned meanwhile, or made before checkpoints were kept
+            return None
+        segments = await w.reads.segments(source)
+        started = await self._begin(Stage.TRANSCRIBE)
+        await w.queue.note(self.id, w.worker_id, EventType.TRANSCRIPT_REUSED,
+                           {"from_task": source})
+        out = {**cp.output, "reused_from": source}
+        out.pop("asr_group", None)
+        return out, await self._finish(Stage.TRANSCRIBE, out, started, segments=segments,
+                                       transcript_key=key)
+
     async def _transcribe(self, audio: Path, duration: float,
-                          vad: list[dict[str, Any]] | None) -> tuple[dict[str, Any], float]:
+                          vad: list[dict[str, Any]] | None, partial: Partial | None,
+                          key: str | None) -> tuple[dict[str, Any], float]:
         """The transcribe stage: it starts when the scheduler admits the task to a group,
-        and its time limit scales with the audio of the whole group, decoded together."""
+        and its time limit scales with the audio of the whole group, decoded together.
+        It continues ``partial`` when an earlier run left one, and keeps its own decoded
+        pieces as it goes (``worker.checkpoints``)."""
         ctx = self.ctx
         loop = asyncio.get_running_loop()
 
@@ -367,31 +366,47 @@ class TaskRun:
             if total > 0:
                 loop.call_soon_threadsafe(self._set_progress, min(1.0, done / total))
 
-        try:
-            hotwords = merged((self.task.payload.get("options") or {}).get("hotwords") or [],
-                              ctx.settings.hotwords_file)
-        except (OSError, UnicodeDecodeError, ValueError) as exc:
-            raise PermanentTaskError(f"TINGJI_HOTWORDS_FILE: {exc}", type="BadSetting") from None
+        hotwords = self._hotwords()
         speakers = (self.task.payload.get("options") or {}).get("speakers")
+        every_s = ctx.settings.asr_checkpoint_s
         job = AsrJob(audio, progress, self.stop_event, vad=vad, hotwords=tuple(hotwords),
-                     speakers=speakers)
+                     speakers=speakers, keep=every_s > 0, resume=None if partial is None
+                     else Resume(partial.key, partial.pieces, partial.decoded))
+        writer = PieceWriter(ctx.queue, self.id, ctx.worker_id, job, every_s)
+        saver: asyncio.Task[None] | None = None
         started, limit_s = 0.0, None
         async with asyncio.timeout(None) as limit:
             async def on_admitted(group_audio_s: float) -> None:
-                nonlocal started, limit_s
+                nonlocal started, limit_s, saver
                 self.phase = Phase.TRANSCRIBING
-                started = await self._begin(Stage.TRANSCRIBE)
+                resumed = partial is not None and bool(partial.decoded)
+                started = await self._begin(Stage.TRANSCRIBE, min(
+                    1.0, partial.decoded_s / (partial.speech_s or 1)) if resumed else 0.0)
+                if partial is not None and resumed:
+                    await ctx.queue.note(self.id, ctx.worker_id, EventType.TRANSCRIBE_RESUMED,
+                                         {"from_s": partial.decoded_s,
+                                          "segments": len(partial.decoded)})
                 if not ctx.asr.loaded:
                     self.message = "loading the ASR model"
                 limit_s = self.timeout_for(group_audio_s)
                 limit.reschedule(loop.time() + limit_s)
+                if every_s > 0:
+                    saver = asyncio.create_task(writer.run())
             try:
                 done = await ctx.scheduler.transcribe(self.id, duration, job,
                                                       on_admitted=on_admitted)
-            except TimeoutError:
-                if limit.expired():
+            except BaseException as exc:
+                if saver is not None:
+                    saver.cancel()
+                if every_s > 0 and self.stop_reason not in (StopReason.LOST, StopReason.CANCEL):
+                    # handed back, timed out or failed: what was decoded is kept
+                    await asyncio.shield(writer.flush_quietly())
+                if isinstance(exc, TimeoutError) and limit.expired():
                     raise self._timed_out(Stage.TRANSCRIBE, limit_s) from None
                 raise
+            finally:
+                if saver is not None:
+                    saver.cancel()
         loaded = ctx.asr.take_speaker_loads()
         if loaded is not None:  # this group loaded the speaker model: count it
             await ctx.queue.record_model_load(ctx.worker_id, loaded)
@@ -407,7 +422,8 @@ class TaskRun:
             out["speakers"] = len({s.speaker for s in tr.segments if s.speaker is not None})
         if done.stats is not None and done.group_size > 1:
             out["asr_group"] = done.stats.summary()
-        return out, await self._finish(Stage.TRANSCRIBE, out, started, segments=tr.segments)
+        return out, await self._finish(Stage.TRANSCRIBE, out, started, segments=tr.segments,
+                                       transcript_key=key)
 
     def _set_progress(self, value: float) -> None:
         self.progress = value
@@ -428,4 +444,4 @@ class TaskRun:
             await release_remote_upload(s.api_url, s.api_token, self.id)
 
 
-__all__ = ["RunContext", "TaskRun"]
+__all__ = ["AsrLane", "Phase", "RunContext", "StopReason", "TaskRun"]

@@ -13,7 +13,7 @@ const I18N = {
     col_progress: "Progress", col_elapsed: "Time", waiting: "waiting", empty: "No tasks yet.", more: "More",
     back: "← All tasks", download: "Download", summary: "Summary", polished: "Polished",
     raw: "Raw transcript", subtitles: "Subtitles", history: "History", cancel: "Cancel",
-    retry: "Retry", st_pending: "pending", st_processing: "processing",
+    retry: "Retry", next_try: "next try", st_pending: "pending", st_processing: "processing",
     st_completed: "completed", st_failed: "failed", st_cancelled: "cancelled",
     pending: "pending", processing: "processing", completed: "completed", failed: "failed",
     cancelled: "cancelled", fetch: "fetching", transcribe: "transcribing",
@@ -38,7 +38,7 @@ const I18N = {
     col_progress: "进度", col_elapsed: "用时", waiting: "等待", empty: "还没有任务。", more: "更多",
     back: "← 全部任务", download: "下载", summary: "摘要", polished: "润色稿",
     raw: "原始转写", subtitles: "字幕", history: "历史", cancel: "取消", retry: "重试",
-    st_pending: "排队中", st_processing: "处理中", st_completed: "已完成", st_failed: "失败",
+    next_try: "下次尝试", st_pending: "排队中", st_processing: "处理中", st_completed: "已完成", st_failed: "失败",
     st_cancelled: "已取消", pending: "排队中", processing: "处理中", completed: "已完成",
     failed: "失败", cancelled: "已取消", fetch: "下载中", transcribe: "转写中",
     polish_stage: "润色中", summarize_stage: "摘要中", export: "导出中",
@@ -87,6 +87,16 @@ async function errorText(resp) {
   return `HTTP ${resp.status}`;
 }
 async function getJSON(path) { return (await api(path)).json(); }
+
+// a failure as people read it: its code (rate_limited, not_found, ...) and, for a
+// pending task, when it is tried again
+function errorLine(task) {
+  const e = task.error;
+  const code = e.code ? `[${e.code}] ` : "";
+  const next = task.status === "pending" && task.next_attempt_at
+    ? ` (${T("next_try")} ${new Date(task.next_attempt_at).toLocaleString()})` : "";
+  return `${code}${e.message}${next}`;
+}
 
 function flash(message, kind = "error") {
   const el = $("#flash");
@@ -169,7 +179,8 @@ function renderRow(task) {
   bar.value = task.status === "completed" ? 1 : task.progress;
   tr.querySelector(".prog small").textContent = task.status === "processing"
     ? `${stageLabel(task)} ${Math.round(task.progress * 100)}%`
-    : (task.status === "failed" && task.error ? task.error.message : "");
+    : (task.status === "failed" && task.error ? errorLine(task) : "")
+      || (task.status === "pending" && task.error ? errorLine(task) : "");
   tr.querySelector(".time").textContent = elapsed(task);
   renderActions(tr.querySelector(".act"), task);
   updateEmpty();
@@ -511,7 +522,7 @@ async function renderTaskView(task, full, withEvents = true) {
   renderActions($("#t-actions"), task);
   const err = $("#t-error");
   err.hidden = !task.error || task.status === "completed";
-  err.textContent = task.error ? `${task.error.type}: ${task.error.message}` : "";
+  err.textContent = task.error ? errorLine(task) : "";
   const done = task.status === "completed" && task.result;
   $("#t-downloads").hidden = !done;
   $("#t-texts").hidden = !done;

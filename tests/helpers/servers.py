@@ -14,15 +14,31 @@ from typing import Any
 
 
 class _QuietFiles(SimpleHTTPRequestHandler):
+    refusals: list[int]  # statuses to answer first, one request each (set per server)
+    lock: threading.Lock
+
     def log_message(self, *args: Any) -> None: ...
+
+    def send_head(self) -> Any:
+        with self.lock:
+            status = self.refusals.pop(0) if self.refusals else None
+        if status is not None:  # as a site refusing for now: no body worth reading
+            self.send_error(status)
+            return None
+        return super().send_head()
 
 
 class FileServer:
-    """Serves a folder on 127.0.0.1 (yt-dlp's generic extractor downloads from it)."""
+    """Serves a folder on 127.0.0.1 (yt-dlp's generic extractor downloads from it).
+    ``refusals``: HTTP statuses answered first, one request each, as a site that
+    refuses for a while (412, 429) and then serves."""
 
     def __init__(self, root: Path) -> None:
+        self.refusals: list[int] = []
+        handler = type("Files", (_QuietFiles,), {"refusals": self.refusals,
+                                                 "lock": threading.Lock()})
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0),
-                                         partial(_QuietFiles, directory=str(root)))
+                                         partial(handler, directory=str(root)))
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 

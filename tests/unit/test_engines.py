@@ -223,3 +223,63 @@ def test_hotwords_never_share_a_call_with_other_tasks(lane: Any,
              for j in _jobs([clip], hotwords=hw)]
     _run(lane, mixed)
     assert all(j.result == alone[j.audio, j.hotwords] for j in mixed)
+
+
+def test_a_resumed_transcription_equals_an_uninterrupted_one(lane: Any,
+                                                             clips: list[Path]) -> None:
+    """Checkpoints inside transcription (``worker.checkpoints``): a run stopped after
+    some pieces keeps them and what the VAD found, through JSON as the database keeps
+    them; a run that resumes with them splits again with that VAD (the same pieces),
+    decodes only the missing ones, and assembles the transcript an uninterrupted run
+    gives."""
+    import json
+
+    from worker.batching import Resume
+
+    clip = max(clips, key=lambda c: len(lane.backend.split(c, ()).pieces))
+    [whole] = _jobs([clip])
+    _run(lane, [whole])
+
+    [first] = _jobs([clip], keep=True)
+    decoded: list[int] = []
+
+    def stop_midway(pieces: list[Any]) -> None:
+        decoded.append(len(pieces))
+        if sum(decoded) > len(first.pieces) // 2:
+            first.stop.set()  # as a shutdown or a kill between two batches
+    lane.batcher.decode_hook = stop_midway
+    saved_pieces = lane.batcher.pieces_per_call, lane.batcher.max_ms
+    lane.batcher.pieces_per_call, lane.batcher.max_ms = (1, 0) if lane.engine == "onnx" \
+        else (0, 0)  # one piece per call: the stop lands midway
+    try:
+        lane._run_group([first])
+    finally:
+        lane.batcher.decode_hook = None
+        lane.batcher.pieces_per_call, lane.batcher.max_ms = saved_pieces
+    assert first.result is None and first.found_vad is not None
+    kept = json.loads(json.dumps(dict(first.fresh)))  # what the database gives back
+    n = len(first.piece_s)
+    assert 0 < len(kept) < n, (len(kept), n)
+
+    calls: list[int] = []
+    [again] = _jobs([clip], vad=json.loads(json.dumps(first.found_vad)),
+                    resume=Resume(first.key, n, {int(i): r for i, r in kept.items()}))
+    lane.batcher.decode_hook = lambda pieces: calls.append(len(pieces))
+    try:
+        _run(lane, [again])
+    finally:
+        lane.batcher.decode_hook = None
+    assert again.resumed == len(kept)
+    assert sum(calls) == n - len(kept)  # only the missing pieces were decoded
+    assert again.result == whole.result and again.result.text
+
+    # a checkpoint made by another decoding (engine, models, hotwords) is not used
+    calls.clear()
+    [other] = _jobs([clip], vad=first.found_vad,
+                    resume=Resume("another", n, {int(i): r for i, r in kept.items()}))
+    lane.batcher.decode_hook = lambda pieces: calls.append(len(pieces))
+    try:
+        _run(lane, [other])
+    finally:
+        lane.batcher.decode_hook = None
+    assert other.resumed == 0 and sum(calls) == n and other.result == whole.result

@@ -39,6 +39,7 @@ class FakeLane:
     loaded: bool = True
     device: str = "cpu"
     description: str = "fake-asr"
+    key: str | None = "fake-asr on cpu"
 
     async def detect_vad(self, audio: Path) -> None:
         return None
@@ -138,3 +139,37 @@ async def test_a_cancelled_run_stops_inside_transcription(world: dict[str, Any])
     assert Stage.FETCH in cps and Stage.TRANSCRIBE not in cps
     task = await world["reads"].task(run.id)
     assert task is not None and task.status == TaskStatus.PROCESSING  # the worker records it
+
+
+async def test_the_same_audio_reuses_a_completed_transcript(world: dict[str, Any]) -> None:
+    """The same upload again takes the completed task's sentences (``transcript_reused``)
+    and still makes its own outputs; ``reuse: false``, other hotwords, or a source that
+    was pruned transcribe again."""
+    from sqlalchemy import text
+
+    queue: Queue = world["queue"]
+    reads: Reads = world["reads"]
+    lane: FakeLane = world["lane"]
+
+    async def finished(**options: Any) -> tuple[TaskRun, dict[str, Any]]:
+        run = await _claimed(world, **options)
+        result = await run.run()
+        await queue.complete(run.id, "w1", result)
+        return run, result
+
+    first, one = await finished()
+    second, two = await finished()
+    assert len(lane.groups) == 1  # not transcribed again
+    events = [e for e in await reads.events(second.id) if e.event == "transcript_reused"]
+    assert [e.detail for e in events] == [{"from_task": first.id}]
+    assert await reads.segments(second.id) == await reads.segments(first.id)
+    assert two["text"] == one["text"] and two["files"] == one["files"]
+    assert (world["data"] / "results" / second.id / "result.srt").is_file()
+
+    await finished(reuse=False)
+    await finished(hotwords=["听记"])
+    assert len(lane.groups) == 3
+    async with queue.engine.begin() as conn:  # pruned: no longer a source
+        await conn.execute(text("DELETE FROM tasks"))
+    await finished()
+    assert len(lane.groups) == 4

@@ -82,7 +82,11 @@ def cmd_show(client: Client, args: Any) -> int:
             ("started", task.get("started_at") or ""),
             ("completed", task.get("completed_at") or "")]
     if task.get("error"):
-        rows.append(("error", f"{task['error']['type']}: {task['error']['message']}"))
+        e = task["error"]
+        code = f" [{e['code']}]" if e.get("code") else ""
+        rows.append(("error", f"{e['type']}{code}: {e['message']}"))
+    if task.get("next_attempt_at"):
+        rows.append(("next try", str(task["next_attempt_at"])))
     result = task.get("result") or {}
     if result:
         rows += [("duration", duration(task)), ("segments", str(result.get("segments"))),

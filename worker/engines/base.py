@@ -3,9 +3,11 @@
 A task's audio goes through an engine in three steps, and cross-task batching
 (``worker.batching``) sits between the first two:
 
-1. ``split(audio, hotwords, vad)`` -> ``Split``: voice activity detection; the speech
-   pieces to decode, in the order the engine wants them decoded (shortest first), and
-   whatever the engine needs later (``Split.state``: its own, never read outside it);
+1. ``split(audio, hotwords, vad)`` -> ``Split``: voice activity detection (or the VAD
+   result given, from VAD done ahead or a checkpoint); the speech pieces to decode, in
+   the order the engine wants them decoded (shortest first; the same VAD gives the same
+   pieces in the same order), what the VAD found (``Split.vad``) and whatever the engine
+   needs later (``Split.state``: its own, never read outside it);
 2. ``decode(pieces, hotwords)`` -> one result per piece: the model on a batch of pieces,
    which may come from several tasks (same hotwords);
 3. ``assemble(split, decoded, speakers)`` -> ``Assembled``: one task's pieces put back in
@@ -90,6 +92,10 @@ class Split:
     pieces: list[Any]
     speech_s: float
     state: Any = None
+    # what the VAD found, funasr-shaped (``[{"key": ..., "value": [[beg_ms, end_ms], ...]}]``):
+    # given back to ``split`` it cuts the same pieces in the same order without VAD
+    # (a resumed transcription, ``worker.batching``); None without a VAD model
+    vad: list[dict[str, Any]] | None = None
 
 
 @dataclass
@@ -174,6 +180,24 @@ def to_segments(result: dict[str, Any]) -> list[SegmentRow]:
         return out
     end = int(stamps[-1][1]) if stamps else 0
     return [SegmentRow(0, end, text)]
+
+
+def plain(value: Any) -> Any:
+    """``value`` as JSON gives it back (lists, ints, floats, strings): numpy scalars
+    and arrays become Python's.  A decoded piece kept in a checkpoint and read back is
+    then what the engine's ``assemble`` gets from a run that was never interrupted."""
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if hasattr(value, "tolist"):  # numpy arrays and scalars, torch tensors
+        return plain(value.tolist())
+    return value
+
+
+def vad_segments(vad: list[dict[str, Any]] | None) -> list[list[int]]:
+    """The ``[beg_ms, end_ms]`` pairs of a funasr-shaped VAD result."""
+    return [[int(a), int(b)] for r in vad or [] for a, b in r.get("value", [])]
 
 
 def assembled(result: dict[str, Any]) -> Assembled:

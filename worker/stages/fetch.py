@@ -28,9 +28,9 @@ from tingji.urls import MAX_PARTS, parts_in_url, strip_control_chars
 from worker.errors import PermanentTaskError, RetryableTaskError, TaskCancelled
 from worker.stages.egress import guarded
 from worker.stages.media import concat_wavs, ffmpeg_dir, normalize, too_long
+from worker.stages.refusals import classify
 
 log = logging.getLogger("tingji.worker.fetch")
-
 
 
 @dataclass
@@ -40,33 +40,6 @@ class Fetched:
     title: str
     chapters: list[dict[str, Any]] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
-
-
-NETWORK_ERROR = ("download failed: a network error (the host could not be reached, or the "
-                 "connection broke)")
-
-
-def _classify(message: str) -> PermanentTaskError | RetryableTaskError:
-    """yt-dlp's error text -> permanent or transient, with a message for people.  Network
-    errors get one text whatever their cause (refused, reset, timed out), so task errors
-    cannot be used to map which ports answer."""
-    msg = message.replace("ERROR: ", "").strip()
-    low = msg.lower()
-    for code in ("404", "410", "403", "401", "400"):
-        if f"http error {code}" in low:
-            return PermanentTaskError(f"the server answered HTTP {code} for this URL ({msg[:200]})",
-                                      type="FetchFailed")
-    if "unsupported url" in low or "is not a valid url" in low:
-        return PermanentTaskError(f"no audio or video found at this URL ({msg[:200]})",
-                                  type="UnsupportedURL")
-    if any(s in low for s in ("video unavailable", "private video", "has been removed",
-                              "not available", "copyright", "premium", "login")):
-        return PermanentTaskError(f"the video is not available: {msg[:200]}",
-                                  type="Unavailable")
-    if "no video formats" in low or "requested format is not available" in low:
-        return PermanentTaskError(f"no downloadable audio: {msg[:200]}", type="NoAudio")
-    log.info("download failed (will retry): %s", msg[:500])
-    return RetryableTaskError(NETWORK_ERROR, type="FetchFailed")
 
 
 @dataclass
@@ -93,7 +66,7 @@ class _Budget:
     def too_large(self) -> PermanentTaskError:
         return PermanentTaskError(
             f"the media is larger than the download limit of {self.max_bytes // 2**20} MB "
-            "per task (TINGJI_MAX_DOWNLOAD_MB)", type="TooLarge")
+            "per task (TINGJI_MAX_DOWNLOAD_MB)", type="TooLarge", code="too_large")
 
 
 def _ydl_options(dest: Path, budget: _Budget, ffmpeg_location: str,
@@ -188,16 +161,17 @@ def _extract(url: str, opts: dict[str, Any], allow_private: tuple[str, ...], *,
             if budget is not None and budget.exceeded:
                 raise budget.too_large() from None
             if refused.hosts:
-                raise PermanentTaskError(refused.message(), type="EgressRefused") from None
+                raise PermanentTaskError(refused.message(), type="EgressRefused",
+                                         code="forbidden_address") from None
             if isinstance(exc, RequestError) and not isinstance(exc, TransportError | HTTPError):
                 # not the network: the request itself cannot be made (e.g. a redirect to
                 # file://, which yt-dlp's requests handler refuses)
                 raise PermanentTaskError("the URL (or a redirect) leads to a scheme tingji does "
-                                         "not fetch; only http(s) is", type="UnsupportedURL"
-                                         ) from None
+                                         "not fetch; only http(s) is", type="UnsupportedURL",
+                                         code="unsupported_url") from None
             if isinstance(exc, DownloadCancelled):
                 raise TaskCancelled() from None
-            raise _classify(str(exc)) from None
+            raise classify(exc) from None
 
 
 def list_url(url: str, *, allow_private: tuple[str, ...], max_items: int,

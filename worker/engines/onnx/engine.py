@@ -45,6 +45,7 @@ from worker.engines.base import (
     assembled,
     says_out_of_memory,
     speech_seconds,
+    vad_segments,
 )
 from worker.engines.onnx.frontend import load_audio
 from worker.engines.onnx.graphs import EXPORT_HINT, GraphsMissing, graph_file, read_config
@@ -121,12 +122,13 @@ class OnnxEngine:
         speech = load_audio(audio)
         if self.vad is None:  # the file whole, as funasr without a VAD model
             return Split([speech], len(speech) / 1000 / SAMPLES_PER_MS, None)
-        segments = self.vad(speech)
+        segments = vad_segments(vad) if vad is not None else self.vad(speech)
         order = sorted(range(len(segments)), key=lambda i: segments[i][1] - segments[i][0])
         pieces = [speech[int(segments[i][0] * SAMPLES_PER_MS):
                          min(int(segments[i][1] * SAMPLES_PER_MS), len(speech))]
                   for i in order]
-        return Split(pieces, speech_seconds(segments), _State(audio.stem, segments, order))
+        return Split(pieces, speech_seconds(segments), _State(audio.stem, segments, order),
+                     vad=[{"key": audio.stem, "value": segments}])
 
     def decode(self, pieces: list[Any], hotwords: tuple[str, ...]) -> list[Any]:
         return self.asr(pieces, hotwords)

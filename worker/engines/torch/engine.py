@@ -33,6 +33,7 @@ from worker.engines.base import (
     assembled,
     says_out_of_memory,
     speech_seconds,
+    vad_segments,
 )
 from worker.engines.model_folders import FUNASR_BUILD_KW, torch_loads_tensors_only
 from worker.engines.torch import patches
@@ -159,8 +160,8 @@ class TorchEngine:
             self.model.generate(input=str(audio), **self.generate_kw, **self._bias(hotwords))
         if calls.asr_kw is not None:
             self._asr_kw[hotwords] = calls.asr_kw
-        speech = speech_seconds([seg for r in calls.vad or [] for seg in r.get("value", [])])
-        return Split(calls.pieces, speech, _State(calls.vad, calls.calls))
+        speech = speech_seconds(vad_segments(calls.vad))
+        return Split(calls.pieces, speech, _State(calls.vad, calls.calls), vad=calls.vad)
 
     def decode(self, pieces: list[Any], hotwords: tuple[str, ...]) -> list[Any]:
         from worker.engines.torch.paraformer import decode_scope
