@@ -25,6 +25,7 @@ types still come from the models, only the per-execution bookkeeping is skipped.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import weakref
 from collections import namedtuple
@@ -38,6 +39,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 R = TypeVar("R")
+_log = logging.getLogger("tingji.db")
 
 BUSY_TIMEOUT_MS = 15_000
 _READONLY = "tingji_readonly"
@@ -302,6 +304,34 @@ def _settle(fut: asyncio.Future[Any], out: Any, err: BaseException | None) -> No
         fut.set_exception(err)
     else:
         fut.set_result(out)
+
+
+class Patient:
+    """A transactor whose transactions wait out a database outage (``db.errors.
+    unavailable``: PostgreSQL restarting, SQLite locked by another program past its busy
+    timeout, a full disk) for up to ``patience_s``, trying again with a growing pause.
+    A transaction that failed was rolled back whole, so running it again is safe."""
+
+    def __init__(self, tx: Callable[..., Any], patience_s: float) -> None:
+        self.tx, self.patience_s = tx, patience_s
+
+    async def __call__(self, fn: Callable[..., R], *args: Any) -> R:
+        from db.errors import unavailable
+
+        loop = asyncio.get_running_loop()
+        deadline, pause = loop.time() + self.patience_s, 0.25
+        while True:
+            try:
+                return await self.tx(fn, *args)  # type: ignore[no-any-return]
+            except Exception as exc:
+                left = deadline - loop.time()
+                if left <= 0 or not unavailable(exc):
+                    raise
+                _log.warning("database unavailable (%s: %s); trying again in %.1f s",
+                             type(exc).__name__, str(exc).splitlines()[0][:200],
+                             min(pause, left))
+                await asyncio.sleep(min(pause, left))
+                pause = min(pause * 2, 5.0)
 
 
 def transactor(engine: AsyncEngine) -> Transactor | SqliteWriter:

@@ -84,3 +84,39 @@ class IdempotencyConflict(QueueError):
     def __init__(self, key: str) -> None:
         self.key = key
         super().__init__(f"another live task already uses idempotency key {key!r}")
+
+
+# what SQLite says when it cannot be used for now, as opposed to refusing a statement
+_SQLITE_WAIT = ("database is locked", "database table is locked", "database or disk is full",
+                "disk i/o error", "unable to open database file")
+
+
+def unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` says the database cannot be used for now -- PostgreSQL down,
+    restarting or unreachable, SQLite locked past its busy timeout by another program,
+    its disk full -- so that waiting heals it, rather than that a statement was refused
+    (a constraint, a bad value, a bug)."""
+    import sqlite3
+
+    from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+
+    if isinstance(exc, DBAPIError):
+        if exc.connection_invalidated:
+            return True
+        orig = exc.orig
+        if isinstance(orig, sqlite3.Error):
+            return unavailable(orig)
+        return isinstance(exc, OperationalError | InterfaceError)
+    if isinstance(exc, sqlite3.OperationalError):
+        return any(w in str(exc).lower() for w in _SQLITE_WAIT)
+    # asyncpg's own connection errors, raised before SQLAlchemy wraps anything
+    return isinstance(exc, OSError | TimeoutError)
+
+
+def disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` says the database's disk is full."""
+    import errno
+
+    text = str(exc).lower()
+    return "disk is full" in text or "no space left" in text or (
+        isinstance(exc, OSError) and exc.errno == errno.ENOSPC)

@@ -29,7 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import configure_mappers
 from sqlalchemy.sql.elements import ClauseElement
 
-from db.engine import hot, transactor
+from db.engine import Patient, hot, transactor
 from db.errors import (
     LeaseLost,
     TaskNotFound,
@@ -78,6 +78,9 @@ class QueueConfig:
     defer_cap_seconds: float = 3600.0
     backoff_cap_seconds: float = 600.0
     queue_full_retry_after: int = 30
+    # how long a transaction waits out a database outage before it raises (the API: not
+    # at all, it answers 503; a worker's runs: minutes, keeping their work in memory)
+    outage_patience_s: float = 0.0
     webhook_url: str | None = None  # every task's final status goes there too
     webhook_max_attempts: int = 12
     webhook_backoff_seconds: float = 10.0
@@ -153,7 +156,8 @@ class Transitions:
         self._pg = engine.dialect.name == "postgresql"
         # Every method below is one transaction: a plain function of a sync Connection,
         # run whole by the engine's transactor (db.engine).
-        self._tx = transactor(engine)
+        self._tx = transactor(engine) if not self.config.outage_patience_s else \
+            Patient(transactor(engine), self.config.outage_patience_s)
 
     @classmethod
     def from_settings(cls, engine: AsyncEngine, settings: Any) -> Self:

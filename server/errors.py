@@ -23,6 +23,7 @@ from litestar.status_codes import (
     HTTP_429_TOO_MANY_REQUESTS,
     HTTP_500_INTERNAL_SERVER_ERROR,
     HTTP_503_SERVICE_UNAVAILABLE,
+    HTTP_507_INSUFFICIENT_STORAGE,
 )
 from sqlalchemy.exc import DataError, DBAPIError, OperationalError
 
@@ -35,6 +36,8 @@ from db.errors import (
     QueueError,
     QueueFull,
     TaskNotFound,
+    disk_full,
+    unavailable,
 )
 
 log = logging.getLogger("tingji.server")
@@ -124,9 +127,16 @@ def handle(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
                     extra=_fields(request))
         return _respond(HTTP_400_BAD_REQUEST, "validation_error",
                         "a value in the request cannot be stored (control characters?)")
-    if isinstance(exc, OperationalError | DBAPIError | ConnectionError | TimeoutError):
+    if unavailable(exc) or isinstance(exc, OperationalError | DBAPIError | ConnectionError):
         log.warning("database unavailable: %s", exc, extra=_fields(request))
+        if disk_full(exc):
+            return _respond(HTTP_507_INSUFFICIENT_STORAGE, "disk_full",
+                            "the disk holding the database is full; nothing was stored",
+                            {"Retry-After": "60"})
+        busy = "locked" in str(exc).lower()
         return _respond(HTTP_503_SERVICE_UNAVAILABLE, "unavailable",
+                        "the database is busy (another program holds its write lock); "
+                        "try again shortly" if busy else
                         "the database is not reachable; try again shortly",
                         {"Retry-After": "5"})
     log.exception("unhandled error on %s %s", request.method, request.url.path,

@@ -24,10 +24,11 @@ import os
 import signal
 import socket
 import uuid
+from dataclasses import replace
 from pathlib import Path
 
 from db.engine import make_engine
-from db.errors import LeaseLost
+from db.errors import LeaseLost, unavailable
 from db.models import EventType, TaskStatus
 from db.queue import Queue
 from db.reads import Reads
@@ -52,6 +53,7 @@ PREFETCH = 2  # tasks fetched (or fetching) ahead of the model
 OUTCOME_PATIENCE_S = 60.0
 STOP_PATIENCE_S = 8.0
 FALLBACK_PATIENCE_S = 4.0
+RUN_PATIENCE_S = 300.0
 
 
 def boot_id() -> str | None:
@@ -107,7 +109,9 @@ class Worker:
         self.prefetch = PREFETCH if self.batch_tasks == 1 else 2 * self.batch_tasks
         self.scheduler = AsrScheduler(self.asr, self.batch_tasks, fetching=self._fetching,
                                       on_loaded=self.on_model_loaded)
-        self.ctx = RunContext(self.id, settings, self.queue, self.reads, self.asr, self.scheduler,
+        # a run's writes wait out a database outage, keeping its work (``db.engine.Patient``)
+        patient = Queue(self.engine, replace(self.queue.config, outage_patience_s=RUN_PATIENCE_S))
+        self.ctx = RunContext(self.id, settings, patient, self.reads, self.asr, self.scheduler,
                               self.llm, self.io_sem)
         self.runs: dict[str, TaskRun] = {}
         self.executions: set[asyncio.Task[None]] = set()
@@ -299,6 +303,9 @@ class Worker:
             return Ended(Outcome.FAILED, TaskError(exc.type, exc.message, exc.retryable,
                                                    exc.code, exc.deferrable))
         except Exception as exc:  # noqa: BLE001  (a bug: fail visibly, keep the worker up)
+            if unavailable(exc):  # past RUN_PATIENCE_S: handed back, its work checkpointed
+                log.warning("task %s: the database stayed unavailable: %s", run.id, exc)
+                return Ended(Outcome.SHUTDOWN, reason="the database was unavailable")
             log.exception("task %s crashed", run.id)
             return Ended(Outcome.FAILED, TaskError(
                 "InternalError", f"internal error: {type(exc).__name__}: {str(exc)[:300]}",

@@ -193,3 +193,89 @@ class TrapServer:
     def close(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+class TcpProxy:
+    """A TCP relay from a port on 127.0.0.1 to ``target``, taken down and brought back
+    as a database server is restarted or stopped: ``down()`` resets every relayed
+    connection and refuses new ones (nothing listens), ``up()`` listens again on the
+    same port."""
+
+    def __init__(self, target: int) -> None:
+        import socket
+
+        self.target = target
+        self._lock = threading.Lock()
+        self._open: set[socket.socket] = set()
+        self._listener: socket.socket | None = None
+        probe = socket.create_server(("127.0.0.1", 0))
+        self.port = int(probe.getsockname()[1])
+        probe.close()
+        self.up()
+
+    def up(self) -> None:
+        import socket
+
+        listener = socket.create_server(("127.0.0.1", self.port), reuse_port=False)
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def down(self) -> None:
+        import socket
+        import struct
+
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            with _quiet():
+                listener.shutdown(socket.SHUT_RDWR)  # wakes the accepting thread
+            listener.close()
+        with self._lock:
+            conns, self._open = self._open, set()
+        for conn in conns:  # reset, as a server that went away
+            with _quiet():
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            conn.close()
+
+    def restart(self) -> None:
+        self.down()
+        self.up()
+
+    def _accept(self, listener: Any) -> None:
+        import socket
+
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target), timeout=5)
+                upstream.settimeout(None)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._open.update((client, upstream))
+            for src, dst in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+
+    def _pump(self, src: Any, dst: Any) -> None:
+        import socket
+
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            with _quiet():
+                s.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self.down()
+
+
+def _quiet() -> Any:
+    import contextlib
+
+    return contextlib.suppress(OSError)

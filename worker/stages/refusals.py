@@ -108,6 +108,8 @@ def classify(exc: BaseException) -> PermanentTaskError | RetryableTaskError:
         return RetryableTaskError(f"download failed: {msg[:300]}", type="FetchFailed",
                                   code="fetch_failed")
     text = _MESSAGES[code].format(status=status or "-")
+    if status is not None and "{status}" not in _MESSAGES[code]:
+        text = f"{text} (HTTP {status})"
     if code in ("rate_limited", "network"):
         log.info("download refused or broken (%s, tried again later): %s", code, msg[:500])
         return RetryableTaskError(text if code == "network" else f"{text} ({msg[:200]})",
