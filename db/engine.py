@@ -25,6 +25,7 @@ types still come from the models, only the per-execution bookkeeping is skipped.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import weakref
@@ -263,21 +264,37 @@ class SqliteWriter:
         if self._conn is None:
             self._conn = self._sync.connect()
         conn = self._conn
-        driver = conn.connection.driver_connection
+        try:
+            driver = conn.connection.driver_connection
+        except BaseException:
+            self._drop(conn)
+            raise
         driver.execute("BEGIN IMMEDIATE")
         try:
             out = fn(_WriterConnection(conn), *args)
-        except BaseException:
             if conn.in_transaction():
-                conn.rollback()
-            elif driver.in_transaction:
-                driver.rollback()
+                conn.commit()
+            else:
+                driver.commit()
+            return out
+        except BaseException:
+            try:  # an inactive transaction SQLAlchemy still holds (a failed statement)
+                if conn.get_transaction() is not None or conn.invalidated:
+                    conn.rollback()
+                if driver.in_transaction:
+                    driver.rollback()
+            except Exception:  # noqa: BLE001  (the error being raised says more)
+                pass
+            if conn.invalidated or driver.in_transaction:
+                # a connection a full disk or an I/O error broke (its COMMIT failed):
+                # the next transaction opens a fresh one, not failing on this for good
+                self._drop(conn)
             raise
-        if conn.in_transaction():
-            conn.commit()
-        else:
-            driver.commit()
-        return out
+
+    def _drop(self, conn: Connection) -> None:
+        self._conn = None
+        with contextlib.suppress(Exception):
+            conn.close()
 
     async def __call__(self, fn: Callable[..., R], *args: Any) -> R:
         loop = asyncio.get_running_loop()

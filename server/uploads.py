@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hashlib
 import os
+import shutil
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -65,6 +67,26 @@ def bytes_in(folder: Path) -> int:
     return total
 
 
+# room an upload must leave on the data folder's disk: its audio, the database, outputs
+DISK_RESERVE_BYTES = 64 * 2**20
+
+
+def disk_full(free: int | None = None, want: int | None = None) -> ApiError:
+    said = f" ({free / 2**20:.0f} MB free" + (f", this upload is {want / 2**20:.0f} MB"
+                                              if want else "") + ")" if free is not None else ""
+    return ApiError(HTTP_507_INSUFFICIENT_STORAGE, "disk_full",
+                    f"the disk holding the data folder is full{said}; nothing was stored. "
+                    "Free some space (tingji prune --older-than DAYS removes old tasks' "
+                    "files) and send it again", {"Retry-After": "300"})
+
+
+def _free_bytes(folder: Path) -> int:
+    place = folder
+    while not place.exists() and place != place.parent:
+        place = place.parent
+    return shutil.disk_usage(place).free
+
+
 class UploadGate:
     """Admits an upload before its body is read: at most ``max_concurrent`` at once
     (429), and the uploads folder plus what is arriving under ``max_pending_bytes``
@@ -94,6 +116,10 @@ class UploadGate:
                            f"and this one would pass the limit of {gb:g} GB "
                            "(TINGJI_MAX_PENDING_UPLOAD_GB); try again when tasks have run",
                            {"Retry-After": "300"})
+        if announced is not None:
+            free = await asyncio.to_thread(_free_bytes, self.folder)
+            if free - self.reserved < announced + DISK_RESERVE_BYTES:
+                raise disk_full(free, announced)
         self.active += 1
         self.reserved += want
         try:
@@ -180,7 +206,11 @@ class _Receiver:
             if self.upload.size > self.limit:
                 self.error = too_large(self.limit // 2**20)
                 return
-            self.file.write(data[start:end])
+            try:
+                self.file.write(data[start:end])
+            except OSError as exc:
+                self.error = self._refused_write(exc)
+                return
             self.hash.update(data[start:end])
         else:
             self._field_buf += data[start:end]
@@ -189,8 +219,12 @@ class _Receiver:
 
     def part_end(self) -> None:
         if self._is_file and self.file is not None:
-            self.file.flush()
-            os.fsync(self.file.fileno())
+            try:
+                self.file.flush()
+                os.fsync(self.file.fileno())
+            except OSError as exc:
+                self.error = self._refused_write(exc)
+                return
             self.file.close()
             self.file = None
         elif self._name is not None and not self.error:
@@ -202,9 +236,15 @@ class _Receiver:
             except UnicodeDecodeError:
                 self.error = bad_request(f"{self._name}: not UTF-8 text")
 
+    def _refused_write(self, exc: OSError) -> ApiError:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise exc
+        return disk_full()
+
     def cleanup(self) -> None:
         if self.file is not None:
-            self.file.close()
+            with contextlib.suppress(OSError):  # its buffer cannot be written: dropped
+                self.file.close()
             self.file = None
         if self.upload is not None:
             self.upload.path.unlink(missing_ok=True)

@@ -11,7 +11,8 @@ class TaskFailure(Exception):
     retryable = True
     type = "Error"
     # a fetch failure's stable class (``error.code``): rate_limited, network, not_found,
-    # login_required, geo_blocked, unsupported_url, too_large, ... (``worker.stages.fetch``)
+    # login_required, geo_blocked, unsupported_url, too_large, ... (``worker.stages.refusals``)
+    # and disk_full
     code: str | None = None
 
     def __init__(self, message: str, *, type: str | None = None,  # noqa: A002
@@ -44,8 +45,39 @@ class RetryableTaskError(TaskFailure):
     type = "Transient"
 
 
-# the fetch refusals that heal with time (the site's rate limit, the network)
-TRANSIENT_CODES = frozenset({"rate_limited", "network"})
+# the failures that heal with time: the site's rate limit, the network, a full disk
+# (once someone frees space)
+TRANSIENT_CODES = frozenset({"rate_limited", "network", "disk_full"})
+
+
+def out_of_space(exc: BaseException | None) -> bool:
+    """Whether ``exc`` (or what caused it) says the disk is full (ENOSPC)."""
+    import errno
+
+    seen = 0
+    while exc is not None and seen < 8:
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "no space left on device" in str(exc).lower():
+            return True
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return False
+
+
+def disk_full(folder: Path, what: str = "its files") -> RetryableTaskError:
+    """The disk holding the data folder is full: tried again later without using an
+    attempt (``TRANSIENT_CODES``), and it completes once space is freed."""
+    import shutil
+
+    try:
+        free = f"{shutil.disk_usage(folder).free / 2**20:.0f} MB free"
+    except OSError:
+        free = "free space unknown"
+    return RetryableTaskError(f"the disk holding the data folder {folder} is full ({free}): "
+                              f"{what} could not be written; tried again later, without using "
+                              "an attempt, once space is freed", type="DiskFull",
+                              code="disk_full")
 
 
 class TaskCancelled(Exception):

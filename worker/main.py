@@ -28,7 +28,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from db.engine import make_engine
-from db.errors import LeaseLost, unavailable
+from db.errors import LeaseLost
 from db.models import EventType, TaskStatus
 from db.queue import Queue
 from db.reads import Reads
@@ -38,7 +38,7 @@ from tingji.settings import Settings
 from tingji.supervise import EXIT_FATAL
 from worker.asr import AsrConfig, AsrEngine, ModelLoadError, resolve_device
 from worker.errors import NOT_MEDIA, TaskCancelled, TaskFailure
-from worker.outcomes import STOPPED, Ended, Outcome
+from worker.outcomes import STOPPED, Ended, Outcome, crashed
 from worker.pipeline import Phase, RunContext, StopReason, TaskRun
 from worker.recycle import EXIT_RECYCLE, Recycler
 from worker.scheduler import AsrScheduler
@@ -250,6 +250,9 @@ class Worker:
         bind(task_id=run.id)  # this asyncio task's log lines (and the pipeline's) name it
         try:
             outcome = await self._outcome_of(run)
+            if outcome.error is not None and outcome.error.code == "disk_full":
+                # what this try wrote goes first: the database may need that room to record it
+                await asyncio.to_thread(run.cleanup_files, upload=False)
             written = await self._record(run, outcome)
             if written in (Outcome.COMPLETED, Outcome.FAILED, Outcome.CANCEL):
                 # the upload is kept for a retry, unless the task is done with it or it is
@@ -303,13 +306,7 @@ class Worker:
             return Ended(Outcome.FAILED, TaskError(exc.type, exc.message, exc.retryable,
                                                    exc.code, exc.deferrable))
         except Exception as exc:  # noqa: BLE001  (a bug: fail visibly, keep the worker up)
-            if unavailable(exc):  # past RUN_PATIENCE_S: handed back, its work checkpointed
-                log.warning("task %s: the database stayed unavailable: %s", run.id, exc)
-                return Ended(Outcome.SHUTDOWN, reason="the database was unavailable")
-            log.exception("task %s crashed", run.id)
-            return Ended(Outcome.FAILED, TaskError(
-                "InternalError", f"internal error: {type(exc).__name__}: {str(exc)[:300]}",
-                True))
+            return crashed(run.id, exc, self.settings.data_dir)
         return Ended(STOPPED[reason])
 
     async def _write(self, run: TaskRun, ended: Ended) -> Outcome:

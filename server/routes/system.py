@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -19,15 +20,20 @@ from tingji import __version__
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 
 
-@get("/health", summary="Liveness and database reachability")
-async def health(reads: ReadsDep) -> Response[dict[str, Any]]:
+@get("/health", summary="Liveness, database reachability and free disk space")
+async def health(reads: ReadsDep, settings: SettingsDep) -> Response[dict[str, Any]]:
     try:
         counts = await reads.counts()
     except Exception as exc:  # noqa: BLE001  (any failure to read means: not healthy)
         out = body("unavailable", f"database not reachable: {type(exc).__name__}")
         out["status"] = "unavailable"
         return Response(out, status_code=HTTP_503_SERVICE_UNAVAILABLE)
+    try:  # the data folder's disk: uploads, audio, outputs (and SQLite's database)
+        free_mb: int | None = round(shutil.disk_usage(settings.data_dir).free / 2**20)
+    except OSError:
+        free_mb = None
     return Response({"status": "ok", "version": __version__, "database": "ok",
+                     "disk_free_mb": free_mb,
                      "queue": counts}, status_code=HTTP_200_OK)
 
 

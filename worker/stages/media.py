@@ -88,6 +88,10 @@ def _hms(seconds: float) -> str:
 
 def _explain(stderr: str) -> PermanentTaskError | RetryableTaskError:
     low = stderr.lower()
+    if "no space left" in low:
+        return RetryableTaskError("the disk is full: ffmpeg could not write the audio; tried "
+                                  "again later, without using an attempt, once space is freed",
+                                  type="DiskFull", code="disk_full")
     if "not on whitelist" in low:
         return PermanentTaskError(
             "the file is not a plain audio or video container (playlists, concat lists and "
@@ -100,8 +104,6 @@ def _explain(stderr: str) -> PermanentTaskError | RetryableTaskError:
             or "end of file" in low):
         return PermanentTaskError("the file is not audio or video ffmpeg can decode",
                                   type="UndecodableMedia")
-    if "no space left" in low:
-        return RetryableTaskError("no space left on the device", type="DiskFull")
     tail = stderr.strip().splitlines()[-1] if stderr.strip() else "unknown error"
     return PermanentTaskError(f"ffmpeg could not convert the media: {tail[:300]}",
                               type="UndecodableMedia")

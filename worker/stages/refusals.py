@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 
-from worker.errors import PermanentTaskError, RetryableTaskError
+from worker.errors import PermanentTaskError, RetryableTaskError, out_of_space
 
 log = logging.getLogger("tingji.worker.fetch")
 
@@ -91,6 +91,10 @@ def classify(exc: BaseException) -> PermanentTaskError | RetryableTaskError:
 
     msg = str(exc).replace("ERROR: ", "").strip()
     low = msg.lower()
+    if out_of_space(exc):
+        return RetryableTaskError("the disk is full: the download could not be written; "
+                                  "tried again later, without using an attempt, once space "
+                                  "is freed", type="DiskFull", code="disk_full")
     status = _http_status(exc)
     code = _STATUS_CODE.get(status) if status else None
     if code is None and isinstance(exc, GeoRestrictedError):
