@@ -14,6 +14,11 @@
     speakers=auto) per minute of audio: a two-voice clip as a plain task, with hotwords
     and with speakers, transcribe-stage seconds (median of 2 each), same worker.
 
+(6) with ``--checkpoint-cost`` (and nothing else): what saving the decoded pieces
+    inside the transcription costs, the same clip on workers with
+    ``TINGJI_ASR_CHECKPOINT_S`` 0 (off), 60 (the default) and 5, transcribe-stage
+    seconds, median of 3 each, rounds interleaved.
+
 With ``--engine onnx`` the graphs are exported once (beside the models), and (1) runs on
 three workers in turn, torch, ONNX fp32 and ONNX int8: transcribe stage against bare
 funasr, the worker's resident memory, and the character error rate of fp32 against
@@ -153,6 +158,7 @@ def main() -> None:
     ap.add_argument("--extras-min", type=float, default=3.0,
                     help="length of the two-voice clip for (5)")
     ap.add_argument("--skip-batch", action="store_true", help="skip (2)-(4)")
+    ap.add_argument("--checkpoint-cost", action="store_true", help="run (6) only")
     ap.add_argument("--engine", choices=("torch", "onnx"), default="torch",
                     help="onnx: also export the graphs and run (1) on the ONNX engine, fp32 "
                     "and int8; (2)-(5) then run on onnx int8")
@@ -196,6 +202,12 @@ def main() -> None:
     server = start_server(env, work / "server.log")
     http = httpx.Client(base_url=server.url, timeout=60)
     worker: Proc | None = None
+    if a.checkpoint_cost:
+        try:
+            return checkpoint_cost(http, env, clip, clip_s, work)
+        finally:
+            server.stop()
+            stub.close()
     try:
         # (1b) the same clip as a tingji task (no LLM), twice per engine: median
         runs: dict[str, dict] = {}
@@ -279,6 +291,30 @@ def main() -> None:
           f"LLM calls {len(stub.b.calls)}")
     print(f"(4) model lane: busy {busy:.1f} s over {span:.1f} s -> duty cycle "
           f"{busy / span:.3f}")
+
+
+def checkpoint_cost(http: object, env: dict[str, str], clip: Path, clip_s: float,
+                    work: Path) -> None:
+    """(6): the transcribe stage with in-transcription checkpoints off, every 60 s and
+    every 5 s; one worker per setting, three rounds, the settings' order rotated."""
+    settings, rounds = ("0", "60", "5"), 3
+    seconds: dict[str, list[float]] = {s: [] for s in settings}
+    for r in range(rounds):
+        for every in settings[r % 3:] + settings[:r % 3]:
+            worker = start_worker(http, env | {"TINGJI_ASR_CHECKPOINT_S": every,
+                                               "TINGJI_REUSE": "0"},
+                                  work / f"worker-cp{every}-{r}.log")
+            try:
+                seconds[every] += clip_runs(http, clip, n=1)["asr"]
+            finally:
+                worker.stop()
+    off = statistics.median(seconds["0"])
+    print(f"(6) checkpoints inside transcription, {clip_s / 60:.1f}-minute clip, transcribe "
+          f"stage, median of {rounds}:")
+    for every in settings:
+        med = statistics.median(seconds[every])
+        print(f"    TINGJI_ASR_CHECKPOINT_S={every:>2}: {med:7.2f} s  "
+              f"({(med / off - 1) * 100:+.1f}% vs off)  runs {seconds[every]}")
 
 
 def report(a: argparse.Namespace, clip_s: float, bare_s: float, tingji_asr_s: list[float],

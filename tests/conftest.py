@@ -222,3 +222,13 @@ def files(media: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> I
     server = FileServer(root)
     yield server
     server.close()
+
+
+@pytest.fixture
+def llm() -> Iterator[Any]:
+    """An OpenAI-compatible chat stub on 127.0.0.1 (``tests.helpers.servers.LlmStub``)."""
+    from tests.helpers.servers import LlmStub
+
+    stub = LlmStub()
+    yield stub
+    stub.close()

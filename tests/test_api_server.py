@@ -10,9 +10,11 @@ import os
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from json import loads as json_loads
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -181,3 +183,84 @@ def test_events_stream_and_resume(server: Proc, client: httpx.Client) -> None:
             doc = json_loads(got["data"])
             assert doc["task"]["task_id"] == tid and doc["task"]["status"] == "cancelled"
             assert int(got["id"]) > first_id
+
+
+def _open_stream(url: str, path: str) -> tuple[Any, bytes]:
+    """A raw HTTP/1.1 GET of an event stream (httpx's line reader waits for more than
+    a stream's first message): the socket, and what arrived up to the end of the first
+    message, or the whole answer when it is not a stream."""
+    import socket
+
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=10)
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n"
+                 "Connection: close\r\n\r\n".encode())
+    got = b""
+    while chunk := sock.recv(65536):
+        got += chunk
+        head, _, body = got.partition(b"\r\n\r\n")
+        if not head.startswith(b"HTTP/1.1 200"):
+            continue  # an error answer: read it whole (the server closes)
+        rest = body.partition(b"data: ")[2]
+        if b"\r\n\r\n" in rest or b"\n\n" in rest:  # the first message is whole
+            break
+    return sock, got
+
+
+def test_event_streams_are_capped_and_catch_up_is_bounded(tmp_path: Path) -> None:
+    """TINGJI_MAX_EVENT_STREAMS live streams at most (the next gets 503 with Retry-After,
+    a closed one frees its place), and a stream resuming from an old id replays the last
+    1000 events only, saying how many it skipped."""
+    from db.engine import make_engine
+    from db.models import TaskKind
+    from db.queue import Queue, QueueConfig
+    from db.values import NewTask
+    from server.routes.events import MAX_CATCH_UP
+
+    data = tmp_path / "data"
+    env = clean_env(TINGJI_DATA_DIR=str(data), TINGJI_MAX_EVENT_STREAMS="2",
+                    TINGJI_MAX_PENDING="5000")
+    proc = start_server(env, tmp_path / "server.log")
+    try:
+        async def fill() -> None:  # 1,200 tasks: 1,200 enqueued events
+            engine = make_engine(f"sqlite:///{data / 'tingji.db'}")
+            q = Queue(engine, QueueConfig(max_pending=5000))
+            for _ in range(3):
+                await q.enqueue_many([NewTask(TaskKind.URL, {
+                    "url": "https://www.bilibili.com/video/BV1xx411c7mD", "options": {}})
+                    for _ in range(400)])
+            await engine.dispose()
+        asyncio.run(fill())
+
+        first, hello = _open_stream(proc.url, "/api/v1/events?since=0")
+        assert hello.startswith(b"HTTP/1.1 200"), hello[:200]
+        skipped = json_loads(hello.split(b"data: ", 1)[1].split(b"\r\n", 1)[0])["skipped"]
+        assert skipped == 1200 - MAX_CATCH_UP
+        replayed, buf = [], hello
+        while len(replayed) < MAX_CATCH_UP:
+            buf += first.recv(65536)
+            replayed = re.findall(rb"^id: ?(\d+)", buf, re.M)
+        assert int(replayed[0]) == skipped + 1 and len(set(replayed)) == MAX_CATCH_UP
+
+        second, ok = _open_stream(proc.url, "/api/v1/events")
+        assert ok.startswith(b"HTTP/1.1 200"), ok[:200]
+        third, refused = _open_stream(proc.url, "/api/v1/events")
+        assert refused.startswith(b"HTTP/1.1 503"), refused[:300]
+        assert re.search(rb"(?i)^retry-after: \d+", refused, re.M)
+        assert b"TINGJI_MAX_EVENT_STREAMS" in refused
+        third.close()
+        first.close()
+
+        def place_freed() -> bool:
+            sock, got = _open_stream(proc.url, "/api/v1/events")
+            sock.close()
+            return got.startswith(b"HTTP/1.1 200")
+        for _ in range(50):
+            if place_freed():
+                break
+            time.sleep(0.2)
+        else:
+            raise AssertionError("a closed stream did not free its place")
+        second.close()
+    finally:
+        proc.stop()

@@ -203,3 +203,34 @@ def test_a_hostile_callback_url_is_a_400_and_stores_nothing(
                                data={"callback_url": "gopher://example.com/"})
     assert resp.status_code == 400 and "callback_url" in resp.json()["error"]["message"]
     assert stack.http.get("/api/v1/tasks").json()["total"] == 0
+
+
+def test_a_trickling_receiver_holds_up_no_task(stack_factory: Callable[..., Stack],
+                                               media: dict[str, Path], files: Any) -> None:
+    """The operator's receiver answers one byte every 0.3 s and never finishes: each
+    attempt is cut at its deadline (10 s) and one runs at a time, while downloads,
+    transcriptions and result writes go on: six tasks (two of them URLs) complete while
+    fewer attempts have ended than there are tasks behind the first (tasks that waited
+    for their messages would need one ended attempt each); the deliveries are tried
+    again, each attempt an event naming the receiver's origin."""
+    from tests.helpers.servers import raw_server, trickling
+
+    server = raw_server(trickling)
+    url = next(server)
+    try:
+        stack = stack_factory(TINGJI_WEBHOOK_URL=url, TINGJI_WEBHOOK_RETRY_SECONDS="0.5",
+                              TINGJI_WEBHOOK_MAX_ATTEMPTS="2")
+        stack.worker()
+        tids = [stack.upload(media["speech"], reuse="false") for _ in range(4)]
+        tids += [stack.submit_url(f"{files.url}/talk.mp4", reuse=False),
+                 stack.submit_url(f"{files.url}/part1.mp3", reuse=False)]
+        for tid in tids:
+            assert stack.finished(tid, 120)["status"] == "completed"
+        ended = [e for t in tids for e in stack.events(t)
+                 if e["event"] in ("webhook_retry", "webhook_failed", "webhook_delivered")]
+        assert len(ended) < len(tids) - 1, ended  # the tasks did not wait for messages
+        tried = stack.wait(lambda: [e for t in tids for e in stack.events(t)
+                                    if e["event"] == "webhook_retry"], 60, "a cut attempt")
+        assert "127.0.0.1" in json.dumps(tried[0]["detail"])  # the origin is named
+    finally:
+        next(server, None)

@@ -4,8 +4,10 @@ OpenAI-compatible chat-completions stub for the LLM stages."""
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -202,8 +204,6 @@ class TcpProxy:
     same port."""
 
     def __init__(self, target: int) -> None:
-        import socket
-
         self.target = target
         self._lock = threading.Lock()
         self._open: set[socket.socket] = set()
@@ -214,14 +214,11 @@ class TcpProxy:
         self.up()
 
     def up(self) -> None:
-        import socket
-
         listener = socket.create_server(("127.0.0.1", self.port), reuse_port=False)
         self._listener = listener
         threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
 
     def down(self) -> None:
-        import socket
         import struct
 
         listener, self._listener = self._listener, None
@@ -241,8 +238,6 @@ class TcpProxy:
         self.up()
 
     def _accept(self, listener: Any) -> None:
-        import socket
-
         while True:
             try:
                 client, _ = listener.accept()
@@ -260,8 +255,6 @@ class TcpProxy:
                 threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
 
     def _pump(self, src: Any, dst: Any) -> None:
-        import socket
-
         try:
             while data := src.recv(65536):
                 dst.sendall(data)
@@ -279,3 +272,41 @@ def _quiet() -> Any:
     import contextlib
 
     return contextlib.suppress(OSError)
+
+
+def raw_server(handle: Callable[[socket.socket], None]) -> Iterator[str]:
+    """A raw TCP server on 127.0.0.1: ``handle`` gets each connection (on its thread)."""
+    srv = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def accept() -> None:
+        srv.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = srv.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            threading.Thread(target=_run, args=(handle, conn), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    yield f"http://127.0.0.1:{srv.getsockname()[1]}"
+    stop.set()
+    srv.close()
+
+
+def _run(handle: Callable[[socket.socket], None], conn: socket.socket) -> None:
+    with conn:
+        try:
+            conn.recv(65536)  # the request (small)
+            handle(conn)
+        except OSError:
+            pass
+
+
+def trickling(conn: Any) -> None:
+    """An HTTP answer that never ends: one byte of its headers every 0.3 s."""
+    for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 10_000:
+        conn.sendall(bytes([byte]))
+        time.sleep(0.3)

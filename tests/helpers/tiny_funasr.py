@@ -29,6 +29,7 @@ working); this module is tingji's own.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import time
@@ -91,11 +92,15 @@ def common_characters(n: int = 400) -> tuple[str, ...]:
 
 def vocabulary(size: int | None) -> list[str]:
     """Tokens: the control tokens, characters, ``<unk>``; padded with further CJK
-    ideographs to exactly ``size`` when given."""
+    ideographs (then pairs of them) to exactly ``size`` when given."""
     chars = list(common_characters())
     if size is not None:
         known = set(chars)
-        extra = (chr(c) for c in range(0x4E00, 0xA000) if chr(c) not in known)
+        ideographs = [chr(c) for c in range(0x4E00, 0xA000)]
+        # single ideographs first, then two-ideograph words (ct-punc's vocabulary holds
+        # 471,067 tokens, far more than there are ideographs)
+        extra = itertools.chain((c for c in ideographs if c not in known),
+                                (a + b for a in ideographs for b in ideographs))
         chars = (chars + [next(extra) for _ in range(max(0, size - 4 - len(chars)))])[:size - 4]
     return CONTROL + chars + [UNKNOWN]
 

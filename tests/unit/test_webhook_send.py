@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import gzip
 import socket
-import threading
 import time
 import tracemalloc
 import uuid
@@ -20,40 +19,10 @@ import httpcore
 import httpx
 import pytest
 
+from tests.helpers.servers import raw_server, trickling
 from worker.stages.webhooks import Dispatcher, post_status
 
 BOMB_MB = 64
-
-
-def _serve(handle: Callable[[socket.socket], None]) -> Iterator[str]:
-    """A raw TCP server on 127.0.0.1: ``handle`` gets each connection (on its thread)."""
-    srv = socket.create_server(("127.0.0.1", 0))
-    stop = threading.Event()
-
-    def accept() -> None:
-        srv.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                conn, _ = srv.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            threading.Thread(target=_run, args=(handle, conn), daemon=True).start()
-
-    threading.Thread(target=accept, daemon=True).start()
-    yield f"http://127.0.0.1:{srv.getsockname()[1]}"
-    stop.set()
-    srv.close()
-
-
-def _run(handle: Callable[[socket.socket], None], conn: socket.socket) -> None:
-    with conn:
-        try:
-            conn.recv(65536)  # the request (small)
-            handle(conn)
-        except OSError:
-            pass
 
 
 @pytest.fixture(scope="module")
@@ -63,17 +32,13 @@ def bomb() -> Iterator[str]:
     def handle(conn: socket.socket) -> None:
         conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
                      b"Content-Encoding: gzip\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
-    yield from _serve(handle)
+    yield from raw_server(handle)
 
 
 @pytest.fixture(scope="module")
 def trickle() -> Iterator[str]:
     """Answers one byte of its headers every 0.3 s, for ever."""
-    def handle(conn: socket.socket) -> None:
-        for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 10_000:
-            conn.sendall(bytes([byte]))
-            time.sleep(0.3)
-    yield from _serve(handle)
+    yield from raw_server(trickling)
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +49,7 @@ def slow_body() -> Iterator[str]:
         for _ in range(1000):
             conn.sendall(b"1\r\na\r\n")
             time.sleep(0.3)
-    yield from _serve(handle)
+    yield from raw_server(handle)
 
 
 def _peak_mb(fn: Callable[[], Any]) -> tuple[Any, float]:
