@@ -200,61 +200,61 @@ class TrapServer:
 class TcpProxy:
     """A TCP relay from a port on 127.0.0.1 to ``target``, taken down and brought back
     as a database server is restarted or stopped: ``down()`` resets every relayed
-    connection and refuses new ones (nothing listens), ``up()`` listens again on the
-    same port."""
+    connection and, until ``up()``, resets each new one as it arrives.  The relay keeps
+    its port all along (closing the listener would let another process take it)."""
 
     def __init__(self, target: int) -> None:
         self.target = target
         self._lock = threading.Lock()
         self._open: set[socket.socket] = set()
-        self._listener: socket.socket | None = None
-        probe = socket.create_server(("127.0.0.1", 0))
-        self.port = int(probe.getsockname()[1])
-        probe.close()
-        self.up()
+        self._serving = threading.Event()
+        self._serving.set()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self._listener.getsockname()[1])
+        threading.Thread(target=self._accept, daemon=True).start()
 
     def up(self) -> None:
-        listener = socket.create_server(("127.0.0.1", self.port), reuse_port=False)
-        self._listener = listener
-        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+        self._serving.set()
 
     def down(self) -> None:
-        import struct
-
-        listener, self._listener = self._listener, None
-        if listener is not None:
-            with _quiet():
-                listener.shutdown(socket.SHUT_RDWR)  # wakes the accepting thread
-            listener.close()
+        self._serving.clear()
         with self._lock:
             conns, self._open = self._open, set()
-        for conn in conns:  # reset, as a server that went away
-            with _quiet():
-                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            conn.close()
+        for conn in conns:
+            _reset(conn)
 
     def restart(self) -> None:
         self.down()
         self.up()
 
-    def _accept(self, listener: Any) -> None:
+    def _accept(self) -> None:
         while True:
             try:
-                client, _ = listener.accept()
+                client, _ = self._listener.accept()
             except OSError:
-                return
-            try:
-                upstream = socket.create_connection(("127.0.0.1", self.target), timeout=5)
-                upstream.settimeout(None)
-            except OSError:
-                client.close()
+                return  # closed
+            if not self._serving.is_set():
+                _reset(client)
                 continue
-            with self._lock:
-                self._open.update((client, upstream))
-            for src, dst in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+            threading.Thread(target=self._relay, args=(client,), daemon=True).start()
 
-    def _pump(self, src: Any, dst: Any) -> None:
+    def _relay(self, client: socket.socket) -> None:
+        try:
+            upstream = socket.create_connection(("127.0.0.1", self.target), timeout=5)
+            upstream.settimeout(None)
+        except OSError:
+            _reset(client)
+            return
+        with self._lock:
+            if not self._serving.is_set():  # taken down meanwhile
+                _reset(client)
+                _reset(upstream)
+                return
+            self._open.update((client, upstream))
+        for src, dst in ((client, upstream), (upstream, client)):
+            threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
         try:
             while data := src.recv(65536):
                 dst.sendall(data)
@@ -266,6 +266,19 @@ class TcpProxy:
 
     def close(self) -> None:
         self.down()
+        with _quiet():
+            self._listener.shutdown(socket.SHUT_RDWR)
+        self._listener.close()
+
+
+def _reset(conn: socket.socket) -> None:
+    """Close with a reset (RST), as a server that went away."""
+    import struct
+
+    with _quiet():
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        conn.shutdown(socket.SHUT_RDWR)
+    conn.close()
 
 
 def _quiet() -> Any:
