@@ -61,19 +61,6 @@ def pytest_configure(config: pytest.Config) -> None:
         PG_URL = _test_database(PG_URL)
 
 
-# Under ``--dist loadfile`` whole files go to the two test processes in collection
-# order.  The slowest files (by ``--durations``) come first, so that the last ones to
-# start are short and neither process waits long for the other at the end.
-SLOW_FIRST = ("test_security.py", "test_crashes.py", "test_worker.py", "test_webhooks.py",
-              "test_onnx.py", "test_outages.py", "test_restarts.py", "test_cli.py",
-              "test_scaleout.py", "test_openai.py")
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    rank = {name: i for i, name in enumerate(SLOW_FIRST)}  # the rest keep their order
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
-
-
 def _reset_pg_schema() -> None:
     async def run() -> None:
         engine = make_engine(PG_URL, pool_size=1)
