@@ -83,6 +83,22 @@ def exported(first_export: tuple[Path, subprocess.CompletedProcess[str]]) -> Pat
     return data
 
 
+def test_a_seaco_model_narrower_than_paraformer_zh_exports(tmp_path: Path,
+                                                           clips: list[Path]) -> None:
+    """funasr's SeACo export feeds the hotword graph a 512-wide dummy embedding (the
+    hub's width): a 192-wide model failed with a shape error until tingji gave the dummy
+    the model's width.  Its graphs then decode as torch does."""
+    from tests.helpers.tiny_funasr import build_asr
+    from worker.engines.onnx.export import export_models
+
+    build_asr(tmp_path / "asr", "seaco", "slim", predictor_gain=0.05)
+    lines: list[str] = []
+    roles = [("ASR", "TINGJI_ASR_MODEL", str(tmp_path / "asr"))]
+    assert export_models(roles, tmp_path / "data", quantize=False, out=lines.append) == 0, \
+        lines
+    assert "matches torch within" in lines[0], lines
+
+
 def test_export_onnx_writes_graphs_that_decode_as_torch(
         models: dict[str, Path], first_export: tuple[Path, subprocess.CompletedProcess[str]],
         clips: list[Path]) -> None:

@@ -62,6 +62,9 @@ ASR_SIZES = {
     # the hub's widths (funasr's ONNX exporter assumes 512 and 8404 tokens), few blocks;
     # six bias-decoder blocks, which the hotword graph's export reads
     "narrow": AsrSize(512, 4, (256, 2), (256, 1, 1), (128, 1, 6), 8404),
+    # narrower than the hub (192, as bench/train_fixture.py's model), with the six
+    # bias-decoder blocks the hotword graph's export reads
+    "slim": AsrSize(192, 4, (256, 2), (256, 1, 1), (64, 1, 6), None),
     # Paraformer-large / SeACo-Paraformer-large (FunASR's template.yaml)
     "full": AsrSize(512, 4, (2048, 50), (2048, 16, 16), (1024, 4, 6), 8404),
 }

@@ -107,6 +107,23 @@ def _inputs_of(module: Any) -> tuple[Any, ...]:
     return (dummy,) if isinstance(dummy, torch.Tensor) else tuple(dummy)
 
 
+def _fit_bias_width(module: Any) -> None:
+    """funasr's SeACo backbone export feeds a hotword embedding 512 wide (paraformer-zh's
+    width) whatever the model's own, so a narrower SeACo-Paraformer (the trained fixture
+    is 192 wide) fails to export with a shape error: give the dummy the model's width."""
+    width = getattr(module, "inner_dim", None)
+    if not width or "bias_embed" not in module.export_input_names():
+        return
+    make = module.export_dummy_inputs
+
+    def dummy() -> tuple[Any, ...]:
+        import torch
+
+        *rest, bias = make()
+        return (*rest, torch.randn(*bias.shape[:-1], width))
+    module.export_dummy_inputs = dummy
+
+
 def _run(graph: Path, module: Any, inputs: tuple[Any, ...], threads: int) -> list[Any]:
     """ONNX Runtime's outputs of ``graph`` on ``inputs`` (torch tensors)."""
     import onnxruntime as ort
@@ -206,6 +223,7 @@ def export_model(role: str, source: str, data_dir: Path, *, quantize: bool,
             modules = list(modules) if isinstance(modules, (list, tuple)) else [modules]
             for m in modules:
                 m.eval()
+                _fit_bias_width(m)
                 export_utils._onnx(m, quantize=False, opset_version=14,
                                    export_dir=str(tmp), device="cpu")
         if quantize:
