@@ -254,10 +254,14 @@ def main() -> None:
     logging.basicConfig(level=logging.ERROR)
     began = time.monotonic()
     figures: dict[str, Any] = {}
-    for key, value in measure(a.model, a.work, a.count, a.names):
-        figures[key] = value
-        if not a.json:
-            print(f"{key:26} {value}", flush=True)
+    import contextlib
+
+    # funasr prints its version on stdout when imported: keep stdout for the figures
+    with contextlib.redirect_stdout(sys.stderr):
+        for key, value in measure(a.model, a.work, a.count, a.names):
+            figures[key] = value
+            if not a.json:
+                print(f"{key:26} {value}", file=sys.__stdout__, flush=True)
     figures["seconds"] = round(time.monotonic() - began)
     if a.json:
         json.dump(figures, sys.stdout, ensure_ascii=False)

@@ -197,6 +197,8 @@ def cmd_models(args: argparse.Namespace) -> int:
     import os
     from pathlib import Path
 
+    if args.models_command == "demo":
+        return demo()
     settings = _settings()
     if args.models_command == "export-onnx":
         try:
@@ -215,6 +217,32 @@ def cmd_models(args: argparse.Namespace) -> int:
     from tingji.cli.doctor import download_models
 
     return download_models(settings, Path(args.to).expanduser() if args.to else None)
+
+
+DEMO_SETTINGS = ("TINGJI_VAD_MODEL=", "TINGJI_PUNC_MODEL=", "TINGJI_SPK_MODEL=")
+
+
+def demo() -> int:
+    """``tingji models demo``: the settings that point the service at the model trained
+    here (``bench/train_fixture.py``), which needs no hub; it has no VAD, punctuation or
+    speaker model of its own, so those are off."""
+    import json
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "trained"
+    if not (root / "asr" / "model.pt").is_file():
+        print(f"tingji: no demo model at {root}: it comes with a checkout of tingji's "
+              "repository (tests/fixtures/trained), not with the package", file=sys.stderr)
+        return 1
+    about = json.loads((root / "demo.json").read_text(encoding="utf-8"))
+    print(f"# a {about['parameters'] / 1e6:.1f} M-parameter SeACo-Paraformer trained here on "
+          f"synthetic Mandarin ({about['characters']} characters, espeak-ng's voice): it "
+          "transcribes that, not real speech")
+    for line in (f"TINGJI_ASR_MODEL={root / 'asr'}", *DEMO_SETTINGS):
+        print(line)
+    print(f"# try: tingji submit {root / about['file']} --wait")
+    print(f"# it says: {about['text']}")
+    return 0
 
 
 def cmd_service(args: argparse.Namespace) -> int:

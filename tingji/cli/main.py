@@ -110,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _sub(sub, "models", "the ASR, VAD, punctuation and speaker models", SERVICE_ENV,
              "  tingji models download --to /media/usb/tingji-models\n"
-             "  tingji models export-onnx --quantize")
+             "  tingji models export-onnx --quantize\n  tingji models demo")
     models_sub = p.add_subparsers(dest="models_command", required=True)
     dl = models_sub.add_parser("download", help="fetch the configured models once (to carry "
                                "to an offline machine) and print the settings that use them")
@@ -122,6 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--quantize", action="store_true",
                     help="also write int8 graphs (model_quant.onnx)")
     ex.add_argument("--force", action="store_true", help="export again even if done before")
+    models_sub.add_parser(
+        "demo", help="print the settings that run the small model trained here on "
+        "synthetic Mandarin (a checkout's tests/fixtures/trained: no hub needed), and a "
+        "clip it transcribes; scripts/start.sh --demo starts the service with them")
     p.set_defaults(func=cmd_models)
 
     p = _sub(sub, "service", "run `tingji run` as a systemd service that survives reboots",

@@ -124,6 +124,15 @@ def _fit_bias_width(module: Any) -> None:
     module.export_dummy_inputs = dummy
 
 
+def _own_no_bias(module: Any) -> None:
+    """funasr's SeACo export sets the "no hotword here" token to 8377, paraformer-zh's,
+    whatever the model's vocabulary: in a model with another vocabulary the graph then
+    takes the bias decoder's logits everywhere and decodes nothing but that token (the
+    trained fixture did).  Give the graph the model's own."""
+    if hasattr(module, "NOBIAS") and hasattr(module, "NO_BIAS"):
+        module.NOBIAS = module.NO_BIAS
+
+
 def _run(graph: Path, module: Any, inputs: tuple[Any, ...], threads: int) -> list[Any]:
     """ONNX Runtime's outputs of ``graph`` on ``inputs`` (torch tensors)."""
     import onnxruntime as ort
@@ -224,6 +233,7 @@ def export_model(role: str, source: str, data_dir: Path, *, quantize: bool,
             for m in modules:
                 m.eval()
                 _fit_bias_width(m)
+                _own_no_bias(m)
                 export_utils._onnx(m, quantize=False, opset_version=14,
                                    export_dir=str(tmp), device="cpu")
         if quantize:
