@@ -15,11 +15,11 @@ from the targets.  The folder has the hub's layout and loads through the code pa
 ``paraformer-zh``.  Everything is seeded, so a rebuild gives the same corpus and, on
 the same CPU and torch, the same weights.
 
-Measured 2026-12-06 on 2 cores: the corpus (3,348 clips, about 4 hours) 1.3 min; stage
-1 (14 epochs, 5,550 steps) 88 min with evaluation runs sharing the cores (an epoch took
-4.4 min alone, 5-7 beside them: about 65 alone); calibration and stage 2 (1 epoch) 3.3
-min.  The result, on held-out speech: CER 0.19 (bench/quality.py, 100 clips), short of
-issue 31's 10 %: most errors are tones (是/时, 号/好).
+Measured 2026-12-06 on 2 cores: 106 min in all, beside a 40-minute run of the test
+suite: the corpus (3,348 clips, about 4 hours) 1.2 min; stage 1 (14 epochs, 5,660
+steps) 96 min (an epoch took 5.4-7.1 min with the machine otherwise idle, 7-9 beside
+the suite); calibration and stage 2 (2 epochs) 7.7 min.  Alone, about 85-100 min.  The
+result, on held-out speech: CER 0.071 (bench/quality.py, 100 clips).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ import yaml
 from bench import synth
 from tests.helpers.tiny_funasr import CONTROL, UNKNOWN, AsrSize, asr_config, build_module
 
-DEMO = "我们今天一起来听听老张说话"  # words of the vocabulary; no training sentence
+DEMO = "我们都来听听老王说话"  # words of the vocabulary; no training sentence
 NO_BIAS = "<no-bias>"  # SeACo's "no hotword here" label, a token of its own
 # 7.0 M parameters
 SIZE = AsrSize(width=192, heads=4, encoder=(768, 6), decoder=(768, 2, 2),
@@ -221,14 +221,16 @@ def synth_samples(path: Path) -> np.ndarray:
 
 
 def write_demo(root: Path, parameters: int, characters: int) -> None:
-    """``demo.wav``: a sentence not in training, spoken plainly (no noise or room), for
-    ``tingji models demo`` and the README's tour; ``demo.json`` says what it is."""
+    """``demo.wav``: a sentence not in training, spoken as the held-out speech is (a
+    voice, rate, pitch and noise of that split), for ``tingji models demo`` and the
+    README's tour; ``demo.json`` says what it is.  Not clean: the model never heard
+    silence without noise, and on a clean rendering of the sentence it adds syllables
+    at both ends (那不我们都来定听老王说话不)."""
     from dataclasses import replace
 
     u = next(synth.utterances(replace(synth.HELD_OUT, seed=4), 1, "demo"))
     vocab = synth.vocabulary()
-    u = replace(u, text=DEMO, pinyin=" ".join(vocab[ch] for ch in DEMO), voice=synth.VOICE,
-                speed=165, pitch=50, gap=0, gain_db=-3.0, room_s=0.0, snr_db=60.0)
+    u = replace(u, text=DEMO, pinyin=" ".join(vocab[ch] for ch in DEMO))
     x, _ = synth.render(u, 4)
     synth.write_wav(root / "demo.wav", x)
     (root / "demo.json").write_text(json.dumps(
@@ -242,7 +244,7 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("/tmp/tingji-fixture"))
     ap.add_argument("--hours", type=float, default=4.0, help="training audio")
     ap.add_argument("--epochs", type=int, default=14, help="stage 1")
-    ap.add_argument("--hotword-epochs", type=int, default=1, help="stage 2")
+    ap.add_argument("--hotword-epochs", type=int, default=2, help="stage 2")
     ap.add_argument("--held-out", type=int, default=300, help="test utterances")
     ap.add_argument("--skip-corpus", action="store_true", help="reuse --work's corpus")
     ap.add_argument("--skip-stage1", action="store_true",

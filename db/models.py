@@ -66,6 +66,9 @@ class Stage(enum.StrEnum):
     TRANSCRIBE = "transcribe"
     POLISH = "polish"
     SUMMARIZE = "summarize"
+    CHAPTERS = "chapters"  # the LLM's notes (worker/notes.py), each asked for per task
+    MINDMAP = "mindmap"
+    TRANSLATE = "translate"
     EXPORT = "export"
 
 
@@ -94,6 +97,7 @@ class EventType(enum.StrEnum):
     # a task took the sentences of a completed task with the same audio and settings
     # (details: from_task) instead of transcribing
     TRANSCRIPT_REUSED = "transcript_reused"
+    PLATFORM_SUBTITLES_USED = "platform_subtitles_used"  # the video's own, not ASR
     # the worker that ran this task last recycled itself after it: its memory had grown
     # past TINGJI_WORKER_MAX_RSS_MB (details: rss_mb, limit_mb, worker_id)
     WORKER_RECYCLED = "worker_recycled"

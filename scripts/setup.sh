@@ -42,21 +42,24 @@ if [[ ! -f $stamp ]] || ! grep -qx -e "$sig" -e "$test_sig" "$stamp" 2>/dev/null
   echo "$sig" > "$stamp"
 fi
 
+missing=()
+# PDF notes: WeasyPrint lays them out with Pango, in a font with Chinese glyphs
+ldconfig -p 2>/dev/null | grep -q libpangoft2-1.0 || missing+=(libpango-1.0-0 libpangoft2-1.0-0)
+fc-list 2>/dev/null | grep -qi "wenquanyi\|noto sans cjk" || missing+=(fonts-wqy-zenhei)
 if [[ $want_test == 1 ]]; then
-  missing=()
   command -v espeak-ng >/dev/null || missing+=(espeak-ng)
   command -v ffmpeg >/dev/null || missing+=(ffmpeg)
   command -v ffprobe >/dev/null || missing+=(ffmpeg)
   # the web page's browser tests (driven by Playwright, no browser download)
   [[ -x /usr/bin/chromium ]] || missing+=(chromium chromium-driver)
-  # CJK glyphs for the screenshots the browser tests take
-  fc-list 2>/dev/null | grep -qi "wenquanyi\|noto sans cjk" || missing+=(fonts-wqy-zenhei)
-  if (( ${#missing[@]} )); then
-    if [[ $(id -u) == 0 ]]; then
-      (apt-get install -y -q "${missing[@]}" || { apt-get update -q && apt-get install -y -q "${missing[@]}"; }) >/dev/null
-    else
-      echo "setup: please install ${missing[*]} (Debian: sudo apt-get install ${missing[*]})" >&2
-      exit 1
-    fi
+  # the PDF test reads the text back and renders the first page
+  command -v pdftotext >/dev/null || missing+=(poppler-utils)
+fi
+if (( ${#missing[@]} )); then
+  if [[ $(id -u) == 0 ]]; then
+    (apt-get install -y -q "${missing[@]}" || { apt-get update -q && apt-get install -y -q "${missing[@]}"; }) >/dev/null
+  else
+    echo "setup: please install ${missing[*]} (Debian: sudo apt-get install ${missing[*]})" >&2
+    exit 1
   fi
 fi

@@ -25,7 +25,7 @@ from server.boundary import make_boundary, security_headers
 from server.deps import provide
 from server.errors import handle
 from server.feed import LiveFeed
-from server.routes import events, internal, metrics, openai, process, system, tasks
+from server.routes import audio, events, internal, metrics, openai, process, system, tasks
 from server.routes.system import STATIC_DIR
 from server.uploads import UploadGate, sweep_orphans
 from tingji import __version__
@@ -62,8 +62,8 @@ def create_app(settings: Settings) -> Litestar:
         await engine.dispose()
 
     api = Router(path="/api/v1", guards=[token_guard(settings.api_token)],
-                 route_handlers=[*process.handlers, *tasks.handlers, *system.api_handlers,
-                                 *events.handlers, *internal.handlers])
+                 route_handlers=[*process.handlers, *tasks.handlers, *audio.handlers,
+                                 *system.api_handlers, *events.handlers, *internal.handlers])
     # the OpenAI audio API, where its clients look for it (same token)
     openai_api = Router(path="/v1", guards=[token_guard(settings.api_token)],
                         route_handlers=openai.handlers)

@@ -44,7 +44,8 @@ _HEADERS = {
     "cross-origin-resource-policy": "same-origin",
 }
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-       "connect-src 'self'; font-src 'self'; base-uri 'none'; form-action 'self'; "
+       "connect-src 'self'; font-src 'self'; media-src 'self' blob:; base-uri 'none'; "
+       "form-action 'self'; "
        "frame-ancestors 'none'")
 
 

@@ -12,6 +12,7 @@ import msgspec
 from db.models import Task, TaskStatus
 from server.errors import bad_request
 from tingji.hotwords import check_hotwords, split_hotwords
+from tingji.languages import check_language
 from tingji.settings import Settings
 from tingji.taskfiles import source_of
 from tingji.urls import MAX_URL_LENGTH, has_control_chars, url_problem
@@ -30,6 +31,16 @@ class TaskOptions(msgspec.Struct, forbid_unknown_fields=True):
 
     polish: bool | None = None
     summarize: bool = False
+    # the LLM's notes: chapters on sentence starts, a mind map, a translation into a
+    # language ("en", "ja", ...: the subtitles come translated and bilingual too)
+    chapters: bool = False
+    mindmap: bool = False
+    translate: Annotated[str, msgspec.Meta(min_length=2, max_length=20)] | None = None
+    # a video's own Chinese subtitles as the transcript, no ASR (None: the server's
+    # TINGJI_SUBTITLES_FIRST)
+    subtitles_first: bool | None = None
+    # the video with its subtitles burned in (download format mp4)
+    burn_subtitles: bool = False
     llm_model: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] | None = None
     temperature: Annotated[float, msgspec.Meta(ge=0, le=2)] | None = None
     max_tokens: Annotated[int, msgspec.Meta(gt=0, le=1_000_000)] | None = None
@@ -221,6 +232,7 @@ def options_payload(opts: TaskOptions, settings: Settings) -> dict[str, Any]:
         "summarize": opts.summarize, "llm_model": opts.llm_model,
         "temperature": opts.temperature, "max_tokens": opts.max_tokens,
     }
+    options.update(notes_options(opts, settings))
     if opts.callback_url is not None:  # reached under the egress policy, like media URLs
         options["callback_url"] = check_url(opts.callback_url, "callback_url")
     if opts.hotwords:
@@ -232,7 +244,29 @@ def options_payload(opts: TaskOptions, settings: Settings) -> dict[str, Any]:
         options["speakers"] = check_speakers(opts.speakers)
     if not opts.reuse:
         options["reuse"] = False
+    if opts.subtitles_first is not None:
+        options["subtitles_first"] = opts.subtitles_first
+    if opts.burn_subtitles:
+        options["burn_subtitles"] = True
     return options
+
+
+def notes_options(opts: TaskOptions, settings: Settings) -> dict[str, Any]:
+    """``chapters``, ``mindmap``, ``translate``: each needs an LLM, so a server without
+    one refuses them at once instead of completing the task without them."""
+    out: dict[str, Any] = {}
+    asked = [name for name in ("chapters", "mindmap") if getattr(opts, name)]
+    if opts.translate is not None:
+        try:
+            out["translate"] = check_language(opts.translate)
+        except ValueError as exc:
+            raise bad_request(f"translate: {exc}") from None
+        asked.append("translate")
+    if asked and not settings.llm_configured:
+        raise bad_request(f"{', '.join(asked)}: written by an LLM, and none is configured "
+                          "on this server (TINGJI_LLM_BASE_URL)")
+    out.update({name: True for name in ("chapters", "mindmap") if getattr(opts, name)})
+    return out
 
 
 MAX_SPEAKERS = 16
@@ -281,7 +315,8 @@ def options_from_form(fields: dict[str, str]) -> TaskOptions:
     values: dict[str, Any] = {}
     for name, raw in fields.items():
         raw = raw.strip()
-        if name in ("polish", "summarize", "reuse"):
+        if name in ("polish", "summarize", "reuse", "chapters", "mindmap", "subtitles_first",
+                    "burn_subtitles"):
             low = raw.lower()
             if low in ("1", "true", "yes", "on"):
                 values[name] = True

@@ -11,6 +11,7 @@ import asyncio
 import hashlib
 import os
 import shutil
+import subprocess
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -173,12 +174,12 @@ def media(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("media")
     speech = m.speech_wav(d / "speech.wav", m.SENTENCES)
     long = m.convert(speech, d / "long.wav", "-filter_complex",
-                     "aloop=loop=24:size=2e9", "-ar", "16000", "-ac", "1")
+                     "aloop=loop=12:size=2e9", "-ar", "16000", "-ac", "1")
     text_mp3 = d / "notes.mp3"
     text_mp3.write_text("这不是音频文件，只是一些文字。\n" * 50, encoding="utf-8")
     return {
         "speech": speech,
-        "long": long,  # ~17 minutes: transcribing it takes ~10 s even with the tiny model
+        "long": long,  # ~8.5 minutes: a task that stays in transcription for seconds
         "video": m.video_with_speech(speech, d / "talk.mp4"),
         "mp3": m.convert(speech, d / "talk.mp3"),
         "silent_video": m.silent_video(d / "silent.mp4"),
@@ -205,8 +206,9 @@ def stack_factory(tmp_path: Path, tiny_models: dict[str, str]) -> Iterator[Any]:
 @pytest.fixture(scope="session")
 def files(media: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """A local web server with media for yt-dlp's generic extractor: talk.mp4 (video with
-    speech), part1.mp3, part2.mp3, and parts.html (a page with both parts, which yt-dlp
-    treats like a multi-part video)."""
+    speech), part1.mp3, part2.mp3, parts.html (a page with both parts, which yt-dlp
+    treats like a multi-part video) and subtitled.html (lecture.mp4, a grey picture with
+    speech, with a Chinese subtitle track, talk.zh.vtt)."""
     import shutil
 
     from tests.helpers.servers import FileServer
@@ -219,9 +221,36 @@ def files(media: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> I
         "<html><head><title>两集讲座</title></head><body>"
         "<audio src='part1.mp3' title='第一集'></audio>"
         "<audio src='part2.mp3' title='第二集'></audio></body></html>", encoding="utf-8")
+    # a picture large enough to read burned-in subtitles on (grey, 320x180)
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-f", "lavfi", "-i",
+                    "color=c=0x404040:s=320x180:r=10", "-i", str(media["speech"]), "-shortest",
+                    "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p",
+                    "-c:a", "aac", str(root / "lecture.mp4")], check=True)
+    (root / "subtitled.html").write_text(
+        "<html><head><title>带字幕的讲座</title></head><body><video src='lecture.mp4'>"
+        "<track kind='subtitles' srclang='zh' label='中文' src='talk.zh.vtt'>"
+        "</video></body></html>", encoding="utf-8")
+    (root / "talk.zh.vtt").write_text(SUBTITLES, encoding="utf-8")
     server = FileServer(root)
     yield server
     server.close()
+
+
+# the human-made subtitles of subtitled.html (a cue with markup, one with settings)
+SUBTITLES = """WEBVTT
+
+NOTE made by hand
+
+1
+00:00:00.500 --> 00:00:03.200
+大家好，<b>欢迎</b>来到听记的讲座。
+
+00:00:03.400 --> 00:00:07.000 align:start position:10%
+今天我们讲语音识别。
+
+00:00:07.500 --> 00:00:09.900
+谢谢大家！
+"""
 
 
 @pytest.fixture

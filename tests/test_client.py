@@ -49,7 +49,8 @@ def test_the_readme_example_and_the_rest_of_the_sync_client(
         assert json.loads(tj.result(done["task_id"], "json"))["segments"]
         assert tj.result(done["task_id"]).strip() == done["result"]["text"].strip()
         names = zipfile.ZipFile(BytesIO(tj.download(done["task_id"]).content)).namelist()
-        assert {n.rsplit(".", 1)[1] for n in names} == {"txt", "md", "json", "srt", "vtt"}
+        assert {n.rsplit(".", 1)[1] for n in names} == {"txt", "md", "json", "srt", "vtt",
+                                                         "pdf"}
 
         # the same options again with an idempotency key name the same task
         again = tj.submit_file(media["speech"], idempotency_key="k1")

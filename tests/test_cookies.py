@@ -22,7 +22,7 @@ def test_cookies_reach_ytdlp_and_nothing_else(stack_factory: Callable[..., Stack
     server = TrapServer(members=(media["mp3"], SECRET))
     try:
         without = stack_factory()
-        without.worker()
+        without.worker(preload=False)  # as `tingji worker`: refused at the fetch
         refused = without.finished(without.submit_url(f"{server.url}/members.mp3"), 60)
         assert refused["status"] == "failed" and "403" in refused["error"]["message"]
 

@@ -118,7 +118,7 @@ def test_a_list_becomes_a_batch(stack_factory: Callable[..., Stack], site: FileS
 def test_a_list_longer_than_the_cap_fails_with_its_count(
         stack_factory: Callable[..., Stack], site: FileServer) -> None:
     stack = stack_factory(TINGJI_MAX_LIST_ITEMS="2")
-    stack.worker()
+    stack.worker(preload=False)  # as `tingji worker`: a list's expansion needs no model
     sub = submit(stack, video_url=f"{site.url}/list.html", expand=True)
     task = stack.finished(sub["task_id"])
     assert task["status"] == "failed" and task["error"]["type"] == "TooManyItems", task

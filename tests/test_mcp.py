@@ -15,7 +15,9 @@ from mcp.client.stdio import StdioServerParameters
 
 from tests.helpers.http import check_srt
 from tests.helpers.procs import TINGJI
+from tests.helpers.servers import LlmStub
 from tests.helpers.stack import Stack
+from tingji.notes import clock
 
 TOKEN = "mcp-token"
 
@@ -34,8 +36,10 @@ def _structured(result: Any) -> Any:
 
 
 async def test_an_agent_transcribes_a_local_clip(stack_factory: Callable[..., Stack],
-                                                 media: dict[str, Path]) -> None:
-    stack = stack_factory(TINGJI_API_TOKEN=TOKEN)
+                                                 media: dict[str, Path],
+                                                 llm: LlmStub) -> None:
+    stack = stack_factory(TINGJI_API_TOKEN=TOKEN, TINGJI_LLM_BASE_URL=llm.base_url,
+                          TINGJI_LLM_MODEL="stub-chat")
     stack.http.headers["Authorization"] = f"Bearer {TOKEN}"
     stack.worker()
     progress: list[tuple[float, str | None]] = []
@@ -50,7 +54,8 @@ async def test_an_agent_transcribes_a_local_clip(stack_factory: Callable[..., St
                          "list_tasks", "cancel_task"}
 
         done = _structured(await agent.call_tool(
-            "transcribe_file", {"path": str(media["speech"]), "hotwords": ["听记"]},
+            "transcribe_file", {"path": str(media["speech"]), "hotwords": ["听记"],
+                                "polish": False},
             progress_callback=on_progress))
         assert done["status"] == "completed" and done["text"].strip(), done
         assert done["duration_s"] > 1
@@ -105,6 +110,27 @@ async def test_an_agent_transcribes_a_local_clip(stack_factory: Callable[..., St
         assert queued["status"] in ("pending", "processing") and "later" in queued["note"]
         assert stack.finished(queued["task_id"])["status"] == "completed"
 
+        # notes: chapters, mind map and a translation, fetched in their formats
+        notes = _structured(await agent.call_tool("transcribe_file", {
+            "path": str(media["speech"]), "polish": False, "chapters": True,
+            "mindmap": True, "translate": "en"}))
+        assert notes["status"] == "completed", notes
+        nid = notes["task_id"]
+        chapters = stack.task(nid)["result"]["chapters"]
+
+        async def result(fmt: str, **more: str) -> str:
+            got = await agent.call_tool("get_result", {"task_id": nid, "format": fmt,
+                                                       **more})
+            assert not got.is_error, got.content
+            return got.content[0].text  # type: ignore[union-attr,no-any-return]
+        assert (await result("chapters")).splitlines() == [
+            f"{clock(c['start_ms'])} {c['title']}" for c in chapters]
+        assert (await result("mindmap")).startswith("mindmap\n")
+        english = check_srt(await result("srt", lang="en"))
+        assert english and all(cue[2].startswith("EN:") for cue in english)
+        bilingual = check_srt(await result("srt", lang="bilingual"))
+        assert [c[:2] for c in bilingual] == [c[:2] for c in english]
+
     async with McpClient(_spawn(stack, "wrong-token"), read_timeout_seconds=60) as intruder:
         denied = await intruder.call_tool("list_tasks", {})
         assert denied.is_error and "token" in denied.content[0].text  # type: ignore
@@ -156,7 +182,9 @@ async def test_streamable_http_on_loopback(stack_factory: Callable[..., Stack],
     made = start(["mcp", "--http", "--port", str(port)],
                  {**stack.env, "TINGJI_URL": stack.server.url}, tmp_path / "made.log")
     try:
-        stack.wait(lambda: "Authorization: Bearer " in made.output(), 30, made.output())
+        # the token is printed before the server listens: wait for both
+        stack.wait(lambda: "Authorization: Bearer " in made.output() and _listening(port),
+                   30, made.output())
         assert httpx.post(f"http://127.0.0.1:{port}/mcp", json={}).status_code == 401
     finally:
         made.kill()

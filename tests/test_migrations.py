@@ -192,6 +192,14 @@ def test_rebuilding_tasks_for_list_kinds_keeps_every_dependent_row(empty_url: st
         "(SELECT count(*) FROM segments), (SELECT count(*) FROM webhook_deliveries), "
         "(SELECT count(*) FROM tasks WHERE idempotency_key = 'k1' AND batch_id = 'b1')"))
     assert tuple(counts[0]) == (1, 1, 1, 1, 1)
+    # 0010 rebuilt tasks and task_stages again (SQLite) for the notes' stages
+    asyncio.run(run("UPDATE tasks SET stage = 'translate' WHERE id = 't1'",
+                    f"INSERT INTO task_stages (task_id, stage, completed_at, output) VALUES "
+                    f"('t1', 'chapters', {when}, '{{}}')"))
+    for sql in ("UPDATE tasks SET stage = 'dance' WHERE id = 't1'",
+                "UPDATE task_stages SET stage = 'dance' WHERE stage = 'chapters'"):
+        with pytest.raises(Exception, match="(?i)check"):
+            asyncio.run(run(sql))
     asyncio.run(run("UPDATE tasks SET kind = 'list' WHERE id = 't1'"))
     with pytest.raises(Exception, match="(?i)check"):  # the constraint is still there
         asyncio.run(run("UPDATE tasks SET kind = 'album' WHERE id = 't1'"))
@@ -199,6 +207,12 @@ def test_rebuilding_tasks_for_list_kinds_keeps_every_dependent_row(empty_url: st
     asyncio.run(run("DELETE FROM tasks WHERE id = 't1'"))
     assert tuple(asyncio.run(run("SELECT count(*) FROM task_events"))[0]) == (0,)
     migrate.check(empty_url)
+    asyncio.run(run("INSERT INTO tasks (id, kind, status, stage, progress, priority, payload, "
+                    "attempts, max_attempts, run_after, cancel_requested, created_at, "
+                    f"updated_at) VALUES ('t2', 'url', 'processing', 'mindmap', 0, 0, '{{}}',"
+                    f" 1, 3, {when}, false, {when}, {when})"))
+    migrate.downgrade(empty_url, "0009")  # a task in a notes' stage goes back to summarize
+    assert asyncio.run(run("SELECT stage FROM tasks WHERE id = 't2'"))[0][0] == "summarize"
     migrate.downgrade(empty_url, "0004")
     assert migrate.upgrade(empty_url) == migrate.head_revision()
 

@@ -11,14 +11,16 @@ import openai
 import pytest
 
 from tests.helpers.http import check_srt, check_vtt
+from tests.helpers.servers import LlmStub
 from tests.helpers.stack import Stack
 
 TOKEN = "openai-style-token"
 
 
 def test_every_response_format_through_the_sdk(stack_factory: Callable[..., Stack],
-                                               media: dict[str, Path]) -> None:
-    stack = stack_factory(TINGJI_API_TOKEN=TOKEN)
+                                               media: dict[str, Path], llm: LlmStub) -> None:
+    stack = stack_factory(TINGJI_API_TOKEN=TOKEN, TINGJI_LLM_BASE_URL=llm.base_url,
+                          TINGJI_LLM_MODEL="stub-chat")
     stack.http.headers["Authorization"] = f"Bearer {TOKEN}"
     stack.worker()
     client = openai.OpenAI(base_url=f"{stack.server.url}/v1", api_key=TOKEN, max_retries=0)
@@ -54,9 +56,20 @@ def test_every_response_format_through_the_sdk(stack_factory: Callable[..., Stac
     assert denied.value.status_code == 401
     assert denied.value.body["type"] == "invalid_request_error"  # type: ignore[index]
     assert "token" in denied.value.body["message"]  # type: ignore[index]
-    with pytest.raises(openai.BadRequestError) as refused, open(media["speech"], "rb") as fh:
-        client.audio.translations.create(file=fh, model="whisper-1")
-    assert "translate" in str(refused.value)
+    # translations: the same durable task, translated sentence by sentence by the LLM
+    with open(media["speech"], "rb") as fh:
+        english = client.audio.translations.create(file=fh, model="whisper-1",
+                                                   response_format="verbose_json")
+    assert english.task == "translate" and english.language == "english"  # type: ignore
+    assert english.segments and all(  # type: ignore[attr-defined]
+        s.text.startswith("EN:") for s in english.segments)  # type: ignore[attr-defined]
+    assert english.text == "\n".join(s.text for s in english.segments)  # type: ignore
+    with open(media["speech"], "rb") as fh:
+        srt = client.audio.translations.create(file=fh, model="whisper-1",
+                                               response_format="srt")
+    cues = check_srt(srt)  # type: ignore[arg-type]
+    assert [c[2] for c in cues] == [s.text for s in english.segments]  # type: ignore
+    assert all(c["kind"] != "polish" for c in llm.b.calls)  # transcriptions: not polished
     with pytest.raises(openai.BadRequestError), open(media["speech"], "rb") as fh:
         client.audio.transcriptions.create(file=fh, model="whisper-1",
                                            response_format="mp3")  # type: ignore[arg-type]
@@ -80,7 +93,8 @@ def test_a_short_wait_answers_202_and_the_task_goes_on(stack_factory: Callable[.
     slow = stack_factory(TINGJI_SYNC_WAIT_SECONDS="10")
     quick = openai.OpenAI(base_url=f"{slow.server.url}/v1", api_key="x", max_retries=0,
                           timeout=httpx.Timeout(1.0))
-    with pytest.raises(openai.APITimeoutError), open(media["long"], "rb") as fh:
+    # (no worker runs yet: the server's wait outlasts the client's whatever the clip)
+    with pytest.raises(openai.APITimeoutError), open(media["speech"], "rb") as fh:
         quick.audio.transcriptions.create(file=fh, model="whisper-1")
     slow.wait(lambda: slow.http.get("/api/v1/tasks").json()["total"] == 1, 30, "no task")
     [task] = slow.http.get("/api/v1/tasks").json()["tasks"]

@@ -295,7 +295,7 @@ def trap() -> Iterator[TrapServer]:
 def test_ssrf_to_loopback_fails_permanently(stack_factory: Callable[..., Stack],
                                            files: FileServer, trap: TrapServer) -> None:
     stack = stack_factory(TINGJI_ALLOW_PRIVATE_URLS="0")
-    stack.worker()
+    stack.worker(preload=False)  # as `tingji worker`: no task here needs the model
     closed = f"http://127.0.0.1:{free_port()}/x.mp4"
     tids = [stack.submit_url(u) for u in (f"{files.url}/talk.mp4", f"{trap.url}/secret.html",
                                           trap.url.replace("127.0.0.1", "localhost")
@@ -320,7 +320,7 @@ def test_redirect_to_loopback_is_refused(stack_factory: Callable[..., Stack],
     allowed = TrapServer(host="127.0.0.2")
     try:
         stack = stack_factory(TINGJI_ALLOW_PRIVATE_URLS="127.0.0.2/32")
-        stack.worker()
+        stack.worker(preload=False)  # as `tingji worker`: no task here needs the model
         tid = stack.submit_url(f"{allowed.url}/redirect?to={files.url}/talk.mp4")
         task = stack.finished(tid, 60)
         assert allowed.requests  # the allowed host was reached ...
@@ -341,7 +341,7 @@ def test_redirect_to_loopback_is_refused(stack_factory: Callable[..., Stack],
 def test_chunked_download_stops_at_the_cap(stack_factory: Callable[..., Stack],
                                            trap: TrapServer) -> None:
     stack = stack_factory(TINGJI_MAX_DOWNLOAD_MB="1")
-    stack.worker()
+    stack.worker(preload=False)  # as `tingji worker`: no task here needs the model
     tid = stack.submit_url(f"{trap.url}/endless.mp3")
     task = stack.finished(tid, 60)
     assert task["status"] == "failed" and task["error"]["type"] == "TooLarge", task
@@ -369,7 +369,7 @@ def test_download_cap_counts_all_parts(stack_factory: Callable[..., Stack],
     server = FileServer(root)
     try:
         stack = stack_factory(TINGJI_MAX_DOWNLOAD_MB="1")
-        stack.worker()
+        stack.worker(preload=False)  # as `tingji worker`: no task here needs the model
         task = stack.finished(stack.submit_url(f"{server.url}/parts.html"), 60)
         assert task["status"] == "failed" and task["error"]["type"] == "TooLarge", task
         assert tree_bytes(stack.data / "work") < 2**20
@@ -387,7 +387,7 @@ def test_indirect_media_never_reads_local_files(stack_factory: Callable[..., Sta
     concat = tmp_path / "list.m4a"
     concat.write_text(f"ffconcat version 1.0\nfile '{secret}'\n")
     stack = stack_factory()
-    stack.worker()
+    stack.worker(preload=False)  # as `tingji worker`: no task here needs the model
     for path in (hls, concat):
         task = stack.finished(stack.upload(path), 60)
         assert task["status"] == "failed" and task["attempts"] == 1, task

@@ -23,9 +23,10 @@ pytest.importorskip("pypinyin")
 
 FIXTURE = Path(__file__).parent / "fixtures" / "trained"
 CLIPS = 24  # held-out utterances, about 100 s of speech
-# what the fixture reaches (0.19 on 100 held-out clips, bench/quality.py) with room for
-# another CPU's rounding; a broken frontend, LFR/CMVN, CIF or token mapping gives 0.9+
-CER_BOUND = 0.25
+# what the fixture reaches (0.071 on 100 held-out clips, bench/quality.py) with room for
+# another CPU's rounding and this smaller sample; a broken frontend, LFR/CMVN, CIF or
+# token mapping gives 0.9+
+CER_BOUND = 0.12
 
 
 def _refs(rows: list[dict[str, Any]]) -> list[str]:
@@ -149,8 +150,9 @@ def test_the_demo_runs_through_the_service(tmp_path: Path) -> None:
         assert submitted.returncode == 0, submitted.stderr
         result = stack.cli("result", submitted.stdout.split()[0])
         assert result.returncode == 0, result.stderr
-        # 4 of its 13 characters come back wrong (tones, mostly): the model's 19 %
+        # its 10 characters came back right here; 2 wrong would still be the model's
+        # held-out error rate (7 %) on a short sentence
         heard = quality.plain(result.stdout)
-        assert quality.cer([said], [heard]) <= 0.35, heard
+        assert quality.cer([said], [heard]) <= 0.2, heard
     finally:
         stack.close()

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from tests.helpers.http import check_srt
-from tests.helpers.servers import FileServer
+from tests.helpers.servers import FileServer, LlmStub
 from tests.helpers.stack import Stack
 
 pytestmark = pytest.mark.slow
@@ -53,6 +53,15 @@ def page_factory(browser: Any, tmp_path: Path) -> Iterator[Callable[..., Any]]:
     yield make
     for ctx in contexts:
         ctx.close()
+
+
+def _until(page: Any, expression: str, timeout: float = 30.0) -> None:
+    """Poll ``expression`` until it is true.  (``page.wait_for_function`` evaluates its
+    string with ``eval`` inside the page, which the page's CSP refuses.)"""
+    deadline = time.monotonic() + timeout
+    while not page.evaluate(expression):
+        assert time.monotonic() < deadline, f"never true: {expression}"
+        time.sleep(0.1)
 
 
 def row(page: Any, task_id: str) -> Any:
@@ -211,11 +220,14 @@ def newest_task_id_with_token(stack: Stack) -> str:
     return str(tasks[0]["task_id"]) if tasks else ""
 
 
-def test_parts_are_offered_as_checkboxes_and_hotwords_sent(
-        stack_factory: Callable[..., Stack], page_factory: Any, files: FileServer) -> None:
+def test_parts_hotwords_and_notes_from_the_page(
+        stack_factory: Callable[..., Stack], page_factory: Any, files: FileServer,
+        llm: LlmStub) -> None:
     """One link, "List parts": a checkbox per part; the parts left ticked are submitted,
-    with the hotwords typed in."""
-    stack = stack_factory()  # no worker: the task stays pending with what was asked
+    with the hotwords typed in and the notes ticked (chapters, mind map, a translation),
+    which the task's page then shows."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    stack = stack_factory(TINGJI_LLM_BASE_URL=llm.base_url, TINGJI_LLM_MODEL="stub-chat")
     page = page_factory(stack.server.url)
     page.goto("/")
     page.fill("#links", f"{files.url}/parts.html")
@@ -225,12 +237,49 @@ def test_parts_are_offered_as_checkboxes_and_hotwords_sent(
     assert boxes.count() == 2 and "两集讲座" in page.inner_text("#parts-note")
     boxes.nth(0).uncheck()
     page.fill("#hotwords", "听记， 转写")
+    page.wait_for_selector("#chapters:enabled")  # an LLM is configured
+    page.check("#chapters")
+    page.check("#mindmap")
+    page.select_option("#translate", "en")
     page.click("#submit-btn")
     wait_total(stack, 1)
     task = stack.http.get("/api/v1/tasks").json()["tasks"][0]
     stack.worker()
     done = stack.finished(task["task_id"])
-    # one part left: one file, no chapters (both parts would make two)
-    assert done["status"] == "completed" and done["result"]["chapters"] == [], done
+    # one part left: one file, no parts as chapters (both parts would make two)
+    assert done["status"] == "completed" and done["result"]["video_chapters"] == [], done
     assert done["result"]["hotwords"] == ["听记", "转写"]
+    chapters = done["result"]["chapters"]
+    assert chapters and all("sentence" in c for c in chapters)
+
+    page.goto(f"/#/task/{task['task_id']}")
+    page.wait_for_selector("#t-subs li .translation")
+    assert page.locator("#t-chapters li").count() == len(chapters)
+    assert "第1章" in page.inner_text("#t-chapters")
+    assert page.locator("#t-mindmap li").count() == 4  # the centre and three items
+    # drawn as a tree: a box per node, a curve per branch, the centre leftmost
+    assert page.locator("#t-mindmap svg .mm-node").count() == 4
+    assert page.locator("#t-mindmap svg .mm-link").count() == 3
+    assert page.locator("#t-mindmap svg .mm-depth-0 text").inner_html() == "中心主题"
+    page.locator("#t-mindmap-card").screenshot(path=str(ARTIFACTS / "web-mindmap.png"))
+    assert page.locator("#t-subs li .translation").first.inner_text().startswith("EN:")
+    # the page plays along: a click on the third sentence seeks to its start and marks it
+    page.wait_for_selector("#t-audio:not([hidden])")
+    _until(page, "document.querySelector('#t-audio').readyState >= 1")
+    segs = stack.http.get(f"/api/v1/task/{task['task_id']}/segments").json()
+    page.locator("#t-subs li").nth(2).click()
+    at = page.evaluate("document.querySelector('#t-audio').currentTime")
+    assert at == pytest.approx(segs[2]["start_ms"] / 1000, abs=0.05)
+    page.wait_for_selector("#t-subs li.playing")
+    _until(page,  # it plays: the position moves on from the sentence's start
+           f"document.querySelector('#t-audio').currentTime > {segs[2]['start_ms'] / 1000 + 0.3}")
+    page.locator("#t-chapters li").nth(1).click()  # a chapter: to its first sentence
+    at = page.evaluate("document.querySelector('#t-audio').currentTime")
+    assert at == pytest.approx(chapters[1]["start_ms"] / 1000, abs=0.05)
+    with page.expect_download() as info:
+        page.click("#dl-bilingual")
+    assert info.value.suggested_filename.endswith(".bilingual.srt")
+    cues = check_srt(Path(info.value.path()).read_text(encoding="utf-8"))
+    assert all(len(text.split("\n")) == 2 for _, _, text in cues)
+    page.screenshot(path=str(ARTIFACTS / "web-notes.png"), full_page=True)
     assert page.errors == []

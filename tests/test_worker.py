@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import sqlite3
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -60,7 +61,9 @@ def test_upload_to_completed_with_text_segments_and_srt(
     assert segs[-1]["end_ms"] <= result["duration_s"] * 1000 + 50
     out = stack.data / "results" / tid
     assert sorted(p.name for p in out.iterdir()) == [
-        "result.json", "result.md", "result.srt", "result.txt", "result.vtt"]
+        "audio.opus", "result.json", "result.md", "result.srt", "result.txt", "result.vtt"]
+    assert result["audio"]["bytes"] == (out / "audio.opus").stat().st_size  # 32 kbit/s
+    assert result["audio"]["bytes"] < 42 * 32_000 / 8 * 1.3
     stack.work_files_removed(tid, upload=True)  # normalized audio and the upload removed
     events = [(e["event"], (e["detail"] or {}).get("stage")) for e in stack.events(tid)]
     assert events == [("enqueued", None), ("claimed", None), ("stage_started", "fetch"),
@@ -141,6 +144,59 @@ def test_multi_part_page_becomes_chapters(stack_factory: Callable[..., Stack],
     assert [c["index"] for c in chapters] == [1, 2]
     assert chapters[1]["start_s"] == pytest.approx(chapters[0]["duration_s"], abs=0.05)
     assert task["result"]["duration_s"] == pytest.approx(2 * chapters[0]["duration_s"], abs=0.1)
+
+
+def test_a_video_with_chinese_subtitles_is_not_transcribed_and_gets_them_burned(
+        stack_factory: Callable[..., Stack], files: FileServer, media: dict[str, Path]
+        ) -> None:
+    """subtitles_first: the page's own subtitle track (a <track> yt-dlp's generic
+    extractor reads) becomes the sentences, with its cue times; no ASR runs.
+    burn_subtitles: the video comes back with them drawn on it (a frame at a cue's time
+    differs from the source's where the subtitle is, and not elsewhere); an audio-only
+    source gets a 409 for its video and completes all the same."""
+    stack = stack_factory()
+    stack.worker()
+    tid = stack.submit_url(f"{files.url}/subtitled.html", subtitles_first=True,
+                           burn_subtitles=True)
+    audio_only = stack.upload(media["speech"], burn_subtitles="true")
+    task = stack.finished(tid)
+    assert task["status"] == "completed", task
+    segs = stack.http.get(f"/api/v1/task/{tid}/segments").json()
+    assert [(s["start_ms"], s["end_ms"], s["text"]) for s in segs] == [
+        (500, 3200, "大家好，欢迎来到听记的讲座。"), (3400, 7000, "今天我们讲语音识别。"),
+        (7500, 9900, "谢谢大家！")]
+    assert task["result"]["model"] == "platform subtitles (zh)"
+    used = [e for e in stack.events(tid) if e["event"] == "platform_subtitles_used"]
+    assert [e["detail"] for e in used] == [{"lang": "zh", "cues": 3}]
+    srt = check_srt(stack.http.get(f"/api/v1/download/{tid}", params={"format": "srt"}).text)
+    assert srt[0][0] == 500 and srt[-1][1] == 9900
+    assert (stack.data / "results" / tid / "audio.opus").is_file()  # the page can play it
+
+    assert task["result"]["video"]["subtitles"] == "zh"
+    video = stack.http.get(f"/api/v1/download/{tid}", params={"format": "mp4"})
+    assert video.status_code == 200 and video.headers["content-type"] == "video/mp4"
+    burned = stack.data / "burned.mp4"
+    burned.write_bytes(video.content)
+    source = files.root / "lecture.mp4"
+    for at, lit in ((2.0, True), (7.2, False)):  # inside the first cue; between cues
+        a, b = frame(source, at), frame(burned, at)
+        # pixels far brighter or darker than the source's (white text, its outline)
+        changed = [abs(x - y) > 60 for x, y in zip(a, b, strict=True)]
+        assert sum(changed[:90 * 320]) == 0  # the top half: the picture, re-encoded
+        assert (sum(changed[120 * 320:]) > 150) == lit, (at, sum(changed[120 * 320:]))
+    done = stack.finished(audio_only)
+    assert done["status"] == "completed" and "no video stream" in done["result"]["video"][
+        "error"]
+    refused = stack.http.get(f"/api/v1/download/{audio_only}", params={"format": "mp4"})
+    assert refused.status_code == 409 and "no video stream" in refused.text
+
+
+def frame(video: Path, at: float) -> bytes:
+    """The picture at ``at`` seconds, grey levels, 320x180."""
+    return subprocess.run(
+        ["ffmpeg", "-nostdin", "-loglevel", "error", "-ss", str(at), "-i", str(video),
+         "-frames:v", "1", "-f", "rawvideo", "-pix_fmt", "gray", "-s", "320x180", "-"],
+        check=True, capture_output=True).stdout
 
 
 def test_polish_and_summary_survive_500s(stack_factory: Callable[..., Stack],

@@ -57,8 +57,9 @@ def list_tasks(status: str | None, batch_id: str | None, limit: int, offset: int
          "id_prefix": id_prefix}))
 
 
-def download(task_id: str, fmt: str | None) -> Call:
-    return Call("GET", f"/api/v1/download/{task_id}", params=clean({"format": fmt}))
+def download(task_id: str, fmt: str | None, lang: str | None = None) -> Call:
+    return Call("GET", f"/api/v1/download/{task_id}",
+                params=clean({"format": fmt, "lang": lang}))
 
 
 def form(value: Any) -> str:

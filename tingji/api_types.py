@@ -8,7 +8,7 @@ from typing import Any, Literal, TypedDict
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 TERMINAL = ("completed", "failed", "cancelled")
-Format = Literal["txt", "md", "json", "srt", "vtt"]
+Format = Literal["txt", "md", "json", "srt", "vtt", "chapters", "mindmap", "pdf", "mp4"]
 Status = Literal["pending", "processing", "completed", "failed", "cancelled"]
 
 
@@ -17,6 +17,11 @@ class TaskOptions(TypedDict, total=False):
 
     polish: bool  # LLM polish (default: when the service has an LLM configured)
     summarize: bool  # also an LLM summary
+    chapters: bool  # LLM chapters, each starting on a sentence
+    mindmap: bool  # an LLM mind map (Mermaid: download format "mindmap")
+    translate: str  # a language code: the LLM translates sentence by sentence
+    subtitles_first: bool  # URLs: the video's own Chinese subtitles instead of ASR
+    burn_subtitles: bool  # also the video with the subtitles burned in (format mp4)
     llm_model: str
     temperature: float
     max_tokens: int

@@ -199,13 +199,16 @@ class Client(_Base):
     def retry(self, task_id: str) -> dict[str, Any]:
         return self.send(Call("POST", f"/api/v1/task/{task_id}/retry")).json()  # type: ignore
 
-    def download(self, task_id: str, fmt: Format | None = None) -> httpx.Response:
-        """A completed task's result in one format, or all of them as a zip (None)."""
-        return self.send(download(task_id, fmt))
+    def download(self, task_id: str, fmt: Format | None = None, lang: str | None = None
+                 ) -> httpx.Response:
+        """A completed task's result in one format, or all of them as a zip (None);
+        ``lang``: srt or vtt in the task's translation, or "bilingual"."""
+        return self.send(download(task_id, fmt, lang))
 
-    def result(self, task_id: str, fmt: Format = "txt") -> str:
-        """A completed task's result as text (txt, md, json, srt or vtt)."""
-        return self.download(task_id, fmt).text
+    def result(self, task_id: str, fmt: Format = "txt", lang: str | None = None) -> str:
+        """A completed task's result as text (txt, md, json, srt, vtt, chapters or
+        mindmap)."""
+        return self.download(task_id, fmt, lang).text
 
 
 # ---------------------------------------------------------------- the async client
@@ -312,11 +315,12 @@ class AsyncClient(_Base):
     async def retry(self, task_id: str) -> dict[str, Any]:
         return (await self.send(Call("POST", f"/api/v1/task/{task_id}/retry"))).json()  # type: ignore
 
-    async def download(self, task_id: str, fmt: Format | None = None) -> httpx.Response:
-        return await self.send(download(task_id, fmt))
+    async def download(self, task_id: str, fmt: Format | None = None,
+                       lang: str | None = None) -> httpx.Response:
+        return await self.send(download(task_id, fmt, lang))
 
-    async def result(self, task_id: str, fmt: Format = "txt") -> str:
-        return (await self.download(task_id, fmt)).text
+    async def result(self, task_id: str, fmt: Format = "txt", lang: str | None = None) -> str:
+        return (await self.download(task_id, fmt, lang)).text
 
 
 class _Waiter:

@@ -13,13 +13,21 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-FORMATS = ("txt", "md", "json", "srt", "vtt")
+from tingji import notes
+
+FORMATS = ("txt", "md", "json", "srt", "vtt", "chapters", "mindmap", "pdf", "mp4")
+# the notes' files, where the task has them (by their key in ``render_all``'s answer)
+NOTE_FILES = {"chapters": "chapters.txt", "mindmap": "mmd"}
 CONTENT_TYPES = {
     "txt": "text/plain; charset=utf-8",
     "md": "text/markdown; charset=utf-8",
     "json": "application/json",
     "srt": "application/x-subrip; charset=utf-8",
     "vtt": "text/vtt; charset=utf-8",
+    "chapters": "text/plain; charset=utf-8",
+    "mindmap": "text/vnd.mermaid; charset=utf-8",
+    "pdf": "application/pdf",
+    "mp4": "video/mp4",
     "zip": "application/zip",
 }
 
@@ -137,10 +145,14 @@ def _srt_time(ms: int) -> str:
     return f"{h:02d}:{m:02d}:{s:02d},{ms:03d}"
 
 
+def srt_blocks(cues: Sequence[tuple[int, int, str]]) -> str:
+    return "\n".join(f"{i}\n{_srt_time(a)} --> {_srt_time(b)}\n{text}\n"
+                     for i, (a, b, text) in enumerate(cues, 1))
+
+
 def render_srt(segments: Sequence[SegmentLike], names: Names | None = None) -> str:
-    blocks = [f"{i}\n{_srt_time(c.start_ms)} --> {_srt_time(c.end_ms)}\n{c.text}\n"
-              for i, c in enumerate(srt_cues(segments, names=names), 1)]
-    return "\n".join(blocks)
+    return srt_blocks([(c.start_ms, c.end_ms, c.text)
+                        for c in srt_cues(segments, names=names)])
 
 
 def _vtt_time(ms: int) -> str:
@@ -152,11 +164,15 @@ def _vtt_text(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
+def vtt_blocks(cues: Sequence[tuple[int, int, str]]) -> str:
+    return "WEBVTT\n\n" + "\n".join(f"{_vtt_time(a)} --> {_vtt_time(b)}\n{_vtt_text(t)}\n"
+                                     for a, b, t in cues)
+
+
 def render_vtt(segments: Sequence[SegmentLike], names: Names | None = None) -> str:
     """WebVTT: the same cues as the SRT file."""
-    blocks = [f"{_vtt_time(c.start_ms)} --> {_vtt_time(c.end_ms)}\n{_vtt_text(c.text)}\n"
-              for c in srt_cues(segments, names=names)]
-    return "WEBVTT\n\n" + "\n".join(blocks)
+    return vtt_blocks([(c.start_ms, c.end_ms, c.text)
+                        for c in srt_cues(segments, names=names)])
 
 
 def render_txt(result: dict[str, Any], segments: Sequence[SegmentLike] = (),
@@ -176,22 +192,54 @@ def render_md(title: str, source: str, result: dict[str, Any],
     parts.append("")
     if result.get("summary"):
         parts += ["## 摘要 / Summary\n", result["summary"].strip(), ""]
+    if result.get("mindmap"):
+        parts += ["## 思维导图 / Mind map\n", "```mermaid", notes.mermaid(result["mindmap"]),
+                  "```", ""]
+    chapters = _llm_chapters(result)
+    polished = result.get("polished_text")
+    if chapters and (polished or not segments):  # no sentence to put the headings above
+        parts.append("## 章节 / Chapters\n")
+        for c in chapters:
+            parts += [f"### [{notes.clock(c['start_ms'])}] {c['title']}\n",
+                      *([c["summary"], ""] if c.get("summary") else [])]
     parts.append("## 正文 / Transcript\n")
-    if not result.get("polished_text") and labelled_text(segments):
+    if chapters and not polished and segments:
+        starts = {int(c["sentence"]) - 1: c for c in chapters}
+        for i, seg in enumerate(segments):
+            if i in starts:
+                c = starts[i]
+                parts += ["", f"## [{notes.clock(c['start_ms'])}] {c['title']}\n",
+                          *([f"> {c['summary']}", ""] if c.get("summary") else [])]
+            label = speaker_label(seg, names)
+            parts.append(f"**{label}**：{seg.text.strip()}" if label else seg.text.strip())
+        parts.append("")
+    elif not polished and labelled_text(segments):
         parts += [f"**{label}**：{text}\n" for label, text in turns(segments, names)]
     else:
-        parts += [(result.get("polished_text") or result.get("text") or "").strip(), ""]
+        parts += [(polished or result.get("text") or "").strip(), ""]
     return "\n".join(parts)
+
+
+def _llm_chapters(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """The LLM's chapters (they name a sentence), not the video's own."""
+    return [c for c in result.get("chapters") or [] if "sentence" in c and "start_ms" in c]
 
 
 def render_json(meta: dict[str, Any], result: dict[str, Any],
                 segments: Sequence[SegmentLike], names: Names | None = None) -> str:
+    translation = result.get("translation") or {}
+    lines = translation.get("sentences") or []
     doc = {**meta, "text": result.get("text"), "polished_text": result.get("polished_text"),
-           "summary": result.get("summary"),
+           "summary": result.get("summary"), "chapters": result.get("chapters") or [],
+           "mindmap": result.get("mindmap"),
+           "translation": {k: v for k, v in translation.items() if k != "sentences"}
+           if translation else None,
            "segments": [{"start_ms": s.start_ms, "end_ms": s.end_ms, "text": s.text,
                          # [start_ms, end_ms] per timed token (paraformer-zh: per character)
-                         "chars": s.chars, "speaker": speaker_label(s, names)}
-                        for s in segments],
+                         "chars": s.chars, "speaker": speaker_label(s, names),
+                         **({"translation": lines[i] if i < len(lines) else None}
+                            if translation else {})}
+                        for i, s in enumerate(segments)],
            "timings": result.get("stage_seconds"), "figures": {
                k: result.get(k) for k in ("duration_s", "asr_rtf", "model", "llm_tokens_in",
                                           "llm_tokens_out") if k in result}}
@@ -203,10 +251,19 @@ def render_all(*, task_id: str, title: str, source: str, result: dict[str, Any],
                ) -> dict[str, str]:
     meta = {"task_id": task_id, "title": title, "source": source, **(meta or {})}
     names: Names = result.get("speaker_names") or {}
-    return {"txt": render_txt(result, segments, names),
-            "md": render_md(title, source, result, segments, names),
-            "json": render_json(meta, result, segments, names),
-            "srt": render_srt(segments, names), "vtt": render_vtt(segments, names)}
+    files = {"txt": render_txt(result, segments, names),
+             "md": render_md(title, source, result, segments, names),
+             "json": render_json(meta, result, segments, names),
+             "srt": render_srt(segments, names), "vtt": render_vtt(segments, names)}
+    if chapters := _llm_chapters(result):
+        files[NOTE_FILES["chapters"]] = notes.chapter_list(chapters)
+    if result.get("mindmap"):
+        files[NOTE_FILES["mindmap"]] = notes.mermaid(result["mindmap"])
+    if translation := result.get("translation"):
+        for lang, bilingual in ((translation["lang"], False), ("bilingual", True)):
+            cues = notes.sentence_cues(segments, translation, bilingual=bilingual)
+            files[f"{lang}.srt"], files[f"{lang}.vtt"] = srt_blocks(cues), vtt_blocks(cues)
+    return files
 
 
 _UNSAFE = re.compile(r'[\\/:*?"<>|\x00-\x1f\x7f]+')

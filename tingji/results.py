@@ -22,7 +22,13 @@ class TaskResult(TypedDict, total=False):
     segments: int  # how many sentences (the rows are in ``segments``)
     duration_s: float  # of the audio
     speech_s: float | None  # of it, speech (the VAD's)
-    chapters: list[dict[str, Any]]  # the video's own chapters (yt-dlp), when it has them
+    # the LLM's chapters when asked ({"start_ms", "title", "summary", "sentence"}: the
+    # number of the sentence it starts on), else the video's own (as video_chapters)
+    chapters: list[dict[str, Any]]
+    video_chapters: list[dict[str, Any]]  # the video's own chapters or parts (yt-dlp)
+    mindmap: dict[str, Any] | None  # {"title", "children": [...]}, nested (LLM)
+    # {"lang", "text", "sentences": one translation per segment, in order} (LLM)
+    translation: dict[str, Any] | None
     model: str | None  # "paraformer-zh + fsmn-vad + ct-punc", or the folders'
     device: str | None  # "cpu", "cuda", "cuda:1"
     hotwords: list[str]
@@ -34,6 +40,9 @@ class TaskResult(TypedDict, total=False):
     llm_tokens_out: int
     llm: dict[str, Any]  # per LLM stage: model, tokens, or why it was skipped
     files: list[str]  # the result files written (result.txt, ...)
+    # {"file": "audio.opus", "bytes", "kbps"}: the audio kept beside the results
+    # (TINGJI_KEEP_AUDIO), served by GET /api/v1/task/{id}/audio; None: not kept
+    audio: dict[str, Any] | None
     stage_seconds: dict[str, float]  # each stage's time
 
 

@@ -267,10 +267,18 @@ class Settings:
     # a task whose audio and transcription settings match a completed task's takes its
     # sentences instead of transcribing (a submission's ``reuse: false`` turns it off)
     reuse: bool = _setting(True, _bool)
+    # the task's audio kept as a small Opus file (32 kbit/s) beside its results, for the
+    # page to play along with the transcript (GET /api/v1/task/{id}/audio)
+    keep_audio: bool = _setting(True, _bool)
+    # a video's own human-made Chinese subtitles become the transcript, without ASR
+    # (a submission's ``subtitles_first`` decides for its task)
+    subtitles_first: bool = _setting(False, _bool)
     # None: a quarter of the cores (max 4) on CUDA, 0 on a CPU
     vad_processes: int | None = _setting(None, _optional_int, _between(0, 64, optional=True))
     io_concurrency: int = _setting(4, _int, _positive)
     max_download_mb: int = _setting(4096, _int, _positive)
+    # a URL task with burn_subtitles downloads the video too: at most this much
+    max_video_mb: int = _setting(2048, _int, _positive)
     # a Netscape cookies file for yt-dlp (members-only or high-quality Bilibili audio);
     # its contents never reach logs, errors or the database
     ytdlp_cookies: Path | None = _setting(None, lambda r: Path(r).expanduser() if r else None,

@@ -4,7 +4,8 @@ and ``tingji prune``.
 
     uploads/<stored name>   the uploaded file (kept until the task completes or is pruned)
     work/<task id>/         downloads and the normalized audio (until the task finishes)
-    results/<task id>/      result.txt / .md / .json / .srt
+    results/<task id>/      result.txt / .md / .json / .srt, audio.opus (the audio kept
+                            for playing along, TINGJI_KEEP_AUDIO)
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ def title_of(task_id: str, title: str | None, payload: dict[str, Any] | None) ->
     return title or source_of(payload) or task_id
 
 
+AUDIO_FILE = "audio.opus"
+
+
 @dataclass(frozen=True, slots=True)
 class TaskFiles:
     data_dir: Path
@@ -44,6 +48,10 @@ class TaskFiles:
     @property
     def results(self) -> Path:
         return self.data_dir / "results" / self.task_id
+
+    @property
+    def audio(self) -> Path:
+        return self.results / AUDIO_FILE
 
     @property
     def upload(self) -> Path | None:

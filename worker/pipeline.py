@@ -1,6 +1,9 @@
 """One task's stages, each checkpointed before the next starts:
 
-    fetch -> transcribe -> polish -> summarize -> export -> complete
+    fetch -> transcribe -> polish -> summarize -> chapters -> mindmap -> translate
+          -> export -> complete
+
+(the LLM stages, ``worker.llm_stages``, only where the task asks for them)
 
 A retried or recovered task resumes at its first unfinished stage: a finished
 download is never fetched again and a finished transcript never re-transcribed
@@ -26,13 +29,15 @@ from db.values import NewTask, Partial, SegmentRow
 from tingji.formats import labelled_text
 from tingji.hotwords import merged
 from tingji.logs import bind
-from tingji.results import TaskResult, result_files
+from tingji.results import TaskResult
 from tingji.taskfiles import TaskFiles
 from worker.asr import transcript_of
 from worker.batching import AsrJob, Resume
 from worker.checkpoints import PieceWriter
 from worker.context import AsrLane, Phase, RunContext, StopReason
 from worker.errors import PermanentTaskError, RetryableTaskError, TaskCancelled
+from worker.export import export
+from worker.llm_stages import write_notes
 from worker.reuse import audio_sha256, transcript_key
 from worker.stages.fetch import (
     fetch_remote_upload,
@@ -41,7 +46,6 @@ from worker.stages.fetch import (
     list_url,
     release_remote_upload,
 )
-from worker.stages.llm import LlmOptions
 
 log = logging.getLogger("tingji.worker.pipeline")
 
@@ -140,15 +144,18 @@ class TaskRun:
         payload = self.task.payload
         self.work_dir.mkdir(parents=True, exist_ok=True)
         s = self.ctx.settings
+        burn = bool((payload.get("options") or {}).get("burn_subtitles"))
         async with self.ctx.io_sem:
             if self.task.kind == TaskKind.URL:
                 fetched = await fetch_url(payload["video_url"], self.work_dir,
-                                          max_bytes=s.max_download_mb * 2**20,
+                                          max_bytes=(s.max_video_mb if burn else
+                                                     s.max_download_mb) * 2**20,
                                           max_duration_s=s.max_duration_s,
                                           allow_private=s.allow_private_urls,
                                           cancel=self.stop_event, cookies=s.ytdlp_cookies,
                                           parts=(payload.get("options") or {}).get("parts"),
-                                          proxy=s.proxy)
+                                          proxy=s.proxy, subtitles=self._subtitles_first,
+                                          video=burn)
             else:
                 up, path = payload["upload"], self.files.upload
                 assert path is not None
@@ -158,6 +165,8 @@ class TaskRun:
                     self.remote_upload = True
                 fetched = await fetch_upload(path, up["filename"],
                                              self.work_dir, max_duration_s=s.max_duration_s)
+                if burn and not self.remote_upload:  # kept until the task completes
+                    fetched.video = path
                 if self.remote_upload:
                     path.unlink(missing_ok=True)  # the normalized WAV is what stages need
         download = self.work_dir / "download"
@@ -165,7 +174,14 @@ class TaskRun:
             shutil.rmtree(download, ignore_errors=True)
         return {"audio": self._rel(fetched.audio), "duration_s": round(fetched.duration_s, 3),
                 "sha256": await asyncio.to_thread(audio_sha256, fetched.audio),
-                "title": fetched.title, "chapters": fetched.chapters, "meta": fetched.meta}
+                "title": fetched.title, "chapters": fetched.chapters, "meta": fetched.meta,
+                **({"subtitles": fetched.subtitles} if fetched.subtitles else {}),
+                **({"video": self._rel(fetched.video)} if fetched.video else {})}
+
+    @property
+    def _subtitles_first(self) -> bool:
+        asked = (self.task.payload.get("options") or {}).get("subtitles_first")
+        return self.ctx.settings.subtitles_first if asked is None else bool(asked)
 
     async def _expand(self) -> dict[str, Any]:
         """A list task: read the list (no download) and add one URL task per entry to
@@ -209,7 +225,6 @@ class TaskRun:
             return dict(cp.output) if cp is not None else await self._expand()
         cps: dict[Stage, Checkpoint] = await w.reads.checkpoints(self.id)
         seconds = {st.value: round(cp.seconds or 0.0, 3) for st, cp in cps.items()}
-        opts = self.task.payload.get("options") or {}
 
         # fetch
         fetch_cp = cps.get(Stage.FETCH)
@@ -223,7 +238,9 @@ class TaskRun:
 
         # transcribe (in a group of ready tasks, on the model thread)
         tr_cp = cps.get(Stage.TRANSCRIBE)
-        if tr_cp is None:
+        if tr_cp is None and fetch_out.get("subtitles") and self._subtitles_first:
+            tr_out, seconds["transcribe"] = await self._own_subtitles(fetch_out["subtitles"])
+        elif tr_cp is None:
             audio = self._abs(fetch_out["audio"])
             key = await self._transcript_key(audio, fetch_out)
             reused = await self._reuse(key) if key is not None else None
@@ -244,71 +261,38 @@ class TaskRun:
         # labelled by speaker: the LLM gets (and keeps) one [S1]-tagged line per turn
         text = labelled_text(segments) or str(tr_out.get("text", ""))
 
-        # polish, summarize (optional, per task)
-        llm_notes: dict[str, Any] = {}
-        llm_opts = w.llm.options(opts) if w.llm else None
-        polished = summary = None
-        if opts.get("polish"):
-            polished = await self._llm_stage(
-                Stage.POLISH, "polished_text", cps, text, llm_opts, llm_notes, seconds,
-                duration, lambda o: w.llm.polish(text, o))  # type: ignore[union-attr]
-        if opts.get("summarize"):
-            source_text = polished or text
-            summary = await self._llm_stage(
-                Stage.SUMMARIZE, "summary", cps, text, llm_opts, llm_notes, seconds,
-                duration, lambda o: w.llm.summarize(source_text, o))  # type: ignore[union-attr]
+        # polish, summary, chapters, mind map, translation (each where asked)
+        notes = await write_notes(self._stage, w.llm, self.task.payload.get("options") or {},
+                                  cps, text, segments, title, seconds,
+                                  self.timeout_for(duration))
 
         # export
         result = TaskResult(
-            title=title, text=text, polished_text=polished, summary=summary,
+            title=title, text=text, polished_text=notes.polished, summary=notes.summary,
             segments=len(segments), duration_s=duration,
-            speech_s=tr_out.get("speech_s"), chapters=fetch_out.get("chapters") or [],
+            speech_s=tr_out.get("speech_s"),
+            video_chapters=fetch_out.get("chapters") or [],
+            chapters=notes.chapters if notes.chapters is not None
+            else fetch_out.get("chapters") or [],
+            mindmap=notes.mindmap, translation=notes.translation,
             model=tr_out.get("model"), device=tr_out.get("device"),
             hotwords=tr_out.get("hotwords") or [], speakers=tr_out.get("speakers"),
             speaker_names={}, asr_group=tr_out.get("asr_group"),
             asr_rtf=round(seconds.get("transcribe", 0.0) / duration, 4) if duration else None,
-            llm_tokens_in=sum(int(n.get("tokens_in", 0)) for n in llm_notes.values()),
-            llm_tokens_out=sum(int(n.get("tokens_out", 0)) for n in llm_notes.values()),
-            llm=llm_notes)
+            llm_tokens_in=notes.tokens("tokens_in"), llm_tokens_out=notes.tokens("tokens_out"),
+            llm=notes.llm)
 
-        async def export() -> dict[str, Any]:
-            files = result_files(task_id=self.id, title=title, payload=self.task.payload,
-                                 result={**result, "stage_seconds": seconds},
-                                 segments=segments)
-            names = await asyncio.to_thread(self.files.write_results, files)
-            return {"dir": self._rel(self.files.results), "files": names}
-        exp_out, seconds["export"] = await self._stage(Stage.EXPORT, export)
+        exp_out, seconds["export"] = await self._stage(Stage.EXPORT, lambda: export(
+            self.files, title=title, payload=self.task.payload,
+            result={**result, "stage_seconds": seconds}, segments=segments,
+            audio=self._abs(fetch_out["audio"]), keep_audio=w.settings.keep_audio,
+            video=self._abs(fetch_out["video"]) if fetch_out.get("video") else None))
         result["files"] = exp_out["files"]
+        result["audio"] = exp_out.get("audio")
+        if "video" in exp_out:
+            result["video"] = exp_out["video"]
         result["stage_seconds"] = seconds
         return result
-
-    async def _llm_stage(self, stage: Stage, key: str, cps: dict[Stage, Checkpoint], text: str,
-                         opts: LlmOptions | None, notes: dict[str, Any],
-                         seconds: dict[str, float], duration: float,
-                         produce: Callable[[LlmOptions], Awaitable[str]]) -> str | None:
-        """Polish or summary: from its checkpoint, skipped (no LLM, empty transcript), or
-        run as a stage.  ``notes`` gets its figures (model, tokens) or why it was skipped."""
-        cp = cps.get(stage)
-        if cp is not None:
-            notes[stage.value] = {k: v for k, v in cp.output.items() if k != key}
-            return cp.output.get(key)
-        if opts is None:
-            notes[stage.value] = {"skipped": "no LLM configured (TINGJI_LLM_BASE_URL)"}
-            return None
-        if not text.strip():
-            notes[stage.value] = {"skipped": "empty transcript"}
-            return None
-        before_in, before_out = opts.usage.tokens_in, opts.usage.tokens_out
-
-        async def body() -> dict[str, Any]:
-            assert opts is not None
-            return {key: await produce(opts), "model": opts.model,
-                    "tokens_in": opts.usage.tokens_in - before_in,
-                    "tokens_out": opts.usage.tokens_out - before_out}
-        out, seconds[stage.value] = await self._stage(stage, body,
-                                                      timeout=self.timeout_for(duration))
-        notes[stage.value] = {k: v for k, v in out.items() if k != key}
-        return str(out[key])
 
     def _hotwords(self) -> list[str]:
         try:
@@ -329,6 +313,20 @@ class TaskRun:
         sha = fetch_out.get("sha256") or await asyncio.to_thread(audio_sha256, audio)
         return transcript_key(sha, lane_key, self._hotwords(),
                               (self.task.payload.get("options") or {}).get("speakers"))
+
+    async def _own_subtitles(self, subtitles: dict[str, Any]) -> tuple[dict[str, Any], float]:
+        """The transcribe stage from the video's own Chinese subtitles: a sentence per
+        cue, no ASR (``platform_subtitles_used``)."""
+        w = self.ctx
+        started = await self._begin(Stage.TRANSCRIBE)
+        rows = [SegmentRow(int(a), int(b), str(text)) for a, b, text in subtitles["cues"]]
+        await w.queue.note(self.id, w.worker_id, EventType.PLATFORM_SUBTITLES_USED,
+                           {"lang": subtitles["lang"], "cues": len(rows)})
+        out = {"text": "".join(r.text for r in rows), "segments": len(rows),
+               "model": f"platform subtitles ({subtitles['lang']})", "device": None,
+               "speech_s": round(sum(r.end_ms - r.start_ms for r in rows) / 1000, 3),
+               "subtitles": subtitles["lang"]}
+        return out, await self._finish(Stage.TRANSCRIBE, out, started, segments=rows)
 
     async def _reuse(self, key: str) -> tuple[dict[str, Any], float] | None:
         """The transcript of a completed task with the same audio and settings, taken as

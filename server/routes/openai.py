@@ -1,5 +1,7 @@
 """The OpenAI audio API on the durable queue: ``POST /v1/audio/transcriptions`` (what
-Open WebUI, Dify, n8n and the ``openai`` SDK call) and ``GET /v1/models``.
+Open WebUI, Dify, n8n and the ``openai`` SDK call), ``POST /v1/audio/translations``
+(into English, as OpenAI's: the transcript translated sentence by sentence by the
+configured LLM, ``translate: "en"``) and ``GET /v1/models``.
 
 A transcription is an ordinary upload task (same table, same history, ``tingji list``,
 the web page).  The request is held open up to ``TINGJI_SYNC_WAIT_SECONDS`` while the
@@ -14,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from dataclasses import replace
 from pathlib import PurePath
 from typing import Any
 
@@ -25,8 +28,9 @@ from server.deps import GateDep, QueueDep, ReadsDep, SettingsDep
 from server.errors import ApiError, bad_request, body
 from server.routes.process import enqueue_upload, idempotency_key
 from server.uploads import accept_upload
-from tingji.formats import render_srt, render_vtt, speaker_label
+from tingji.formats import render_srt, render_vtt, speaker_label, srt_blocks, vtt_blocks
 from tingji.hotwords import MAX_HOTWORD_CHARS, MAX_HOTWORDS, split_hotwords
+from tingji.notes import sentence_cues
 
 FIELDS = frozenset({"model", "language", "prompt", "response_format", "temperature",
                     "timestamp_granularities[]", "timestamp_granularities", "stream",
@@ -46,6 +50,25 @@ def _hotwords(prompt: str) -> list[str]:
       request_max_body_size=None, opt={"body": "multipart"}, status_code=200)
 async def transcriptions(request: Request[Any, Any, Any], queue: QueueDep, reads: ReadsDep,
                          settings: SettingsDep, uploads_gate: GateDep) -> Response[Any]:
+    return await _audio(request, queue, reads, settings, uploads_gate, translate=False)
+
+
+@post("/audio/translations", summary="OpenAI-compatible translation into English (durable)",
+      request_max_body_size=None, opt={"body": "multipart"}, status_code=200)
+async def translations(request: Request[Any, Any, Any], queue: QueueDep, reads: ReadsDep,
+                       settings: SettingsDep, uploads_gate: GateDep) -> Response[Any]:
+    """The transcript translated into English by the configured LLM (an upload task with
+    ``translate: "en"``); without an LLM it is refused before the upload is kept."""
+    if not settings.llm_configured:
+        raise bad_request("translations are written by an LLM and none is configured on "
+                          "this server (TINGJI_LLM_BASE_URL); /v1/audio/transcriptions "
+                          "gives the Chinese text", code="unsupported")
+    return await _audio(request, queue, reads, settings, uploads_gate, translate=True)
+
+
+async def _audio(request: Request[Any, Any, Any], queue: QueueDep, reads: ReadsDep,
+                 settings: SettingsDep, uploads_gate: GateDep, *, translate: bool
+                 ) -> Response[Any]:
     key = idempotency_key(request, None)
     upload = await accept_upload(request, settings, reads, uploads_gate, FIELDS)
     try:
@@ -60,6 +83,8 @@ async def transcriptions(request: Request[Any, Any, Any], queue: QueueDep, reads
         if len(model) > 200:
             raise bad_request("model: at most 200 characters")
         options: dict[str, Any] = {"polish": False, "summarize": False}
+        if translate:
+            options["translate"] = "en"
         hotwords = _hotwords(f.get("prompt", ""))
         if hotwords:
             options["hotwords"] = hotwords
@@ -134,6 +159,17 @@ def _answer(fmt: str, task: Any, segments: list[Any], headers: dict[str, str],
     result = task.result or {}
     names = result.get("speaker_names") or {}
     text = str(result.get("text") or "")
+    translation = result.get("translation")
+    if translation:  # a translation task answers in English, a cue a sentence
+        text = str(translation.get("text") or "")
+        lines = list(translation.get("sentences") or [])
+        segments = [replace(s, text=lines[i] if i < len(lines) else "", chars=None)
+                    for i, s in enumerate(segments)]
+        cues = sentence_cues(segments, translation, bilingual=False)
+        if fmt in ("srt", "vtt"):
+            return Response(srt_blocks(cues) if fmt == "srt" else vtt_blocks(cues),
+                            media_type="text/plain; charset=utf-8" if fmt == "srt"
+                            else "text/vtt; charset=utf-8", headers=headers)
     if fmt == "text":
         return Response(text + "\n", media_type="text/plain; charset=utf-8", headers=headers)
     if fmt == "srt":
@@ -145,7 +181,8 @@ def _answer(fmt: str, task: Any, segments: list[Any], headers: dict[str, str],
     if fmt == "json":
         return Response({"text": text}, headers=headers)
     doc: dict[str, Any] = {
-        "task": "transcribe", "language": openai.get("language") or "chinese",
+        "task": "translate" if translation else "transcribe",
+        "language": "english" if translation else openai.get("language") or "chinese",
         "duration": result.get("duration_s"), "text": text,
         "segments": [{"id": i, "seek": 0, "start": s.start_ms / 1000, "end": s.end_ms / 1000,
                       "text": s.text, "tokens": [], "temperature": 0.0, "avg_logprob": 0.0,
@@ -178,13 +215,6 @@ def public_model_id(model: str) -> str:
 async def models(settings: SettingsDep) -> dict[str, Any]:
     return {"object": "list", "data": [{"id": public_model_id(settings.asr_model),
                                         "object": "model", "created": 0, "owned_by": "tingji"}]}
-
-
-@post("/audio/translations", summary="Not offered", status_code=400,
-      opt={"body": "multipart"})
-async def translations() -> None:
-    raise bad_request("tingji transcribes (Chinese audio to Chinese text); it does not "
-                      "translate: use /v1/audio/transcriptions", code="unsupported")
 
 
 handlers = [transcriptions, models, translations]

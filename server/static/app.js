@@ -7,7 +7,10 @@ const I18N = {
     token: "API token", token_hint: "TINGJI_API_TOKEN", save: "Save", submit: "Submit",
     links_label: "Links (one per line: Bilibili, b23.tv or any media URL)",
     drop: "Drop audio or video files here, or", choose: "choose files",
-    polish: "Polish (LLM)", summarize: "Summary (LLM)",
+    polish: "Polish (LLM)", summarize: "Summary (LLM)", chapters_opt: "Chapters (LLM)",
+    mindmap_opt: "Mind map (LLM)", translate_opt: "Translate (LLM)", chapters: "Chapters",
+    mindmap: "Mind map", bilingual: "Bilingual SRT", chapters_stage: "chapters",
+    mindmap_stage: "mind map", translate: "translating",
     no_llm: "No LLM is configured on this server (TINGJI_LLM_BASE_URL)", priority: "Priority", send: "Transcribe",
     queue: "Queue", tasks: "Tasks", all: "All", col_source: "Source", col_status: "Status",
     col_progress: "Progress", col_elapsed: "Time", waiting: "waiting", empty: "No tasks yet.", more: "More",
@@ -32,7 +35,10 @@ const I18N = {
     token: "API 令牌", token_hint: "TINGJI_API_TOKEN", save: "保存", submit: "提交",
     links_label: "链接（每行一个：B 站、b23.tv 或任意媒体地址）",
     drop: "把音频或视频文件拖到这里，或", choose: "选择文件",
-    polish: "润色（LLM）", summarize: "摘要（LLM）",
+    polish: "润色（LLM）", summarize: "摘要（LLM）", chapters_opt: "章节（LLM）",
+    mindmap_opt: "思维导图（LLM）", translate_opt: "翻译（LLM）", chapters: "章节",
+    mindmap: "思维导图", bilingual: "双语字幕", chapters_stage: "分章节中",
+    mindmap_stage: "绘制导图中", translate: "翻译中",
     no_llm: "服务器未配置 LLM（TINGJI_LLM_BASE_URL）", priority: "优先级", send: "开始转写",
     queue: "队列", tasks: "任务", all: "全部", col_source: "来源", col_status: "状态",
     col_progress: "进度", col_elapsed: "用时", waiting: "等待", empty: "还没有任务。", more: "更多",
@@ -111,7 +117,7 @@ function flash(message, kind = "error") {
 function stageLabel(t) {
   if (t.status !== "processing") return T(`st_${t.status}`);
   const s = t.stage || "fetch";
-  return T(s === "polish" || s === "summarize" ? `${s}_stage` : s);
+  return T(["polish", "summarize", "chapters", "mindmap"].includes(s) ? `${s}_stage` : s);
 }
 function fmtSeconds(s) {
   s = Math.max(0, Math.round(s));
@@ -253,11 +259,12 @@ function showLlm(configured) {
   if (llmShown === configured) return;
   const first = llmShown === null;
   llmShown = configured;
-  for (const id of ["#polish", "#summarize"]) {
+  for (const id of ["#polish", "#summarize", "#chapters", "#mindmap", "#translate"]) {
     const box = $(id);
     box.disabled = !configured;
     box.closest("label").title = configured ? "" : T("no_llm");
-    if (!configured) box.checked = false;
+    if (!configured && box.tagName === "SELECT") box.value = "";
+    else if (!configured) box.checked = false;
   }
   if (configured && first) $("#polish").checked = true;
 }
@@ -393,6 +400,9 @@ function options() {
   const hotwords = $("#hotwords").value.split(/[\s,，、;；]+/).filter(Boolean);
   return {
     polish: $("#polish").checked, summarize: $("#summarize").checked,
+    ...($("#chapters").checked ? { chapters: true } : {}),
+    ...($("#mindmap").checked ? { mindmap: true } : {}),
+    ...($("#translate").value ? { translate: $("#translate").value } : {}),
     priority: Number($("#priority").value || 0),
     ...(hotwords.length ? { hotwords } : {}),  // a form field joins them with commas
   };
@@ -536,19 +546,152 @@ async function renderTaskView(task, full, withEvents = true) {
     $("#t-raw").textContent = task.result.text || "";
     $("#t-summary").textContent = task.result.summary || "";
   }
+  renderNotes(done ? task.result : null);
   const justDone = Boolean(done) && state.viewDone !== true;
   state.viewDone = Boolean(done);
   if (done && (full || justDone)) {
     const segs = await getJSON(`/api/v1/task/${task.task_id}/segments`);
+    state.segs = segs;
+    await loadAudio(task);
     $("#t-subs").replaceChildren(...segs.map((s) => {
       const li = document.createElement("li");
+      li.dataset.start = s.start_ms;
+      li.addEventListener("click", () => seek(s.start_ms));
       const time = document.createElement("time");
       time.textContent = `${fmtMs(s.start_ms)} → ${fmtMs(s.end_ms)}`;
-      li.append(time, s.text);
+      li.append(time);
+      if (s.speaker) {  // S1, S2, ... or the name given to the speaker
+        const who = document.createElement("b");
+        who.className = "speaker";
+        who.textContent = `${s.speaker}：`;
+        li.append(who);
+      }
+      li.append(s.text);
+      if (s.translation) {  // the LLM's translation of this sentence, under it
+        const tr = document.createElement("div");
+        tr.className = "translation";
+        tr.textContent = s.translation;
+        li.append(tr);
+      }
       return li;
     }));
   }
   if (withEvents) await renderEvents(task.task_id);
+}
+
+/* the kept audio (Opus) plays along: the sentence being spoken is highlighted, a click
+   on a sentence or a chapter seeks to it */
+async function loadAudio(task) {
+  const player = $("#t-audio");
+  const kept = task.result && task.result.audio;
+  player.hidden = !kept;
+  if (!kept || player.dataset.task === task.task_id) return;
+  player.dataset.task = task.task_id;
+  const path = `/api/v1/task/${task.task_id}/audio`;
+  if (token()) {  // an <audio> cannot send the token: fetch it, then play the copy
+    const resp = await api(path);
+    player.src = URL.createObjectURL(await resp.blob());
+  } else {
+    player.src = path;  // the browser asks for byte ranges as it seeks
+  }
+}
+function seek(ms) {
+  const player = $("#t-audio");
+  if (player.hidden) return;
+  player.currentTime = ms / 1000;
+  player.play().catch(() => { /* autoplay refused: the position is set all the same */ });
+  highlight();
+}
+function highlight() {
+  const ms = $("#t-audio").currentTime * 1000;
+  const segs = state.segs || [];
+  let at = -1;
+  for (let i = 0; i < segs.length && segs[i].start_ms <= ms + 1; i++) at = i;
+  const items = document.querySelectorAll("#t-subs li");
+  items.forEach((li, i) => li.classList.toggle("playing", i === at));
+  if (at >= 0 && items[at]) items[at].scrollIntoView({ block: "nearest" });
+}
+
+/* the mind map drawn as a tree, left to right: SVG made here (no renderer to load, and
+   nothing the page's CSP would have to allow: attributes and classes, no inline style) */
+function drawMindmap(tree) {
+  const NS = "http://www.w3.org/2000/svg", COL = 190, ROW = 30, CHARS = 11;
+  const nodes = [];
+  let leaves = 0;
+  (function place(node, depth) {
+    const kids = node.children || [];
+    const item = { node, depth, y: 0, kids: [] };
+    nodes.push(item);
+    if (!kids.length) { item.y = leaves++ * ROW + ROW / 2; return item; }
+    item.kids = kids.map((k) => place(k, depth + 1));
+    item.y = (item.kids[0].y + item.kids[item.kids.length - 1].y) / 2;
+    return item;
+  })(tree, 0);
+  const depth = Math.max(...nodes.map((n) => n.depth)) + 1;
+  const svg = document.createElementNS(NS, "svg");
+  svg.setAttribute("class", "mm");
+  svg.setAttribute("viewBox", `0 0 ${depth * COL} ${Math.max(1, leaves) * ROW}`);
+  svg.setAttribute("width", depth * COL);
+  svg.setAttribute("role", "img");
+  const el = (name, attrs) => {
+    const e = document.createElementNS(NS, name);
+    for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, v);
+    return e;
+  };
+  for (const n of nodes) {
+    const x = n.depth * COL;
+    for (const k of n.kids) {  // a curve from the end of this label to the child
+      const x1 = x + COL - 24, x2 = k.depth * COL + 2;
+      svg.append(el("path", { class: "mm-link",
+        d: `M${x1},${n.y} C${x1 + 14},${n.y} ${x2 - 14},${k.y} ${x2},${k.y}` }));
+    }
+    const title = String(n.node.title || "");
+    const label = title.length > CHARS ? `${title.slice(0, CHARS - 1)}…` : title;
+    const g = el("g", { class: `mm-node mm-depth-${Math.min(n.depth, 3)}` });
+    g.append(el("rect", { x: x + 2, y: n.y - 11, width: COL - 26, height: 22, rx: 6 }));
+    const text = el("text", { x: x + 10, y: n.y + 4 });
+    text.textContent = label;
+    const tip = el("title", {});
+    tip.textContent = title;
+    g.append(text, tip);
+    svg.append(g);
+  }
+  return svg;
+}
+
+function renderNotes(result) {
+  // the LLM's chapters (each on a sentence) and mind map (an outline), where asked for
+  const chapters = ((result && result.chapters) || []).filter((c) => "sentence" in c);
+  $("#t-chapters-card").hidden = !chapters.length;
+  $("#dl-chapters").hidden = !chapters.length;
+  $("#t-chapters").replaceChildren(...chapters.map((c) => {
+    const li = document.createElement("li");
+    const time = document.createElement("time");
+    time.textContent = fmtMs(c.start_ms);
+    const title = document.createElement("strong");
+    title.textContent = c.title;
+    li.append(time, " ", title, c.summary ? ` — ${c.summary}` : "");
+    li.addEventListener("click", () => seek(c.start_ms));
+    return li;
+  }));
+  const map = result && result.mindmap;
+  $("#t-mindmap-card").hidden = !map;
+  $("#dl-mindmap").hidden = !map;
+  const outline = (node) => {
+    const li = document.createElement("li");
+    li.textContent = node.title;
+    if ((node.children || []).length) {
+      const ul = document.createElement("ul");
+      ul.append(...node.children.map(outline));
+      li.append(ul);
+    }
+    return li;
+  };
+  const root = document.createElement("ul");
+  root.className = "mm-outline";
+  if (map) root.append(outline(map));
+  $("#t-mindmap").replaceChildren(...(map ? [drawMindmap(map), root] : []));
+  $("#dl-bilingual").hidden = !(result && result.translation);
 }
 
 async function renderEvents(id) {
@@ -567,9 +710,10 @@ async function renderEvents(id) {
   }));
 }
 
-async function download(fmt) {
+async function download(fmt, lang) {
   const id = state.viewTask;
-  const resp = await api(`/api/v1/download/${id}${fmt ? `?format=${fmt}` : ""}`);
+  const query = fmt ? `?format=${fmt}${lang ? `&lang=${lang}` : ""}` : "";
+  const resp = await api(`/api/v1/download/${id}${query}`);
   const blob = await resp.blob();
   const disposition = resp.headers.get("Content-Disposition") || "";
   const m = disposition.match(/filename\*=UTF-8''([^;]+)/);
@@ -636,8 +780,11 @@ async function start() {
     state.limit = Math.min(500, state.limit + 50);
     try { await loadTasks(); } catch (e) { flash(e.message); }
   });
+  $("#t-audio").addEventListener("timeupdate", highlight);
+  $("#t-audio").addEventListener("seeked", highlight);
   for (const b of document.querySelectorAll("#t-downloads button")) {
-    b.addEventListener("click", () => download(b.dataset.fmt).catch((e) => flash(e.message)));
+    b.addEventListener("click", () => download(b.dataset.fmt, b.dataset.lang)
+      .catch((e) => flash(e.message)));
   }
   window.addEventListener("hashchange", route);
   setInterval(() => {  // tick elapsed times of running tasks

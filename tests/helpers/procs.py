@@ -67,14 +67,14 @@ class Proc:
     def output(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
-    def kill(self, sig: int = signal.SIGKILL) -> None:
-        """Send ``sig`` and wait for the exit; SIGKILL after the wait.  A graceful stop
-        may drain a task for up to ``TINGJI_DRAIN_SECONDS`` (the tests use up to 60 s)
-        and retry its last write: it gets 90 s, on a machine that runs two test files."""
+    def kill(self, sig: int = signal.SIGKILL, wait: float | None = None) -> None:
+        """Send ``sig`` and wait for the exit (``wait`` seconds); SIGKILL after the wait.
+        A graceful stop may drain a task for up to ``TINGJI_DRAIN_SECONDS`` and retry its
+        last write: by default it gets 90 s, on a machine that runs two test files."""
         if self.popen.poll() is None:
             self.popen.send_signal(sig)
         try:
-            self.popen.wait(timeout=90 if sig == signal.SIGTERM else 30)
+            self.popen.wait(timeout=wait or (90 if sig == signal.SIGTERM else 30))
         except subprocess.TimeoutExpired:
             self.popen.kill()
             self.popen.wait()

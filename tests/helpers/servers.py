@@ -36,6 +36,7 @@ class FileServer:
     refuses for a while (412, 429) and then serves."""
 
     def __init__(self, root: Path) -> None:
+        self.root = root
         self.refusals: list[int] = []
         handler = type("Files", (_QuietFiles,), {"refusals": self.refusals,
                                                  "lock": threading.Lock()})
@@ -54,6 +55,10 @@ class StubBehaviour:
     fail_first: int = 0  # answer HTTP 500 to this many requests first
     delay_s: float = 0.0  # sleep this long before each answer
     truncate_over: int | None = None  # finish_reason=length when the input is longer
+    # chapters, mind map and translation requests answered badly first (chapters out of
+    # order, a mind map that is prose, a translation that loses a line), as models do
+    bad_notes: int = 0  # of each kind
+    bad_notes_sent: dict[str, int] = field(default_factory=dict)
     calls: list[dict[str, Any]] = field(default_factory=list)
     failures_sent: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -61,7 +66,9 @@ class StubBehaviour:
 
 class LlmStub:
     """``POST /v1/chat/completions``: polish answers "【润色】" + the input, a summary
-    request answers "【摘要】" + the first 20 characters; usage counts characters."""
+    request answers "【摘要】" + the first 20 characters; chapters are a JSON array in a
+    code fence (one chapter every three sentences, "第N章"), a mind map a Markdown list,
+    a translation "EN:" + each numbered line; usage counts characters."""
 
     def __init__(self, behaviour: StubBehaviour | None = None) -> None:
         self.b = behaviour or StubBehaviour()
@@ -81,7 +88,9 @@ class LlmStub:
                 if b.delay_s:
                     time.sleep(b.delay_s)
                 system, user = body["messages"][0]["content"], body["messages"][-1]["content"]
-                kind = "summary" if "摘要" in system else "polish"
+                kind = ("chapters" if "章节" in system else "mindmap" if "思维导图" in system
+                        else "translate" if "translate" in system
+                        else "summary" if "摘要" in system else "polish")
                 with b.lock:
                     b.calls.append({"kind": kind, "chars": len(user), "start": t0,
                                     "system": system, "user": user,
@@ -96,8 +105,13 @@ class LlmStub:
                     out = "【润色】" + user
                     if b.truncate_over is not None and len(user) > b.truncate_over:
                         out, finish = out[: len(out) // 3], "length"
-                else:
+                elif kind == "summary":
                     out = "【摘要】" + user[:20]
+                else:
+                    with b.lock:
+                        bad = b.bad_notes_sent.get(kind, 0) < b.bad_notes
+                        b.bad_notes_sent[kind] = b.bad_notes_sent.get(kind, 0) + bad
+                    out = _notes_answer(kind, user, bad)
                 self._send(200, {
                     "id": "chatcmpl-stub", "object": "chat.completion", "created": int(t0),
                     "model": body.get("model", "stub"),
@@ -121,6 +135,25 @@ class LlmStub:
     def close(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+def _notes_answer(kind: str, user: str, bad: bool) -> str:
+    numbered = [line.split(". ", 1) for line in user.splitlines() if ". " in line]
+    if kind == "chapters":
+        starts = [int(n) for n, _ in numbered][::3]
+        if bad:  # out of order, as a model sometimes answers
+            starts = starts[::-1]
+        items = [{"start": n, "title": f"第{i}章", "summary": f"从第{n}句开始"}
+                 for i, n in enumerate(starts, 1)]
+        return "```json\n" + json.dumps(items, ensure_ascii=False) + "\n```"
+    if kind == "mindmap":
+        if bad:
+            return "这段内容主要讲了几个方面，下面分别说明。"
+        return "- 中心主题\n  - 要点一\n    - 细节\n  - 要点二\n"
+    lines = [f"{n}. EN:{text}" for n, text in numbered]
+    if bad and len(lines) > 1:
+        lines = lines[:-1]  # a line lost: the window is asked again in halves
+    return "\n".join(lines)
 
 
 class TrapServer:

@@ -283,3 +283,12 @@ def test_a_resumed_transcription_equals_an_uninterrupted_one(lane: Any,
     finally:
         lane.batcher.decode_hook = None
     assert other.resumed == 0 and sum(calls) == n and other.result == whole.result
+
+
+def test_tokens_joined_without_a_punctuation_model_lose_their_spaces() -> None:
+    """funasr joins tokens with spaces when no punctuation model runs: Chinese
+    characters come back together, Latin words keep theirs."""
+    from worker.engines.base import assembled
+
+    got = assembled({"text": "不 我 门 进 tingji is 好 用 ", "timestamp": []})
+    assert got.text == "不我门进 tingji is 好用"

@@ -84,3 +84,4 @@ def test_an_untested_funasr_is_said_once(caplog: pytest.LogCaptureFixture,
         patches.apply()
     said = [r.getMessage() for r in caplog.records if "9.9.9" in r.getMessage()]
     assert len(said) == 1 and "1.4.16" in said[0] and "worker.engines.torch.patches" in said[0]
+

@@ -205,7 +205,10 @@ def cmd_result(client: Client, args: Any) -> int:
     if fmt is None:
         suffix = Path(args.output).suffix.lstrip(".").lower() if args.output else ""
         fmt = None if suffix == "zip" else (suffix if suffix in FORMATS else "txt")
-    resp = client.download(tid, fmt)  # type: ignore[arg-type]
+    lang = getattr(args, "lang", None)
+    if lang is not None and fmt not in ("srt", "vtt"):
+        raise ClientError("--lang goes with --format srt or vtt (or -o NAME.srt)")
+    resp = client.download(tid, fmt, lang)  # type: ignore[arg-type]
     if args.output:
         target = Path(args.output)
         if target.is_dir():
@@ -215,8 +218,8 @@ def cmd_result(client: Client, args: Any) -> int:
         tmp.replace(target)
         err.print(f"wrote {target}")
     else:
-        if fmt is None:
-            raise ClientError("a zip goes to a file: add -o PATH.zip")
+        if fmt in (None, "pdf", "mp4"):
+            raise ClientError(f"a {fmt or 'zip'} goes to a file: add -o PATH.{fmt or 'zip'}")
         sys.stdout.write(resp.text)
         sys.stdout.flush()
     return 0

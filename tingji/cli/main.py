@@ -26,6 +26,18 @@ from tingji.formats import FORMATS
 
 def _task_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--summarize", action="store_true", help="also write a summary (LLM)")
+    p.add_argument("--chapters", action="store_true",
+                   help="chapters with titles and one-line summaries, each starting on a "
+                        "sentence (LLM)")
+    p.add_argument("--mindmap", action="store_true", help="a mind map of the content (LLM)")
+    p.add_argument("--burn-subtitles", action="store_true",
+                   help="also a video with the subtitles burned in (download format mp4)")
+    p.add_argument("--subtitles-first", action="store_true",
+                   help="URLs: a video's own Chinese subtitles become the transcript (no ASR) "
+                        "where it has them")
+    p.add_argument("--translate", metavar="LANG",
+                   help="translate sentence by sentence into LANG (en, ja, ...): translated "
+                        "and bilingual subtitles (LLM)")
     p.add_argument("--no-polish", action="store_true",
                    help="keep the raw transcript (no LLM polish)")
     p.add_argument("--priority", type=int, default=0, help="higher runs first (default 0)")
@@ -54,6 +66,7 @@ examples:
   tingji batch urls.txt --summarize             one URL or file per line, one batch
   tingji watch                                  live progress of what is running
   tingji result 3f2a9c1e -o lecture.srt         a transcript as subtitles
+  tingji result 3f2a9c1e --format srt --lang bilingual   Chinese and the translation
   tingji doctor                                 check the installation, with fixes
 
 environment (all settings: the README's Settings table):
@@ -235,10 +248,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _sub(sub, "result", "print or save a completed task's result", CLIENT_ENV,
              "  tingji result 3f2a9c1e\n  tingji result 3f2a9c1e -o talk.srt\n"
+             "  tingji result 3f2a9c1e --format chapters\n"
+             "  tingji result 3f2a9c1e --format srt --lang en -o talk.en.srt\n"
              "  tingji result 3f2a9c1e -o all.zip")
     p.add_argument("id", metavar="ID")
     p.add_argument("--format", choices=list(FORMATS),
-                   help="default: txt, or what -o's suffix says (.zip: all of them)")
+                   help="default: txt, or what -o's suffix says (.zip: all of them); "
+                        "chapters: the list for a video's description; mindmap: Mermaid")
+    p.add_argument("--lang", metavar="LANG|bilingual",
+                   help="srt or vtt in the task's translation, or both languages a cue")
     p.add_argument("-o", "--output", metavar="PATH", help="write to PATH (a file or folder)")
     p.set_defaults(func=cmd_client)
     return parser

@@ -32,11 +32,13 @@ from mcp_types import Resource as MCPResource
 from tingji import __version__
 from tingji.client import AsyncClient, ClientError, Task, TaskOptions, WaitTimeout
 from tingji.mediafiles import allowed_media
+from tingji.notes import clock
 from tingji.settings import is_loopback
 
-Format = Literal["txt", "md", "json", "srt", "vtt"]
+Format = Literal["txt", "md", "json", "srt", "vtt", "chapters", "mindmap"]
 MIME = {"txt": "text/plain", "md": "text/markdown", "json": "application/json",
-        "srt": "application/x-subrip", "vtt": "text/vtt"}
+        "srt": "application/x-subrip", "vtt": "text/vtt", "chapters": "text/plain",
+        "mindmap": "text/vnd.mermaid"}
 LISTED_TRANSCRIPTS = 50  # the newest completed tasks listed as resources
 MAX_WAIT_SECONDS = 3600.0
 
@@ -64,6 +66,11 @@ def _brief(t: Task, with_text: bool = True) -> dict[str, Any]:
             out["text"] = result.get("polished_text") or result.get("text") or ""
             if result.get("summary"):
                 out["summary"] = result["summary"]
+            chapters = [c for c in result.get("chapters") or [] if "sentence" in c]
+            if chapters:
+                out["chapters"] = [f"{clock(c['start_ms'])} {c['title']}" for c in chapters]
+            if result.get("translation"):
+                out["translation"] = result["translation"].get("text")
     if t["status"] not in ("completed", "failed", "cancelled"):
         out["note"] = ("still running: call task_status or get_result with this task_id "
                        "later")
@@ -71,8 +78,12 @@ def _brief(t: Task, with_text: bool = True) -> dict[str, Any]:
 
 
 def _options(hotwords: list[str] | None, speakers: int | Literal["auto"] | None,
-             polish: bool | None, summarize: bool) -> TaskOptions:
+             polish: bool | None, summarize: bool, notes: dict[str, Any] | None = None
+             ) -> TaskOptions:
     opts: TaskOptions = {"summarize": summarize}
+    for name, value in (notes or {}).items():  # chapters, mindmap, translate
+        if value:
+            opts[name] = value  # type: ignore[literal-required]
     if hotwords:
         opts["hotwords"] = hotwords
     if speakers is not None:
@@ -133,14 +144,17 @@ def build_server(api: Callable[[], AsyncClient], file_roots: tuple[Path, ...] = 
     async def transcribe_url(url: str, ctx: Context, hotwords: list[str] | None = None,
                              speakers: int | Literal["auto"] | None = None,
                              polish: bool | None = None, summarize: bool = False,
-                             parts: list[int] | None = None,
+                             chapters: bool = False, mindmap: bool = False,
+                             translate: str | None = None, parts: list[int] | None = None,
                              wait_seconds: float = 600) -> dict[str, Any]:
         """Transcribe a video or audio URL (Bilibili, YouTube, a direct media link...).
 
         Waits up to wait_seconds for the transcript (0: return at once); the task goes on
         either way.  hotwords: names and terms to favour; speakers: "auto" or 2-16 to
-        label who speaks; parts: which parts of a multi-part Bilibili video."""
-        opts = _options(hotwords, speakers, polish, summarize)
+        label who speaks; chapters, mindmap, translate ("en", "ja", ...): notes the LLM
+        writes; parts: which parts of a multi-part Bilibili video."""
+        opts = _options(hotwords, speakers, polish, summarize,
+                        {"chapters": chapters, "mindmap": mindmap, "translate": translate})
         if parts:
             opts["parts"] = parts
 
@@ -157,6 +171,8 @@ def build_server(api: Callable[[], AsyncClient], file_roots: tuple[Path, ...] = 
     async def transcribe_file(path: str, ctx: Context, hotwords: list[str] | None = None,
                               speakers: int | Literal["auto"] | None = None,
                               polish: bool | None = None, summarize: bool = False,
+                              chapters: bool = False, mindmap: bool = False,
+                              translate: str | None = None,
                               wait_seconds: float = 600) -> dict[str, Any]:
         """Transcribe a local audio or video file (a path on this machine); it is
         uploaded to the tingji service.  Waits up to wait_seconds for the transcript."""
@@ -168,7 +184,9 @@ def build_server(api: Callable[[], AsyncClient], file_roots: tuple[Path, ...] = 
                             f"{where})")
 
         async def work(tj: AsyncClient) -> dict[str, Any]:
-            got = await tj.submit_file(file, **_options(hotwords, speakers, polish, summarize))
+            got = await tj.submit_file(file, **_options(
+                hotwords, speakers, polish, summarize,
+                {"chapters": chapters, "mindmap": mindmap, "translate": translate}))
             return await submit_and_wait(tj, dict(got), wait_seconds, ctx)
         return await call(work)
 
@@ -181,11 +199,14 @@ def build_server(api: Callable[[], AsyncClient], file_roots: tuple[Path, ...] = 
         return await call(work)
 
     @server.tool()
-    async def get_result(task_id: str, format: Format = "txt") -> str:  # noqa: A002
-        """A completed task's result: txt (plain text), md (Markdown with summary), json
-        (segments with timestamps), srt or vtt (subtitles)."""
+    async def get_result(task_id: str, format: Format = "txt",  # noqa: A002
+                         lang: str | None = None) -> str:
+        """A completed task's result: txt (plain text), md (Markdown with summary,
+        chapters and mind map), json (segments with timestamps), srt or vtt (subtitles;
+        lang: the translation's language or "bilingual"), chapters (one "mm:ss title"
+        a line), mindmap (Mermaid)."""
         async def work(tj: AsyncClient) -> str:
-            return await tj.result(await tj.resolve(task_id), format)
+            return await tj.result(await tj.resolve(task_id), format, lang)
         return await call(work)
 
     @server.tool()

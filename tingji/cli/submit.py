@@ -14,6 +14,7 @@ from typing import Any
 from tingji.cli.console import UsageError, clock, err, out, short, wait_for
 from tingji.client import Client, ClientError
 from tingji.hotwords import check_hotwords, read_hotwords_file, split_hotwords
+from tingji.languages import check_language
 from tingji.urls import looks_like_url, parse_parts, url_problem
 
 
@@ -38,6 +39,14 @@ def options(args: Any) -> dict[str, Any]:
     opts: dict[str, Any] = {"summarize": bool(args.summarize), "priority": args.priority}
     if args.no_polish:
         opts["polish"] = False
+    for name in ("chapters", "mindmap", "subtitles_first", "burn_subtitles"):
+        if getattr(args, name, False):
+            opts[name] = True
+    if getattr(args, "translate", None):
+        try:
+            opts["translate"] = check_language(args.translate)
+        except ValueError as exc:
+            raise UsageError(f"--translate: {exc}") from None
     if getattr(args, "callback_url", None):
         opts["callback_url"] = args.callback_url
     if getattr(args, "speakers", None):

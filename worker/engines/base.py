@@ -23,6 +23,7 @@ and the end.  ``worker.engines.load`` chooses the engine from ``TINGJI_ENGINE``;
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -200,5 +201,11 @@ def vad_segments(vad: list[dict[str, Any]] | None) -> list[list[int]]:
     return [[int(a), int(b)] for r in vad or [] for a, b in r.get("value", [])]
 
 
+# a space funasr leaves between two Chinese characters (tokens joined without a
+# punctuation model); a space between Latin words stays
+_CJK_GAP = re.compile(r"(?<=[\u3400-\u9fff\uf900-\ufaff]) +(?=[\u3400-\u9fff\uf900-\ufaff])")
+
+
 def assembled(result: dict[str, Any]) -> Assembled:
-    return Assembled(str(result.get("text", "")).strip(), to_segments(result))
+    return Assembled(_CJK_GAP.sub("", str(result.get("text", "")).strip()),
+                     to_segments(result))

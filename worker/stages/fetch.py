@@ -26,6 +26,7 @@ from typing import Any
 
 from tingji.urls import MAX_PARTS, parts_in_url, strip_control_chars
 from worker.errors import PermanentTaskError, RetryableTaskError, TaskCancelled
+from worker.stages import subtitles as platform_subtitles
 from worker.stages.egress import guarded
 from worker.stages.media import concat_wavs, ffmpeg_dir, normalize, too_long
 from worker.stages.refusals import classify
@@ -40,6 +41,9 @@ class Fetched:
     title: str
     chapters: list[dict[str, Any]] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
+    # the video's own Chinese subtitles (subtitles_first): {"lang", "cues": [[s, e, text]]}
+    subtitles: dict[str, Any] | None = None
+    video: Path | None = None  # the media with its picture, kept to burn subtitles into
 
 
 @dataclass
@@ -125,13 +129,19 @@ def _private_cookies(cookies: Path, dest: Path) -> Path:
 def _download(url: str, dest: Path, max_bytes: int, cancel: threading.Event,
               ffmpeg_location: str, allow_private: tuple[str, ...],
               cookies: Path | None = None, parts: list[int] | None = None,
-              proxy: str | None = None
+              proxy: str | None = None, subtitles: bool = False, video: bool = False
               ) -> tuple[dict[str, Any], list[tuple[int, str, Path]]]:
     """Blocking: run yt-dlp; returns its info and the downloaded files in order, each
-    with its part number.  ``parts`` (or the URL's ``?p=``) selects parts."""
+    with its part number.  ``parts`` (or the URL's ``?p=``) selects parts;
+    ``subtitles``: a Chinese subtitle track too, where the video has one."""
     budget = _Budget(max_bytes, cancel)
     opts = _ydl_options(dest, budget, ffmpeg_location, parts or parts_in_url(url))
     opts["proxy"] = proxy or ""
+    if subtitles:
+        opts.update(platform_subtitles.ydl_options())
+    if video:  # one file with picture and sound (no merging: no ffmpeg on downloads)
+        opts["format"] = ("best[vcodec!=none][acodec!=none][protocol^=http]/"
+                          "best[vcodec!=none][acodec!=none][protocol^=m3u8]/" + opts["format"])
     if cookies is None:
         return _run_ytdlp(url, opts, budget, cancel, allow_private)
     opts["cookiefile"] = str(_private_cookies(cookies, dest))
@@ -243,13 +253,15 @@ def _run_ytdlp(url: str, opts: dict[str, Any], budget: _Budget, cancel: threadin
 async def fetch_url(url: str, work: Path, *, max_bytes: int, max_duration_s: float,
                     allow_private: tuple[str, ...], cancel: threading.Event,
                     cookies: Path | None = None, parts: list[int] | None = None,
-                    proxy: str | None = None) -> Fetched:
+                    proxy: str | None = None, subtitles: bool = False,
+                    video: bool = False) -> Fetched:
     dest = work / "download"
     dest.mkdir(parents=True, exist_ok=True)
     loc = ffmpeg_dir(work.parent)
     try:
         info, files = await asyncio.to_thread(_download, url, dest, max_bytes, cancel, loc,
-                                              allow_private, cookies, parts, proxy)
+                                              allow_private, cookies, parts, proxy, subtitles,
+                                              video)
     except PermanentTaskError:
         shutil.rmtree(dest, ignore_errors=True)
         raise
@@ -257,7 +269,12 @@ async def fetch_url(url: str, work: Path, *, max_bytes: int, max_duration_s: flo
     if len(files) == 1:
         audio = work / "audio.wav"
         duration = await normalize(files[0][2], audio, max_duration_s=max_duration_s)
-        return Fetched(audio, duration, title, meta=_meta(info, url))
+        kept = None
+        if video:  # out of download/, which goes once the audio is normalized
+            kept = work / f"video{files[0][2].suffix}"
+            files[0][2].replace(kept)
+        return Fetched(audio, duration, title, meta=_meta(info, url),
+                       subtitles=_own_subtitles(info) if subtitles else None, video=kept)
     parts: list[Path] = []
     chapters: list[dict[str, Any]] = []
     start = 0.0
@@ -281,6 +298,17 @@ async def fetch_url(url: str, work: Path, *, max_bytes: int, max_duration_s: flo
         for p in parts:
             p.unlink(missing_ok=True)
     return Fetched(audio, start, title, chapters, _meta(info, url))
+
+
+def _own_subtitles(info: dict[str, Any]) -> dict[str, Any] | None:
+    """The Chinese track yt-dlp downloaded with the media, read into cues; None when
+    the video has none (or it holds no cue)."""
+    found = platform_subtitles.chinese(info.get("requested_subtitles"))
+    if found is None:
+        return None
+    lang, path = found
+    cues = platform_subtitles.read_cues(path.read_text(encoding="utf-8", errors="replace"))
+    return {"lang": lang, "cues": [list(c) for c in cues]} if cues else None
 
 
 def _text(value: Any, limit: int = 500) -> str:

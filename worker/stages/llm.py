@@ -112,7 +112,7 @@ class Llm:
             max_tokens=min(payload_options.get("max_tokens") or self.config.max_tokens,
                            self.config.max_tokens))
 
-    async def _chat(self, system: str, text: str, opts: LlmOptions) -> tuple[str, str]:
+    async def chat(self, system: str, text: str, opts: LlmOptions) -> tuple[str, str]:
         import openai
 
         async with self.sem:
@@ -136,7 +136,7 @@ class Llm:
 
     async def _polish_chunk(self, chunk: str, opts: LlmOptions, depth: int = 0) -> str:
         prompt = POLISH_PROMPT + SPEAKERS_NOTE if SPEAKER_TAG.search(chunk) else POLISH_PROMPT
-        out, finish = await self._chat(prompt, chunk, opts)
+        out, finish = await self.chat(prompt, chunk, opts)
         if finish == "length":
             halves = split_text(chunk, max(1, len(chunk) // 2))
             if depth >= 3 or len(halves) < 2 and len(chunk) < 40:
@@ -160,11 +160,11 @@ class Llm:
     async def summarize(self, text: str, opts: LlmOptions) -> str:
         limit = self.config.chunk_chars * 4
         if len(text) <= limit:
-            out, _ = await self._chat(SUMMARY_PROMPT, text, opts)
+            out, _ = await self.chat(SUMMARY_PROMPT, text, opts)
         else:
-            parts = await asyncio.gather(*(self._chat(SUMMARY_PROMPT, c, opts)
+            parts = await asyncio.gather(*(self.chat(SUMMARY_PROMPT, c, opts)
                                            for c in split_text(text, limit)))
-            out, _ = await self._chat(REDUCE_PROMPT, "\n\n".join(p for p, _ in parts), opts)
+            out, _ = await self.chat(REDUCE_PROMPT, "\n\n".join(p for p, _ in parts), opts)
         if not out:
             raise RetryableTaskError("the LLM returned an empty summary", type="LlmError")
         return out

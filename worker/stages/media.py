@@ -34,6 +34,8 @@ _INPUT_GUARD = ("-protocol_whitelist", "file", "-format_whitelist", DEMUXERS)
 _INPUT = re.compile(r"^Input #0, (.+?), from ", re.M)
 _DURATION = re.compile(r"^\s*Duration: (\d+):(\d\d):(\d\d(?:\.\d+)?)", re.M)
 _AUDIO = re.compile(r"^\s*Stream #0:\d+.*?: Audio: ", re.M)
+# a picture stream that is not cover art
+_VIDEO = re.compile(r"^\s*Stream #0:\d+.*?: Video: (?!.*attached pic).*$", re.M)
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +43,7 @@ class Probe:
     container: str
     duration_s: float | None  # as the header declares it (None: not declared)
     has_audio: bool
+    has_video: bool = False
 
 
 @cache
@@ -109,10 +112,10 @@ def _explain(stderr: str) -> PermanentTaskError | RetryableTaskError:
                               type="UndecodableMedia")
 
 
-async def _ffmpeg(*args: str) -> tuple[int, str]:
+async def _ffmpeg(*args: str, cwd: Path | None = None) -> tuple[int, str]:
     """Run ffmpeg; (exit code, stderr).  Killed if the caller is cancelled."""
     proc = await asyncio.create_subprocess_exec(
-        ffmpeg_exe(), "-nostdin", "-hide_banner", *args,
+        ffmpeg_exe(), "-nostdin", "-hide_banner", *args, cwd=cwd,
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
     try:
         _, err = await proc.communicate()
@@ -132,7 +135,8 @@ async def probe(src: Path) -> Probe:
         raise _explain(err)
     d = _DURATION.search(err)
     duration = int(d[1]) * 3600 + int(d[2]) * 60 + float(d[3]) if d else None
-    return Probe(found[1], duration, _AUDIO.search(err) is not None)
+    return Probe(found[1], duration, _AUDIO.search(err) is not None,
+                 _VIDEO.search(err) is not None)
 
 
 async def normalize(src: Path, dst: Path, *, max_duration_s: float) -> float:
@@ -163,6 +167,24 @@ async def normalize(src: Path, dst: Path, *, max_duration_s: float) -> float:
         raise
     tmp.replace(dst)
     return duration
+
+
+async def encode_opus(src: Path, dst: Path, *, kbps: int = 32) -> int:
+    """``src`` as Ogg Opus at ``kbps`` (speech: mono, VoIP tuning) at ``dst``, written
+    to a temporary name and renamed; its size in bytes."""
+    tmp = dst.with_name(f".{dst.name}.part")
+    try:
+        code, err = await _ffmpeg("-loglevel", "error", "-y", "-i", str(src), "-ac", "1",
+                                  "-c:a", "libopus", "-b:a", f"{kbps}k",
+                                  "-application", "voip", "-f", "ogg", str(tmp))
+        if code != 0:
+            raise RetryableTaskError(f"ffmpeg could not keep the audio as Opus: "
+                                     f"{err.strip()[-300:]}", type="AudioKeep")
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    tmp.replace(dst)
+    return dst.stat().st_size
 
 
 def concat_wavs(parts: list[Path], dst: Path) -> None:

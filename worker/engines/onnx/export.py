@@ -206,6 +206,10 @@ def export_model(role: str, source: str, data_dir: Path, *, quantize: bool,
     t = time.perf_counter()
     try:
         import onnxruntime  # noqa: F401  (checked before the long part)
+
+        from worker.engines.torch.patches import import_funasr
+
+        import_funasr()  # change 6
         from funasr import AutoModel
     except ImportError as exc:
         raise ExportError(f"exporting needs {exc.name}: pip install 'tingji[onnx]'") from exc

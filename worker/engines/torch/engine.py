@@ -120,7 +120,8 @@ class TorchEngine:
                     f"torch {torch.__version__} would let a model folder's checkpoint run "
                     "code when funasr loads it (torch.load reads tensors only from 2.6): "
                     "pip install 'torch>=2.6'")
-            from funasr import AutoModel  # 6-10 s: only ever on the model lane
+            patches.import_funasr()  # a few seconds: only ever on the model lane
+            from funasr import AutoModel
 
             patches.apply()
         except ImportError as exc:

@@ -21,17 +21,31 @@ installed funasr is not one these changes were written and tested against
 5. **torch's exporter** (``torchscript_exporter``): ``torch.onnx.export`` defaults to
    the TorchScript exporter for the length of an export; funasr passes
    ``dynamic_axes``, which the dynamo exporter (torch 2.9's default) fails to convert.
+6. **A lean import** (``import_funasr``).  ``import funasr`` imports every one of its
+   ~700 modules to fill its class tables (7-11 s on two cores, most of a worker's start);
+   the worker imports the families it builds (Paraformer, SeACo, BiCif, SANM, the FSMN
+   VAD, CT-Transformer, CAM++, frontends, tokenizers) and ``AutoModel``, and the tables
+   import the rest, once, the first time a name is missing from them, so any model
+   funasr knows still loads.
 
-``tests/unit/test_patches.py`` applies every change and removes it again.
+``tests/unit/test_patches.py`` applies every change and removes it again; change 6, an
+import, is checked in a fresh interpreter (``tests/test_funasr_import.py``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import importlib
+import importlib.util
 import logging
+import os
+import pkgutil
+import sys
 from collections.abc import Callable, Iterator
 from importlib import metadata
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 log = logging.getLogger("tingji.worker.asr")
@@ -41,6 +55,13 @@ _REGISTERED = (("predictor_classes", "TingjiCifPredictorV2"),
                ("predictor_classes", "TingjiCifPredictorV3"),
                ("model_classes", "TingjiFsmnVAD"))
 _state = {"version_checked": False}
+# change 6: the subpackages that hold the classes of paraformer-zh, fsmn-vad, ct-punc and
+# cam++ (and of the folders tests build)
+LEAN = ("funasr.models.paraformer", "funasr.models.seaco_paraformer",
+        "funasr.models.bicif_paraformer", "funasr.models.sanm",
+        "funasr.models.fsmn_vad_streaming", "funasr.models.ct_transformer",
+        "funasr.models.campplus", "funasr.models.specaug", "funasr.frontends",
+        "funasr.tokenizer")
 
 
 def funasr_version() -> str | None:
@@ -140,3 +161,74 @@ def torchscript_exporter() -> Iterator[None]:
         yield
     finally:
         torch.onnx.export = stock
+
+
+class _Table(dict):  # type: ignore[type-arg]
+    """One of funasr's class tables: a lookup of a name it lacks imports the rest of
+    funasr, once, and looks again (``in`` does not: registering a class asks it)."""
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        if not dict.__contains__(self, key):
+            _import_everything()
+        return dict.get(self, key, default)
+
+    def __getitem__(self, key: Any) -> Any:
+        if not dict.__contains__(self, key):
+            _import_everything()
+        return dict.__getitem__(self, key)
+
+
+def _import_all(package: str, errors: dict[str, str]) -> None:
+    """Every module under ``package``, as funasr's ``__init__`` does: one that fails to
+    import (an optional dependency missing) is noted and skipped."""
+    module = importlib.import_module(package)
+    for info in pkgutil.walk_packages(module.__path__, package + "."):
+        try:
+            importlib.import_module(info.name)
+        except Exception as exc:  # noqa: BLE001 - funasr's own rule: skip what fails
+            errors[info.name] = f"{type(exc).__name__}: {exc}"
+
+
+def _import_everything() -> None:
+    package = sys.modules.get("funasr")
+    if package is None or getattr(package, "_tingji_complete", True):
+        return
+    package._tingji_complete = True
+    log.info("funasr: a class outside tingji's lean import is named; importing all of "
+             "funasr")
+    _import_all("funasr", package._IMPORT_ERRORS)
+
+
+def import_funasr() -> ModuleType:
+    """Change 6: the ``funasr`` package with ``AutoModel`` and the families tingji
+    builds imported, where ``import funasr`` would import all of it.  Where funasr is
+    already imported, that package, as it is."""
+    if "funasr" in sys.modules:
+        return sys.modules["funasr"]
+    spec = importlib.util.find_spec("funasr")
+    if spec is None or spec.origin is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError("No module named 'funasr'", name="funasr")
+    package = importlib.util.module_from_spec(spec)  # its __init__ is not run
+    errors: dict[str, str] = {}
+    package.__version__ = (Path(spec.origin).parent / "version.txt").read_text().strip()
+    package._IMPORT_ERRORS = errors
+    package.get_import_errors = lambda: dict(errors)
+    package._tingji_complete = False
+    sys.modules["funasr"] = package
+    try:
+        os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # as funasr's __init__ sets it
+        from funasr.auto.auto_model import AutoModel
+        from funasr.register import tables
+
+        package.AutoModel = AutoModel
+        for name in LEAN:
+            _import_all(name, errors)
+        for name, table in list(vars(type(tables)).items()) + list(vars(tables).items()):
+            if name.endswith("_classes") and isinstance(table, dict) \
+                    and not isinstance(table, _Table):
+                setattr(tables, name, _Table(table))
+    except BaseException:
+        for name in [m for m in sys.modules if m == "funasr" or m.startswith("funasr.")]:
+            del sys.modules[name]
+        raise
+    return package

@@ -29,6 +29,9 @@ def load_speaker_model(config: AsrConfig, device: str) -> SpeakerModel:
                                  type="NoSpeakerModel")
     t = time.perf_counter()
     try:
+        from worker.engines.torch.patches import import_funasr
+
+        import_funasr()  # change 6
         from funasr import AutoModel
         from funasr.models.campplus.cluster_backend import ClusterBackend
     except ImportError as exc:  # an ONNX worker without torch (tingji[worker-onnx])

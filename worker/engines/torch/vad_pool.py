@@ -54,6 +54,9 @@ def _init(vad_model: str, vad_kwargs: dict[str, Any], generate_kw: dict[str, Any
     import torch
 
     torch.set_num_threads(1)
+    from worker.engines.torch.patches import import_funasr
+
+    import_funasr()  # change 6
     from funasr import AutoModel
 
     _logging.getLogger().setLevel(_logging.ERROR)
