@@ -17,8 +17,8 @@ the same CPU and torch, the same weights.
 
 Measured on 2 cores: the committed folder took 106 min, beside a 40-minute run of the
 test suite: the corpus (3,348 clips, about 4 hours) 1.2 min; stage 1 (14 epochs, 5,660
-steps) 96 min; calibration and stage 2 (2 epochs) 7.7 min.  Timed alone on another
-2-core machine the next day, stage 1's steps took 1.17 s each (8 min an epoch), so a
+steps) 96 min; calibration and stage 2 (2 epochs) 7.7 min.  Timed alone in a later
+session on another 2-core machine, stage 1's steps took 1.17 s each (8 min an epoch), so a
 rebuild there takes about two hours: over the 90 minutes issue 31 asks for.  About 40 %
 of a step is the timestamp head's BLSTM; ``--predictor-once`` saves one of its two
 forward passes.  The result, on held-out speech: CER 0.071 (bench/quality.py, 100 clips).

@@ -30,9 +30,16 @@ for name in ("SeacoParaformer", "BiCifParaformer", "FsmnVADStreaming", "CTTransf
 assert tables.frontend_classes.get("WavFrontend") is not None
 assert tables.tokenizer_classes.get("CharTokenizer") is not None
 assert patches.import_funasr() is funasr
+assert "sklearn" not in sys.modules  # CAM++'s clustering waits for a speaker task
 # a model outside the lean import: the table imports the rest and finds it
 assert tables.model_classes.get("SenseVoiceSmall") is not None
 assert "funasr.models.sense_voice.model" in sys.modules
+# the clustering stands in until called, then is funasr's own
+from funasr.models.campplus.cluster_backend import ClusterBackend
+backend = ClusterBackend()
+from funasr.models.campplus.cluster_backend import ClusterBackend as real
+assert ClusterBackend is not real and isinstance(backend, real), (ClusterBackend, real)
+assert real.__module__ == "funasr.models.campplus.cluster_backend" and "sklearn" in sys.modules
 print(len(lean), len([m for m in sys.modules if m.startswith("funasr.")]))
 """
 

@@ -26,7 +26,9 @@ installed funasr is not one these changes were written and tested against
    the worker imports the families it builds (Paraformer, SeACo, BiCif, SANM, the FSMN
    VAD, CT-Transformer, CAM++, frontends, tokenizers) and ``AutoModel``, and the tables
    import the rest, once, the first time a name is missing from them, so any model
-   funasr knows still loads.
+   funasr knows still loads.  CAM++'s clustering module (scikit-learn and
+   scipy.stats: 1.6 s, half of what remains) stands in as ``DEFERRED`` until a
+   speaker task calls its ``ClusterBackend``.
 
 ``tests/unit/test_patches.py`` applies every change and removes it again; change 6, an
 import, is checked in a fresh interpreter (``tests/test_funasr_import.py``).
@@ -62,6 +64,10 @@ LEAN = ("funasr.models.paraformer", "funasr.models.seaco_paraformer",
         "funasr.models.fsmn_vad_streaming", "funasr.models.ct_transformer",
         "funasr.models.campplus", "funasr.models.specaug", "funasr.frontends",
         "funasr.tokenizer")
+
+
+# imported at the first call of the class, not with funasr: (module, class)
+DEFERRED = ("funasr.models.campplus.cluster_backend", "ClusterBackend")
 
 
 def funasr_version() -> str | None:
@@ -199,6 +205,31 @@ def _import_everything() -> None:
     _import_all("funasr", package._IMPORT_ERRORS)
 
 
+def _stand_in(name: str, callable_name: str) -> ModuleType:
+    """A module that stands in for ``name`` in ``sys.modules`` until something calls
+    its ``callable_name`` or reads another of its names: then the real module is
+    imported in its place (``from name import X`` afterwards gets the real ``X``)."""
+    stand_in = ModuleType(name)
+
+    def real() -> ModuleType:
+        if sys.modules.get(name) is stand_in:
+            del sys.modules[name]
+        return importlib.import_module(name)
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return getattr(real(), callable_name)(*args, **kwargs)
+
+    def attribute(name: str) -> Any:
+        if name.startswith("__"):  # what tools probe every module for (inspect: __file__)
+            raise AttributeError(name)
+        return getattr(real(), name)
+
+    call.__qualname__ = call.__name__ = callable_name
+    setattr(stand_in, callable_name, call)
+    setattr(stand_in, "__getattr__", attribute)  # noqa: B010 - PEP 562, on this module
+    return stand_in
+
+
 def import_funasr() -> ModuleType:
     """Change 6: the ``funasr`` package with ``AutoModel`` and the families tingji
     builds imported, where ``import funasr`` would import all of it.  Where funasr is
@@ -215,6 +246,7 @@ def import_funasr() -> ModuleType:
     package.get_import_errors = lambda: dict(errors)
     package._tingji_complete = False
     sys.modules["funasr"] = package
+    sys.modules.setdefault(DEFERRED[0], _stand_in(*DEFERRED))
     try:
         os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # as funasr's __init__ sets it
         from funasr.auto.auto_model import AutoModel
