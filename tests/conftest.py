@@ -174,12 +174,12 @@ def media(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("media")
     speech = m.speech_wav(d / "speech.wav", m.SENTENCES)
     long = m.convert(speech, d / "long.wav", "-filter_complex",
-                     "aloop=loop=12:size=2e9", "-ar", "16000", "-ac", "1")
+                     "aloop=loop=6:size=2e9", "-ar", "16000", "-ac", "1")
     text_mp3 = d / "notes.mp3"
     text_mp3.write_text("这不是音频文件，只是一些文字。\n" * 50, encoding="utf-8")
     return {
         "speech": speech,
-        "long": long,  # ~8.5 minutes: a task that stays in transcription for seconds
+        "long": long,  # ~4.8 minutes: a task that stays in transcription for seconds
         "video": m.video_with_speech(speech, d / "talk.mp4"),
         "mp3": m.convert(speech, d / "talk.mp3"),
         "silent_video": m.silent_video(d / "silent.mp4"),

@@ -394,7 +394,9 @@ def onnx_install(tmp_path_factory: pytest.TempPathFactory) -> Path:
             if re.match(r"^[A-Za-z0-9_.-]+==", line)]
     constraints = venv / "constraints.txt"
     constraints.write_text("\n".join(pins) + "\n", encoding="utf-8")
-    done = subprocess.run([str(venv / "bin" / "pip"), "install", "-q",
+    # --no-compile: the worker compiles what it imports; pip would compile every module
+    # of every package (yt-dlp's extractors...), 26 of the install's 62 s here
+    done = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--no-compile",
                            "--disable-pip-version-check", "-c", str(constraints),
                            "-e", f"{root}[worker-onnx]"],
                           capture_output=True, text=True, timeout=900)
