@@ -31,6 +31,16 @@ assert tables.frontend_classes.get("WavFrontend") is not None
 assert tables.tokenizer_classes.get("CharTokenizer") is not None
 assert patches.import_funasr() is funasr
 assert "sklearn" not in sys.modules  # CAM++'s clustering waits for a speaker task
+# the registry's printout places each class where inspect does, found by a scan
+import inspect
+placed = 0
+for name, meta in list(vars(tables).items()):
+    if name.endswith("_classes_meta"):
+        for key, (_, _, where) in meta.items():
+            cls = dict.__getitem__(getattr(tables, name[:-len("_meta")]), key)
+            assert where.endswith(f":{inspect.getsourcelines(cls)[1]}"), (where, cls)
+            placed += 1
+assert placed >= 30, placed
 # a model outside the lean import: the table imports the rest and finds it
 assert tables.model_classes.get("SenseVoiceSmall") is not None
 assert "funasr.models.sense_voice.model" in sys.modules
