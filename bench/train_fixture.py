@@ -176,10 +176,72 @@ def predictor_once() -> Iterator[None]:
         last.clear()
 
 
+# the timestamp head of BiCif's predictor (paraformer-zh's ``cnn_blstm``): an upsampling
+# convolution, a BLSTM over the upsampled frames, and the linear layer of its weights.
+# It reads the CIF head's convolution and nothing reads it in training but its own count
+# loss (``_calc_pre2_loss``), so stage 1 can leave it out and a short stage train it on
+# the trained encoder (``TIMESTAMPS``: everything else frozen)
+TIMESTAMP_HEAD = ("upsample_cnn", "blstm", "cif_output2")
+TIMESTAMPS = "encoder,decoder,ctc,predictor.cif_conv1d,predictor.cif_output"
+
+
+class _Frames(torch.nn.Module):
+    """Stands in for the timestamp head's layers in ``without_timestamp_head``: one
+    zero channel, upsampled in time as the real convolution would (B, 1, T * times)."""
+
+    def __init__(self, times: int) -> None:
+        super().__init__()
+        self.times = times
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.new_zeros(x.shape[0], 1, x.shape[2] * self.times)
+
+
+class _Through(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[None, None]]:
+        return x, (None, None)
+
+
+@contextlib.contextmanager
+def without_timestamp_head() -> Iterator[None]:
+    """Trains BiCif-Paraformer without its timestamp head: inside this block a training
+    call of the predictor runs funasr's own forward with the head's three layers stood
+    in for by zeros (the CIF head, its outputs and their gradients unchanged), and
+    the head's count loss is zero.  The head's BLSTM, about 40 % of a step on 2 CPU
+    cores, is then neither run nor trained; ``TIMESTAMPS`` trains it afterwards."""
+    from funasr.models.bicif_paraformer.cif_predictor import CifPredictorV3
+    from funasr.models.bicif_paraformer.model import BiCifParaformer
+
+    forward, count_loss = CifPredictorV3.forward, BiCifParaformer._calc_pre2_loss
+
+    def cif_head_only(self: Any, hidden: torch.Tensor, target_label: Any = None,
+                      mask: Any = None, ignore_id: int = -1, **rest: Any) -> Any:
+        if target_label is None or rest:  # decoding, or a call this block does not know
+            return forward(self, hidden, target_label, mask, ignore_id, **rest)
+        real = {name: self._modules[name] for name in TIMESTAMP_HEAD}
+        self._modules.update(upsample_cnn=_Frames(self.upsample_times), blstm=_Through(),
+                             cif_output2=torch.nn.Identity())
+        try:
+            return forward(self, hidden, target_label, mask, ignore_id)
+        finally:
+            self._modules.update(real)
+
+    def no_count_loss(self: Any, encoder_out: torch.Tensor, *args: Any) -> torch.Tensor:
+        return encoder_out.new_zeros(())
+
+    CifPredictorV3.forward = cif_head_only  # type: ignore[method-assign]
+    BiCifParaformer._calc_pre2_loss = no_count_loss  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        CifPredictorV3.forward = forward  # type: ignore[method-assign]
+        BiCifParaformer._calc_pre2_loss = count_loss  # type: ignore[method-assign]
+
+
 def train(folder: Path, out: Path, train_list: Path, valid_list: Path, *, epochs: int,
           lr: float, warmup: int, dataset: str = "AudioDataset",
           freeze: str | None = None, extra: dict[str, Any] | None = None,
-          once: bool = False) -> Path:
+          once: bool = False, head: bool = True) -> Path:
     """funasr's own trainer (``funasr.bin.train.main``) on ``folder``'s model; returns
     the averaged weights it leaves in ``out``."""
     from funasr.bin.train import main
@@ -203,7 +265,11 @@ def train(folder: Path, out: Path, train_list: Path, valid_list: Path, *, epochs
     }
     if freeze:
         kwargs["freeze_param"] = freeze
-    with predictor_once() if once else contextlib.nullcontext():
+    with contextlib.ExitStack() as patches:
+        if once:
+            patches.enter_context(predictor_once())
+        if not head:
+            patches.enter_context(without_timestamp_head())
         main(**kwargs)
     return averaged(out)
 
@@ -298,11 +364,14 @@ def main() -> None:
     ap.add_argument("--skip-corpus", action="store_true", help="reuse --work's corpus")
     ap.add_argument("--skip-stage1", action="store_true",
                     help="reuse --work's stage 1 weights (and corpus)")
-    ap.add_argument("--predictor-once", action="store_true",
-                    help="one predictor pass a training step (predictor_once)")
+    ap.add_argument("--timestamp-epochs", type=int, default=1,
+                    help="the timestamp head's own stage after stage 1 (0: trained in "
+                         "stage 1, as funasr's recipes train it)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch's threads (2 train no faster than 1 on 2 cores)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     began = time.monotonic()
     work = args.work
     corpus = work / "corpus"
@@ -325,15 +394,22 @@ def main() -> None:
     start = work / "bicif-init"
     if args.skip_stage1:
         mvn = (start / "am.mvn").read_text(encoding="utf-8")
-        stage1 = state_of(averaged(work / "stage1"))
+        stage1 = state_of(averaged(work / ("timestamps" if args.timestamp_epochs
+                                           else "stage1")))
     else:
         write_folder(start, bicif, build_module(bicif, vocab_size=len(tokens)).state_dict(),
                      tokens, mvn)
         stage1 = state_of(train(start, work / "stage1", train_list, valid_list,
                                 epochs=args.epochs, lr=0.003, warmup=400,
-                                once=args.predictor_once))
+                                head=not args.timestamp_epochs))
     logging.info("stage 1 done at %.0f s", time.monotonic() - began)
     write_folder(work / "stage1-model", bicif, stage1, tokens, mvn)
+    if args.timestamp_epochs and not args.skip_stage1:
+        stage1 = state_of(train(work / "stage1-model", work / "timestamps", train_list,
+                                valid_list, epochs=args.timestamp_epochs, lr=0.003,
+                                warmup=100, freeze=TIMESTAMPS, once=True))
+        logging.info("timestamp head done at %.0f s", time.monotonic() - began)
+        write_folder(work / "stage1-model", bicif, stage1, tokens, mvn)
     stage1["predictor.cif_output.bias"] = stage1["predictor.cif_output.bias"] + \
         calibrate_counts(work / "stage1-model", train_list)
 
@@ -361,7 +437,8 @@ def main() -> None:
     write_demo(args.out, parameters, len(synth.vocabulary()))
     (args.out / "BUILD.json").write_text(json.dumps({
         "script": "python -m bench.train_fixture", "hours": args.hours,
-        "epochs": args.epochs, "hotword_epochs": args.hotword_epochs,
+        "epochs": args.epochs, "timestamp_epochs": args.timestamp_epochs,
+        "hotword_epochs": args.hotword_epochs, "threads": args.threads,
         "utterances": count, "held_out": args.held_out, "vocabulary": len(tokens),
         "parameters": parameters,
         "minutes": math.ceil((time.monotonic() - began) / 60),
