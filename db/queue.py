@@ -97,17 +97,20 @@ class Queue(Outbox, Submissions, WorkerRegistry):
                    ) -> tuple[set[str], set[str]]:
         """A worker's whole heartbeat in one transaction: its registry row, and the lease
         and progress of every task it holds.  Returns the ids whose cancellation was
-        requested and the ids it no longer holds (``LeaseLost`` for those)."""
-        now = now or utcnow()
+        requested and the ids it no longer holds (``LeaseLost`` for those).  The leases
+        count from when the transaction holds the write lock, not from the call: a beat
+        that waited out another program's lock (SQLite's busy timeout is longer than a
+        short lease) must not write a lease that has already run out."""
 
         def tx(conn: Connection) -> tuple[set[str], set[str]]:
+            at = now or utcnow()
             cancel: set[str] = set()
             lost: set[str] = set()
             conn.execute(update(W).where(W.c.id == worker_id)
-                         .values(heartbeat_at=now, current_task_id=current_task_id))
+                         .values(heartbeat_at=at, current_task_id=current_task_id))
             for lease in leases:
-                values: dict[str, Any] = {"lease_expires_at": self._lease(now),
-                                          "updated_at": now}
+                values: dict[str, Any] = {"lease_expires_at": self._lease(at),
+                                          "updated_at": at}
                 if lease.progress is not None:
                     values["progress"] = min(1.0, max(0.0, lease.progress))
                 if lease.message is not None:
@@ -129,13 +132,13 @@ class Queue(Outbox, Submissions, WorkerRegistry):
                             now: datetime | None = None) -> bool:
         """Record that ``stage`` began (``progress``: how much of it an earlier run
         already did); returns whether cancel was requested."""
-        now = now or utcnow()
 
         def tx(conn: Connection) -> bool:
+            at = now or utcnow()  # once the write lock is held
             row = self._owned(conn, task_id, worker_id, {
-                "stage": stage, "progress": progress, "message": message, "updated_at": now,
-                "lease_expires_at": self._lease(now)}, [T.c.cancel_requested])
-            self._events(conn, [self._ev(task_id, EventType.STAGE_STARTED, now,
+                "stage": stage, "progress": progress, "message": message, "updated_at": at,
+                "lease_expires_at": self._lease(at)}, [T.c.cancel_requested])
+            self._events(conn, [self._ev(task_id, EventType.STAGE_STARTED, at,
                                          worker_id=worker_id, detail={"stage": stage.value})])
             return bool(row.cancel_requested)
 
@@ -149,20 +152,20 @@ class Queue(Outbox, Submissions, WorkerRegistry):
         """Store a finished stage's output (and transcript segments, and what identifies
         the transcript) before the next stage starts, so a retry or a recovery resumes
         after it."""
-        now = now or utcnow()
-        values: dict[str, Any] = {"progress": 1.0, "updated_at": now,
-                                  "lease_expires_at": self._lease(now)}
-        if title is not None:
-            values["title"] = title
-        if transcript_key is not None:
-            values["transcript_key"] = transcript_key
 
         def tx(conn: Connection) -> None:
+            at = now or utcnow()  # once the write lock is held
+            values: dict[str, Any] = {"progress": 1.0, "updated_at": at,
+                                      "lease_expires_at": self._lease(at)}
+            if title is not None:
+                values["title"] = title
+            if transcript_key is not None:
+                values["transcript_key"] = transcript_key
             self._owned(conn, task_id, worker_id, values)
             conn.execute(delete(S).where(S.c.task_id == task_id, S.c.stage == stage))
             conn.execute(insert(S), [{"task_id": task_id, "stage": stage,
-                                            "completed_at": now, "seconds": seconds,
-                                            "worker_id": worker_id, "output": output}])
+                                      "completed_at": at, "seconds": seconds,
+                                      "worker_id": worker_id, "output": output}])
             if stage in (Stage.FETCH, Stage.TRANSCRIBE):  # done, or other audio now
                 conn.execute(delete(TPC).where(TPC.c.task_id == task_id))
                 conn.execute(delete(TP).where(TP.c.task_id == task_id))
@@ -177,7 +180,7 @@ class Queue(Outbox, Submissions, WorkerRegistry):
             detail: dict[str, Any] = {"stage": stage.value}
             if seconds is not None:
                 detail["seconds"] = round(seconds, 3)
-            self._events(conn, [self._ev(task_id, EventType.STAGE_COMPLETED, now,
+            self._events(conn, [self._ev(task_id, EventType.STAGE_COMPLETED, at,
                                          worker_id=worker_id, detail=detail)])
 
         await self._tx(tx)
@@ -190,11 +193,11 @@ class Queue(Outbox, Submissions, WorkerRegistry):
         result) while it runs: a worker that takes the task over after a crash decodes
         only the others.  Written only while this worker holds the task; a partial made
         by another decoding (``key``) is replaced.  Saving a piece again is harmless."""
-        now = now or utcnow()
 
         def tx(conn: Connection) -> None:
-            self._owned(conn, task_id, worker_id, {"updated_at": now,
-                                                   "lease_expires_at": self._lease(now)})
+            at = now or utcnow()  # once the write lock is held
+            self._owned(conn, task_id, worker_id, {"updated_at": at,
+                                                   "lease_expires_at": self._lease(at)})
             head = conn.execute(select(TP.c.key).where(TP.c.task_id == task_id)).first()
             if head is not None and head.key != key:
                 conn.execute(delete(TPC).where(TPC.c.task_id == task_id))
@@ -203,10 +206,10 @@ class Queue(Outbox, Submissions, WorkerRegistry):
             if head is None:
                 conn.execute(insert(TP), [{"task_id": task_id, "key": key, "vad": vad,
                                            "pieces": pieces, "speech_s": speech_s,
-                                           "updated_at": now, "worker_id": worker_id}])
+                                           "updated_at": at, "worker_id": worker_id}])
             else:
                 conn.execute(update(TP).where(TP.c.task_id == task_id)
-                             .values(updated_at=now, worker_id=worker_id))
+                             .values(updated_at=at, worker_id=worker_id))
             if decoded:
                 conn.execute(delete(TPC).where(TPC.c.task_id == task_id,
                                                TPC.c.idx.in_([i for i, _, _ in decoded])))

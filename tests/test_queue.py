@@ -729,3 +729,29 @@ def test_a_fresh_process_snapshots_a_task_before_anything_else() -> None:
                           timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["x", "processing", "None"]
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_a_heartbeat_that_waited_for_the_lock_counts_its_lease_from_then(
+        queue: Queue, db_url: str) -> None:
+    """Another program holds SQLite's write lock: the heartbeat waits (busy timeout) and
+    its lease counts from the write, so the worker's own sweep after it finds nothing
+    expired (a 30 s lock and a 10 s lease once requeued a task that was running)."""
+    import asyncio
+    import sqlite3
+
+    await queue.enqueue(item())
+    tid = await claimed(queue, now=datetime.now(UTC))
+    holder = sqlite3.connect(db_url.removeprefix("sqlite:///"), isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    beat = asyncio.ensure_future(queue.beat(W1, [LeaseBeat(tid)]))
+    await asyncio.sleep(1.5)
+    released = datetime.now(UTC)
+    holder.execute("ROLLBACK")
+    holder.close()
+    assert await beat == (set(), set())
+    task = await Reads(queue.engine).task(tid)
+    assert task is not None
+    assert task.lease_expires_at >= released + timedelta(seconds=queue.config.lease_seconds)
+    assert await queue.requeue_expired(
+        now=released + timedelta(seconds=queue.config.lease_seconds - 1)) == []
