@@ -56,10 +56,25 @@ def _test_database(url: str) -> str:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Before any test module is imported (they read ``PG_URL``)."""
+    """Before any test module is imported (they read ``PG_URL``, and several import
+    funasr)."""
     global PG_URL
     if PG_URL != "skip":
         PG_URL = _test_database(PG_URL)
+    if os.environ.get("PYTEST_XDIST_WORKER") or not getattr(config.option, "numprocesses", 0):
+        _import_funasr_as_the_worker_does()
+
+
+def _import_funasr_as_the_worker_does() -> None:
+    """A process that runs tests imports funasr as the worker does (the lean import of
+    ``worker.engines.torch.patches``: about 3 s here, where ``import funasr`` takes 9),
+    so the tests in process see the funasr of a worker.  Without funasr, nothing."""
+    import importlib.util
+
+    if importlib.util.find_spec("funasr") is not None:
+        from worker.engines.torch.patches import import_funasr
+
+        import_funasr()
 
 
 def _reset_pg_schema() -> None:
