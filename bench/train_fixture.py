@@ -6,22 +6,25 @@
     python -m bench.train_fixture --hours 0.2 --epochs 1 --out /tmp/x   # a dry run
 
 Stage 1 trains a BiCif-Paraformer (what paraformer-zh was before its hotword head: the
-encoder, the decoder, and the CIF predictor with its timestamp head, which only
-BiCif's loss trains), with a CTC head beside them as funasr's own recipes have it.
-The CIF predictor's output bias is then calibrated on training clips
-(``calibrate_counts``).  Stage 2 loads those weights into a SeACo-Paraformer, freezes
-them, and trains the bias decoder on hotwords funasr's ``AudioDatasetHotword`` cuts
-from the targets.  The folder has the hub's layout and loads through the code path of
-``paraformer-zh``.  Everything is seeded, so a rebuild gives the same corpus and, on
-the same CPU and torch, the same weights.
+encoder, the decoder and the CIF predictor), with a CTC head beside them as funasr's
+own recipes have it, and without the predictor's timestamp head
+(``without_timestamp_head``: its BLSTM was 40 % of a step).  A short stage then trains
+that head alone on the trained encoder (``TIMESTAMPS``, three epochs).  The CIF
+predictor's output bias is calibrated on training clips (``calibrate_counts``).  Stage
+2 loads those weights into a SeACo-Paraformer, freezes them, and trains the bias
+decoder on hotwords funasr's ``AudioDatasetHotword`` cuts from the targets.  The
+folder has the hub's layout and loads through the code path of ``paraformer-zh``.
+Everything is seeded, so a rebuild gives the same corpus and, on the same CPU, torch
+and ``--threads``, the same weights (a rerun's first timestamp epoch was identical
+byte for byte).
 
-Measured on 2 cores: the committed folder took 106 min, beside a 40-minute run of the
-test suite: the corpus (3,348 clips, about 4 hours) 1.2 min; stage 1 (14 epochs, 5,660
-steps) 96 min; calibration and stage 2 (2 epochs) 7.7 min.  Timed alone in a later
-session on another 2-core machine, stage 1's steps took 1.17 s each (8 min an epoch), so a
-rebuild there takes about two hours: over the 90 minutes issue 31 asks for.  About 40 %
-of a step is the timestamp head's BLSTM; ``--predictor-once`` saves one of its two
-forward passes.  The result, on held-out speech: CER 0.071 (bench/quality.py, 100 clips).
+Measured on 2 cores (2026-12-07), the committed folder: the corpus (3,348 clips, about
+4 hours) and stage 1 (14 epochs of 405 steps, 0.54 s a step, where the same step with
+the timestamp head took 0.8-1.17 s on earlier machines) 60.5 min, beside a test run at
+nice 19 for most of it; the timestamp stage 10.2 min, calibration and stage 2 8.4 min
+(``--from-stage1``, the machine otherwise idle): 79 minutes.  The folder trained with
+the head in stage 1 took 106 minutes beside a test run.  The result, on held-out
+speech: CER 0.053 (bench/quality.py, 100 clips), 0.049 on 300.
 """
 
 from __future__ import annotations
@@ -142,9 +145,9 @@ def predictor_once() -> Iterator[None]:
     second call is answered with the first call's outputs: the same values, the same
     gradients (nothing in the predictor draws random numbers), one BLSTM forward a step
     fewer.  On 2 CPU cores the BLSTM is about 40 % of a training step, and the block
-    takes 8 % off a step (250 batches of the full corpus: 288 s, 264 s with it).  Off
-    unless ``--predictor-once``: the committed fixture was trained without it, and with
-    it the weights differ in the last bits (the gradients are summed in another order)."""
+    takes 8 % off a step (250 batches of the full corpus: 288 s, 264 s with it).  The
+    timestamp head's own stage trains with it (the weights differ from two passes' in
+    the last bits: the gradients are summed in another order)."""
     from funasr.models.bicif_paraformer.cif_predictor import CifPredictorV3
 
     original = CifPredictorV3.forward
@@ -363,8 +366,10 @@ def main() -> None:
     ap.add_argument("--held-out", type=int, default=300, help="test utterances")
     ap.add_argument("--skip-corpus", action="store_true", help="reuse --work's corpus")
     ap.add_argument("--skip-stage1", action="store_true",
-                    help="reuse --work's stage 1 weights (and corpus)")
-    ap.add_argument("--timestamp-epochs", type=int, default=1,
+                    help="reuse --work's stage 1 weights, timestamp head trained (and corpus)")
+    ap.add_argument("--from-stage1", action="store_true",
+                    help="reuse --work's corpus and stage 1; train the timestamp head and on")
+    ap.add_argument("--timestamp-epochs", type=int, default=3,
                     help="the timestamp head's own stage after stage 1 (0: trained in "
                          "stage 1, as funasr's recipes train it)")
     ap.add_argument("--threads", type=int, default=1,
@@ -376,7 +381,8 @@ def main() -> None:
     work = args.work
     corpus = work / "corpus"
     count = int(args.hours * 3600 / 4.3)  # 4.3 s an utterance on average
-    if not (args.skip_corpus or args.skip_stage1):
+    reuse = args.skip_stage1 or args.from_stage1
+    if not (args.skip_corpus or reuse):
         shutil.rmtree(corpus, ignore_errors=True)
         synth.build(synth.TRAIN, count, corpus / "train", "train")
         synth.build(synth.HELD_OUT, args.held_out, corpus / "test", "test")
@@ -388,14 +394,14 @@ def main() -> None:
     tokens = token_list()
     bicif = model_config("bicif", tokens)
     bicif["model_conf"].update(STAGE1)
-    mvn = "" if args.skip_stage1 else cmvn_text(*cmvn(train_list, bicif))
+    mvn = "" if reuse else cmvn_text(*cmvn(train_list, bicif))
 
     torch.manual_seed(0)
     start = work / "bicif-init"
-    if args.skip_stage1:
+    if reuse:
         mvn = (start / "am.mvn").read_text(encoding="utf-8")
-        stage1 = state_of(averaged(work / ("timestamps" if args.timestamp_epochs
-                                           else "stage1")))
+        stage1 = state_of(averaged(work / ("timestamps" if args.skip_stage1
+                                           and args.timestamp_epochs else "stage1")))
     else:
         write_folder(start, bicif, build_module(bicif, vocab_size=len(tokens)).state_dict(),
                      tokens, mvn)

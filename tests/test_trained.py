@@ -23,10 +23,10 @@ pytest.importorskip("pypinyin")
 
 FIXTURE = Path(__file__).parent / "fixtures" / "trained"
 CLIPS = 24  # held-out utterances, about 100 s of speech
-# what the fixture reaches (0.071 on 100 held-out clips, bench/quality.py) with room for
-# another CPU's rounding and this smaller sample; a broken frontend, LFR/CMVN, CIF or
-# token mapping gives 0.9+
-CER_BOUND = 0.12
+# what the fixture reaches (0.053 on 100 held-out clips, 0.049 on 300: bench/quality.py)
+# with room for another CPU's rounding and this smaller sample; a broken frontend,
+# LFR/CMVN, CIF or token mapping gives 0.9+
+CER_BOUND = 0.10
 
 
 def _refs(rows: list[dict[str, Any]]) -> list[str]:
@@ -116,7 +116,9 @@ def test_timestamps_lie_on_the_speech(held: dict[str, Any]) -> None:
     """Each character's time is inside the spoken part of its clip (the synthesizer's
     own extent, written beside the clip), in order, and the characters cover most of
     it: a wrong LFR rate, frame shift or CIF offset moves them off."""
-    slack = 300  # ms: measured 70-201 ms late at the start, -246..+210 at the end
+    # ms: on these 24 clips 81-238 ms late at the start, -120..+231 at the end; of
+    # the first 100 held-out clips, 2 are off by more (at most 384 ms)
+    slack = 300
     for row, result in zip(held["rows"], held["decoded"], strict=True):
         begin, end = row["speech_ms"]
         stamps = result["timestamp"]
