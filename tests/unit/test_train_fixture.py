@@ -1,4 +1,4 @@
-"""``bench.train_fixture.predictor_once``: BiCif-Paraformer's training step computed
+"""``bench.train_steps``: BiCif-Paraformer's training step computed
 with one predictor pass gives the loss and gradients of funasr's two passes."""
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ pytest.importorskip("funasr")
 def _step(once: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor], int]:
     from funasr.models.bicif_paraformer.cif_predictor import CifPredictorV3
 
-    from bench.train_fixture import STAGE1, predictor_once
+    from bench.train_fixture import STAGE1
+    from bench.train_steps import predictor_once
     from tests.helpers.tiny_funasr import asr_config, build_module
 
     torch.manual_seed(0)
@@ -58,7 +59,8 @@ def test_one_predictor_pass_gives_the_same_loss_and_gradients() -> None:
 
 
 def _stats(head: bool) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], int]:
-    from bench.train_fixture import STAGE1, without_timestamp_head
+    from bench.train_fixture import STAGE1
+    from bench.train_steps import without_timestamp_head
     from tests.helpers.tiny_funasr import asr_config, build_module
 
     torch.manual_seed(0)
@@ -111,7 +113,8 @@ def test_stage_one_without_the_timestamp_head() -> None:
 def test_the_timestamp_stage_trains_the_head_alone() -> None:
     """``TIMESTAMPS`` (funasr's ``freeze_param`` prefixes) freezes every parameter of
     the stage 1 model but the timestamp head's."""
-    from bench.train_fixture import STAGE1, TIMESTAMP_HEAD, TIMESTAMPS
+    from bench.train_fixture import STAGE1
+    from bench.train_steps import TIMESTAMP_HEAD, TIMESTAMPS
     from tests.helpers.tiny_funasr import asr_config, build_module
 
     config = asr_config("bicif", "tiny", 40)
