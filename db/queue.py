@@ -23,6 +23,7 @@ from db.errors import (
     LeaseLost,
 )
 from db.models import (
+    DeliveryStatus,
     EventType,
     Stage,
     Task,
@@ -39,6 +40,7 @@ from db.transitions import (
     SEG,
     TP,
     TPC,
+    D,
     QueueConfig,
     S,
     T,
@@ -384,7 +386,8 @@ class Queue(Outbox, Submissions, WorkerRegistry):
                                    ) -> list[tuple[str, TaskStatus]]:
         """Recover at once the tasks of workers on this host whose process is gone (or
         that ran in a previous boot of it), instead of waiting for their leases to
-        expire."""
+        expire; the webhook deliveries they were sending are due again at once (their
+        leases end now: a last attempt fails for good, as when a lease runs out)."""
         now = now or utcnow()
 
         def tx(conn: Connection) -> list[tuple[str, TaskStatus]]:
@@ -401,6 +404,10 @@ class Queue(Outbox, Submissions, WorkerRegistry):
             out = self._expire(conn, rows, now, "worker process gone")
             conn.execute(update(W).where(W.c.id.in_(dead))
                          .values(stopped_at=now, current_task_id=None))
+            conn.execute(update(D).where(D.c.lease_owner.in_(dead),
+                                         D.c.status == DeliveryStatus.PENDING,
+                                         D.c.lease_expires_at > now)
+                         .values(lease_expires_at=now))
             return out
 
         return await self._tx(tx)

@@ -755,3 +755,26 @@ async def test_a_heartbeat_that_waited_for_the_lock_counts_its_lease_from_then(
     assert task.lease_expires_at >= released + timedelta(seconds=queue.config.lease_seconds)
     assert await queue.requeue_expired(
         now=released + timedelta(seconds=queue.config.lease_seconds - 1)) == []
+
+
+async def test_a_dead_workers_deliveries_are_due_at_once(queue: Queue) -> None:
+    """A worker killed while sending leaves its deliveries leased (60 s); the next
+    worker on its host finds the process gone and sends them at once, not a minute
+    later (the attempt counts, as a lease that ran out does)."""
+    from db.models import DeliveryStatus
+
+    queue.config.webhook_url = HOOK
+    queue.config.webhook_max_attempts = 2
+    await queue.register(W1, "host-a", 111, now=T0)
+    for i in range(2):
+        await queue.enqueue(hooked(i), now=T0)
+        await queue.complete(await claimed(queue), W1, {}, now=T0)
+    [first] = await queue.claim_deliveries(W1, limit=1, now=T0, lease_seconds=60)
+    assert await queue.claim_deliveries(W2, now=T0 + timedelta(seconds=1)) != []  # the other
+    at = T0 + timedelta(seconds=2)
+    assert await queue.claim_deliveries(W2, now=at) == []  # W1's: leased for a minute ...
+    await queue.requeue_dead_workers("host-a", lambda pid: pid != 111, exclude=W2, now=at)
+    [again] = await queue.claim_deliveries(W2, now=at + timedelta(seconds=0.1))  # ... not now
+    assert again.id == first.id and again.attempts == 2 and again.lease_owner == W2
+    [row] = [r for r in await deliveries(queue) if r["id"] == first.id]
+    assert row["status"] == DeliveryStatus.PENDING
