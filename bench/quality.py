@@ -95,13 +95,13 @@ def named(work: Path, count: int) -> list[tuple[dict[str, Any], str]]:
     return out
 
 
-def lane(asr: Path, engine: str, data: Path, *, int8: bool = False, vad: Path | None = None
-         ) -> Any:
+def lane(asr: Path, engine: str, data: Path, *, int8: bool = False, vad: Path | None = None,
+         threads: int = 2) -> Any:
     from worker.asr import AsrConfig, AsrEngine
 
     lane = AsrEngine(AsrConfig(model=str(asr), vad_model=str(vad) if vad else None,
                                punc_model=None, device="cpu", engine=engine, data_dir=data,
-                               ncpu=2, onnx_int8=int8, vad_max_end_silence_ms=500))
+                               ncpu=threads, onnx_int8=int8, vad_max_end_silence_ms=500))
     lane._load()  # noqa: SLF001
     return lane
 

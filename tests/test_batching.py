@@ -24,7 +24,7 @@ def _load(asr: str, models: dict[str, str], **kw: Any) -> Any:
     from funasr import AutoModel
 
     return AutoModel(model=asr, vad_model=models["vad"], punc_model=models["punc"],
-                     device="cpu", ncpu=2, disable_update=True, disable_pbar=True,
+                     device="cpu", ncpu=1, disable_update=True, disable_pbar=True,
                      log_level="ERROR", **kw)
 
 
@@ -49,7 +49,7 @@ def engine(sensitive_asr: str, tiny_models: dict[str, str]) -> Any:
     from worker.asr import AsrConfig, AsrEngine
 
     eng = AsrEngine(AsrConfig(model=sensitive_asr, vad_model=tiny_models["vad"],
-                              punc_model=tiny_models["punc"], device="cpu", ncpu=2))
+                              punc_model=tiny_models["punc"], device="cpu", ncpu=1))
     eng._load()
     eng.batcher.max_ms = 300_000  # type: ignore[union-attr]
     yield eng
@@ -443,7 +443,7 @@ def test_speakers_label_sentences_and_load_only_when_asked(tiny_models: dict[str
                        voices=("cmn", "cmn+f4"))
     eng = AsrEngine(AsrConfig(model=tiny_models["asr"], vad_model=tiny_models["vad"],
                               punc_model=tiny_models["punc"], spk_model=tiny_models["spk"],
-                              device="cpu", ncpu=2))
+                              device="cpu", ncpu=1))
     eng._load()
     try:
         plain = AsrJob(two)

@@ -126,7 +126,7 @@ def test_export_onnx_writes_graphs_that_decode_as_torch(
     assert not list((data / "onnx").glob("*.partial"))
 
     # real speech through the exported ASR graph: torch's text, character for character
-    auto = AutoModel(model=str(models["asr"]), device="cpu", ncpu=2, disable_update=True,
+    auto = AutoModel(model=str(models["asr"]), device="cpu", ncpu=1, disable_update=True,
                      disable_pbar=True, log_level="ERROR")
     folder = found["ASR"]["folder"]
     tokens = json.loads((folder / "tokens.json").read_text(encoding="utf-8"))
@@ -197,7 +197,7 @@ def _engine(models: dict[str, Path], data: Path, engine: str, *, int8: bool = Fa
     return AsrEngine(AsrConfig(model=str(models["asr"]), vad_model=str(models["vad"]),
                                punc_model=str(models["punc"]) if punc else None,
                                device="cpu", engine=engine,
-                               onnx_int8=int8, data_dir=data, ncpu=2, spk_model=spk_model))
+                               onnx_int8=int8, data_dir=data, ncpu=1, spk_model=spk_model))
 
 
 def _transcribe(engine: Any, clips: list[Path], *, together: bool = False,

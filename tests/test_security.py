@@ -594,7 +594,7 @@ def test_model_folders_cannot_run_code_in_the_worker(tiny_models: dict[str, str]
     models = {role: armed(role, tiny_models[role]) for role in ("asr", "vad", "punc", "spk")}
     config = AsrConfig(model=models["asr"], vad_model=models["vad"],
                        punc_model=models["punc"], spk_model=models["spk"], device="cpu",
-                       engine="torch", ncpu=2)
+                       engine="torch", ncpu=1)
     eng = AsrEngine(config)
     eng._load()
     try:

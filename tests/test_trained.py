@@ -46,7 +46,7 @@ def held(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     roles = [("ASR", "TINGJI_ASR_MODEL", str(FIXTURE / "asr"))]
     assert export_models(roles, data, quantize=True, out=lines.append) == 0, "\n".join(lines)
     paths = [Path(row["source"]) for row in rows]
-    lane = quality.lane(FIXTURE / "asr", "torch", data)
+    lane = quality.lane(FIXTURE / "asr", "torch", data, threads=1)
     try:
         texts = quality.transcribe(lane, paths)
         together = quality.batch_identity(lane, paths[:16])
@@ -89,7 +89,7 @@ def test_it_transcribes_speech_it_never_heard(held: dict[str, Any]) -> None:
 def test_the_onnx_graphs_keep_the_accuracy(held: dict[str, Any]) -> None:
     """fp32 graphs say what torch says; the int8 graphs lose at most one point of CER."""
     paths, refs = held["paths"], _refs(held["rows"])
-    fp32 = quality.lane(FIXTURE / "asr", "onnx", held["data"], int8=False)
+    fp32 = quality.lane(FIXTURE / "asr", "onnx", held["data"], int8=False, threads=1)
     try:
         hyp_fp32 = quality.transcribe(fp32, paths)
         same, differ = quality.batch_identity(fp32, paths[:16])
@@ -97,7 +97,7 @@ def test_the_onnx_graphs_keep_the_accuracy(held: dict[str, Any]) -> None:
         fp32.close()
     assert hyp_fp32 == held["torch"]
     assert same, f"{differ} of 16 clips decoded differently beside 7 others (onnx)"
-    int8 = quality.lane(FIXTURE / "asr", "onnx", held["data"], int8=True)
+    int8 = quality.lane(FIXTURE / "asr", "onnx", held["data"], int8=True, threads=1)
     try:
         hyp_int8 = quality.transcribe(int8, paths)
     finally:

@@ -263,6 +263,7 @@ def test_five_tasks_one_model_load(stack_factory: Callable[..., Stack],
         assert stack.finished(tid)["status"] == "completed"
     [w] = [w for w in stack.http.get("/api/v1/queue").json()["workers"] if w["pid"] == worker.pid]
     assert w["model_loads"] == 1 and w["model_loaded_at"]
+    assert "(1 thread)" in worker.output()  # TINGJI_ASR_THREADS (tests.helpers.procs)
 
 
 def test_ready_tasks_are_transcribed_together_with_the_same_results(

@@ -261,6 +261,10 @@ class Settings:
     cpu_batch_size_s: int = _setting(60, _int, _between(0))
     # None: 8 on CUDA, 1 on a CPU
     asr_batch_tasks: int | None = _setting(None, _optional_int, _between(1, 256, optional=True))
+    # threads each model computes with (torch's and ONNX Runtime's intra-op threads);
+    # None: every core.  Lower it where other work shares the cores (two workers on one
+    # machine): threads that outnumber the cores spin and slow every process down
+    asr_threads: int | None = _setting(None, _optional_int, _between(1, 1024, optional=True))
     # a transcription's decoded pieces are written to the database at least this often
     # (seconds of work), so a crash costs at most that much; 0: only at the end
     asr_checkpoint_s: float = _setting(60.0, _float, _between(0))

@@ -119,8 +119,10 @@ class AsrEngine:
         self.batcher = CrossTaskBatch(backend, key=self.decoding_key(backend))
         self.backend = backend
         release_freed_memory()
-        log.info("loaded %s on %s in %.1f s (engine %s: %s)", self.config.description,
-                 backend.device, time.perf_counter() - t, backend.name, backend.describe())
+        threads = self.config.ncpu
+        log.info("loaded %s on %s (%d thread%s) in %.1f s (engine %s: %s)",
+                 self.config.description, backend.device, threads, "" if threads == 1 else "s",
+                 time.perf_counter() - t, backend.name, backend.describe())
 
     async def ensure_loaded(self) -> bool:
         """Load the model once (on the model lane); True when this call loaded it."""

@@ -90,7 +90,7 @@ class Worker:
             model=settings.asr_model, vad_model=settings.vad_model,
             punc_model=settings.punc_model, spk_model=settings.spk_model,
             device=settings.device, engine=settings.engine, onnx_int8=settings.onnx_int8,
-            data_dir=settings.data_dir,
+            data_dir=settings.data_dir, ncpu=settings.asr_threads or AsrConfig.ncpu,
             batch_size_s=settings.batch_size_s, cpu_batch_size_s=settings.cpu_batch_size_s,
             vad_max_end_silence_ms=settings.vad_max_end_silence_ms,
             vad_processes=(settings.vad_processes if settings.vad_processes is not None

@@ -48,7 +48,7 @@ def lane(request: pytest.FixtureRequest, folders: dict[str, Path]) -> Iterator[A
 
     eng = AsrEngine(AsrConfig(model=str(folders["asr"]), vad_model=str(folders["vad"]),
                               punc_model=str(folders["punc"]), device="cpu",
-                              engine=request.param, data_dir=folders["data"], ncpu=2,
+                              engine=request.param, data_dir=folders["data"], ncpu=1,
                               onnx_int8=False))
     eng._load()
     assert eng.engine == request.param

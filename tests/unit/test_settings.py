@@ -45,6 +45,7 @@ def test_values_are_parsed() -> None:
     ("TINGJI_ASR_BATCH_TASKS", "eight", "integer"),
     ("TINGJI_CPU_BATCH_SIZE_S", "-1", ">= 0"),
     ("TINGJI_VAD_PROCESSES", "-2", "between 0 and 64"),
+    ("TINGJI_ASR_THREADS", "0", "between 1 and 1024"),
     ("TINGJI_YTDLP_COOKIES", "/nonexistent/cookies.txt", "no such file"),
     ("TINGJI_ALLOW_PRIVATE_URLS", "maybe", "not an IP network"),
     ("TINGJI_LOG_FORMAT", "xml", "one of"),
@@ -78,6 +79,19 @@ def test_asr_batch_tasks_default_follows_the_device() -> None:
     assert default_vad_processes("cpu") == 0 and 1 <= default_vad_processes("cuda") <= 4
     assert Settings.from_env({"TINGJI_VAD_PROCESSES": "0"}).vad_processes == 0
     assert Settings.from_env({"TINGJI_CPU_BATCH_SIZE_S": "0"}).cpu_batch_size_s == 0
+
+
+def test_asr_threads_reach_the_models(tmp_path: Path) -> None:
+    """Unset, the models compute on every core; ``TINGJI_ASR_THREADS`` caps them (the
+    worker processes of the suite run with 1: their log says so, ``tests/test_worker``)."""
+    import os
+
+    from worker.main import Worker
+
+    env = {"TINGJI_DATA_DIR": str(tmp_path)}
+    assert Worker(Settings.from_env(env)).asr.config.ncpu == os.cpu_count()
+    capped = Worker(Settings.from_env({**env, "TINGJI_ASR_THREADS": "1"}))
+    assert capped.asr.config.ncpu == 1
 
 
 def test_docs_document_every_setting() -> None:
