@@ -51,7 +51,7 @@ def clean_env(**overrides: str) -> dict[str, str]:
     """The test process's environment without its ``TINGJI_*`` settings, plus
     ``overrides``.  Models compute on one thread: the suite runs two test files at once,
     each with servers and workers, on two cores, and threads that outnumber the cores
-    spin (a worker of two threads beside another took 4.5 times as long)."""
+    spin (two workers of two threads each took 4.5 times as long as of one; bench/threads.py)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("TINGJI_")}
     env.update({"TINGJI_ASR_THREADS": "1", **overrides})
     return env
