@@ -57,16 +57,18 @@ from db.workers import WorkerRegistry
 class Queue(Outbox, Submissions, WorkerRegistry):
     async def claim_next(self, worker_id: str, *, n: int = 1,
                          now: datetime | None = None) -> list[Task]:
-        """Atomically lease up to ``n`` ready tasks, highest priority first, oldest first."""
-        now = now or utcnow()
+        """Atomically lease up to ``n`` ready tasks, highest priority first, oldest first.
+        The lease counts from when the transaction holds the write lock (as a heartbeat's
+        does): a claim that waited out another program's lock gets its whole lease."""
         _check(PENDING, PROCESSING)
         stmt = _prepared(("claim", n, self._pg), lambda: self._claim_statement(n))
-        params = {"c_now": now, "c_lease": self._lease(now), "c_worker": worker_id}
 
         def tx(conn: Connection) -> list[Row[Any]]:
+            at = now or utcnow()
+            params = {"c_now": at, "c_lease": self._lease(at), "c_worker": worker_id}
             rows = conn.execute(stmt, params).all()
             self._events(conn, [
-                self._ev(r.id, EventType.CLAIMED, now, PENDING, PROCESSING, worker_id,
+                self._ev(r.id, EventType.CLAIMED, at, PENDING, PROCESSING, worker_id,
                          {"attempt": r.attempts}) for r in rows])
             return rows
 

@@ -757,6 +757,30 @@ async def test_a_heartbeat_that_waited_for_the_lock_counts_its_lease_from_then(
         now=released + timedelta(seconds=queue.config.lease_seconds - 1)) == []
 
 
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_a_claim_that_waited_for_the_lock_gets_its_whole_lease(
+        queue: Queue, db_url: str) -> None:
+    """As a heartbeat: a claim that waited out another program's write lock counts its
+    lease, its start and its ``claimed`` event from when it wrote, not from the call."""
+    import asyncio
+    import sqlite3
+
+    await queue.enqueue(item())
+    holder = sqlite3.connect(db_url.removeprefix("sqlite:///"), isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    claim = asyncio.ensure_future(queue.claim_next(W1))
+    await asyncio.sleep(1.5)
+    released = datetime.now(UTC)
+    holder.execute("ROLLBACK")
+    holder.close()
+    [task] = await claim
+    assert task.lease_expires_at >= released + timedelta(seconds=queue.config.lease_seconds)
+    assert task.started_at >= released
+    [event] = [e for e in await Reads(queue.engine).events(task.id)
+               if e.event == "claimed"]
+    assert event.at >= released
+
+
 async def test_a_dead_workers_deliveries_are_due_at_once(queue: Queue) -> None:
     """A worker killed while sending leaves its deliveries leased (60 s); the next
     worker on its host finds the process gone and sends them at once, not a minute
