@@ -138,8 +138,8 @@ def test_overnight_batch_survives_a_sigkilled_worker(stack_factory: Callable[...
     tasks = stack.http.get("/api/v1/tasks", params={"batch_id": batch_id}).json()["tasks"]
     assert len(tasks) == 4
     long_id = next(t["task_id"] for t in tasks if t["source"] == "long.wav")
-    stack.wait(lambda: (t := stack.task(long_id))["stage"] == "transcribe"
-               and t["progress"] > 0.05, 90, "the long task never started transcribing")
+    stack.pause_when(first, lambda: (t := stack.task(long_id))["stage"] == "transcribe"
+                     and t["progress"] > 0.05, 90, "the long task never started transcribing")
     first.kill(signal.SIGKILL)
     # after the crash the user runs the same file again: nothing is submitted twice
     again = stack.cli("batch", str(links))

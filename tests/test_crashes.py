@@ -12,15 +12,22 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.procs import Proc
 from tests.helpers.servers import LlmStub
 from tests.helpers.stack import Stack
 
 pytestmark = pytest.mark.slow
 
 
-def _wait_stage(stack: Stack, tid: str, stage: str, min_progress: float = 0.0) -> None:
-    stack.wait(lambda: (t := stack.task(tid))["stage"] == stage and
-               t["progress"] >= min_progress, 90, f"{tid} never reached {stage}")
+def _wait_stage(stack: Stack, tid: str, stage: str, min_progress: float = 0.0,
+                pause: Proc | None = None) -> None:
+    """Wait for the task's stage; with ``pause``, leave that worker stopped there."""
+    def there() -> bool:
+        return bool((t := stack.task(tid))["stage"] == stage and t["progress"] >= min_progress)
+    if pause:
+        stack.pause_when(pause, there, 90, f"{tid} never reached {stage}")
+    else:
+        stack.wait(there, 90, f"{tid} never reached {stage}")
 
 
 def _decoded_share(stack: Stack, tid: str) -> float:
@@ -47,8 +54,10 @@ def test_sigkill_during_transcribe_resumes_where_the_checkpoints_end(
     worker = stack.worker()
     tid = stack.upload(clip)
     for share in (1 / 3, 2 / 3):
-        stack.wait(lambda share=share: _decoded_share(stack, tid) > share, 120,
-                   f"checkpoints past {share:.0%}")
+        # one thread decodes the rest in a few seconds: look only while the worker is
+        # stopped, so it cannot finish between two looks
+        stack.pause_when(worker, lambda share=share: _decoded_share(stack, tid) > share,
+                         120, f"checkpoints past {share:.0%}")
         worker.kill(signal.SIGKILL)
         assert stack.task(tid)["status"] == "processing"
         kept = _decoded_share(stack, tid)
@@ -127,7 +136,7 @@ def test_sigterm_never_leaves_a_task_processing(stack_factory: Callable[..., Sta
     stack = stack_factory(TINGJI_DRAIN_SECONDS=drain)
     worker = stack.worker()
     tid = stack.upload(media["long"])
-    _wait_stage(stack, tid, "transcribe", 0.05)
+    _wait_stage(stack, tid, "transcribe", 0.05, pause=worker)
     worker.kill(signal.SIGTERM, wait=int(drain) + 60)
     assert worker.popen.returncode == 0, worker.output()
     task = stack.task(tid)
@@ -143,12 +152,13 @@ def test_sigterm_never_leaves_a_task_processing(stack_factory: Callable[..., Sta
 def test_cancel_during_transcribe_stops_within_seconds(stack_factory: Callable[..., Stack],
                                                        media: dict[str, Path]) -> None:
     stack = stack_factory()
-    stack.worker()
+    worker = stack.worker()
     tid = stack.upload(media["long"])
     other = stack.upload(media["speech"])
-    _wait_stage(stack, tid, "transcribe", 0.05)
+    _wait_stage(stack, tid, "transcribe", 0.05, pause=worker)
     t = time.monotonic()
     assert stack.http.post(f"/api/v1/task/{tid}/cancel").json()["status"] == "processing"
+    worker.resume()
     task = stack.finished(tid, 30)
     took = time.monotonic() - t
     assert task["status"] == "cancelled", task

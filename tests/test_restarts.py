@@ -25,9 +25,10 @@ def test_graceful_restarts_during_one_task_use_no_attempt(
     tid = stack.upload(media["long"])
     for n in range(2):
         worker = stack.worker()
-        stack.wait(lambda: (t := stack.task(tid))["stage"] == "transcribe"
-                   and t["status"] == "processing", 90, f"restart {n}: not transcribing")
+        stack.pause_when(worker, lambda: (t := stack.task(tid))["stage"] == "transcribe"
+                         and t["status"] == "processing", 90, f"restart {n}: not transcribing")
         worker.popen.send_signal(signal.SIGTERM)
+        worker.resume()
         assert worker.popen.wait(timeout=60) == 0, worker.output()[-2000:]
         assert stack.task(tid)["status"] == "pending"
     stack.worker()

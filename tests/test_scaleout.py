@@ -153,10 +153,11 @@ def test_two_hosts_share_the_queue_and_its_uploads(stack_factory: Callable[..., 
 
             # one host dies mid-transcription: the other takes the task after the lease
             tid = stack.upload(media["long"])
-            stack.wait(lambda: stack.task(tid)["stage"] == "transcribe", 120,
-                       "the long upload never reached transcription")
-            first = [e for e in stack.events(tid) if e["event"] == "claimed"][0]["worker_id"]
+            [first] = stack.wait(lambda: [e["worker_id"] for e in stack.events(tid)
+                                          if e["event"] == "claimed"], 120, "never claimed")
             victim = by_host[first]
+            stack.pause_when(workers[victim], lambda: stack.task(tid)["stage"] == "transcribe",
+                             120, "the long upload never reached transcription")
             workers[victim].popen.send_signal(signal.SIGKILL)
             killed_at = time.time()
             workers[victim].popen.wait()

@@ -483,8 +483,10 @@ def test_outcome_writes_survive_database_errors(stack_factory: Callable[..., Sta
         failing = {"complete": "could not record completed", "fail": "could not record failed",
                    "release": "could not record handed back"}[write]
         if write == "release":  # stop it mid-transcription: the hand-back is refused
-            stack.wait(lambda: stack.task(tid)["stage"] == "transcribe", 60, "transcribing")
+            stack.pause_when(worker, lambda: stack.task(tid)["stage"] == "transcribe", 60,
+                             "transcribing")
             worker.popen.send_signal(signal.SIGTERM)
+            worker.resume()
         stack.wait(lambda: failing in worker.output(), 60, f"a refused {write}")
         assert stack.task(tid)["status"] == "processing"  # kept, not lost, while retrying
         if write == "release":

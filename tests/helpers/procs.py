@@ -77,11 +77,17 @@ class Proc:
         last write: by default it gets 90 s, on a machine that runs two test files."""
         if self.popen.poll() is None:
             self.popen.send_signal(sig)
+            self.resume()  # one that ``Stack.pause_when`` stopped obeys it now
         try:
             self.popen.wait(timeout=wait or (90 if sig == signal.SIGTERM else 30))
         except subprocess.TimeoutExpired:
             self.popen.kill()
             self.popen.wait()
+
+    def resume(self) -> None:
+        """Let a stopped process (SIGSTOP) go on."""
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGCONT)
 
     def stop(self) -> int | None:
         self.kill(signal.SIGTERM)

@@ -3,6 +3,7 @@ workers as real subprocesses, with the tiny random-weight models."""
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import time
 from collections.abc import Callable
@@ -65,6 +66,29 @@ class Stack:
         raise AssertionError(f"timed out: {what}\n" + "\n".join(
             w.output()[-3000:] for w in self.workers))
 
+    def pause_when(self, proc: Proc, cond: Callable[[], Any], timeout: float,
+                   what: str, step_s: float = 0.05) -> Any:
+        """Wait for ``cond`` and leave ``proc`` stopped (SIGSTOP) where it holds.
+
+        The process runs in steps of ``step_s`` and ``cond`` is read only while it is
+        stopped, so a worker that moves faster than the test polls cannot pass the state
+        between two looks.  The caller signals it (``Proc.kill`` lets a stopped process
+        obey) or lets it go on (``Proc.resume``)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and proc.popen.poll() is None:
+            proc.popen.send_signal(signal.SIGSTOP)
+            looked = time.monotonic()
+            _stopped(proc.pid)
+            got = cond()
+            if got:
+                return got
+            proc.resume()
+            # at least as long running as stopped: a loaded machine's slow looks must not
+            # starve the worker (and its heartbeats) into timeouts of their own
+            time.sleep(max(step_s, time.monotonic() - looked))
+        raise AssertionError(f"timed out: {what} (exit {proc.popen.returncode})\n"
+                             + proc.output()[-3000:])
+
     def work_files_removed(self, tid: str, data: Path | None = None, *,
                            upload: bool = False) -> None:
         """The worker removes a finished task's work files (and a completed upload) just
@@ -107,11 +131,21 @@ class Stack:
         self.server.stop()
         self.http.close()
 
-
-
     def cli(self, *args: str, timeout: float = 180, cwd: Path | None = None
             ) -> subprocess.CompletedProcess[str]:
         """Run the real `tingji` executable against this stack's server."""
         env = {**self.env, "TINGJI_URL": self.server.url}
         return subprocess.run([TINGJI, *args], env=env, cwd=cwd or self.root,
                               capture_output=True, text=True, timeout=timeout)
+
+
+def _stopped(pid: int, timeout: float = 5.0) -> None:
+    """Wait until the kernel shows ``pid`` stopped: a signal is delivered, not obeyed, by
+    the time ``kill`` returns, and a thread on another core runs on for a moment."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        if stat.rsplit(")", 1)[1].split()[0] in ("T", "t", "Z"):
+            return
+        time.sleep(0.001)
+    raise AssertionError(f"process {pid} did not stop")
