@@ -96,21 +96,25 @@ def token_times(us_alphas: np.ndarray, us_peaks: np.ndarray, tokens: list[str],
 
 # ----------------------------------------------------------------------------- frontend
 def load_cmvn(path: Path) -> np.ndarray:
-    """funasr.frontends.wav_frontend.load_cmvn: the (2, dim) shift and scale of a Kaldi
-    nnet1 text CMVN file (``am.mvn``)."""
-    lines = path.read_text(encoding="utf-8").splitlines()
-    means: list[str] = []
-    scales: list[str] = []
-    for i, line in enumerate(lines):
-        item = line.split()
-        if not item or i + 1 >= len(lines):
+    """The (2, dim) shift and scale of a Kaldi nnet1 text CMVN file (``am.mvn``), as
+    funasr's ``load_cmvn`` reads it: the bracketed numbers after ``<LearnRateCoef>`` in
+    the ``<AddShift>`` and the ``<Rescale>`` component (``tests/unit/test_onnx_frontend.py``)."""
+    found: dict[str, list[str]] = {"<AddShift>": [], "<Rescale>": []}
+    component = None
+    for line in path.read_text(encoding="utf-8").splitlines():
+        words = line.split()
+        if not words:
             continue
-        nxt = lines[i + 1].split()
-        if item[0] == "<AddShift>" and nxt and nxt[0] == "<LearnRateCoef>":
-            means = nxt[3:len(nxt) - 1]
-        elif item[0] == "<Rescale>" and nxt and nxt[0] == "<LearnRateCoef>":
-            scales = nxt[3:len(nxt) - 1]
-    return np.array([np.array(means, dtype=np.float32), np.array(scales, dtype=np.float32)])
+        if words[0] in found:
+            component = words[0]
+        elif component and words[0] == "<LearnRateCoef>":
+            # <LearnRateCoef> 0 [ v1 v2 ... vn ]: the values sit between the brackets
+            found[component] = words[3:-1]
+            component = None
+        else:
+            component = None
+    return np.array([np.array(found["<AddShift>"], dtype=np.float32),
+                     np.array(found["<Rescale>"], dtype=np.float32)])
 
 
 class Frontend:
@@ -172,24 +176,17 @@ class Frontend:
 
 
 def apply_lfr(inputs: np.ndarray, lfr_m: int, lfr_n: int) -> np.ndarray:
-    """funasr.frontends.wav_frontend.apply_lfr: frames stacked lfr_m at a time every
-    lfr_n, the first frame repeated on the left, the last on the right."""
-    t = inputs.shape[0]
-    t_lfr = int(np.ceil(t / lfr_n))
-    left = np.repeat(inputs[:1], (lfr_m - 1) // 2, axis=0)
-    inputs = np.vstack((left, inputs))
-    t = t + (lfr_m - 1) // 2
-    last_idx = (t - lfr_m) // lfr_n + 1
-    num_padding = lfr_m - (t - last_idx * lfr_n)
-    if num_padding > 0:
-        num_padding = ((2 * lfr_m - 2 * t + (t_lfr - 1 + last_idx) * lfr_n) / 2
-                       * (t_lfr - last_idx))
-        inputs = np.vstack([inputs] + [inputs[-1:]] * int(num_padding))
-    dim = inputs.shape[1]
-    if t_lfr <= 0:
+    """Low frame rate, as funasr's frontend computes it: output frame ``i`` is input
+    frames ``i * lfr_n - (lfr_m - 1) // 2`` onwards, ``lfr_m`` of them side by side, an
+    index before the first frame reading the first and one past the last the last;
+    ``ceil(frames / lfr_n)`` of them (``tests/unit/test_onnx_frontend.py``)."""
+    frames, dim = inputs.shape
+    out = -(-frames // lfr_n)
+    if out == 0:
         return np.zeros((0, lfr_m * dim), np.float32)
-    windows = np.lib.stride_tricks.sliding_window_view(inputs, (lfr_m, dim))[::lfr_n, 0]
-    return np.ascontiguousarray(windows[:t_lfr], dtype=np.float32).reshape(t_lfr, lfr_m * dim)
+    first = np.arange(out)[:, None] * lfr_n - (lfr_m - 1) // 2
+    rows = np.clip(first + np.arange(lfr_m)[None, :], 0, frames - 1)
+    return np.ascontiguousarray(inputs[rows].reshape(out, lfr_m * dim), dtype=np.float32)
 
 
 def load_audio(path: Path) -> np.ndarray:

@@ -295,10 +295,12 @@ def join_segment_texts(texts: Iterable[str]) -> str:
     """The VAD segments' texts as one text for the punctuation model: tags removed,
     empty ones dropped, a space between two texts unless both sides are Chinese."""
     parts = [t for t in (_TAG.sub("", text).strip() for text in texts) if t]
-    if not parts:
-        return ""
-    joined = parts[0]
-    for part in parts[1:]:
-        both_han = "\u3400" <= joined[-1] <= "\u9fff" and "\u3400" <= part[0] <= "\u9fff"
-        joined += part if both_han else " " + part
-    return joined
+    seams = ("" if _han(left[-1]) and _han(right[0]) else " "
+             for left, right in itertools.pairwise(parts))
+    # each part with the seam after it (none after the last; no parts, no text)
+    return "".join(part + seam for part, seam in zip(parts, [*seams, ""], strict=False))
+
+
+def _han(ch: str) -> bool:
+    """CJK ideographs, extension A included: no space between two of them."""
+    return "\u3400" <= ch <= "\u9fff"
